@@ -1,0 +1,1 @@
+"""Interfaces only: implementations import these, never the other way round."""

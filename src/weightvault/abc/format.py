@@ -1,0 +1,234 @@
+"""The one reader/writer interface every weight-file format implements.
+
+A format is a :class:`Format` subclass with four hooks:
+
+* ``sniff(path, head)``: a cheap yes/no from the first bytes (or the directory listing);
+* ``open(path, **options)``: returns a :class:`FormatReader`;
+* ``write(path, tensors, metadata=..., **options)``: for writable formats;
+* a ``FormatReader`` implements ``keys``, ``info`` and ``get``.
+
+Everything else (iteration, ``tensors()``, stats, diff, the CLI) is built on those hooks. Tensors
+cross this interface as numpy arrays whose dtype is one of :data:`weightvault.core.dtypes.DTYPES`;
+writers receive a ``Mapping[str, np.ndarray]`` that may be lazy (a reader behind it), and must pull
+one tensor at a time so that peak memory stays at about one tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+
+import numpy as np
+
+from weightvault.core.dtypes import dtype_from_name
+from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
+
+__all__ = ["Format", "FormatReader", "TensorInfo", "VerifyResult"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a reader knows about a tensor without reading its data."""
+
+    name: str
+    dtype: str  # canonical dtype name, see weightvault.core.dtypes
+    shape: tuple[int, ...]
+    #: format-specific facts worth showing (offsets, shard, layout, quantization type, ...)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * dtype_from_name(self.dtype).itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "numel": self.numel,
+            "nbytes": self.nbytes,
+        }
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of :meth:`FormatReader.verify`: what was checked and what failed."""
+
+    path: str
+    checked: int = 0
+    #: tensors that could be read but carry no checksum in this format
+    unchecked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class FormatReader(ABC):
+    """An open weight file (or directory). Use as a context manager or call :meth:`close`."""
+
+    #: registry name of the format this reader belongs to
+    format_name: ClassVar[str] = ""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    # -- hooks -----------------------------------------------------------------------------------
+    @abstractmethod
+    def keys(self) -> list[str]:
+        """Tensor names, in the file's order."""
+
+    @abstractmethod
+    def info(self, name: str) -> TensorInfo:
+        """dtype and shape of one tensor, without reading its data."""
+
+    @abstractmethod
+    def get(self, name: str) -> np.ndarray:
+        """The tensor as a numpy array (a read-only mmap view where the format allows)."""
+
+    # -- optional hooks with defaults --------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self.format_name
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Format-level metadata (JSON-able): framework facts, training step, user metadata."""
+        return {}
+
+    def structure(self) -> Any:
+        """The saved object tree with tensors in place (lazily read), or None for a flat file."""
+        return None
+
+    def get_slice(self, name: str, index: Any) -> np.ndarray:
+        """``get(name)[index]``; formats that can read partial ranges override this."""
+        return np.asarray(self.get(name)[index])
+
+    def verify(self) -> VerifyResult:
+        """Read every tensor; formats that store checksums override this to check them."""
+        result = VerifyResult(self.path)
+        for name in self.keys():
+            self.get(name)
+            result.unchecked += 1
+        return result
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most readers hold nothing
+        """Release files and maps."""
+
+    # -- conveniences built on the hooks --------------------------------------------------------
+    def _require(self, name: str) -> None:
+        if name not in self:
+            raise TensorNotFoundError(
+                f"no such tensor; the file has {len(self.keys())} tensors "
+                f"(first: {', '.join(self.keys()[:5]) or 'none'})",
+                path=self.path,
+                tensor=name,
+            )
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self.keys())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.get(name)
+
+    def infos(self) -> list[TensorInfo]:
+        return [self.info(n) for n in self.keys()]
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name in self.keys():
+            yield name, self.get(name)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every tensor, read into memory (copies, so the file can be closed)."""
+        return {name: np.array(self.get(name)) for name in self.keys()}
+
+    def as_mapping(self) -> LazyTensors:
+        """A read-only mapping that reads each tensor only when a writer asks for it."""
+        return LazyTensors(self)
+
+    def __enter__(self) -> FormatReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r} format={self.format!r} tensors={len(self)}>"
+
+
+class LazyTensors(Mapping[str, np.ndarray]):
+    """Mapping view of a reader: values are read on access, one at a time."""
+
+    def __init__(self, reader: FormatReader, names: list[str] | None = None) -> None:
+        self.reader = reader
+        self._names = list(reader.keys()) if names is None else names
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.reader.get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.reader.info(name)
+
+
+class Format(ABC):
+    """A weight-file format: detection, opening and (optionally) writing."""
+
+    #: registry name, e.g. ``"pytorch"``
+    name: ClassVar[str] = ""
+    #: one line for ``weightvault formats``
+    description: ClassVar[str] = ""
+    #: file name endings used when sniffing fails and to pick a writer from a destination name
+    extensions: ClassVar[tuple[str, ...]] = ()
+    #: whether :meth:`write` is implemented
+    can_write: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        """Cheap check: could ``path`` be this format? ``head`` is the first 4 KiB (b"" for dirs)."""
+
+    @classmethod
+    @abstractmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> FormatReader:
+        """Open ``path`` for reading. Raises a :class:`weightvault.errors.CorruptFileError` subclass
+        for invalid files."""
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, np.ndarray],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Write ``tensors`` to ``path`` atomically (see :func:`weightvault.core.io.atomic_write`)."""
+        raise UnsupportedOperationError(f"format {cls.name!r} is read-only", path=path)

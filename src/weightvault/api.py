@@ -1,0 +1,196 @@
+"""The public functions: save, load, open, verify, convert.
+
+One obvious call per task. ``open`` works on every registered format and returns a lazy reader;
+``load`` returns the saved structure as numpy or torch; ``save`` always writes the native format;
+``convert`` streams any readable format into any writable one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from weightvault.abc.format import FormatReader, VerifyResult
+from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.tree import unflatten
+from weightvault.errors import ChecksumMismatchError
+from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
+from weightvault.registry import detect_format, format_for_destination, get_format
+
+__all__ = ["convert", "load", "open", "save", "verify"]
+
+PathLike = str | os.PathLike[str]
+
+
+def save(
+    obj: Any,
+    path: PathLike,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    single_file: bool | None = None,
+    fsync: bool = True,
+    progress: bool | None = None,
+) -> Path:
+    """Save weights or nested training state as a native weightvault checkpoint.
+
+    Args:
+        obj: a state dict, or any nesting of dicts (str/int/... keys), lists, tuples, scalars and
+            tensors (numpy, torch on any device, jax). Tied tensors are stored once.
+        path: ``*.safetensors`` for one file, anything else for a sharded directory.
+        metadata: JSON-serialisable user metadata kept in the manifest.
+        shard_size: maximum data bytes per shard in the directory form.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import numpy as np, weightvault, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> p = weightvault.save({"w": np.ones((2, 3), np.float32)}, os.path.join(d, "m.safetensors"))
+        >>> weightvault.load(p)["w"].shape
+        (2, 3)
+    """
+    return save_native(
+        path,
+        obj,
+        metadata=metadata,
+        shard_size=shard_size,
+        single_file=single_file,
+        fsync=fsync,
+        progress=progress,
+    )
+
+
+def open(path: PathLike, *, format: str | None = None, **options: Any) -> FormatReader:  # noqa: A001
+    """Open any weight file weightvault can read and return a lazy reader.
+
+    The reader has ``.format``, ``.metadata``, ``.keys()``, ``.info(name)``, ``.get(name)`` (a
+    zero-copy view where the format allows) and ``.get_slice(name, index)``.
+    """
+    fmt = get_format(format) if format else detect_format(path)
+    return fmt.open(path, **options)
+
+
+def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
+    made: dict[str, Any] = {}
+
+    def fetch(name: str) -> Any:
+        target = reader.aliases.get(name, name)
+        if target not in made:
+            info = reader.info(target)
+            if framework == "torch":
+                from weightvault.frameworks.torch import empty_like_info
+
+                tensor, view = empty_like_info(info.dtype, info.shape)
+                reader.read(target, view)
+                made[target] = tensor.to(device) if device is not None else tensor
+            else:
+                out = np.empty(info.shape, dtype=dtype_from_name(info.dtype))
+                reader.read(target, out)
+                made[target] = out
+        return made[target]
+
+    return unflatten(reader.manifest["tree"], fetch)
+
+
+def load(
+    path: PathLike,
+    framework: Literal["numpy", "torch"] = "numpy",
+    device: Any = None,
+    *,
+    verify: bool = False,
+    format: str | None = None,  # noqa: A002
+) -> Any:
+    """Load a checkpoint into memory and return the saved structure.
+
+    Native checkpoints come back exactly as saved (nesting, int keys, tuples, scalars, tied
+    tensors). Other formats come back as their structure where the format has one, else as a
+    flat ``{name: tensor}`` dict.
+
+    Args:
+        framework: ``"numpy"`` or ``"torch"``.
+        device: torch device to move tensors to (torch only).
+        verify: check every checksum before returning.
+    """
+    if framework not in ("numpy", "torch"):
+        raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+    with open(path, format=format) as reader:
+        if verify:
+            result = reader.verify()
+            if result.failures:
+                raise ChecksumMismatchError("; ".join(result.failures[:3]), path=path)
+        if isinstance(reader, NativeReader):
+            return _load_native(reader, framework, device)
+        tree = reader.structure()
+        if tree is None:
+            tree = {name: reader.get(name) for name in reader.keys()}
+        return _materialise(tree, framework, device)
+
+
+def _materialise(tree: Any, framework: str, device: Any) -> Any:
+    """Copy every array out of the file (so it can be closed) and convert for the framework."""
+    if isinstance(tree, np.ndarray):
+        arr = np.array(tree)
+        if framework == "torch":
+            from weightvault.frameworks.torch import from_numpy
+
+            return from_numpy(arr, device)
+        return arr
+    if isinstance(tree, dict):
+        return {k: _materialise(v, framework, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_materialise(v, framework, device) for v in tree]
+    if isinstance(tree, tuple):
+        return tuple(_materialise(v, framework, device) for v in tree)
+    return tree
+
+
+def verify(path: PathLike, *, format: str | None = None) -> VerifyResult:  # noqa: A002
+    """Check every checksum the file carries; raises :class:`ChecksumMismatchError` on a mismatch.
+
+    Formats without checksums are read completely (which catches truncation and bad headers)
+    and counted as ``unchecked``.
+    """
+    with open(path, format=format) as reader:
+        result = reader.verify()
+    if result.failures:
+        first = result.failures[0].split(":", 1)[0]
+        raise ChecksumMismatchError(
+            f"{len(result.failures)} tensor(s) fail verification: {'; '.join(result.failures[:3])}",
+            path=path,
+            tensor=first,
+        )
+    return result
+
+
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    to: str | None = None,
+    src_format: str | None = None,
+    read_options: Mapping[str, Any] | None = None,
+    write_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Convert a weight file from any readable format to any writable one, tensor by tensor.
+
+    The destination format is ``to`` or follows from ``dst``'s name (no known ending: native).
+    The source's metadata is carried over where the target can hold it; a native target also
+    records where the weights came from.
+    """
+    with open(src, format=src_format, **dict(read_options or {})) as reader:
+        fmt = format_for_destination(dst, to)
+        metadata: dict[str, Any] = dict(reader.metadata)
+        options = dict(write_options or {})
+        if fmt.name == "native":
+            options.setdefault(
+                "extra_manifest",
+                {"source": {"path": os.fspath(src), "format": reader.format}},
+            )
+        fmt.write(dst, reader.as_mapping(), metadata=metadata, **options)
+    return Path(dst)

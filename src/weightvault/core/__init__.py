@@ -1,0 +1,1 @@
+"""Framework-free building blocks: dtypes, bounded I/O, checksums, the tree spec, printing."""

@@ -1,0 +1,77 @@
+"""Canonical dtypes.
+
+Everywhere inside weightvault a dtype is a ``numpy.dtype`` (ml_dtypes supplies bfloat16 and the
+float8 kinds) and its canonical *name* is the numpy name (``"float32"``, ``"bfloat16"``,
+``"float8_e4m3fn"``). Formats translate their own codes to and from these names in one table each.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from weightvault.errors import UnknownDtypeError
+
+__all__ = ["DTYPES", "dtype_from_name", "dtype_name", "is_float", "itemsize"]
+
+#: Every dtype weightvault can hold, by canonical name. Byte order is always little-endian on disk.
+DTYPES: dict[str, np.dtype] = {
+    "bool": np.dtype(np.bool_),
+    "uint8": np.dtype(np.uint8),
+    "int8": np.dtype(np.int8),
+    "uint16": np.dtype(np.uint16),
+    "int16": np.dtype(np.int16),
+    "uint32": np.dtype(np.uint32),
+    "int32": np.dtype(np.int32),
+    "uint64": np.dtype(np.uint64),
+    "int64": np.dtype(np.int64),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "complex64": np.dtype(np.complex64),
+    "complex128": np.dtype(np.complex128),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "float8_e8m0fnu": np.dtype(ml_dtypes.float8_e8m0fnu),
+}
+
+_BY_DTYPE = {dt: name for name, dt in DTYPES.items()}
+
+
+def dtype_from_name(name: str, *, path: str | None = None, tensor: str | None = None) -> np.dtype:
+    """Return the numpy dtype for a canonical name, or raise :class:`UnknownDtypeError`."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise UnknownDtypeError(
+            f"unknown dtype {name!r}; known: {', '.join(DTYPES)}", path=path, tensor=tensor
+        ) from None
+
+
+def dtype_name(dtype: np.dtype | type, *, tensor: str | None = None) -> str:
+    """Return the canonical name of a numpy dtype (native byte order is normalised first)."""
+    dt = np.dtype(dtype)
+    if dt.byteorder == ">":
+        dt = dt.newbyteorder("<")
+    try:
+        return _BY_DTYPE[dt]
+    except KeyError:
+        raise UnknownDtypeError(
+            f"dtype {dt} cannot be stored (object, string, structured and datetime arrays are "
+            "not weights)",
+            tensor=tensor,
+        ) from None
+
+
+def is_float(dtype: np.dtype) -> bool:
+    """True for every real floating dtype, including bfloat16 and the float8 kinds."""
+    name = dtype_name(dtype)
+    return name.startswith(("float", "bfloat"))
+
+
+def itemsize(name: str) -> int:
+    """Bytes per element of a canonical dtype name."""
+    return dtype_from_name(name).itemsize

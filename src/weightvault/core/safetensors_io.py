@@ -1,0 +1,303 @@
+"""The safetensors container: header validation, mmap views, streaming writes.
+
+Layout: ``u64le N | N bytes of JSON | data``. Reading validates everything the reference Rust
+reader checks *before* any tensor is touched: header size cap, UTF-8 JSON object, string-only
+``__metadata__``, known dtypes, non-negative shapes, byte spans equal to shape x itemsize, spans
+sorted with no gaps and no overlaps, starting at 0 and ending exactly at the end of the file.
+Nothing is allocated from a size that has not been checked against the file size.
+
+Writing streams tensor by tensor straight from each source buffer, so peak extra memory is about
+one tensor. When the header must carry values only known after the data (checksums), the caller
+passes ``finalize``: the header is written with fixed-width placeholders, then rewritten in place
+at the same length once the data is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from weightvault.core.dtypes import dtype_from_name
+from weightvault.errors import (
+    DuplicateTensorError,
+    HeaderTooLargeError,
+    InvalidHeaderError,
+    InvalidOffsetError,
+    TruncatedFileError,
+    UnknownDtypeError,
+)
+
+__all__ = [
+    "MAX_HEADER",
+    "SafetensorsFile",
+    "StEntry",
+    "TensorSource",
+    "write_safetensors",
+]
+
+MAX_HEADER = 100_000_000  # the reference reader's cap
+
+# canonical dtype name <-> safetensors dtype code
+ST_CODES = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "int8": "I8",
+    "uint16": "U16",
+    "int16": "I16",
+    "uint32": "U32",
+    "int32": "I32",
+    "uint64": "U64",
+    "int64": "I64",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float32": "F32",
+    "float64": "F64",
+    "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0",
+}
+ST_NAMES = {code: name for name, code in ST_CODES.items()}
+
+
+@dataclass(frozen=True)
+class StEntry:
+    """One tensor in a safetensors header: dtype name, shape and absolute byte span in the file."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int  # absolute file offset
+    end: int
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """A tensor to write: its header facts now, its bytes only when ``fetch()`` is called."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    fetch: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
+
+
+def _no_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise DuplicateTensorError("duplicate key in header", path=path, tensor=k)
+            out[k] = v
+        return out
+
+    return hook
+
+
+class SafetensorsFile:
+    """A validated, mmapped safetensors file. ``view(name)`` is zero-copy and read-only."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap, see close()
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            self.metadata, self.entries, self.header_len = self._read_header()
+            self._mmap = (
+                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            )
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> tuple[dict[str, str], dict[str, StEntry], int]:
+        path = self.path
+        if self.size < 8:
+            raise TruncatedFileError(f"file has {self.size} bytes, a header needs 8", path=path)
+        (n,) = struct.unpack("<Q", self._file.read(8))
+        if n > MAX_HEADER:
+            raise HeaderTooLargeError(f"header claims {n} bytes, over the {MAX_HEADER} cap", path=path)
+        if 8 + n > self.size:
+            raise TruncatedFileError(
+                f"header claims {n} bytes but the file has only {self.size - 8} after the length",
+                path=path,
+            )
+        raw = self._file.read(n)
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(path))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidHeaderError(f"header is not valid UTF-8 JSON: {exc}", path=path) from None
+        if not isinstance(header, dict):
+            raise InvalidHeaderError("header is not a JSON object", path=path)
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise InvalidHeaderError("__metadata__ must map strings to strings", path=path)
+        base = 8 + n
+        entries = {name: self._parse_entry(name, spec, base) for name, spec in header.items()}
+        self._check_spans(entries, base)
+        return metadata, entries, n
+
+    def _parse_entry(self, name: str, spec: Any, base: int) -> StEntry:
+        path = self.path
+        if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
+            raise InvalidHeaderError("entry needs dtype, shape and data_offsets", path=path, tensor=name)
+        code, shape, offs = spec["dtype"], spec["shape"], spec["data_offsets"]
+        if code not in ST_NAMES:
+            raise UnknownDtypeError(f"unknown safetensors dtype {code!r}", path=path, tensor=name)
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidHeaderError(f"shape {shape!r} is not a list of non-negative ints", path=path, tensor=name)
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
+            or offs[1] < offs[0]
+        ):
+            raise InvalidOffsetError(f"data_offsets {offs!r} are not [begin, end]", path=path, tensor=name)
+        dtype = ST_NAMES[code]
+        expected = math.prod(shape) * dtype_from_name(dtype).itemsize
+        if offs[1] - offs[0] != expected:
+            raise InvalidOffsetError(
+                f"byte span {offs[1] - offs[0]} does not match shape {shape} x {dtype} = {expected}",
+                path=path,
+                tensor=name,
+            )
+        return StEntry(name, dtype, tuple(shape), base + offs[0], base + offs[1])
+
+    def _check_spans(self, entries: dict[str, StEntry], base: int) -> None:
+        cursor = base
+        for e in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+            if e.start < cursor:
+                raise InvalidOffsetError("byte span overlaps the previous tensor", path=self.path, tensor=e.name)
+            if e.start > cursor:
+                raise InvalidOffsetError(
+                    f"{e.start - cursor} bytes of hole before this tensor", path=self.path, tensor=e.name
+                )
+            cursor = e.end
+        if cursor > self.size:
+            raise TruncatedFileError(
+                f"data ends at byte {cursor} but the file has {self.size} bytes", path=self.path
+            )
+        if cursor < self.size:
+            raise InvalidOffsetError(
+                f"{self.size - cursor} unexplained bytes after the last tensor", path=self.path
+            )
+
+    def view(self, name: str) -> np.ndarray:
+        e = self.entries[name]
+        dt = dtype_from_name(e.dtype)
+        if e.end == e.start:
+            return np.empty(e.shape, dt)
+        assert self._mmap is not None
+        arr = np.frombuffer(self._mmap, dtype=dt, count=math.prod(e.shape), offset=e.start)
+        return arr.reshape(e.shape)
+
+    def raw(self, name: str) -> memoryview:
+        e = self.entries[name]
+        if e.end == e.start or self._mmap is None:
+            return memoryview(b"")
+        return memoryview(self._mmap)[e.start : e.end]
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Copy a tensor's bytes into ``out`` with one read (faster than touching mmap pages)."""
+        e = self.entries[name]
+        buf = out.reshape(-1).view(np.uint8)
+        self._file.seek(e.start)
+        got = self._file.readinto(buf)
+        if got != e.end - e.start:
+            raise TruncatedFileError("file shrank while reading", path=self.path, tensor=name)
+
+    def close(self) -> None:
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:
+                # numpy views handed out still reference the map; it is released with them.
+                pass
+        self._file.close()
+
+
+def _alignment_key(src: TensorSource) -> int:
+    return -dtype_from_name(src.dtype).itemsize
+
+
+def _header_bytes(meta: dict[str, str], entries: dict[str, Any], pad_to: int | None) -> bytes:
+    header: dict[str, Any] = {}
+    if meta:
+        header["__metadata__"] = meta
+    header.update(entries)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if pad_to is None:
+        pad_to = (len(raw) + 7) // 8 * 8
+    if len(raw) > pad_to:
+        raise AssertionError("rewritten header is longer than the reserved space")
+    return raw + b" " * (pad_to - len(raw))
+
+
+def write_safetensors(
+    f: BinaryIO,
+    sources: Iterable[TensorSource],
+    metadata: dict[str, str] | None = None,
+    *,
+    on_tensor: Callable[[TensorSource, memoryview], None] | None = None,
+    finalize: Callable[[], dict[str, str]] | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Stream ``sources`` into ``f`` as a safetensors file; returns each name's data offsets.
+
+    Tensors are ordered by decreasing item size (stable otherwise), so every tensor starts at an
+    offset aligned to its own item size and mmap views are aligned. ``on_tensor`` sees each
+    tensor's bytes as they are written (checksums); ``finalize`` returns the final metadata,
+    which must serialise to the same length as the placeholder metadata.
+    """
+    ordered = sorted(sources, key=_alignment_key)
+    entries: dict[str, Any] = {}
+    offsets: dict[str, tuple[int, int]] = {}
+    pos = 0
+    for src in ordered:
+        end = pos + src.nbytes
+        entries[src.name] = {
+            "dtype": ST_CODES[src.dtype],
+            "shape": list(src.shape),
+            "data_offsets": [pos, end],
+        }
+        offsets[src.name] = (pos, end)
+        pos = end
+    head = _header_bytes(metadata or {}, entries, None)
+    start = f.tell()
+    f.write(struct.pack("<Q", len(head)))
+    f.write(head)
+    for src in ordered:
+        arr = src.fetch()
+        if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
+            raise ValueError(
+                f"tensor {src.name!r} changed while saving: expected {src.shape} {src.dtype}, "
+                f"got {arr.shape} {arr.dtype}"
+            )
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
+        data = memoryview(arr.reshape(-1).view(np.uint8))
+        f.write(data)
+        if on_tensor is not None:
+            on_tensor(src, data)
+    if finalize is not None:
+        end_pos = f.tell()
+        f.seek(start + 8)
+        f.write(_header_bytes(finalize(), entries, len(head)))
+        f.seek(end_pos)
+    return offsets

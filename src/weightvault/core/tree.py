@@ -1,0 +1,162 @@
+"""The tree spec: nested training state stored as JSON, with tensors stored by name.
+
+``flatten(obj)`` walks dicts (any str/int/float/bool/None keys, so optimizer state with int keys
+survives), lists, tuples and scalar leaves, and returns a JSON-able spec plus the tensors it found,
+each under a readable path name (``optimizer/state/0/exp_avg``). ``unflatten(spec, fetch)`` builds
+the same structure back. Anything else is refused with :class:`UnsupportedObjectError`: we never
+fall back to pickle, because loading a pickle runs code.
+
+Spec nodes (``t`` is the node type)::
+
+    {"t": "tensor", "name": N}            a tensor stored under N
+    {"t": "npscalar", "name": N}          a numpy scalar (restored as np.generic)
+    {"t": "dict", "items": [[K, node]...]}   K is an encoded key (see _encode_key)
+    {"t": "list" | "tuple", "items": [node, ...]}
+    {"t": "int", "v": 3}  {"t": "float", "v": "0x1.8p+0"}  {"t": "str", "v": "x"}
+    {"t": "bool", "v": true}  {"t": "none"}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from weightvault.core.tensors import is_tensor
+from weightvault.errors import UnsupportedObjectError
+
+__all__ = ["flatten", "tensor_names", "unflatten"]
+
+SEP = "/"
+
+
+def _encode_key(key: Any, where: str) -> list[Any]:
+    # bool before int: bool is a subclass of int and must come back as bool.
+    if isinstance(key, bool):
+        return ["b", key]
+    if isinstance(key, int):
+        return ["i", key]
+    if isinstance(key, str):
+        return ["s", key]
+    if isinstance(key, float):
+        return ["f", key.hex()]
+    if key is None:
+        return ["n", None]
+    raise UnsupportedObjectError(
+        f"dict key {key!r} of type {type(key).__name__} at {where or '<root>'} cannot be stored; "
+        "keys may be str, int, float, bool or None"
+    )
+
+
+def _decode_key(enc: list[Any]) -> Any:
+    kind, value = enc
+    return {"b": bool, "i": int, "s": str, "f": float.fromhex, "n": lambda _: None}[kind](value)
+
+
+def _float_leaf(x: float) -> dict[str, Any]:
+    # float.hex keeps every bit, including nan/inf which plain JSON cannot carry.
+    return {"t": "float", "v": float(x).hex() if math.isfinite(x) else repr(float(x))}
+
+
+def flatten(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(spec, tensors)``; ``tensors`` maps unique names to the tensor objects as found.
+
+    A bare mapping of names to tensors (a state dict) keeps its keys as the tensor names, so the
+    file reads naturally in any safetensors tool.
+    """
+    tensors: dict[str, Any] = {}
+
+    def unique(name: str) -> str:
+        candidate, n = name or "tensor", 1
+        while candidate in tensors:
+            candidate = f"{name}~{n}"
+            n += 1
+        return candidate
+
+    def walk(node: Any, path: str) -> dict[str, Any]:
+        if is_tensor(node):
+            name = unique(path)
+            tensors[name] = node
+            return {"t": "tensor", "name": name}
+        if isinstance(node, np.generic):
+            name = unique(path)
+            tensors[name] = np.asarray(node)
+            return {"t": "npscalar", "name": name}
+        if node is None:
+            return {"t": "none"}
+        if isinstance(node, bool):
+            return {"t": "bool", "v": node}
+        if isinstance(node, int):
+            return {"t": "int", "v": node}
+        if isinstance(node, float):
+            return _float_leaf(node)
+        if isinstance(node, str):
+            return {"t": "str", "v": node}
+        if isinstance(node, dict):
+            items = []
+            for key, value in node.items():
+                child = f"{path}{SEP}{key}" if path else str(key)
+                items.append([_encode_key(key, path), walk(value, child)])
+            return {"t": "dict", "items": items}
+        if isinstance(node, (list, tuple)) and type(node) in (list, tuple):
+            kind = "list" if isinstance(node, list) else "tuple"
+            return {
+                "t": kind,
+                "items": [walk(v, f"{path}{SEP}{i}" if path else str(i)) for i, v in enumerate(node)],
+            }
+        raise UnsupportedObjectError(
+            f"object of type {type(node).__module__}.{type(node).__qualname__} at "
+            f"{path or '<root>'} cannot be stored; weightvault stores tensors, dicts, lists, "
+            "tuples, int, float, str, bool and None (never pickles)",
+            hint="convert it to one of these first (e.g. model.state_dict(), or a dict of its fields)",
+        )
+
+    spec = walk(obj, "")
+    return spec, tensors
+
+
+def unflatten(spec: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
+    """Rebuild the object described by ``spec``; ``fetch(name)`` returns each stored tensor."""
+    t = spec["t"]
+    if t == "tensor":
+        return fetch(spec["name"])
+    if t == "npscalar":
+        return np.asarray(fetch(spec["name"]))[()]
+    if t == "dict":
+        return {_decode_key(k): unflatten(v, fetch) for k, v in spec["items"]}
+    if t == "list":
+        return [unflatten(v, fetch) for v in spec["items"]]
+    if t == "tuple":
+        return tuple(unflatten(v, fetch) for v in spec["items"])
+    if t == "int":
+        return int(spec["v"])
+    if t == "float":
+        v = spec["v"]
+        return float(v) if v in ("nan", "inf", "-inf") else float.fromhex(v)
+    if t == "str":
+        return str(spec["v"])
+    if t == "bool":
+        return bool(spec["v"])
+    if t == "none":
+        return None
+    raise ValueError(f"unknown tree-spec node type {t!r}")
+
+
+def tensor_names(spec: dict[str, Any]) -> list[str]:
+    """Names of every tensor referenced by a spec, in tree order."""
+    out: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node["t"] in ("tensor", "npscalar"):
+            out.append(node["name"])
+        elif node["t"] == "dict":
+            for _, v in node["items"]:
+                walk(v)
+        elif node["t"] in ("list", "tuple"):
+            for v in node["items"]:
+                walk(v)
+
+    walk(spec)
+    return out

@@ -1,0 +1,1 @@
+"""One module per weight-file format, each behind :class:`weightvault.abc.format.Format`."""

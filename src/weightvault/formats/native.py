@@ -1,0 +1,449 @@
+"""weightvault's native checkpoint: safetensors files plus a manifest, readable by everyone.
+
+Two forms:
+
+* **single file** ``name.safetensors``: a plain safetensors file whose ``__metadata__`` holds the
+  manifest as JSON under ``weightvault.manifest``;
+* **directory**: ``model-00001-of-0000N.safetensors`` shards (each at most ``shard_size`` bytes of
+  data unless one tensor alone is larger), ``manifest.json``, a Hugging Face style
+  ``model.safetensors.index.json``, and the ``COMMITTED`` marker, written last. The directory is
+  built under a temporary name and renamed into place, so a reader sees all of it or none of it.
+
+The manifest records the format version, library version, creation time, per-tensor dtype, shape,
+file and checksum, tied-tensor aliases, the user's metadata and the tree spec (see
+:mod:`weightvault.core.tree`) that rebuilds nested training state exactly.
+
+dtypes stock safetensors cannot name (complex128) are stored as a float64 ``[..., 2]`` view and
+the manifest records the real dtype; every file stays loadable by the safetensors library.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.core.checksum import PLACEHOLDER, checksum
+from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.io import atomic_dir, atomic_write
+from weightvault.core.progress import progress_bar
+from weightvault.core.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
+from weightvault.core.tensors import describe, to_numpy
+from weightvault.core.tree import flatten, unflatten
+from weightvault.errors import (
+    AliasError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    InvalidHeaderError,
+    TensorNotFoundError,
+)
+
+__all__ = [
+    "COMMIT_MARKER",
+    "DEFAULT_SHARD_SIZE",
+    "MANIFEST_FILE",
+    "MANIFEST_KEY",
+    "NativeFormat",
+    "NativeReader",
+    "save_native",
+]
+
+FORMAT_NAME = "weightvault"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "weightvault.manifest"
+MANIFEST_FILE = "manifest.json"
+INDEX_FILE = "model.safetensors.index.json"
+COMMIT_MARKER = "COMMITTED"
+DEFAULT_SHARD_SIZE = 2 * 1024**3
+
+# dtypes stored through a same-bytes view that safetensors can name
+_STORED_AS = {"complex128": ("float64", 2)}
+
+
+def _library_version() -> str:
+    from weightvault import __version__
+
+    return __version__
+
+
+def _source_for(
+    name: str, fetch: Callable[[], np.ndarray], dtype: str, shape: tuple[int, ...]
+) -> TensorSource:
+    if dtype in _STORED_AS:
+        carrier, last = _STORED_AS[dtype]
+        carrier_dt = dtype_from_name(carrier)
+        return TensorSource(
+            name, carrier, (*shape, last), lambda: fetch().view(carrier_dt).reshape(*shape, last)
+        )
+    return TensorSource(name, dtype, shape, fetch)
+
+
+def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"dtype": dtype, "shape": list(shape)}
+    if dtype in _STORED_AS:
+        row["stored_as"] = _STORED_AS[dtype][0]
+    return row
+
+
+def plan_lazy(
+    tensors: LazyTensors,
+) -> tuple[dict[str, Any], list[TensorSource], dict[str, dict[str, Any]]]:
+    """Plan a flat checkpoint from a reader without reading any data yet (streaming convert)."""
+    spec = {"t": "dict", "items": [[["s", n], {"t": "tensor", "name": n}] for n in tensors]}
+    sources, rows = [], {}
+    for name in tensors:
+        info = tensors.info(name)
+        fetch = (lambda n: lambda: to_numpy(np.asarray(tensors[n])))(name)
+        sources.append(_source_for(name, fetch, info.dtype, info.shape))
+        rows[name] = _row_for(info.dtype, info.shape)
+    return spec, sources, rows
+
+
+def plan_tensors(
+    found: Mapping[str, Any],
+) -> tuple[list[TensorSource], dict[str, dict[str, Any]], dict[str, str]]:
+    """Describe every tensor, storing tied tensors once. Returns sources, manifest rows, aliases."""
+    sources: list[TensorSource] = []
+    rows: dict[str, dict[str, Any]] = {}
+    aliases: dict[str, str] = {}
+    first_by_identity: dict[tuple[Any, ...], str] = {}
+    for name, obj in found.items():
+        desc = describe(obj, name=name)
+        if desc.identity is not None:
+            if desc.identity in first_by_identity:
+                aliases[name] = first_by_identity[desc.identity]
+                continue
+            first_by_identity[desc.identity] = name
+        fetch = (lambda o: lambda: to_numpy(o))(obj)
+        sources.append(_source_for(name, fetch, desc.dtype, desc.shape))
+        rows[name] = _row_for(desc.dtype, desc.shape)
+    return sources, rows, aliases
+
+
+def _shard_groups(sources: list[TensorSource], shard_size: int) -> list[list[TensorSource]]:
+    groups: list[list[TensorSource]] = [[]]
+    size = 0
+    for src in sources:
+        if groups[-1] and size + src.nbytes > shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(src)
+        size += src.nbytes
+    return groups
+
+
+def _new_manifest(
+    rows: dict[str, dict[str, Any]],
+    aliases: dict[str, str],
+    spec: dict[str, Any],
+    metadata: Mapping[str, Any] | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "tensors": rows,
+        "aliases": aliases,
+        "tree": spec,
+        "metadata": dict(metadata or {}),
+    }
+    manifest.update(extra or {})
+    try:
+        json.dumps(manifest["metadata"], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"metadata must be JSON-serialisable (no NaN): {exc}") from None
+    return manifest
+
+
+def _checksum_hook(
+    rows: dict[str, dict[str, Any]], advance: Callable[[int], None]
+) -> Callable[[TensorSource, memoryview], None]:
+    def on_tensor(src: TensorSource, data: memoryview) -> None:
+        rows[src.name]["checksum"] = checksum(data)
+        advance(src.nbytes)
+
+    return on_tensor
+
+
+def save_native(
+    path: str | os.PathLike[str],
+    obj: Any,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    single_file: bool | None = None,
+    fsync: bool = True,
+    progress: bool | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``obj`` (a state dict or any nested training state) as a native checkpoint.
+
+    ``single_file`` defaults to True when ``path`` ends in ``.safetensors``.
+    """
+    path = Path(path)
+    if single_file is None:
+        single_file = path.suffix == ".safetensors"
+    if isinstance(obj, LazyTensors):
+        spec, sources, rows = plan_lazy(obj)
+        aliases: dict[str, str] = {}
+    else:
+        spec, found = flatten(obj)
+        sources, rows, aliases = plan_tensors(found)
+    manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
+    total = sum(s.nbytes for s in sources)
+    with progress_bar(f"saving {path.name}", total, enabled=progress) as advance:
+        hook = _checksum_hook(rows, advance)
+        if single_file:
+            for row in rows.values():
+                row["file"] = path.name
+                row["checksum"] = PLACEHOLDER
+
+            def final_meta() -> dict[str, str]:
+                return {MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False, allow_nan=False)}
+
+            with atomic_write(path, fsync=fsync) as f:
+                write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
+        else:
+            _save_directory(path, sources, manifest, shard_size, fsync, hook)
+    return path
+
+
+def _save_directory(
+    path: Path,
+    sources: list[TensorSource],
+    manifest: dict[str, Any],
+    shard_size: int,
+    fsync: bool,
+    hook: Callable[[TensorSource, memoryview], None],
+) -> None:
+    groups = _shard_groups(sources, shard_size)
+    count = len(groups)
+    weight_map: dict[str, str] = {}
+    with atomic_dir(path, fsync=fsync) as tmp:
+        for i, group in enumerate(groups, 1):
+            shard = f"model-{i:05d}-of-{count:05d}.safetensors"
+            with open(tmp / shard, "xb") as f:
+                write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+            for src in group:
+                manifest["tensors"][src.name]["file"] = shard
+                weight_map[src.name] = shard
+        _write_json(tmp / MANIFEST_FILE, manifest, fsync)
+        total = sum(s.nbytes for s in sources)
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _write_json(tmp / INDEX_FILE, index, fsync)
+        # The marker goes last: a directory without it is never read as a checkpoint.
+        _write_json(tmp / COMMIT_MARKER, {"files": sorted({*weight_map.values(), MANIFEST_FILE})}, fsync)
+
+
+def _write_json(path: Path, obj: Any, fsync: bool) -> None:
+    with open(path, "x", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def _parse_manifest(raw: str, path: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidHeaderError(f"manifest is not valid JSON: {exc}", path=path) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise InvalidHeaderError("manifest does not describe a weightvault checkpoint", path=path)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InvalidHeaderError(
+            f"manifest format_version {version!r} is newer than this library reads ({FORMAT_VERSION})",
+            path=path,
+            hint="upgrade weightvault",
+        )
+    for key in ("tensors", "aliases", "tree"):
+        if not isinstance(manifest.get(key), dict):
+            raise InvalidHeaderError(f"manifest has no valid {key!r}", path=path)
+    return manifest
+
+
+class NativeReader(FormatReader):
+    """Reads both native forms; tensors are zero-copy views of the mmapped shards."""
+
+    format_name = "native"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        p = Path(path)
+        self._shards: dict[str, SafetensorsFile] = {}
+        if p.is_dir():
+            self.root = p
+            if not (p / COMMIT_MARKER).exists():
+                raise CheckpointNotFoundError(
+                    f"incomplete checkpoint: no {COMMIT_MARKER} marker (an interrupted save?)",
+                    path=p,
+                )
+            try:
+                raw = (p / MANIFEST_FILE).read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=p) from None
+            except UnicodeDecodeError:
+                raise InvalidHeaderError(f"{MANIFEST_FILE} is not UTF-8", path=p) from None
+            self.manifest = _parse_manifest(raw, os.fspath(p / MANIFEST_FILE))
+        else:
+            self.root = p.parent
+            st = SafetensorsFile(p)
+            self._shards[p.name] = st
+            if MANIFEST_KEY not in st.metadata:
+                st.close()
+                raise InvalidHeaderError("safetensors file carries no weightvault manifest", path=p)
+            self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
+            self._single = p.name
+        self._rows: dict[str, dict[str, Any]] = self.manifest["tensors"]
+        self._aliases: dict[str, str] = self.manifest["aliases"]
+        for alias, target in self._aliases.items():
+            if target not in self._rows:
+                raise AliasError(f"alias points at missing tensor {target!r}", path=self.path, tensor=alias)
+        self._names = [n for n in _tree_order(self.manifest["tree"]) if n in self._rows or n in self._aliases]
+        seen = set(self._names)
+        self._names += [n for n in self._rows if n not in seen]
+
+    # -- shard access ----------------------------------------------------------------------------
+    def _row(self, name: str) -> dict[str, Any]:
+        target = self._aliases.get(name, name)
+        if target not in self._rows:
+            self._require(name)
+        return self._rows[target]
+
+    def _shard(self, file: str, tensor: str) -> SafetensorsFile:
+        if "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise InvalidHeaderError(f"shard name {file!r} leaves the checkpoint", path=self.path, tensor=tensor)
+        if file not in self._shards:
+            shard_path = self.root / file
+            if not shard_path.exists():
+                raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
+            self._shards[file] = SafetensorsFile(shard_path)
+        return self._shards[file]
+
+    def _entry_checked(self, name: str) -> tuple[SafetensorsFile, str, dict[str, Any]]:
+        target = self._aliases.get(name, name)
+        row = self._row(name)
+        shard = self._shard(row.get("file", ""), target)
+        entry = shard.entries.get(target)
+        if entry is None:
+            raise InvalidHeaderError(f"manifest lists the tensor in {row['file']} but it is not there", path=shard.path, tensor=target)
+        stored_dtype = row.get("stored_as", row["dtype"])
+        expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
+        if entry.dtype != stored_dtype or entry.shape != expected_shape:
+            raise InvalidHeaderError(
+                f"manifest says {row['dtype']} {row['shape']} but the shard holds {entry.dtype} {list(entry.shape)}",
+                path=shard.path,
+                tensor=target,
+            )
+        return shard, target, row
+
+    # -- FormatReader hooks ----------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def info(self, name: str) -> TensorInfo:
+        row = self._row(name)
+        extra = {"file": row.get("file"), "checksum": row.get("checksum")}
+        if name in self._aliases:
+            extra["alias_of"] = self._aliases[name]
+        return TensorInfo(name, row["dtype"], tuple(row["shape"]), extra)
+
+    def get(self, name: str) -> np.ndarray:
+        shard, target, row = self._entry_checked(name)
+        arr = shard.view(target)
+        if "stored_as" in row:
+            arr = arr.view(dtype_from_name(row["dtype"])).reshape(tuple(row["shape"]))
+        return arr
+
+    def read(self, name: str, out: np.ndarray) -> None:
+        """Copy the tensor into ``out`` (an array of the right dtype and shape) with one read."""
+        shard, target, _ = self._entry_checked(name)
+        shard.read_into(target, out)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metadata", {}))
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def structure(self) -> Any:
+        return unflatten(self.manifest["tree"], self.get)
+
+    def verify(self) -> VerifyResult:
+        result = VerifyResult(self.path)
+        for name in self._rows:
+            shard, target, row = self._entry_checked(name)
+            expected = row.get("checksum")
+            if not expected:
+                result.unchecked += 1
+                continue
+            actual = checksum(shard.raw(target))
+            result.checked += 1
+            if actual != expected:
+                result.failures.append(f"{name}: checksum {actual} != recorded {expected}")
+        return result
+
+    def verify_or_raise(self) -> VerifyResult:
+        result = self.verify()
+        if result.failures:
+            first = result.failures[0].split(":", 1)[0]
+            raise ChecksumMismatchError(
+                f"{len(result.failures)} tensor(s) fail their checksum: {'; '.join(result.failures[:3])}",
+                path=self.path,
+                tensor=first,
+            )
+        return result
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+
+def _tree_order(spec: dict[str, Any]) -> list[str]:
+    from weightvault.core.tree import tensor_names
+
+    return tensor_names(spec)
+
+
+class NativeFormat(Format):
+    name = "native"
+    description = "weightvault checkpoint: safetensors file or sharded directory with a manifest"
+    extensions = (".safetensors",)
+    can_write = True
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        if path.is_dir():
+            return (path / MANIFEST_FILE).exists() or (path / COMMIT_MARKER).exists()
+        return len(head) > 8 and b'"' + MANIFEST_KEY.encode() + b'"' in head[8:]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> NativeReader:
+        return NativeReader(path)
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, np.ndarray],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        obj = tensors if isinstance(tensors, (dict, LazyTensors)) else dict(tensors.items())
+        save_native(path, obj, metadata=metadata, **options)

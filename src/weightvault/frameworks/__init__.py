@@ -1,0 +1,1 @@
+"""Thin, lazily imported adapters between frameworks and weightvault's numpy core."""

@@ -1,0 +1,119 @@
+"""PyTorch adapter: torch tensors to and from numpy, without copies where the dtypes allow.
+
+torch is imported here and nowhere in the core. dtypes numpy lacks (bfloat16, float8, the wide
+unsigned ints on older numpy bridges) cross as same-width integer views, so no value is rounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from weightvault.core.dtypes import DTYPES, dtype_name
+from weightvault.core.tensors import TensorDesc
+
+__all__ = ["describe", "from_numpy", "is_tensor_type", "numpy_dtype", "tensor_to_numpy", "torch_dtype"]
+
+_TORCH_BY_NAME: dict[str, torch.dtype] = {
+    "bool": torch.bool,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "uint16": torch.uint16,
+    "int16": torch.int16,
+    "uint32": torch.uint32,
+    "int32": torch.int32,
+    "uint64": torch.uint64,
+    "int64": torch.int64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "complex64": torch.complex64,
+    "complex128": torch.complex128,
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+    "float8_e4m3fnuz": torch.float8_e4m3fnuz,
+    "float8_e5m2fnuz": torch.float8_e5m2fnuz,
+    "float8_e8m0fnu": torch.float8_e8m0fnu,
+}
+_NAME_BY_TORCH = {v: k for k, v in _TORCH_BY_NAME.items()}
+# Same-width integer carrier for dtypes numpy's torch bridge cannot hand over directly.
+_CARRIER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_DIRECT = {
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+}  # fmt: skip
+
+
+def is_tensor_type(tp: type) -> bool:
+    return issubclass(tp, torch.Tensor)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _TORCH_BY_NAME[name]
+
+
+def numpy_dtype(dt: torch.dtype) -> np.dtype:
+    return DTYPES[_NAME_BY_TORCH[dt]]
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (contiguous copy first if needed), with the exact dtype."""
+    t = t.detach()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    t = t.contiguous()
+    target = numpy_dtype(t.dtype)
+    if t.dtype in _DIRECT:
+        return t.numpy()
+    carrier = _CARRIER[t.element_size()]
+    return t.view(carrier).numpy().view(target)
+
+
+def describe(t: torch.Tensor) -> TensorDesc:
+    identity = None
+    if t.numel() > 0 and t.layout == torch.strided:
+        identity = (
+            "torch",
+            t.device.type,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            tuple(t.stride()),
+            str(t.dtype),
+        )
+    return TensorDesc(_NAME_BY_TORCH[t.dtype], tuple(t.shape), identity)
+
+
+def from_numpy(arr: np.ndarray, device: Any = None) -> torch.Tensor:
+    """A torch tensor with the exact dtype of ``arr`` (shares memory when ``arr`` is writable)."""
+    name = dtype_name(arr.dtype)
+    target = _TORCH_BY_NAME[name]
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    if target in _DIRECT:
+        t = torch.from_numpy(arr)
+    else:
+        t = torch.from_numpy(_np_carrier(arr))
+        t = t.view(target)
+    if device is not None:
+        t = t.to(device)
+    return t
+
+
+def _np_carrier(arr: np.ndarray) -> np.ndarray:
+    return arr.view({1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}[arr.dtype.itemsize])
+
+
+def empty_like_info(dtype: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+    """An uninitialised tensor and a writable numpy view of its bytes, for reading into."""
+    t = torch.empty(shape, dtype=_TORCH_BY_NAME[dtype])
+    return t, tensor_to_numpy(t)

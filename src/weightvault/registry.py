@@ -1,0 +1,193 @@
+"""The format registry: a sorted table of known formats, imported lazily on first use.
+
+Shaped like fsspec's ``known_implementations``: each entry names the class by dotted path and the
+hint to show when its optional dependency is missing. Third-party formats register through the
+``weightvault.formats`` entry-point group or :func:`register_format`. Core code never lists formats
+by hand: detection walks this table in ``DETECTION_ORDER``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from weightvault.abc.format import Format
+from weightvault.errors import FormatNotFoundError, MissingDependencyError
+
+__all__ = [
+    "available_formats",
+    "detect_format",
+    "format_for_destination",
+    "get_format",
+    "known_formats",
+    "register_format",
+]
+
+_known: dict[str, dict[str, str]] = {
+    "gguf": {"class": "weightvault.formats.gguf:GGUFFormat", "err": ""},
+    "gob": {"class": "weightvault.formats.gob:GobFormat", "err": ""},
+    "hwexport": {"class": "weightvault.export.reader:HWExportFormat", "err": ""},
+    "keras": {
+        "class": "weightvault.formats.keras_h5:KerasFormat",
+        "err": "Install h5py (pip install 'weightvault[keras]') to read Keras HDF5 files",
+    },
+    "native": {"class": "weightvault.formats.native:NativeFormat", "err": ""},
+    "numpy": {"class": "weightvault.formats.numpy_npz:NumpyFormat", "err": ""},
+    "oneflow": {"class": "weightvault.formats.oneflow:OneFlowFormat", "err": ""},
+    "onnx": {"class": "weightvault.formats.onnx:OnnxFormat", "err": ""},
+    "pytorch": {"class": "weightvault.formats.pytorch:PyTorchFormat", "err": ""},
+    "safetensors": {"class": "weightvault.formats.safetensors:SafetensorsFormat", "err": ""},
+    "tf_bundle": {"class": "weightvault.formats.tf_bundle:TFBundleFormat", "err": ""},
+    "tf_graph": {"class": "weightvault.formats.tf_graph:TFGraphFormat", "err": ""},
+}
+assert list(_known) == sorted(_known), "keep the registry table sorted"
+
+#: Formats whose sniff is more specific are tried first (a native file is also a safetensors file).
+DETECTION_ORDER = (
+    "native",
+    "safetensors",
+    "pytorch",
+    "numpy",
+    "gguf",
+    "keras",
+    "tf_bundle",
+    "tf_graph",
+    "onnx",
+    "oneflow",
+    "hwexport",
+    "gob",
+)
+
+known_formats = MappingProxyType(_known)
+_loaded: dict[str, type[Format]] = {}
+_entry_points_loaded = False
+
+HEAD_BYTES = 4096
+
+
+def register_format(name: str, cls: type[Format] | str, *, clobber: bool = False) -> None:
+    """Register a format class (or ``"module:Class"`` path) under ``name``."""
+    if name in _known and not clobber:
+        raise ValueError(f"format {name!r} is already registered; pass clobber=True to replace it")
+    if isinstance(cls, str):
+        _known[name] = {"class": cls, "err": ""}
+        _loaded.pop(name, None)
+    else:
+        _known[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "err": ""}
+        _loaded[name] = cls
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group="weightvault.formats"):
+        if ep.name not in _known:
+            _known[ep.name] = {"class": ep.value, "err": ""}
+
+
+def get_format(name: str) -> type[Format]:
+    """Return the format class registered as ``name`` (importing it on first use)."""
+    _load_entry_points()
+    if name in _loaded:
+        return _loaded[name]
+    if name not in _known:
+        raise FormatNotFoundError(
+            f"unknown format {name!r}; known formats: {', '.join(sorted(_known))}"
+        )
+    entry = _known[name]
+    module_name, _, qualname = entry["class"].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDependencyError(entry["err"] or f"format {name!r} cannot be imported: {exc}") from exc
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    _loaded[name] = obj
+    return obj
+
+
+def available_formats() -> dict[str, type[Format]]:
+    """Every registered format that can be imported here."""
+    _load_entry_points()
+    found = {}
+    for name in _known:
+        try:
+            found[name] = get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+    return found
+
+
+def _ordered_names() -> list[str]:
+    _load_entry_points()
+    rest = [n for n in _known if n not in DETECTION_ORDER]
+    return [n for n in DETECTION_ORDER if n in _known] + sorted(rest)
+
+
+def _read_head(path: Path) -> bytes:
+    if path.is_dir():
+        return b""
+    with open(path, "rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def detect_format(path: str | os.PathLike[str]) -> type[Format]:
+    """Pick the format of ``path``: magic bytes / layout first, then the file name ending."""
+    p = Path(path)
+    if not p.exists() and not _tf_prefix_exists(p):
+        raise FormatNotFoundError("no such file or directory", path=p)
+    head = _read_head(p) if p.exists() else b""
+    tried = []
+    for name in _ordered_names():
+        try:
+            fmt = get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+        tried.append(name)
+        if fmt.sniff(p, head):
+            return fmt
+    for name in _ordered_names():
+        try:
+            fmt = get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+        if any(p.name.lower().endswith(ext) for ext in fmt.extensions):
+            return fmt
+    raise FormatNotFoundError(
+        f"not a weight file weightvault recognises (tried: {', '.join(tried)})",
+        path=p,
+        hint="pass --format NAME if you know the format; `weightvault formats` lists them",
+    )
+
+
+def _tf_prefix_exists(p: Path) -> bool:
+    # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000).
+    return p.with_name(p.name + ".index").exists()
+
+
+def format_for_destination(path: str | os.PathLike[str], to: str | None = None) -> type[Format]:
+    """The writable format for a destination: ``to`` if given, else from the file name ending."""
+    if to:
+        fmt = get_format(to)
+    else:
+        name = os.fspath(path).lower()
+        candidates = [
+            get_format(n)
+            for n in _ordered_names()
+            if n in available_formats() and get_format(n).can_write
+        ]
+        matches = [f for f in candidates if any(name.endswith(e) for e in f.extensions)]
+        if not matches:
+            # A path with no recognised ending is a native checkpoint (file or sharded directory).
+            return get_format("native")
+        fmt = matches[0]
+    if not fmt.can_write:
+        raise FormatNotFoundError(f"format {fmt.name!r} cannot be written", path=path)
+    return fmt
