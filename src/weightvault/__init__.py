@@ -1,11 +1,14 @@
 """weightvault: persist, recover, convert, inspect and export neural-network weights.
 
 >>> import weightvault
->>> sorted(weightvault.__all__)[:3]
-['CheckpointReader', 'WeightVaultError', '__version__']
+>>> callable(weightvault.save) and callable(weightvault.load)
+True
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from weightvault.abc.format import FormatReader as CheckpointReader
 from weightvault.api import convert, load, open, save, verify
@@ -13,13 +16,41 @@ from weightvault.errors import WeightVaultError
 
 __version__ = "0.1.0"
 
+# Heavier parts are imported on first attribute access, so `import weightvault` stays cheap and
+# never imports a framework.
+_LAZY = {
+    "CheckpointManager": "weightvault.checkpoint.manager",
+    "EMA": "weightvault.ema",
+    "export_hw": "weightvault.export.api",
+    "import_hw": "weightvault.export.api",
+    "restore": "weightvault.restore",
+    "torch": "weightvault.torch",
+    "watch": "weightvault.checkpoint.watch",
+}
+
 __all__ = [
+    "CheckpointManager",
     "CheckpointReader",
+    "EMA",
     "WeightVaultError",
     "__version__",
     "convert",
+    "export_hw",
+    "import_hw",
     "load",
     "open",
+    "restore",
     "save",
+    "torch",
     "verify",
+    "watch",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'weightvault' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if name == "torch" else getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,3 @@
+from weightvault.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""Small helpers shared by the framework formats (numpy, keras, onnx, gguf, sharded safetensors)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from weightvault.core.dtypes import dtype_name
+from weightvault.errors import InvalidHeaderError
+
+__all__ = ["describe_entry", "fetch_array", "safe_relative"]
+
+
+def describe_entry(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, tuple[int, ...]]:
+    """(canonical dtype, shape) of one entry, without reading it when the mapping is lazy."""
+    info = getattr(tensors, "info", None)
+    if info is not None:
+        ti = info(name)
+        return ti.dtype, tuple(ti.shape)
+    arr = np.asarray(tensors[name])
+    return dtype_name(arr.dtype, tensor=name), tuple(arr.shape)
+
+
+def fetch_array(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """The entry as a C-contiguous little-endian numpy array (a view when it already is one)."""
+    from weightvault.core.tensors import to_numpy
+
+    value = tensors[name]
+    return to_numpy(np.asarray(value) if isinstance(value, (np.generic, int, float, bool)) else value)
+
+
+def safe_relative(
+    root: str | os.PathLike[str], relative: str, *, path: str | os.PathLike[str], tensor: str | None = None
+) -> str:
+    """Join ``relative`` under ``root``, refusing absolute paths, ``..`` and links that leave it."""
+    rel = relative.replace("\\", "/")
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or ".." in parts:
+        raise InvalidHeaderError(
+            f"file reference {relative!r} leaves the model's directory", path=path, tensor=tensor
+        )
+    full = os.path.join(os.fspath(root), *parts)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(full)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise InvalidHeaderError(
+            f"file reference {relative!r} resolves outside the model's directory",
+            path=path,
+            tensor=tensor,
+        )
+    return full
+
+
+def jsonable(value: Any) -> Any:
+    """Turn numpy scalars/arrays and bytes into JSON-able Python values (for ``metadata``)."""
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()] if value.ndim else jsonable(value.item())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value

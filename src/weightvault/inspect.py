@@ -1,0 +1,184 @@
+"""Looking inside weight files: per-tensor statistics and the difference between two files.
+
+Works on any reader from :func:`weightvault.open`; tensors are read one at a time, so memory stays
+at about one tensor. Statistics are computed in float64 for float kinds so the mean and standard
+deviation of float16/bfloat16 tensors do not overflow or lose precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import FormatReader
+
+__all__ = ["DiffReport", "diff", "format_values", "tensor_stats"]
+
+# Reduce in chunks so a large tensor's float64 upcast never needs a second full copy.
+_CHUNK = 1 << 22
+
+
+def _as_numeric(arr: np.ndarray) -> np.ndarray:
+    flat = arr.reshape(-1)
+    if flat.dtype == np.bool_:
+        return flat.astype(np.uint8)
+    if flat.dtype.kind == "c":
+        return np.abs(flat)
+    return flat
+
+
+def tensor_stats(arr: np.ndarray) -> dict[str, Any]:
+    """min, max, mean, std, zeros, NaN and Inf counts of a tensor (complex: of its magnitude)."""
+    flat = _as_numeric(np.asarray(arr))
+    n = int(flat.size)
+    out: dict[str, Any] = {"numel": n, "zeros": 0, "nan": 0, "inf": 0}
+    if n == 0:
+        out.update(min=None, max=None, mean=None, std=None)
+        return out
+    total = total_sq = 0.0
+    lo, hi = np.inf, -np.inf
+    finite_n = 0
+    for start in range(0, n, _CHUNK):
+        chunk = flat[start : start + _CHUNK].astype(np.float64)
+        nan = np.isnan(chunk)
+        inf = np.isinf(chunk)
+        out["nan"] += int(nan.sum())
+        out["inf"] += int(inf.sum())
+        out["zeros"] += int((chunk == 0).sum())
+        finite = chunk[~(nan | inf)]
+        if finite.size:
+            finite_n += finite.size
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+            total += float(finite.sum())
+    if finite_n:
+        mean = total / finite_n
+        for start in range(0, n, _CHUNK):
+            chunk = flat[start : start + _CHUNK].astype(np.float64)
+            finite = chunk[np.isfinite(chunk)]
+            total_sq += float(((finite - mean) ** 2).sum())
+        out.update(min=lo, max=hi, mean=mean, std=(total_sq / finite_n) ** 0.5)
+    else:
+        out.update(min=None, max=None, mean=None, std=None)
+    return out
+
+
+@dataclass
+class DiffReport:
+    """What differs between two weight files."""
+
+    added: list[str] = field(default_factory=list)  # only in B
+    removed: list[str] = field(default_factory=list)  # only in A
+    shape_changed: list[dict[str, Any]] = field(default_factory=list)
+    dtype_changed: list[dict[str, Any]] = field(default_factory=list)
+    value_changed: list[dict[str, Any]] = field(default_factory=list)
+    equal: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        return not (
+            self.added or self.removed or self.shape_changed or self.dtype_changed or self.value_changed
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "added": self.added,
+            "removed": self.removed,
+            "shape_changed": self.shape_changed,
+            "dtype_changed": self.dtype_changed,
+            "value_changed": self.value_changed,
+            "equal": len(self.equal),
+        }
+
+
+def _compare_values(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, Any] | None:
+    """None when equal within tolerance, else the max absolute and relative difference."""
+    fa = _as_float(a)
+    fb = _as_float(b)
+    both_nan = np.isnan(fa) & np.isnan(fb)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and nan are handled below
+        delta = np.abs(fa - fb)
+    delta[both_nan] = 0.0
+    inf_same = np.isinf(fa) & (fa == fb)
+    delta[inf_same] = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = atol + rtol * np.abs(fb)
+        bad = ~(delta <= bound)
+    if not bad.any():
+        return None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(fb != 0, delta / np.abs(fb), np.where(delta == 0, 0.0, np.inf))
+    return {
+        "max_abs": float(np.nanmax(delta)) if delta.size else 0.0,
+        "max_rel": float(np.nanmax(rel)) if rel.size else 0.0,
+        "changed": int(bad.sum()),
+        "numel": int(fa.size),
+    }
+
+
+def _as_float(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "c":
+        return arr.astype(np.complex128).view(np.float64).reshape(-1)
+    return arr.astype(np.float64).reshape(-1)
+
+
+def diff(a: FormatReader, b: FormatReader, *, atol: float = 0.0, rtol: float = 0.0) -> DiffReport:
+    """Compare every tensor of ``a`` with the same-named tensor of ``b``.
+
+    Values are compared as float64 with ``|a - b| <= atol + rtol * |b|``; NaN equals NaN in the
+    same place, so a checkpoint compared with its own copy is always identical.
+    """
+    report = DiffReport()
+    keys_a, keys_b = a.keys(), b.keys()
+    set_b = set(keys_b)
+    set_a = set(keys_a)
+    report.removed = [k for k in keys_a if k not in set_b]
+    report.added = [k for k in keys_b if k not in set_a]
+    for name in keys_a:
+        if name not in set_b:
+            continue
+        ia, ib = a.info(name), b.info(name)
+        if ia.shape != ib.shape:
+            report.shape_changed.append({"name": name, "a": list(ia.shape), "b": list(ib.shape)})
+            continue
+        if ia.dtype != ib.dtype:
+            report.dtype_changed.append({"name": name, "a": ia.dtype, "b": ib.dtype})
+        change = _compare_values(a.get(name), b.get(name), atol, rtol)
+        if change is None:
+            report.equal.append(name)
+        else:
+            report.value_changed.append({"name": name, **change})
+    return report
+
+
+def format_values(
+    arr: np.ndarray,
+    *,
+    precision: int = 4,
+    linewidth: int = 80,
+    threshold: int = 1000,
+    edgeitems: int = 3,
+    sci: bool | None = None,
+) -> str:
+    """Print a tensor the way ``torch.set_printoptions`` would: precision, width, summarisation.
+
+    ``sci=None`` lets numpy choose; True forces scientific notation; False forbids it.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "biufc":  # ml_dtypes kinds (bfloat16, float8) print via float32
+        arr = arr.astype(np.float32)
+    kwargs: dict[str, Any] = {
+        "precision": precision,
+        "max_line_width": linewidth,
+        "threshold": threshold,
+        "edgeitems": edgeitems,
+    }
+    if sci is not None:
+        kwargs["suppress_small"] = not sci
+        kwargs["floatmode"] = "fixed"
+        if sci:
+            kwargs["formatter"] = {"float_kind": lambda x: f"{x:.{precision}e}"}
+    return np.array2string(arr, separator=", ", **kwargs)

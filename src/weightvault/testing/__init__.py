@@ -1,0 +1,1 @@
+"""Reusable test suites and hypothesis strategies, shipped so format plugins can use them too."""
