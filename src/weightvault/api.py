@@ -77,25 +77,41 @@ def open(path: PathLike, *, format: str | None = None, **options: Any) -> Format
 
 
 def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
+    """Allocate every tensor, then fill them with parallel preads, then rebuild the tree."""
     made: dict[str, Any] = {}
-
-    def fetch(name: str) -> Any:
+    jobs: list[Any] = []
+    for name in reader.keys():
         target = reader.aliases.get(name, name)
-        if target not in made:
-            info = reader.info(target)
-            if framework == "torch":
-                from weightvault.frameworks.torch import empty_like_info
+        if target in made:
+            continue
+        info = reader.info(target)
+        if framework == "torch":
+            from weightvault.frameworks.torch import empty_like_info
 
-                tensor, view = empty_like_info(info.dtype, info.shape)
-                reader.read(target, view)
-                made[target] = tensor.to(device) if device is not None else tensor
-            else:
-                out = np.empty(info.shape, dtype=dtype_from_name(info.dtype))
-                reader.read(target, out)
-                made[target] = out
-        return made[target]
+            tensor, view = empty_like_info(info.dtype, info.shape)
+            made[target] = tensor
+        else:
+            view = np.empty(info.shape, dtype=dtype_from_name(info.dtype))
+            made[target] = view
+        jobs.extend(reader.read_jobs(target, view))
+    _run_parallel(jobs)
+    if framework == "torch" and device is not None:
+        made = {k: v.to(device) for k, v in made.items()}
+    return unflatten(reader.manifest["tree"], lambda name: made[reader.aliases.get(name, name)])
 
-    return unflatten(reader.manifest["tree"], fetch)
+
+def _run_parallel(jobs: list[Any]) -> None:
+    # A few threads: the copies release the GIL, and more threads than cores only add contention.
+    workers = min(4, os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            job()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
 
 
 def load(

@@ -104,7 +104,7 @@ def _compare_values(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> d
     inf_same = np.isinf(fa) & (fa == fb)
     delta[inf_same] = 0.0
     with np.errstate(invalid="ignore", over="ignore"):
-        bound = atol + rtol * np.abs(fb)
+        bound = atol + rtol * np.abs(np.where(np.isfinite(fb), fb, 0.0))
         bad = ~(delta <= bound)
     if not bad.any():
         return None

@@ -214,14 +214,32 @@ class SafetensorsFile:
             return memoryview(b"")
         return memoryview(self._mmap)[e.start : e.end]
 
-    def read_into(self, name: str, out: np.ndarray) -> None:
-        """Copy a tensor's bytes into ``out`` with one read (faster than touching mmap pages)."""
+    def read_jobs(self, name: str, out: np.ndarray, chunk: int = 64 << 20) -> list[Callable[[], None]]:
+        """Reads that fill ``out`` with the tensor's bytes, in chunks that may run in parallel.
+
+        ``pread`` keeps no shared file position, so the jobs are safe to run on threads, and it
+        releases the GIL while the kernel copies, so two threads really do copy at once.
+        """
         e = self.entries[name]
-        buf = out.reshape(-1).view(np.uint8)
-        self._file.seek(e.start)
-        got = self._file.readinto(buf)
-        if got != e.end - e.start:
-            raise TruncatedFileError("file shrank while reading", path=self.path, tensor=name)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        fd = self._file.fileno()
+
+        def job(lo: int, hi: int) -> None:
+            view = buf[lo:hi]
+            done = 0
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], e.start + lo + done)
+                if got == 0:
+                    raise TruncatedFileError("file shrank while reading", path=self.path, tensor=name)
+                done += got
+
+        size = e.end - e.start
+        return [(lambda lo=lo: job(lo, min(lo + chunk, size))) for lo in range(0, size, chunk)]
+
+    def read_into(self, name: str, out: np.ndarray) -> None:
+        """Copy a tensor's bytes into ``out`` (one read; faster than touching mmap pages)."""
+        for job in self.read_jobs(name, out):
+            job()
 
     def close(self) -> None:
         if self._mmap is not None:

@@ -369,8 +369,13 @@ class NativeReader(FormatReader):
 
     def read(self, name: str, out: np.ndarray) -> None:
         """Copy the tensor into ``out`` (an array of the right dtype and shape) with one read."""
+        for job in self.read_jobs(name, out):
+            job()
+
+    def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
+        """Independent reads that together fill ``out``; safe to run on a thread pool."""
         shard, target, _ = self._entry_checked(name)
-        shard.read_into(target, out)
+        return shard.read_jobs(target, out)
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -1,0 +1,56 @@
+# Two commands a newcomer needs:
+#   make demo   set up and run the main job on the bundled default data
+#   make test   set up everything (frameworks, Go, Chromium) and run the whole test suite
+# Both start from nothing but Python 3.11, pip and make; everything lands in ./.venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# Parallel test workers: the CI machines have 2 cores.
+WORKERS ?= 2
+
+.PHONY: demo test setup test-setup system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.demo-installed: requirements-demo.txt $(VENV)/.core-installed
+	$(PIP) install -r requirements-demo.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements-test.txt $(VENV)/.core-installed
+	$(PIP) install -r requirements-test.txt
+	touch $@
+
+setup: $(VENV)/.demo-installed
+
+test-setup: $(VENV)/.test-installed system-deps
+
+# Go (to check gob files against real encoding/gob) and Chromium (viewer tests) come from Debian.
+system-deps:
+	@missing=""; \
+	command -v go >/dev/null 2>&1 || missing="$$missing golang-go"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(BIN)/python examples/quickstart.py
+
+test: test-setup
+	$(BIN)/python -m pytest -n $(WORKERS) -q
+
+bench: test-setup
+	$(BIN)/python bench/save_load.py
+
+clean:
+	rm -rf $(VENV) demo-out test-artifacts .pytest_cache
