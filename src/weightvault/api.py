@@ -21,7 +21,7 @@ from weightvault.errors import ChecksumMismatchError
 from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
 from weightvault.registry import detect_format, format_for_destination, get_format
 
-__all__ = ["convert", "load", "open", "save", "verify"]
+__all__ = ["ConversionReport", "convert", "load", "open", "save", "verify"]
 
 PathLike = str | os.PathLike[str]
 
@@ -192,21 +192,97 @@ def convert(
     src_format: str | None = None,
     read_options: Mapping[str, Any] | None = None,
     write_options: Mapping[str, Any] | None = None,
-) -> Path:
+    rules: str | None = None,
+    hints: Mapping[str, str] | None = None,
+    rename: list[tuple[str, str]] | None = None,
+    name_map: Mapping[str, str] | PathLike | None = None,
+    rule_options: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> ConversionReport:
     """Convert a weight file from any readable format to any writable one, tensor by tensor.
 
     The destination format is ``to`` or follows from ``dst``'s name (no known ending: native).
     The source's metadata is carried over where the target can hold it; a native target also
-    records where the weights came from.
+    records where the weights came from and, with ``rules``, every transform applied.
+
+    Args:
+        rules: a layout rule set (``keras-to-torch``, ``torch-to-keras``, ``tf1-to-torch``,
+            ``onnx-to-torch``, ``gorgonia-to-torch``, ``oneflow-to-torch``); None copies names
+            and layouts as they are.
+        hints: ``{layer_glob: kind}`` where the file cannot tell (e.g. ``{"dw": "depthwise"}``).
+        rename: ``[(regex, replacement), ...]`` applied to target names.
+        name_map: ``{name: new_name}`` or a JSON/YAML file holding one.
+        dry_run: plan and report without writing anything.
+
+    Returns:
+        A :class:`ConversionReport` (per target tensor: sources, transforms, shapes).
     """
+    from weightvault.rules import build_plan, load_name_map
+
+    if name_map is not None and not isinstance(name_map, Mapping):
+        name_map = load_name_map(name_map)
     with open(src, format=src_format, **dict(read_options or {})) as reader:
         fmt = format_for_destination(dst, to)
+        plan = build_plan(
+            reader, rules, hints=hints, rename=rename, name_map=name_map, options=rule_options
+        )
+        tensors = plan.apply(reader)
+        report = ConversionReport(os.fspath(src), os.fspath(dst), reader.format, fmt.name, plan, tensors, reader)
+        if dry_run:
+            report.compute_shapes()
+            return report
         metadata: dict[str, Any] = dict(reader.metadata)
         options = dict(write_options or {})
         if fmt.name == "native":
-            options.setdefault(
-                "extra_manifest",
-                {"source": {"path": os.fspath(src), "format": reader.format}},
+            extra: dict[str, Any] = {"source": {"path": os.fspath(src), "format": reader.format}}
+            if rules is not None or rename or name_map:
+                extra["transforms"] = plan.to_dict()
+            options.setdefault("extra_manifest", extra)
+        source: Mapping[str, Any] = reader.as_mapping() if plan.rules == "rename" and not (rename or name_map) else tensors
+        fmt.write(dst, source, metadata=metadata, **options)
+        report.compute_shapes()
+    return report
+
+
+class ConversionReport:
+    """What a conversion did: for each target tensor, its sources, transforms and shapes."""
+
+    def __init__(self, src: str, dst: str, src_format: str, dst_format: str, plan: Any, tensors: Any, reader: FormatReader) -> None:
+        self.src, self.dst = src, dst
+        self.src_format, self.dst_format = src_format, dst_format
+        self.plan = plan
+        self._tensors = tensors
+        self._reader = reader
+        self.rows: list[dict[str, Any]] = []
+
+    def compute_shapes(self) -> None:
+        rows = []
+        for step in self.plan.steps:
+            src_shapes = [list(self._reader.info(s).shape) for s in step.sources]
+            info = self._tensors.info(step.target) if hasattr(self._tensors, "info") else None
+            rows.append(
+                {
+                    "target": step.target,
+                    "sources": list(step.sources),
+                    "source_shapes": src_shapes,
+                    "target_shape": list(info.shape) if info else src_shapes[0] if src_shapes else [],
+                    "transforms": step.describe(),
+                    "note": step.note,
+                }
             )
-        fmt.write(dst, reader.as_mapping(), metadata=metadata, **options)
-    return Path(dst)
+        self.rows = rows
+
+    def __fspath__(self) -> str:
+        return self.dst
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "src_format": self.src_format,
+            "dst_format": self.dst_format,
+            "rules": self.plan.rules,
+            "tensors": self.rows,
+            "dropped": self.plan.dropped,
+            "notes": self.plan.notes,
+        }

@@ -1,17 +1,38 @@
-"""``weightvault convert SRC DST``: any readable format to any writable one."""
+"""``weightvault convert SRC DST``: any readable format to any writable one, with layout rules."""
 
 from __future__ import annotations
 
 import click
 
-from weightvault.cli.common import emit_json, json_option
+from weightvault.cli.common import emit_json, json_option, print_table
 from weightvault.cli.options import open_options, reader_options
+from weightvault.rules import RULES
+
+
+def _pairs(values: tuple[str, ...], sep: str, option: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        key, found, rest = value.partition(sep)
+        if not found:
+            raise click.BadParameter(f"{value!r} is not KEY{sep}VALUE", param_hint=option)
+        out.append((key, rest))
+    return out
+
+
+def _shape(shape: list[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 @click.command()
 @click.argument("src")
 @click.argument("dst")
 @click.option("--to", "to", default=None, help="Target format (default: from DST's name; native otherwise).")
+@click.option("--rules", type=click.Choice(RULES), default=None, help="Layout rule set between frameworks.")
+@click.option("--hint", "hints", multiple=True, metavar="LAYER=KIND", help="Layer kind where the file cannot tell (globs allowed).")
+@click.option("--rename", "renames", multiple=True, metavar="REGEX=REPL", help="Rename target tensors (regex, applied in order).")
+@click.option("--map", "name_map", default=None, type=click.Path(exists=True, dir_okay=False), help="JSON/YAML {name: new_name} file.")
+@click.option("--ema", is_flag=True, help="Take EMA shadow weights in place of the raw ones (tf1-to-torch).")
+@click.option("--dry-run", is_flag=True, help="Print the plan without writing anything.")
 @click.option("--template", default=None, help="Existing model whose weights are replaced (onnx, frozen .pb).")
 @click.option(
     "-w",
@@ -27,6 +48,12 @@ def convert(
     src: str,
     dst: str,
     to: str | None,
+    rules: str | None,
+    hints: tuple[str, ...],
+    renames: tuple[str, ...],
+    name_map: str | None,
+    ema: bool,
+    dry_run: bool,
     template: str | None,
     write_opts: tuple[str, ...],
     fmt: str | None,
@@ -34,23 +61,41 @@ def convert(
     names: str | None,
     as_json: bool,
 ) -> None:
-    """Convert SRC into DST, tensor by tensor."""
+    """Convert SRC into DST, tensor by tensor; with --rules, fix layouts for the target framework."""
     import weightvault
 
     write_options = reader_options(write_opts, None)
     if template:
         write_options["template"] = template
-    out = weightvault.convert(
+    report = weightvault.convert(
         src,
         dst,
         to=to,
         src_format=fmt,
         read_options=reader_options(options, names),
         write_options=write_options,
+        rules=rules,
+        hints=dict(_pairs(hints, "=", "--hint")),
+        rename=_pairs(renames, "=", "--rename"),
+        name_map=name_map,
+        rule_options={"use_ema": ema},
+        dry_run=dry_run,
     )
-    with weightvault.open(out) as reader:
-        count, fmt_out = len(reader), reader.format
+    doc = report.to_dict()
     if as_json:
-        emit_json({"src": src, "dst": str(out), "format": fmt_out, "tensors": count})
-    else:
-        click.echo(f"wrote {out} ({fmt_out}, {count} tensors)")
+        emit_json({**doc, "dry_run": dry_run})
+        return
+    if rules or renames or name_map or dry_run:
+        print_table(
+            ("source", "shape", "target", "shape", "transforms"),
+            [
+                (", ".join(r["sources"]) or "(constant)", " ".join(_shape(s) for s in r["source_shapes"]), r["target"], _shape(r["target_shape"]), r["transforms"])
+                for r in doc["tensors"]
+            ],
+        )
+        for name, why in doc["dropped"].items():
+            click.echo(f"dropped {name}: {why}")
+        for note in doc["notes"]:
+            click.echo(f"note: {note}")
+    verb = "would write" if dry_run else "wrote"
+    click.echo(f"{verb} {dst} ({doc['dst_format']}, {len(doc['tensors'])} tensors)")

@@ -1,0 +1,113 @@
+"""Conversion rule sets: from what a file knows to a :class:`~weightvault.transforms.Plan`.
+
+A rule set reads names, shapes and whatever layer information the file carries (Keras group
+paths and class names, a ``.keras`` config, TF variable names, an ONNX graph) and decides, per
+layer, the target names and the transforms. Where the file cannot tell (which 4-D kernel is a
+depthwise kernel, whether a 2-D gorgonia matrix is ``[in, out]``) the user gives a hint; an
+ambiguity without a hint is an error, never a guess.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from weightvault.abc.format import FormatReader
+from weightvault.errors import WeightVaultError
+from weightvault.transforms.plan import Plan, Step
+
+__all__ = ["RULES", "AmbiguousLayoutError", "Hints", "build_plan", "load_name_map"]
+
+
+class AmbiguousLayoutError(WeightVaultError, ValueError):
+    """The file does not say enough to choose a layout; a hint is needed."""
+
+
+class Hints:
+    """User hints ``PATTERN=VALUE`` (glob patterns over layer names), most specific first."""
+
+    def __init__(self, hints: Mapping[str, str] | None = None) -> None:
+        self._hints = dict(hints or {})
+
+    def get(self, layer: str) -> str | None:
+        if layer in self._hints:
+            return self._hints[layer]
+        for pattern, value in self._hints.items():
+            if fnmatch.fnmatchcase(layer, pattern):
+                return value
+        return None
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._hints.items())
+
+
+RuleSet = Callable[[FormatReader, Hints, dict[str, Any]], Plan]
+
+
+def _registry() -> dict[str, RuleSet]:
+    from weightvault.rules import identity, keras_torch, onnx_torch, tf1_torch
+
+    return {
+        "gorgonia-to-torch": identity.gorgonia_to_torch,
+        "keras-to-torch": keras_torch.keras_to_torch,
+        "onnx-to-torch": onnx_torch.onnx_to_torch,
+        "oneflow-to-torch": identity.oneflow_to_torch,
+        "tf1-to-torch": tf1_torch.tf1_to_torch,
+        "torch-to-keras": keras_torch.torch_to_keras,
+    }
+
+
+RULES = ("gorgonia-to-torch", "keras-to-torch", "onnx-to-torch", "oneflow-to-torch", "tf1-to-torch", "torch-to-keras")
+
+
+def load_name_map(path: str | Path) -> dict[str, str]:
+    """A ``{source_or_target_name: new_name}`` map from JSON or YAML."""
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml  # optional dependency, only for YAML maps
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise WeightVaultError("a name map must be an object of string to string", path=path)
+    return data
+
+
+def _rename(plan: Plan, renames: list[tuple[str, str]], name_map: Mapping[str, str]) -> Plan:
+    steps = []
+    for step in plan.steps:
+        target = name_map.get(step.target, step.target)
+        for pattern, repl in renames:
+            target = re.sub(pattern, repl, target)
+        steps.append(Step(target, step.sources, step.transforms, step.combine, step.note))
+    return Plan(plan.rules, steps, plan.dropped, plan.notes)
+
+
+def build_plan(
+    reader: FormatReader,
+    rules: str | None,
+    *,
+    hints: Mapping[str, str] | None = None,
+    rename: list[tuple[str, str]] | None = None,
+    name_map: Mapping[str, str] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The plan that converts ``reader``'s tensors under rule set ``rules`` (None: names only)."""
+    if rules is None:
+        plan = Plan("rename", [Step(n, (n,)) for n in reader.keys()])
+    else:
+        registry = _registry()
+        if rules not in registry:
+            raise WeightVaultError(f"unknown rule set {rules!r}; known: {', '.join(sorted(registry))}")
+        plan = registry[rules](reader, Hints(hints), dict(options or {}))
+    plan = _rename(plan, list(rename or []), dict(name_map or {}))
+    try:
+        plan.check_targets_unique()
+    except ValueError as exc:
+        raise WeightVaultError(str(exc), path=reader.path, hint="use --rename or --map to give them distinct names") from None
+    return plan

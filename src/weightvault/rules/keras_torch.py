@@ -1,0 +1,396 @@
+"""keras-to-torch and torch-to-keras (research: embedded-and-layouts.md part B).
+
+Keras side: tensors are named ``layer/var`` (RNN cells add ``lstm_cell``; Bidirectional adds
+``forward_x``/``backward_x``). The layer kind comes from the ``.keras``/legacy model config when
+the file has one, else from the variable names; a 3/4/5-D ``kernel`` without config could be a
+convolution, a transposed convolution or (Keras 3) a depthwise kernel, so it needs a hint.
+
+PyTorch side: ``module.param`` names; the kind comes from the parameter set (``running_mean`` is
+BatchNorm, ``weight_ih_l0`` an RNN). 3/4/5-D weights again need a hint (conv vs conv_transpose vs
+depthwise), as does a 2-D weight without bias (Linear vs Embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from weightvault.abc.format import FormatReader
+from weightvault.rules import AmbiguousLayoutError, Hints
+from weightvault.rules.common import clean_tf_name, is_optimizer_or_bookkeeping, to_dotted
+from weightvault.transforms import Full, ReorderGates, Reshape, Stack, Sum, Take, Transpose
+from weightvault.transforms.plan import Plan, Step
+
+__all__ = ["keras_to_torch", "torch_to_keras"]
+
+# Keras class name -> our layer kind
+_KERAS_CLASSES = {
+    "Dense": "dense",
+    "Conv1D": "conv",
+    "Conv2D": "conv",
+    "Conv3D": "conv",
+    "Conv1DTranspose": "conv_transpose",
+    "Conv2DTranspose": "conv_transpose",
+    "Conv3DTranspose": "conv_transpose",
+    "DepthwiseConv2D": "depthwise",
+    "DepthwiseConv1D": "depthwise",
+    "SeparableConv2D": "separable",
+    "SeparableConv1D": "separable",
+    "BatchNormalization": "batchnorm",
+    "LayerNormalization": "layernorm",
+    "Embedding": "embedding",
+    "LSTM": "lstm",
+    "GRU": "gru",
+}
+_CONV_PERM_TF_TO_PT = {3: (2, 1, 0), 4: (3, 2, 0, 1), 5: (4, 3, 0, 1, 2)}
+_KINDS_HELP = "dense, conv, conv_transpose, depthwise, separable, embedding, flatten:H,W,C"
+
+
+@dataclass
+class KerasLayer:
+    path: str  # Keras layer path (the Bidirectional wrapper for its two directions)
+    reverse: bool
+    vars: dict[str, str] = field(default_factory=dict)  # short var name -> tensor name
+
+
+def _keras_layers(reader: FormatReader, plan: Plan) -> list[KerasLayer]:
+    groups: dict[tuple[str, bool], KerasLayer] = {}
+    for name in reader.keys():
+        clean = clean_tf_name(name)
+        if is_optimizer_or_bookkeeping(clean):
+            plan.dropped[name] = "optimizer state or bookkeeping"
+            continue
+        parts = clean.split("/")
+        var, path = parts[-1], parts[:-1]
+        reverse = any(p.startswith("backward_") for p in path)
+        path = [p for p in path if not p.endswith("_cell") and not p.startswith(("forward_", "backward_"))]
+        key = ("/".join(path), reverse)
+        groups.setdefault(key, KerasLayer(key[0], reverse)).vars[var] = name
+    return list(groups.values())
+
+
+def _keras_config_layers(metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every ``{"class_name", "config": {"name"}}`` found in a Keras model config, by layer name."""
+    found: dict[str, dict[str, Any]] = {}
+    roots = [metadata]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str) and node.lstrip().startswith("{"):
+            try:
+                node = json.loads(node)
+            except json.JSONDecodeError:
+                return
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if isinstance(node.get("class_name"), str) and isinstance(cfg, dict) and "name" in cfg:
+                found.setdefault(cfg["name"], {"class_name": node["class_name"], **cfg})
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for root in roots:
+        walk(root)
+    return found
+
+
+# Keras 3 .weights.h5 groups are named after the layer class: layers/depthwise_conv2d_1/vars/0.
+_H5_GROUP_KINDS = {
+    "dense": "dense",
+    "conv1d": "conv",
+    "conv2d": "conv",
+    "conv3d": "conv",
+    "conv1d_transpose": "conv_transpose",
+    "conv2d_transpose": "conv_transpose",
+    "conv3d_transpose": "conv_transpose",
+    "depthwise_conv1d": "depthwise",
+    "depthwise_conv2d": "depthwise",
+    "separable_conv1d": "separable",
+    "separable_conv2d": "separable",
+}
+
+
+def _h5_group_kind(layer: KerasLayer, metadata: dict[str, Any]) -> str | None:
+    h5_paths = (metadata.get("keras") or {}).get("h5_paths") or {}
+    for tensor in layer.vars.values():
+        m = re.search(r"(?:^|/)layers/([a-z0-9_]+?)(?:_\d+)?/vars/", h5_paths.get(tensor, ""))
+        if m and m.group(1) in _H5_GROUP_KINDS:
+            return _H5_GROUP_KINDS[m.group(1)]
+    return None
+
+
+def _keras_kind(
+    layer: KerasLayer,
+    shapes: dict[str, tuple[int, ...]],
+    config: dict[str, Any] | None,
+    hints: Hints,
+    path: str,
+    metadata: dict[str, Any],
+) -> str:
+    hint = hints.get(layer.path)
+    if hint:
+        return hint
+    v = layer.vars
+    if "recurrent_kernel" in v:
+        gates = shapes[v["kernel"]][-1] // shapes[v["recurrent_kernel"]][0]
+        return {4: "lstm", 3: "gru"}.get(gates, "unknown_rnn")
+    if config and config.get("class_name") in _KERAS_CLASSES:
+        return _KERAS_CLASSES[config["class_name"]]
+    from_h5 = _h5_group_kind(layer, metadata)
+    if from_h5:
+        return from_h5
+    if "moving_mean" in v or "moving_variance" in v:
+        return "batchnorm"
+    if "embeddings" in v:
+        return "embedding"
+    if "depthwise_kernel" in v:
+        return "separable" if "pointwise_kernel" in v else "depthwise"
+    if ("gamma" in v or "beta" in v) and "kernel" not in v:
+        return "layernorm"
+    if "kernel" in v:
+        rank = len(shapes[v["kernel"]])
+        if rank == 2:
+            return "dense"
+        raise AmbiguousLayoutError(
+            f"layer {layer.path!r} has a {rank}-D kernel {shapes[v['kernel']]}: a convolution, a transposed "
+            "convolution or a depthwise kernel, and the file has no model config to tell",
+            path=path,
+            tensor=v["kernel"],
+            hint=f"pass --hint {layer.path}=conv (or conv_transpose, depthwise), or convert the .keras file",
+        )
+    raise AmbiguousLayoutError(f"layer {layer.path!r} has variables {sorted(v)} that no rule knows", path=path, hint=f"kinds: {_KINDS_HELP}")
+
+
+def keras_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) -> Plan:
+    plan = Plan("keras-to-torch")
+    infos = {n: reader.info(n) for n in reader.keys()}
+    shapes = {n: i.shape for n, i in infos.items()}
+    dtypes = {n: i.dtype for n, i in infos.items()}
+    configs = _keras_config_layers(reader.metadata)
+    for layer in _keras_layers(reader, plan):
+        config = configs.get(layer.path.split("/")[-1]) or configs.get(layer.path)
+        kind = _keras_kind(layer, shapes, config, hints, reader.path, reader.metadata)
+        _keras_layer_steps(plan, layer, kind, shapes, dtypes, config or {}, reader.path)
+    return plan
+
+
+def _keras_layer_steps(
+    plan: Plan,
+    layer: KerasLayer,
+    kind: str,
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, str],
+    config: dict[str, Any],
+    path: str,
+) -> None:
+    v, t = layer.vars, to_dotted(layer.path)
+    suffix = "_reverse" if layer.reverse else ""
+    if kind == "dense" or kind.startswith("flatten:"):
+        steps = [Transpose((1, 0))]
+        if kind.startswith("flatten:"):
+            h, w, c = (int(x) for x in kind.split(":", 1)[1].split(","))
+            out = shapes[v["kernel"]][1]
+            # NHWC flatten order to NCHW: rows of the kernel are (h, w, c); PyTorch wants (c, h, w).
+            steps = [Reshape((h, w, c, out), shapes[v["kernel"]]), Transpose((3, 2, 0, 1)), Reshape((out, c * h * w), (out, c, h, w))]
+            plan.notes.append(f"{layer.path}: kernel rows re-ordered from NHWC flatten ({h},{w},{c}) to NCHW")
+        plan.steps.append(Step(f"{t}.weight", (v["kernel"],), tuple(steps)))
+        _copy(plan, v, "bias", f"{t}.bias")
+    elif kind in ("conv", "conv_transpose"):
+        perm = _CONV_PERM_TF_TO_PT[len(shapes[v["kernel"]])]
+        plan.steps.append(Step(f"{t}.weight", (v["kernel"],), (Transpose(perm),), note=kind))
+        _copy(plan, v, "bias", f"{t}.bias")
+    elif kind == "depthwise":
+        key = v.get("depthwise_kernel", v.get("kernel"))
+        plan.steps.append(Step(f"{t}.weight", (key,), _depthwise_tf_to_pt(shapes[key]), note="depthwise: Conv2d(groups=C)"))
+        _copy(plan, v, "bias", f"{t}.bias")
+    elif kind == "separable":
+        dk = v["depthwise_kernel"]
+        plan.steps.append(Step(f"{t}.depthwise.weight", (dk,), _depthwise_tf_to_pt(shapes[dk])))
+        pk = v["pointwise_kernel"]
+        plan.steps.append(Step(f"{t}.pointwise.weight", (pk,), (Transpose((3, 2, 0, 1)),)))
+        _copy(plan, v, "bias", f"{t}.pointwise.bias")
+    elif kind == "batchnorm":
+        channels = shapes[v.get("moving_mean") or v.get("beta") or v["gamma"]]
+        _copy_or_fill(plan, v, "gamma", f"{t}.weight", channels, 1.0)
+        _copy_or_fill(plan, v, "beta", f"{t}.bias", channels, 0.0)
+        _copy(plan, v, "moving_mean", f"{t}.running_mean")
+        _copy(plan, v, "moving_variance", f"{t}.running_var")
+        plan.steps.append(Step(f"{t}.num_batches_tracked", (), (), Full((), 0, "int64")))
+        eps = config.get("epsilon", 1e-3)
+        momentum = config.get("momentum", 0.99)
+        plan.notes.append(f"{layer.path}: BatchNorm eps={eps} (PyTorch default 1e-5), momentum_pt={1 - momentum:.4g}")
+    elif kind == "layernorm":
+        _copy(plan, v, "gamma", f"{t}.weight")
+        _copy(plan, v, "beta", f"{t}.bias")
+        plan.notes.append(f"{layer.path}: LayerNorm eps={config.get('epsilon', 1e-3)} (PyTorch default 1e-5)")
+    elif kind == "embedding":
+        _copy(plan, v, "embeddings", f"{t}.weight")
+    elif kind == "lstm":
+        hidden = shapes[v["recurrent_kernel"]][0]
+        plan.steps.append(Step(f"{t}.weight_ih_l0{suffix}", (v["kernel"],), (Transpose((1, 0)),), note="gates i,f,c,o = i,f,g,o"))
+        plan.steps.append(Step(f"{t}.weight_hh_l0{suffix}", (v["recurrent_kernel"],), (Transpose((1, 0)),)))
+        if "bias" in v:
+            _copy(plan, v, "bias", f"{t}.bias_ih_l0{suffix}")
+            plan.steps.append(Step(f"{t}.bias_hh_l0{suffix}", (), (), Full((4 * hidden,), 0.0, dtypes[v["bias"]])))
+    elif kind == "gru":
+        if "bias" in v and len(shapes[v["bias"]]) == 1:
+            raise AmbiguousLayoutError(
+                f"GRU {layer.path!r} was built with reset_after=False: PyTorch applies the reset gate after "
+                "the recurrent matmul, so no weights reproduce it exactly",
+                path=path,
+                tensor=v["bias"],
+                hint="retrain or rebuild the Keras GRU with reset_after=True (the Keras 2+ default)",
+            )
+        gates = ReorderGates("zrh", "rzh", 0)
+        plan.steps.append(Step(f"{t}.weight_ih_l0{suffix}", (v["kernel"],), (Transpose((1, 0)), gates), note="gates z,r,h -> r,z,n"))
+        plan.steps.append(Step(f"{t}.weight_hh_l0{suffix}", (v["recurrent_kernel"],), (Transpose((1, 0)), gates)))
+        if "bias" in v:
+            plan.steps.append(Step(f"{t}.bias_ih_l0{suffix}", (v["bias"],), (Take(0, 0), gates)))
+            plan.steps.append(Step(f"{t}.bias_hh_l0{suffix}", (v["bias"],), (Take(0, 1), gates)))
+    else:
+        raise AmbiguousLayoutError(f"layer {layer.path!r}: unknown kind {kind!r}", path=path, hint=f"kinds: {_KINDS_HELP}")
+
+
+def _depthwise_tf_to_pt(shape: tuple[int, ...]) -> tuple[Any, ...]:
+    kh, kw, c, m = shape
+    return (Transpose((2, 3, 0, 1)), Reshape((c * m, 1, kh, kw), (c, m, kh, kw)))
+
+
+def _copy(plan: Plan, v: dict[str, str], var: str, target: str) -> None:
+    if var in v:
+        plan.steps.append(Step(target, (v[var],)))
+
+
+def _copy_or_fill(plan: Plan, v: dict[str, str], var: str, target: str, shape: tuple[int, ...], value: float) -> None:
+    if var in v:
+        plan.steps.append(Step(target, (v[var],)))
+    else:
+        plan.steps.append(Step(target, (), (), Full(shape, value), note=f"{var} not stored (scale/center=False)"))
+
+
+# -- torch -> keras --------------------------------------------------------------------------------
+
+
+def _torch_modules(reader: FormatReader, plan: Plan) -> dict[str, dict[str, str]]:
+    modules: dict[str, dict[str, str]] = defaultdict(dict)
+    for name in reader.keys():
+        module, _, param = name.rpartition(".")
+        modules[module][param] = name
+    return modules
+
+
+def _torch_kind(module: str, params: dict[str, str], shapes: dict[str, tuple[int, ...]], hints: Hints, path: str) -> str:
+    hint = hints.get(module)
+    if hint:
+        return hint
+    if "running_mean" in params:
+        return "batchnorm"
+    if any(p.startswith("weight_ih_l") for p in params):
+        first = next(p for p in params if p.startswith("weight_ih_l"))
+        hh = params[first.replace("_ih_", "_hh_")]
+        gates = shapes[params[first]][0] // shapes[hh][1]
+        return {4: "lstm", 3: "gru"}.get(gates, "unknown_rnn")
+    weight = params.get("weight")
+    if weight is None:
+        raise AmbiguousLayoutError(f"module {module!r} has parameters {sorted(params)} that no rule knows", path=path)
+    rank = len(shapes[weight])
+    if rank == 1:
+        return "layernorm"
+    if rank == 2:
+        if "bias" in params:
+            return "dense"
+        raise AmbiguousLayoutError(
+            f"module {module!r} has a 2-D weight and no bias: a Linear(bias=False) or an Embedding",
+            path=path,
+            tensor=weight,
+            hint=f"pass --hint {module}=dense or --hint {module}=embedding",
+        )
+    raise AmbiguousLayoutError(
+        f"module {module!r} has a {rank}-D weight {shapes[weight]}: Conv, ConvTranspose or a depthwise Conv",
+        path=path,
+        tensor=weight,
+        hint=f"pass --hint {module}=conv (or conv_transpose, depthwise)",
+    )
+
+
+def torch_to_keras(reader: FormatReader, hints: Hints, options: dict[str, Any]) -> Plan:
+    plan = Plan("torch-to-keras")
+    shapes = {n: reader.info(n).shape for n in reader.keys()}
+    for module, params in _torch_modules(reader, plan).items():
+        kind = _torch_kind(module, params, shapes, hints, reader.path)
+        _torch_module_steps(plan, module, params, kind, shapes, reader.path)
+    return plan
+
+
+def _torch_module_steps(plan: Plan, module: str, p: dict[str, str], kind: str, shapes: dict[str, tuple[int, ...]], path: str) -> None:
+    k = module.replace(".", "/")
+    if kind == "dense":
+        plan.steps.append(Step(f"{k}/kernel", (p["weight"],), (Transpose((1, 0)),)))
+        _copy(plan, p, "bias", f"{k}/bias")
+    elif kind in ("conv", "conv_transpose"):
+        rank = len(shapes[p["weight"]])
+        inverse = Transpose(_CONV_PERM_TF_TO_PT[rank]).inverse()
+        plan.steps.append(Step(f"{k}/kernel", (p["weight"],), (inverse,), note=kind))
+        _copy(plan, p, "bias", f"{k}/bias")
+    elif kind.partition(":")[0] == "depthwise":
+        # PyTorch stores (C*M, 1, kh, kw); the multiplier M is not in the weight: "depthwise:M".
+        cm, _, kh, kw = shapes[p["weight"]]
+        multiplier = int(kind.partition(":")[2] or 1)
+        channels = cm // multiplier
+        plan.steps.append(
+            Step(
+                f"{k}/kernel",
+                (p["weight"],),
+                (Reshape((channels, multiplier, kh, kw), (cm, 1, kh, kw)), Transpose((2, 3, 0, 1))),
+                note=f"depthwise, multiplier {multiplier}",
+            )
+        )
+        _copy(plan, p, "bias", f"{k}/bias")
+    elif kind == "batchnorm":
+        _copy(plan, p, "weight", f"{k}/gamma")
+        _copy(plan, p, "bias", f"{k}/beta")
+        _copy(plan, p, "running_mean", f"{k}/moving_mean")
+        _copy(plan, p, "running_var", f"{k}/moving_variance")
+        if "num_batches_tracked" in p:
+            plan.dropped[p["num_batches_tracked"]] = "PyTorch BatchNorm counter; Keras has none"
+    elif kind == "layernorm":
+        _copy(plan, p, "weight", f"{k}/gamma")
+        _copy(plan, p, "bias", f"{k}/beta")
+    elif kind == "embedding":
+        _copy(plan, p, "weight", f"{k}/embeddings")
+    elif kind in ("lstm", "gru"):
+        _torch_rnn_steps(plan, k, p, kind, shapes, path)
+    else:
+        raise AmbiguousLayoutError(f"module {module!r}: unknown kind {kind!r}", path=path, hint=f"kinds: {_KINDS_HELP}")
+
+
+def _torch_rnn_steps(plan: Plan, k: str, p: dict[str, str], kind: str, shapes: dict[str, tuple[int, ...]], path: str) -> None:
+    layers = sorted({int(n.split("_l")[1].split("_")[0]) for n in p if n.startswith("weight_ih_l")})
+    cell = f"{kind}_cell"
+    for layer in layers:
+        for reverse in (False, True):
+            sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+            if f"weight_ih{sfx}" not in p:
+                continue
+            base = k if layer == 0 else f"{k}_{layer}"
+            if any(f"weight_ih_l{layer}_reverse" == n for n in p):
+                base = f"{base}/{'backward' if reverse else 'forward'}_{k.split('/')[-1]}"
+            prefix = f"{base}/{cell}"
+            if kind == "lstm":
+                plan.steps.append(Step(f"{prefix}/kernel", (p[f"weight_ih{sfx}"],), (Transpose((1, 0)),)))
+                plan.steps.append(Step(f"{prefix}/recurrent_kernel", (p[f"weight_hh{sfx}"],), (Transpose((1, 0)),)))
+                biases = tuple(p[n] for n in (f"bias_ih{sfx}", f"bias_hh{sfx}") if n in p)
+                if biases:
+                    plan.steps.append(Step(f"{prefix}/bias", biases, (), Sum(), note="bias_ih + bias_hh"))
+            else:
+                gates = ReorderGates("rzh", "zrh", 1)
+                plan.steps.append(Step(f"{prefix}/kernel", (p[f"weight_ih{sfx}"],), (Transpose((1, 0)), gates)))
+                plan.steps.append(Step(f"{prefix}/recurrent_kernel", (p[f"weight_hh{sfx}"],), (Transpose((1, 0)), gates)))
+                if f"bias_ih{sfx}" in p:
+                    plan.steps.append(
+                        Step(f"{prefix}/bias", (p[f"bias_ih{sfx}"], p[f"bias_hh{sfx}"]), (gates,), Stack(0), note="reset_after=True")
+                    )

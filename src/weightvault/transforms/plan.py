@@ -1,0 +1,149 @@
+"""A conversion plan: which target tensor comes from which sources, through which transforms.
+
+The plan is data. ``Plan.apply(reader)`` returns a lazy mapping of target tensors that writers
+pull one at a time (so a conversion streams, like ``convert``); ``Plan.to_dict()`` is what goes
+into the output manifest; ``Plan.inverse()`` exists when every step has one source and only
+invertible transforms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import FormatReader, TensorInfo
+from weightvault.core.dtypes import dtype_name
+from weightvault.transforms.base import Combine, Transform, transform_from_dict
+
+__all__ = ["Plan", "Step"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """Produce ``target`` from ``sources`` (combined by ``combine`` when there are several)."""
+
+    target: str
+    sources: tuple[str, ...]
+    transforms: tuple[Transform, ...] = ()
+    combine: Combine | None = None
+    note: str = ""
+
+    def run(self, fetch: Any) -> np.ndarray:
+        arrays = [np.asarray(fetch(s)) for s in self.sources]
+        if self.combine is not None:
+            x = self.combine.combine(arrays)
+        elif len(arrays) == 1:
+            x = arrays[0]
+        else:
+            raise ValueError(f"step for {self.target!r} has {len(arrays)} sources and no combiner")
+        for t in self.transforms:
+            x = t.apply(x)
+        return x
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "target": self.target,
+            "sources": list(self.sources),
+            "transforms": [t.to_dict() for t in self.transforms],
+        }
+        if self.combine is not None:
+            d["combine"] = self.combine.to_dict()
+        if self.note:
+            d["note"] = self.note
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Step:
+        return cls(
+            target=d["target"],
+            sources=tuple(d["sources"]),
+            transforms=tuple(transform_from_dict(t) for t in d.get("transforms", [])),
+            combine=transform_from_dict(d["combine"]) if d.get("combine") else None,
+            note=d.get("note", ""),
+        )
+
+    def describe(self) -> str:
+        parts = [self.combine.describe()] if self.combine else []
+        parts += [t.describe() for t in self.transforms]
+        return " -> ".join(parts) if parts else "copy"
+
+
+@dataclass
+class Plan:
+    """An ordered list of steps plus what was dropped and why, and notes for the report."""
+
+    rules: str
+    steps: list[Step] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rules": self.rules,
+            "steps": [s.to_dict() for s in self.steps],
+            "dropped": dict(self.dropped),
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            rules=d["rules"],
+            steps=[Step.from_dict(s) for s in d["steps"]],
+            dropped=dict(d.get("dropped", {})),
+            notes=list(d.get("notes", [])),
+        )
+
+    def inverse(self) -> Plan:
+        """The plan that undoes this one (when every step is 1:1 and invertible)."""
+        steps = []
+        for step in self.steps:
+            if len(step.sources) != 1 or step.combine is not None:
+                raise ValueError(f"step for {step.target!r} combines several sources; it has no inverse")
+            inv = tuple(t.inverse() for t in reversed(step.transforms))
+            steps.append(Step(step.sources[0], (step.target,), inv))
+        return Plan(f"inverse of {self.rules}", steps)
+
+    def apply(self, reader: FormatReader | Mapping[str, np.ndarray]) -> PlannedTensors:
+        return PlannedTensors(self, reader)
+
+    def check_targets_unique(self) -> None:
+        seen: set[str] = set()
+        for step in self.steps:
+            if step.target in seen:
+                raise ValueError(f"two rules produce {step.target!r}")
+            seen.add(step.target)
+
+
+class PlannedTensors(Mapping[str, np.ndarray]):
+    """Target tensors of a plan, computed on access (writers pull one at a time)."""
+
+    def __init__(self, plan: Plan, source: FormatReader | Mapping[str, np.ndarray]) -> None:
+        self.plan = plan
+        self.source = source
+        self._steps = {s.target: s for s in plan.steps}
+        self._infos: dict[str, TensorInfo] = {}
+
+    def _fetch(self, name: str) -> np.ndarray:
+        if isinstance(self.source, FormatReader):
+            return self.source.get(name)
+        return np.asarray(self.source[name])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._steps[name].run(self._fetch)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def info(self, name: str) -> TensorInfo:
+        # Shapes depend on the transforms; computing the tensor once is the simple, exact way.
+        if name not in self._infos:
+            arr = self[name]
+            self._infos[name] = TensorInfo(name, dtype_name(arr.dtype), tuple(arr.shape))
+        return self._infos[name]
