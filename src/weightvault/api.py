@@ -80,6 +80,11 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
     """Allocate every tensor, then fill them with parallel preads, then rebuild the tree."""
     made: dict[str, Any] = {}
     jobs: list[Any] = []
+    pinned = False
+    if framework == "torch":
+        from weightvault.frameworks.torch import wants_pinned
+
+        pinned = wants_pinned(device)
     for name in reader.keys():
         target = reader.aliases.get(name, name)
         if target in made:
@@ -88,7 +93,7 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         if framework == "torch":
             from weightvault.frameworks.torch import empty_like_info
 
-            tensor, view = empty_like_info(info.dtype, info.shape)
+            tensor, view = empty_like_info(info.dtype, info.shape, pin_memory=pinned)
             made[target] = tensor
         else:
             view = np.empty(info.shape, dtype=dtype_from_name(info.dtype))
@@ -96,7 +101,9 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         jobs.extend(reader.read_jobs(target, view))
     _run_parallel(jobs)
     if framework == "torch" and device is not None:
-        made = {k: v.to(device) for k, v in made.items()}
+        from weightvault.frameworks.torch import to_device
+
+        made = to_device(made, device)
     return unflatten(reader.manifest["tree"], lambda name: made[reader.aliases.get(name, name)])
 
 
