@@ -39,7 +39,6 @@ from weightvault.errors import (
     InvalidHeaderError,
     InvalidOffsetError,
     TruncatedFileError,
-    UnknownDtypeError,
     UnsupportedOperationError,
 )
 
@@ -302,9 +301,11 @@ class GGUFReader(FormatReader):
             arr = np.frombuffer(self._mmap, dtype=dt, count=numel, offset=t.offset).reshape(t.shape)
             return arr.astype(dt.newbyteorder("<")) if self.endian == ">" and dt.itemsize > 1 else arr
         raw = np.frombuffer(self._mmap, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+        # Quantized blocks are byte arrays to the gguf writer, which never byte-swaps them: their
+        # f16 scales are little-endian even in big-endian files, so we read them that way.
         if t.type_name == "Q8_0":
-            return _dequantize_q8_0(raw, self.endian).reshape(t.shape)
-        return _dequantize_q4_0(raw, self.endian).reshape(t.shape)
+            return _dequantize_q8_0(raw, "<").reshape(t.shape)
+        return _dequantize_q4_0(raw, "<").reshape(t.shape)
 
     @property
     def metadata(self) -> dict[str, Any]:

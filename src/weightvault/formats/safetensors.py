@@ -1,4 +1,24 @@
-"""Plain safetensors files (any producer), read and written without the safetensors package."""
+"""safetensors files and sharded Hugging Face repositories, without the safetensors package.
+
+Two layouts, one format name:
+
+* a single ``.safetensors`` file (:class:`SafetensorsReader`);
+* a sharded repository: a directory holding ``model.safetensors.index.json``
+  (``{"metadata": {...}, "weight_map": {tensor: shard file}}``, a transformers convention) and the
+  shard files (:class:`ShardedSafetensorsReader`). It can be opened through the directory or the
+  index file. Opening validates the whole repository before any tensor is read: every shard named
+  must be a relative path that stays inside the directory, must exist and be a valid safetensors
+  file, and must hold every tensor the index assigns to it. A weightvault native directory also has
+  such an index but carries ``manifest.json``; it is detected as ``native`` first, and this
+  format's sniff requires the index *and* no manifest.
+
+Writing picks the layout from the destination: a name ending in ``.safetensors`` (without a
+``shard_size`` option) gives a single file; anything else, or ``shard_size=N`` (bytes of tensor data
+per shard, default 5 GB as in transformers), gives a repository directory built under a temporary
+name with :func:`weightvault.core.io.atomic_dir` and named ``model-0000i-of-0000n.safetensors``.
+Each shard's ``__metadata__`` carries the (string-valued) metadata plus ``format: pt``, which
+transformers requires.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +30,22 @@ from typing import Any
 import numpy as np
 
 from weightvault.abc.format import Format, FormatReader, TensorInfo
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_dir, atomic_write
 from weightvault.core.safetensors_io import ST_CODES, SafetensorsFile, TensorSource, write_safetensors
-from weightvault.errors import UnsupportedOperationError
+from weightvault.errors import (
+    CheckpointNotFoundError,
+    HeaderTooLargeError,
+    InvalidHeaderError,
+    UnsupportedOperationError,
+)
+from weightvault.formats._common import fetch_array, safe_relative
 
-__all__ = ["SafetensorsFormat", "SafetensorsReader"]
+__all__ = ["INDEX_FILE", "SafetensorsFormat", "SafetensorsReader", "ShardedSafetensorsReader"]
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+MAX_INDEX_BYTES = 100_000_000
+DEFAULT_SHARD_SIZE = 5_000_000_000  # transformers' max_shard_size="5GB"
 
 
 class SafetensorsReader(FormatReader):
@@ -46,6 +77,96 @@ class SafetensorsReader(FormatReader):
         self._file.close()
 
 
+class ShardedSafetensorsReader(FormatReader):
+    """A Hugging Face sharded repository, read as one checkpoint (zero-copy views of the shards)."""
+
+    format_name = "safetensors"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        p = Path(path)
+        self.root = p if p.is_dir() else p.parent
+        self._shards: dict[str, SafetensorsFile] = {}
+        try:
+            index_path = self.root / INDEX_FILE if p.is_dir() else p
+            if index_path.exists():
+                self._index_meta, self._map = self._read_index(index_path)
+            elif (self.root / SINGLE_FILE).is_file():
+                # a one-file repository (transformers writes no index when nothing is sharded)
+                self._index_meta = {}
+                st = self._open_shard(SINGLE_FILE, None)
+                self._map = {name: SINGLE_FILE for name in sorted(st.entries, key=lambda n: st.entries[n].start)}
+            else:
+                raise CheckpointNotFoundError(f"no {INDEX_FILE} or {SINGLE_FILE} in the directory", path=self.path)
+            for name, file in self._map.items():
+                shard = self._open_shard(file, name)
+                if name not in shard.entries:
+                    raise InvalidHeaderError(
+                        f"the index puts this tensor in {file}, which does not hold it", path=self.path, tensor=name
+                    )
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_index(self, index_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+        import json
+
+        size = index_path.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise HeaderTooLargeError(f"index is {size} bytes, over the {MAX_INDEX_BYTES} cap", path=index_path)
+        try:
+            doc = json.loads(index_path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidHeaderError(f"index is not valid UTF-8 JSON: {exc}", path=index_path) from None
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise InvalidHeaderError("index needs a weight_map of tensor name -> file name", path=index_path)
+        meta = doc.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise InvalidHeaderError("index metadata is not an object", path=index_path)
+        return meta, weight_map
+
+    def _open_shard(self, file: str, tensor: str | None) -> SafetensorsFile:
+        if file not in self._shards:
+            full = safe_relative(self.root, file, path=self.path, tensor=tensor)
+            if not os.path.isfile(full):
+                raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
+            self._shards[file] = SafetensorsFile(full)
+        return self._shards[file]
+
+    def keys(self) -> list[str]:
+        return list(self._map)
+
+    def info(self, name: str) -> TensorInfo:
+        self._require(name)
+        file = self._map[name]
+        e = self._shards[file].entries[name]
+        return TensorInfo(name, e.dtype, e.shape, {"file": file, "offsets": [e.start, e.end]})
+
+    def get(self, name: str) -> np.ndarray:
+        self._require(name)
+        return self._shards[self._map[name]].view(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._map
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for shard in self._shards.values():
+            out.update(shard.metadata)
+            break
+        out.update(self._index_meta)
+        return out
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
+
+
 def _string_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     import json
 
@@ -63,13 +184,20 @@ class SafetensorsFormat(Format):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        if path.is_dir() or len(head) < 10:
+        if path.is_dir():
+            return (path / INDEX_FILE).is_file() and not (path / "manifest.json").exists()
+        if path.name.endswith(INDEX_FILE):
+            return head.lstrip()[:1] == b"{" and not (path.parent / "manifest.json").exists()
+        if len(head) < 10:
             return False
         n = int.from_bytes(head[:8], "little")
         return 2 <= n <= 100_000_000 and head[8:9] == b"{"
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], **options: Any) -> SafetensorsReader:
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> FormatReader:
+        p = Path(path)
+        if p.is_dir() or p.name.endswith(".index.json"):
+            return ShardedSafetensorsReader(p)
         return SafetensorsReader(path)
 
     @classmethod
@@ -96,6 +224,44 @@ class SafetensorsFormat(Format):
                     f"safetensors has no dtype for {dtype}", path=path, tensor=name,
                     hint="write the native format instead (it stores complex128 as a float64 view)",
                 )
-            sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: np.asarray(tensors[n]))(name)))
-        with atomic_write(path) as f:
-            write_safetensors(f, sources, _string_metadata(metadata))
+            sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name)))
+        shard_size = options.get("shard_size")
+        if shard_size is None and os.fspath(path).lower().endswith(".safetensors"):
+            with atomic_write(path) as f:
+                write_safetensors(f, sources, _string_metadata(metadata))
+            return
+        _write_repository(Path(path), sources, metadata, int(shard_size or DEFAULT_SHARD_SIZE))
+
+
+def _write_repository(
+    path: Path, sources: list[TensorSource], metadata: Mapping[str, Any] | None, shard_size: int
+) -> None:
+    import json
+
+    if shard_size <= 0:
+        raise UnsupportedOperationError(f"shard_size must be positive, got {shard_size}", path=path)
+    groups: list[list[TensorSource]] = [[]]
+    size = 0
+    for src in sources:  # keep the caller's order; a tensor larger than shard_size gets its own shard
+        if groups[-1] and size + src.nbytes > shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(src)
+        size += src.nbytes
+    shard_meta = {"format": "pt", **_string_metadata(metadata)}
+    weight_map: dict[str, str] = {}
+    with atomic_dir(path) as tmp:
+        for i, group in enumerate(groups, 1):
+            shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            with open(tmp / shard, "xb") as f:
+                write_safetensors(f, group, shard_meta)
+                f.flush()
+                os.fsync(f.fileno())
+            weight_map.update({src.name: shard for src in group})
+        index_meta: dict[str, Any] = {k: v for k, v in (metadata or {}).items() if k != "total_size"}
+        index_meta["total_size"] = sum(src.nbytes for src in sources)
+        index = {"metadata": index_meta, "weight_map": weight_map}
+        with open(tmp / INDEX_FILE, "x", encoding="utf-8") as jf:
+            json.dump(index, jf, indent=2, ensure_ascii=False, default=str)
+            jf.flush()
+            os.fsync(jf.fileno())

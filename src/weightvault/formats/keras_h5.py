@@ -1,0 +1,608 @@
+"""Keras HDF5 weights: Keras 3 ``.weights.h5`` / ``.keras`` and legacy Keras/tf.keras ``.h5``.
+
+h5py is this format's optional dependency and is imported lazily (a missing h5py raises
+:class:`MissingDependencyError` with the install hint). Nothing from a file is ever executed: the
+``.keras`` config is parsed as JSON only.
+
+**Keras 3 layout** (``saving_lib.H5IOStore``): every object that owns variables has a group with a
+``vars`` sub-group whose datasets are named ``"0"``, ``"1"``, ... in the order of
+``trainable_variables + non_trainable_variables``; layers sit under ``layers/<snake_case class>``
+(``dense``, ``dense_1``, ...), nested objects under their attribute name (``lstm/cell``). The file
+does not store variable names, only positions. Tensor names are rebuilt as Keras' own variable
+paths (``fc1/kernel``, ``lstm/lstm_cell/kernel``):
+
+* the layer part is the chain of ``name`` attributes of the enclosing ``vars`` groups (written by
+  Keras >= 3.x; for older files the h5 group name is used);
+* the variable part comes from a table of the built-in layers keyed by the class (taken from the
+  ``.keras`` config when there is one, otherwise from the snake_case group name), adjusted for
+  ``use_bias=False`` / ``center`` / ``scale`` from the config; when the class is unknown or the count
+  does not fit, the position is used (``my_layer/0``);
+* optimizer variables are named ``optimizer/<i>``; variables of the model object itself
+  ``<model name>/<i>``.
+
+With a ``.keras`` archive, tensors come out in the model's layer order (from ``config.json``,
+exposed as ``metadata["keras"]["config"]``); a bare ``.weights.h5`` has no order beyond the
+group names.
+
+**Legacy layout** (``model.save("x.h5")`` -> ``model_weights`` group; ``save_weights("x.h5")`` ->
+root): ``layer_names`` lists layers (attributes over 64 KB are split into ``layer_names0``,
+``layer_names1``, ...), each layer group lists ``weight_names``, and datasets live at
+``<layer>/<weight name>``. Tensor names are the weight names without the ``:0`` suffix
+(``dense/kernel:0`` -> ``dense/kernel``); optimizer weights are ``optimizer/<weight name>``.
+
+Files written here also store each variable's full name in a dataset attribute ``path`` (Keras
+ignores it), so any names round-trip exactly; the reader prefers that attribute when present.
+
+Every tensor's HDF5 location is kept in ``info().extra["h5_path"]`` and in
+``metadata["keras"]["h5_paths"]``, so a conversion that passes the metadata along (``convert``
+does, and the native format stores it) can write the exact layout back.
+
+**Writing** (``layout="keras3"`` for names ending ``.weights.h5``, ``layout="legacy"`` for other
+``.h5`` names): each tensor's group is taken from option ``paths={name: h5 path}``, else from
+``metadata["keras"]["h5_paths"]``, else derived from the name (Keras 3: ``a/b/var`` ->
+``layers/a/b/vars`` with ``*_cell`` sub-objects under ``cell``, positions following the
+variable-name table, else the mapping order; this matches Keras only where the layer names equal
+Keras' snake_case class paths. Legacy: the layer is the last path part before the variable, skipping
+a ``*_cell`` part, so ``sequential/dense/kernel`` and ``lstm/lstm_cell/kernel`` go to ``dense`` and
+``lstm``). Legacy files are loaded positionally by Keras, so the mapping order must be the model's
+layer order.
+
+bfloat16: Keras 3 files store it as Keras does (2-byte opaque data with the dataset attribute
+``dtype="bfloat16"``); legacy files store float32 (exact) with that attribute, because Keras' legacy
+loader cannot cast opaque data (it fails on its own legacy bfloat16 files). The reader accepts all
+three forms, including Keras' unmarked 2-byte opaque legacy datasets.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.core.dtypes import dtype_name
+from weightvault.core.io import atomic_write
+from weightvault.errors import (
+    DuplicateTensorError,
+    InvalidHeaderError,
+    MissingDependencyError,
+    TruncatedFileError,
+    UnknownDtypeError,
+    UnsupportedOperationError,
+)
+from weightvault.formats._common import describe_entry, fetch_array, jsonable
+
+__all__ = ["KerasFormat", "KerasReader"]
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+KERAS_MEMBERS = (b"metadata.json", b"config.json", b"model.weights.h5")
+MAX_ZIP_RATIO = 1100
+
+#: variable names in Keras' order (trainable then non-trainable), by snake_case class name
+VAR_NAMES: dict[str, list[str]] = {
+    **{k: ["kernel", "bias"] for k in (
+        "dense", "einsum_dense", "conv1d", "conv2d", "conv3d", "conv1d_transpose", "conv2d_transpose",
+        "conv3d_transpose", "depthwise_conv1d", "depthwise_conv2d",
+    )},
+    "separable_conv1d": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "separable_conv2d": ["depthwise_kernel", "pointwise_kernel", "bias"],
+    "batch_normalization": ["gamma", "beta", "moving_mean", "moving_variance"],
+    "layer_normalization": ["gamma", "beta"],
+    "group_normalization": ["gamma", "beta"],
+    "embedding": ["embeddings"],
+    "lstm_cell": ["kernel", "recurrent_kernel", "bias"],
+    "gru_cell": ["kernel", "recurrent_kernel", "bias"],
+    "simple_rnn_cell": ["kernel", "recurrent_kernel", "bias"],
+    "p_re_lu": ["alpha"],
+    "prelu": ["alpha"],
+}  # fmt: skip
+_CLASS_KEYS = {"Conv1D": "conv1d", "Conv2D": "conv2d", "Conv3D": "conv3d", "PReLU": "p_re_lu",
+               "DepthwiseConv1D": "depthwise_conv1d", "DepthwiseConv2D": "depthwise_conv2d",
+               "SeparableConv1D": "separable_conv1d", "SeparableConv2D": "separable_conv2d",
+               "Conv1DTranspose": "conv1d_transpose", "Conv2DTranspose": "conv2d_transpose",
+               "Conv3DTranspose": "conv3d_transpose", "LSTMCell": "lstm_cell", "GRUCell": "gru_cell"}  # fmt: skip
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "Keras HDF5 files need h5py", hint="pip install 'weightvault[keras]' (or pip install h5py)"
+        ) from exc
+    return h5py
+
+
+def _snake(class_name: str) -> str:
+    if class_name in _CLASS_KEYS:
+        return _CLASS_KEYS[class_name]
+    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+
+
+def _class_key(group_key: str) -> str:
+    return re.sub(r"_\d+$", "", group_key)
+
+
+def _var_names(class_key: str, count: int, cfg: Mapping[str, Any] | None) -> list[str]:
+    """Variable names for a layer's ``count`` stored variables, or positions when unsure."""
+    names = list(VAR_NAMES.get(class_key, []))
+    cfg = cfg or {}
+    if names and names[-1] == "bias" and cfg.get("use_bias") is False:
+        names.pop()
+    if class_key in ("batch_normalization", "layer_normalization", "group_normalization"):
+        if cfg.get("center") is False:
+            names.remove("beta")
+        if cfg.get("scale") is False:
+            names.remove("gamma")
+        if not cfg and class_key == "batch_normalization" and count == 3:
+            names.remove("beta")  # no config: assume the more common center=False over scale=False
+        if not cfg and count == 2 and class_key == "batch_normalization":
+            names = ["moving_mean", "moving_variance"]
+    if names and len(names) == count - 1 and names[-1] != "bias" and class_key in VAR_NAMES and "bias" in VAR_NAMES[class_key]:
+        names.append("bias")
+    if names and not cfg and len(names) == count + 1 and names[-1] == "bias":
+        names.pop()  # a kernel-only Dense/Conv without a config
+    if len(names) != count:
+        return [str(i) for i in range(count)]
+    return names
+
+
+def _decode(v: Any) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def _attr_list(group: Any, name: str) -> list[str]:
+    """A string-list attribute, joined from Keras' ``name0``, ``name1``... chunks when split."""
+    if name in group.attrs:
+        values = list(np.atleast_1d(group.attrs[name]))
+    else:
+        values = []
+        i = 0
+        while f"{name}{i}" in group.attrs:
+            values.extend(np.atleast_1d(group.attrs[f"{name}{i}"]))
+            i += 1
+    return [_decode(v) for v in values if not isinstance(v, (float, np.floating))]
+
+
+def _walk_config(config: Any) -> dict[str, dict[str, Any]]:
+    """layer name -> {"class_name", "config", "order"} from a .keras config (nested models too)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            cfg = node.get("config")
+            if "class_name" in node and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+                found.setdefault(cfg["name"], {"class_name": node["class_name"], "config": cfg, "order": len(found)})
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(config)
+    return found
+
+
+class KerasReader(FormatReader):
+    format_name = "keras"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        h5py = _h5py()
+        self._config: Any = None
+        self._keras_meta: dict[str, Any] = {}
+        self._buffer: io.BytesIO | None = None
+        self._entries: dict[str, dict[str, Any]] = {}  # name -> {"h5": path, ...}
+        try:
+            if zipfile.is_zipfile(self.path):
+                self.container = "keras"
+                self._buffer = self._read_archive()
+                self._h5 = h5py.File(self._buffer, "r")
+            else:
+                self.container = "h5"
+                try:
+                    self._h5 = h5py.File(self.path, "r")
+                except OSError as exc:
+                    cls = TruncatedFileError if "truncated" in str(exc).lower() else InvalidHeaderError
+                    raise cls(f"not a readable HDF5 file: {exc}", path=self.path) from None
+        except BaseException:
+            self.close_buffer()
+            raise
+        try:
+            self._index()
+        except BaseException:
+            self.close()
+            raise
+
+    def close_buffer(self) -> None:
+        if self._buffer is not None:
+            self._buffer.close()
+
+    def _read_archive(self) -> io.BytesIO:
+        try:
+            zf = zipfile.ZipFile(self.path)
+        except zipfile.BadZipFile as exc:
+            raise InvalidHeaderError(f"not a .keras archive: {exc}", path=self.path) from None
+        with zf:
+            names = zf.namelist()
+            if "model.weights.h5" not in names:
+                raise InvalidHeaderError(".keras archive has no model.weights.h5", path=self.path)
+            for meta in ("config.json", "metadata.json"):
+                if meta in names:
+                    zi = zf.getinfo(meta)
+                    if zi.file_size > 64 * 1024 * 1024:
+                        raise InvalidHeaderError(f"{meta} is implausibly large", path=self.path)
+                    try:
+                        doc = json.loads(zf.read(meta).decode("utf-8"))
+                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                        raise InvalidHeaderError(f"{meta} is not JSON: {exc}", path=self.path) from None
+                    if meta == "config.json":
+                        self._config = doc
+                    else:
+                        self._keras_meta = doc if isinstance(doc, dict) else {}
+            zi = zf.getinfo("model.weights.h5")
+            if zi.compress_type != zipfile.ZIP_STORED and zi.file_size > zi.compress_size * MAX_ZIP_RATIO + 4096:
+                raise InvalidHeaderError("model.weights.h5 claims an impossible size", path=self.path)
+            try:
+                data = zf.read(zi)
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise TruncatedFileError(f"cannot read model.weights.h5: {exc}", path=self.path) from None
+        return io.BytesIO(data)
+
+    # -- indexing ----------------------------------------------------------------------------------
+    def _index(self) -> None:
+        f = self._h5
+        if "model_weights" in f and ("layer_names" in f["model_weights"].attrs or "layer_names0" in f["model_weights"].attrs):
+            self.layout = "legacy"
+            self._index_legacy(f["model_weights"], "model_weights/")
+            if "optimizer_weights" in f:
+                self._index_legacy_group(f["optimizer_weights"], "optimizer_weights/", prefix="optimizer/")
+        elif "layer_names" in f.attrs or "layer_names0" in f.attrs:
+            self.layout = "legacy"
+            self._index_legacy(f, "")
+        elif "layers" in f or "vars" in f or "_layer_checkpoint_dependencies" in f or "optimizer" in f:
+            self.layout = "keras3"
+            self._index_keras3()
+        else:
+            raise InvalidHeaderError("HDF5 file has neither Keras 3 nor legacy Keras weights", path=self.path)
+
+    def _add(self, name: str, h5_path: str, **extra: Any) -> None:
+        if name in self._entries:
+            raise DuplicateTensorError("two datasets map to this tensor name", path=self.path, tensor=name)
+        self._entries[name] = {"h5_path": h5_path, **extra}
+
+    def _index_legacy(self, group: Any, base: str) -> None:
+        for layer in _attr_list(group, "layer_names"):
+            if layer not in group:
+                raise InvalidHeaderError(f"layer_names lists {layer!r} but it has no group", path=self.path)
+            self._index_legacy_group(group[layer], f"{base}{layer}/", layer=layer)
+
+    def _index_legacy_group(self, group: Any, base: str, prefix: str = "", layer: str | None = None) -> None:
+        for wn in _attr_list(group, "weight_names"):
+            if wn not in group:
+                raise InvalidHeaderError(f"weight {wn!r} is listed but missing", path=self.path, tensor=wn)
+            name = prefix + re.sub(r":\d+$", "", wn)
+            self._add(name, base + wn, layer=layer)
+
+    def _index_keras3(self) -> None:
+        h5py = _h5py()
+        layers_cfg = _walk_config(self._config) if self._config is not None else {}
+        # (order, name prefix, class key, vars path, count, layer config flags)
+        found: list[tuple[float, str, str, str, int, Any]] = []
+
+        def visit(group: Any, path: str, chain: list[str], depth: int) -> None:
+            if depth > 32:
+                raise InvalidHeaderError("Keras groups nested too deep", path=self.path)
+            vars_group = group.get("vars") if "vars" in group else None
+            here = chain
+            if vars_group is not None and isinstance(vars_group, h5py.Group):
+                key = path.rstrip("/").split("/")[-1] if path else ""
+                label = _decode(vars_group.attrs["name"]) if "name" in vars_group.attrs else key
+                is_root = path == ""
+                here = chain if is_root or key == "optimizer" else [*chain, label]
+                count = len([k for k in vars_group if k.isdigit()])
+                if count:
+                    own = layers_cfg.get(label)
+                    top = layers_cfg.get(here[0]) if here else None
+                    ckey = _snake(own["class_name"]) if own else ""
+                    if ckey not in VAR_NAMES:
+                        ckey = next((c for c in (_class_key(key), _class_key(label)) if c in VAR_NAMES), ckey or key)
+                    if ckey not in VAR_NAMES and key.endswith("_dense"):
+                        ckey = "einsum_dense"  # attention sub-layers: _query_dense, _output_dense, ...
+                    flags = (own or top or {}).get("config")
+                    order = (top or own or {}).get("order", 1e9)
+                    if key == "optimizer":
+                        prefix, ckey = "optimizer", ""
+                    elif is_root:
+                        prefix = label or "model"
+                    else:
+                        prefix = "/".join(here)
+                    found.append((order, prefix, ckey, f"{path}vars", count, flags))
+            for k in group:
+                if k == "vars":
+                    continue
+                child = group[k]
+                if isinstance(child, h5py.Group):
+                    visit(child, f"{path}{k}/", here, depth + 1)
+
+        visit(self._h5, "", [], 0)
+        found.sort(key=lambda t: t[0])  # stable: config order when known, else h5 order
+        for _order, prefix, ckey, vpath, count, cfg in found:
+            names = [str(i) for i in range(count)] if not ckey else _var_names(ckey, count, cfg)
+            group = self._h5[vpath]
+            for i, var in enumerate(names):
+                # files we wrote carry each variable's full path (Keras ignores the attribute)
+                stored = group[str(i)].attrs.get("path") if str(i) in group else None
+                self._add(_decode(stored) if stored is not None else f"{prefix}/{var}", f"{vpath}/{i}")
+
+    # -- FormatReader hooks ------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def _dataset(self, name: str) -> Any:
+        self._require(name)
+        path = self._entries[name]["h5_path"]
+        try:
+            ds = self._h5[path]
+        except KeyError:
+            raise InvalidHeaderError(f"dataset {path} is missing", path=self.path, tensor=name) from None
+        return ds
+
+    def _dtype(self, ds: Any, name: str) -> str:
+        if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+            return "bfloat16"
+        if ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and ds.dtype.names is None:
+            # Keras' legacy writer stores bfloat16 variables as 2-byte opaque data with no marker
+            return "bfloat16"
+        try:
+            return dtype_name(ds.dtype, tensor=name)
+        except UnknownDtypeError as exc:
+            raise UnknownDtypeError(f"dataset {ds.name} has dtype {ds.dtype}", path=self.path, tensor=name) from exc
+
+    def info(self, name: str) -> TensorInfo:
+        ds = self._dataset(name)
+        extra = {"h5_path": self._entries[name]["h5_path"]}
+        return TensorInfo(name, self._dtype(ds, name), tuple(ds.shape), extra)
+
+    def get(self, name: str) -> np.ndarray:
+        ds = self._dataset(name)
+        dtype = self._dtype(ds, name)
+        try:
+            arr = np.asarray(ds[()])
+        except OSError as exc:  # h5py reports truncated files as OSError
+            raise TruncatedFileError(f"cannot read dataset {ds.name}: {exc}", path=self.path, tensor=name) from None
+        if dtype == "bfloat16":
+            import ml_dtypes
+
+            if arr.dtype.kind == "f":  # our legacy files widen bfloat16 to float32 (exact)
+                arr = arr.astype(ml_dtypes.bfloat16)
+            else:
+                arr = np.frombuffer(arr.tobytes(), dtype=ml_dtypes.bfloat16).reshape(ds.shape)
+        elif arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        return arr
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        keras: dict[str, Any] = {
+            "layout": self.layout,
+            "container": self.container,
+            "h5_paths": {n: e["h5_path"] for n, e in self._entries.items()},
+        }
+        for attr in ("keras_version", "backend"):
+            root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
+            if attr in root.attrs:
+                keras[attr] = _decode(root.attrs[attr])
+        if self._config is None and "model_config" in self._h5.attrs:  # legacy model.save()
+            try:
+                self._config = json.loads(_decode(self._h5.attrs["model_config"]))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass  # a config we cannot parse is not needed to read weights
+        if self._config is not None:
+            keras["config"] = self._config
+        if self._keras_meta:
+            keras["archive_metadata"] = jsonable(self._keras_meta)
+        return {"keras": keras}
+
+    def close(self) -> None:
+        h5 = getattr(self, "_h5", None)
+        if h5 is not None:
+            try:
+                h5.close()
+            except Exception:  # noqa: BLE001 - closing a half-open file must not mask the real error
+                pass
+        self.close_buffer()
+
+
+# -- writing ------------------------------------------------------------------------------------------
+def _keras3_path_for(name: str) -> tuple[str, str]:
+    """(vars group, variable name) derived from a ``layer/.../var`` name when no path is known."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        return f"layers/{name}/vars", name
+    if parts[0] == "optimizer":
+        return "optimizer/vars", parts[-1]
+    groups = ["layers", parts[0]]
+    for sub in parts[1:-1]:
+        groups.append("cell" if sub.endswith("_cell") else sub)
+    return "/".join(groups) + "/vars", parts[-1]
+
+
+def _resolve_paths(
+    tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None, options: Mapping[str, Any], layout: str
+) -> dict[str, str]:
+    known: dict[str, str] = dict(options.get("paths") or {})
+    keras_meta = (metadata or {}).get("keras")
+    if isinstance(keras_meta, str):  # string-only containers (safetensors) keep it JSON-encoded
+        try:
+            keras_meta = json.loads(keras_meta)
+        except json.JSONDecodeError:
+            keras_meta = None
+    meta_paths = keras_meta.get("h5_paths") if isinstance(keras_meta, dict) else None
+    meta_layout = keras_meta.get("layout") if isinstance(keras_meta, dict) else None
+    if meta_paths and meta_layout == layout:
+        for n, p in meta_paths.items():
+            known.setdefault(n, p)
+    out: dict[str, str] = {}
+    if layout == "keras3":
+        pending: dict[str, list[tuple[str, str]]] = {}
+        for name in tensors:
+            if name in known:
+                out[name] = known[name]
+                continue
+            group, var = _keras3_path_for(name)
+            pending.setdefault(group, []).append((name, var))
+        for group, members in pending.items():
+            ckey = _class_key(group.split("/")[-2]) if group.count("/") >= 1 else ""
+            table = VAR_NAMES.get(ckey, [])
+            taken = {int(p.rsplit("/", 1)[1]) for p in out.values() if p.rsplit("/", 1)[0] == group}
+            ordered = sorted(members, key=lambda m: table.index(m[1]) if m[1] in table else len(table))
+            i = 0
+            for name, _var in ordered:
+                while i in taken:
+                    i += 1
+                out[name] = f"{group}/{i}"
+                i += 1
+        return out
+    for name in tensors:
+        if name in known:
+            out[name] = known[name].removeprefix("model_weights/")
+        elif name.startswith("optimizer/"):  # optimizer state is not a layer: keep it apart
+            out[name] = f"optimizer_weights/{name.removeprefix('optimizer/')}"
+        else:
+            out[name] = f"{_legacy_layer_for(name)}/{name}"
+    return out
+
+
+def _legacy_layer_for(name: str) -> str:
+    """The layer owning a ``[model/]layer[/x_cell]/var`` name (Sequential paths carry the model)."""
+    parts = name.split("/")[:-1]
+    if parts and parts[-1].endswith("_cell") and len(parts) > 1:
+        parts = parts[:-1]
+    return parts[-1] if parts else name
+
+
+class KerasFormat(Format):
+    name = "keras"
+    description = "Keras 3 .weights.h5 / .keras and legacy Keras HDF5 (needs h5py)"
+    extensions = (".weights.h5", ".keras", ".h5", ".hdf5")
+    can_write = True
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        if head.startswith(HDF5_MAGIC):
+            return True
+        if head.startswith(b"PK\x03\x04") and len(head) >= 30:
+            n = int.from_bytes(head[26:28], "little")
+            return head[30 : 30 + n] in KERAS_MEMBERS
+        return False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> KerasReader:
+        return KerasReader(path)
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, np.ndarray],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        h5py = _h5py()
+        lower = os.fspath(path).lower()
+        if lower.endswith(".keras"):
+            raise UnsupportedOperationError(
+                "writing a .keras archive needs the model's config; write NAME.weights.h5 instead",
+                path=path,
+                hint="model.load_weights('NAME.weights.h5') loads it into the matching model",
+            )
+        layout = options.get("layout") or ("keras3" if lower.endswith(".weights.h5") else "legacy")
+        if layout not in ("keras3", "legacy"):
+            raise UnsupportedOperationError(f"unknown Keras layout {layout!r} (keras3 or legacy)", path=path)
+        paths = _resolve_paths(tensors, metadata, options, layout)
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            if layout == "keras3":
+                cls._write_keras3(f, tensors, paths)
+            else:
+                cls._write_legacy(f, tensors, paths)
+        with atomic_write(path) as out:
+            out.write(buf.getbuffer())
+
+    @staticmethod
+    def _dataset(group: Any, key: str, tensors: Mapping[str, np.ndarray], name: str, widen_bf16: bool = False) -> None:
+        dtype, _shape = describe_entry(tensors, name)
+        arr = fetch_array(tensors, name)
+        if dtype == "bfloat16":
+            # Keras 3 files: 2-byte opaque data + dtype attribute, exactly as H5IOStore writes.
+            # Legacy files: Keras' legacy loader cannot cast opaque data (it fails on its own
+            # bfloat16 files), so we store float32 (exact) and mark it for our reader.
+            ds = group.create_dataset(key, data=arr.astype(np.float32) if widen_bf16 else arr)
+            ds.attrs["dtype"] = "bfloat16"
+        elif arr.dtype.kind not in "biufc":
+            raise UnsupportedOperationError(f"Keras HDF5 cannot hold {dtype}", path=None, tensor=name)
+        else:
+            group.create_dataset(key, data=arr)
+
+    @classmethod
+    def _write_keras3(cls, f: Any, tensors: Mapping[str, np.ndarray], paths: dict[str, str]) -> None:
+        for name in tensors:
+            group_path, _, key = paths[name].rpartition("/")
+            group = f.require_group(group_path)
+            cls._name_vars_groups(f, group_path, name)
+            cls._dataset(group, key, tensors, name)
+            group[key].attrs["path"] = name
+
+    @staticmethod
+    def _name_vars_groups(f: Any, vars_path: str, name: str) -> None:
+        """Give each object on the way a ``vars`` group with its ``name`` attribute, as Keras does,
+        so the names read back are the names written (``lstm`` / ``lstm_cell``)."""
+        if not vars_path.endswith("vars"):
+            return
+        parts = vars_path.split("/")[:-1]
+        objects = ["/".join(parts[: i + 1]) for i, p in enumerate(parts) if p not in ("layers", "_layer_checkpoint_dependencies")]
+        labels = name.split("/")[:-1] or [name]
+        if parts and parts[0] == "optimizer":
+            labels = []
+        if len(labels) != len(objects):
+            objects, labels = objects[-1:], labels[-1:]
+        for obj, label in zip(objects, labels):
+            vars_group = f.require_group(f"{obj}/vars")
+            if "name" not in vars_group.attrs:
+                vars_group.attrs["name"] = label
+
+    @classmethod
+    def _write_legacy(cls, f: Any, tensors: Mapping[str, np.ndarray], paths: dict[str, str]) -> None:
+        from weightvault import __version__
+
+        layers: dict[str, list[tuple[str, str]]] = {}
+        optimizer: list[tuple[str, str]] = []
+        for name in tensors:
+            layer, _, weight = paths[name].partition("/")
+            if layer == "optimizer_weights":  # not a layer: Keras loads it apart, by name
+                optimizer.append((name, weight))
+                continue
+            layers.setdefault(layer, []).append((name, weight))
+        if optimizer:
+            group = f.require_group("optimizer_weights")
+            group.attrs["weight_names"] = [w.encode("utf-8") for _n, w in optimizer]
+            for name, weight in optimizer:
+                cls._dataset(group, weight, tensors, name, widen_bf16=True)
+        f.attrs["layer_names"] = [layer.encode("utf-8") for layer in layers]
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = f"weightvault-{__version__}".encode()
+        for layer, members in layers.items():
+            group = f.require_group(layer)
+            group.attrs["weight_names"] = [w.encode("utf-8") for _n, w in members]
+            for name, weight in members:
+                cls._dataset(group, weight, tensors, name, widen_bf16=True)

@@ -1,0 +1,864 @@
+"""TensorFlow checkpoint V2 ("tensor bundle"): ``PREFIX.index`` + ``PREFIX.data-SSSSS-of-NNNNN``.
+
+Reading (pure Python + numpy, see ``research/formats.md`` §1):
+
+* ``open()`` takes a run directory (its ``checkpoint`` state file names the newest prefix; a
+  SavedModel's ``variables/`` works too), a prefix (``model.ckpt-1000``), the ``.index`` file or a
+  ``.data-*`` file.
+* The ``.index`` is a LevelDB table (:mod:`weightvault.core.sstable`, block CRCs always checked):
+  key ``""`` holds the ``BundleHeaderProto``, every other key a ``BundleEntryProto`` giving dtype,
+  shape, shard, offset, size and the masked CRC-32C of the bytes.
+* Numeric tensors are mmapped read-only views of the data shard; big-endian bundles are
+  byte-swapped copies. Partitioned (sliced) variables are reassembled into the full tensor; their
+  slice entries (keys starting with ``\\x00``) are not listed.
+* **String tensors** (DT_STRING) are not weights and have no numpy dtype in our table, so they are
+  left out of ``keys()`` (which keeps ``TensorInfo.nbytes``, stats and convert sound). They are
+  listed in ``metadata["string_tensors"]`` and read with :meth:`TFBundleReader.get_strings` (an
+  object array of ``bytes``). ``_CHECKPOINTABLE_OBJECT_GRAPH`` is one of them.
+* CRC-32C of the data is checked by :meth:`~TFBundleReader.verify` (or on every ``get`` with
+  ``check_crc=True``) with the C implementation from google_crc32c, without copying tensors.
+* TF2 object-based checkpoints: ``names="readable"`` renames
+  ``model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE`` to ``model/dense/kernel`` using
+  the object graph (the root child that owns the variable + the variable's ``full_name``, which
+  Keras sets to ``layer_name/variable``). ``get`` accepts both spellings in either mode.
+
+Writing: one ``.index`` plus ``num_shards`` data files (default 1) and a ``checkpoint`` state file,
+laid out exactly as TF's ``BundleWriter`` does (so given the same tensors in the same order the
+``.index`` is byte-identical to TF's). Object arrays / ``bytes_`` arrays are written as DT_STRING,
+and ``strings=`` adds more. TF restores name-based (TF1 ``Saver``) from the result, and
+``tf.train.load_checkpoint`` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.core.crc32c import crc32c, mask, unmask
+from weightvault.core.dtypes import DTYPES, dtype_name
+from weightvault.core.io import atomic_write
+from weightvault.core.protobuf import (
+    ProtobufDecodeError,
+    Writer,
+    decode_varint,
+    encode_varint,
+    format_text_string,
+    get_int,
+    get_message,
+    get_messages,
+    get_str,
+    parse,
+    parse_text,
+)
+from weightvault.core.sstable import TABLE_MAGIC, read_table, write_table
+from weightvault.errors import (
+    ChecksumMismatchError,
+    CorruptFileError,
+    InvalidHeaderError,
+    InvalidOffsetError,
+    TensorNotFoundError,
+    TruncatedFileError,
+    UnknownDtypeError,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "OBJECT_GRAPH_KEY",
+    "TFBundleFormat",
+    "TFBundleReader",
+    "data_file_name",
+    "ema_names",
+    "encode_tensor_name_slice",
+    "resolve_prefix",
+]
+
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_ATTR_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+#: TF DataType enum -> canonical dtype name (types.proto). DT_STRING (7) is handled apart.
+TF_DTYPES: dict[int, str] = {
+    1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 8: "complex64",
+    9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128", 19: "float16",
+    22: "uint32", 23: "uint64", 24: "float8_e5m2", 25: "float8_e4m3fn", 26: "float8_e4m3fnuz",
+    28: "float8_e5m2fnuz",
+}  # fmt: skip
+#: quantized types are stored like their integer base; read them as such (never written back)
+_QUANTIZED = {11: "int8", 12: "uint8", 13: "int32", 15: "int16", 16: "uint16"}
+TF_CODES: dict[str, int] = {name: code for code, name in TF_DTYPES.items()}
+DT_STRING = 7
+_TF_DTYPE_NAMES = {7: "string", 20: "resource", 21: "variant", 27: "float8_e4m3b11fnuz", 29: "int4", 30: "uint4"}
+
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<n>\d{5})$")
+
+
+def data_file_name(prefix: str, shard: int, num_shards: int) -> str:
+    """``naming.cc``: ``%s.data-%05d-of-%05d``."""
+    return f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+
+
+# -- locating the checkpoint --------------------------------------------------------------------------
+@dataclass
+class CheckpointState:
+    """The ``checkpoint`` text file of a run directory."""
+
+    directory: str
+    model_checkpoint_path: str | None = None
+    all_model_checkpoint_paths: list[str] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+
+    def resolve(self, p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(self.directory, p)
+
+    @classmethod
+    def read(cls, directory: str) -> CheckpointState | None:
+        path = os.path.join(directory, "checkpoint")
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+        try:
+            doc = parse_text(raw.decode("utf-8", "replace"), path=path)
+        except ProtobufDecodeError:
+            return None
+        return cls(
+            directory,
+            next((str(v) for v in doc.get("model_checkpoint_path", [])), None),
+            [str(v) for v in doc.get("all_model_checkpoint_paths", [])],
+            [float(v) for v in doc.get("all_model_checkpoint_timestamps", [])],
+        )
+
+
+def resolve_prefix(path: str | os.PathLike[str]) -> tuple[str, CheckpointState | None]:
+    """Map a directory / prefix / ``.index`` / ``.data-*`` path to ``(prefix, checkpoint state)``."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        state = CheckpointState.read(p)
+        if state and state.model_checkpoint_path:
+            return state.resolve(state.model_checkpoint_path), state
+        saved_model_vars = os.path.join(p, "variables", "variables.index")
+        if os.path.isfile(saved_model_vars):
+            return saved_model_vars[: -len(".index")], state
+        indexes = sorted(f for f in os.listdir(p) if f.endswith(".index"))
+        if len(indexes) == 1:
+            return os.path.join(p, indexes[0][: -len(".index")]), state
+        raise TruncatedFileError(
+            "directory has no `checkpoint` state file"
+            + (f" and {len(indexes)} .index files" if indexes else " and no .index file"),
+            path=p,
+            hint="name the checkpoint prefix or its .index file",
+        )
+    if p.endswith(".index"):
+        prefix = p[: -len(".index")]
+    elif m := _DATA_RE.match(p):
+        prefix = m.group("prefix")
+    elif os.path.basename(p) == "checkpoint" and os.path.isfile(p):
+        return resolve_prefix(os.path.dirname(p) or ".")
+    else:
+        prefix = p
+    return prefix, CheckpointState.read(os.path.dirname(prefix) or ".")
+
+
+# -- slices (partitioned variables) -------------------------------------------------------------------
+def _num_increasing(value: int) -> bytes:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
+    return bytes((len(raw),)) + raw
+
+
+_HEADER_BITS = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0), (0xFE, 0),
+                (0xFF, 0), (0xFF, 0x80), (0xFF, 0xC0)]  # fmt: skip
+
+
+def _signed_num_increasing(value: int) -> bytes:
+    """``OrderedCode::WriteSignedNumIncreasing``."""
+    x = ~value if value < 0 else value
+    if x < 64:
+        return bytes(((0x80 ^ value) & 0xFF,))
+    length = (x.bit_length() + 7) // 7
+    buf = bytearray((value & (2**80 - 1)).to_bytes(10, "big"))  # sign-extended to 10 bytes
+    begin = 10 - length
+    buf[begin] ^= _HEADER_BITS[length][0]
+    buf[begin + 1] ^= _HEADER_BITS[length][1]
+    return bytes(buf[begin:])
+
+
+def encode_tensor_name_slice(name: str, extents: list[tuple[int, int]]) -> bytes:
+    """``EncodeTensorNameSlice``: the table key of one slice; extents are ``(start, length)``,
+    ``length == -1`` meaning the full dimension."""
+    escaped = name.encode("utf-8").replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff")
+    out = bytearray(b"\x00") + escaped + b"\x00\x01" + _num_increasing(len(extents))
+    for start, length in extents:
+        out += _signed_num_increasing(start) + _signed_num_increasing(length)
+    return bytes(out)
+
+
+# -- the index ----------------------------------------------------------------------------------------
+@dataclass
+class BundleEntry:
+    key: str
+    dtype_code: int
+    shape: tuple[int, ...]
+    shard_id: int = 0
+    offset: int = 0
+    size: int = 0
+    crc32c: int = 0  # masked, as stored
+    slices: list[list[tuple[int, int]]] = field(default_factory=list)  # (start, length|-1) per dim
+
+    @property
+    def dtype(self) -> str:
+        if self.dtype_code == DT_STRING:
+            return "string"
+        name = TF_DTYPES.get(self.dtype_code) or _QUANTIZED.get(self.dtype_code)
+        if name is None:
+            label = _TF_DTYPE_NAMES.get(self.dtype_code, str(self.dtype_code))
+            raise UnknownDtypeError(f"TensorFlow dtype {label} is not supported", tensor=self.key)
+        return name
+
+
+def _parse_shape(msg: Any, path: str, key: str) -> tuple[int, ...]:
+    if msg is None:
+        return ()
+    if get_int(msg, 3):
+        raise InvalidHeaderError("tensor has unknown rank", path=path, tensor=key)
+    dims = []
+    for dim in get_messages(msg, 2, path=path):
+        size = get_int(dim, 1)
+        if size < 0:
+            raise InvalidHeaderError(f"tensor has an unknown dimension ({size})", path=path, tensor=key)
+        dims.append(size)
+    return tuple(dims)
+
+
+def _parse_entry(key: str, value: bytes, path: str) -> BundleEntry:
+    try:
+        msg = parse(value, path=path)
+        entry = BundleEntry(
+            key,
+            get_int(msg, 1),
+            _parse_shape(get_message(msg, 2, path=path), path, key),
+            get_int(msg, 3),
+            get_int(msg, 4),
+            get_int(msg, 5),
+            get_int(msg, 6, signed=False),
+        )
+        for sl in get_messages(msg, 7, path=path):
+            extents = []
+            for ext in get_messages(sl, 1, path=path):
+                extents.append((get_int(ext, 1), get_int(ext, 2) if 2 in ext else -1))
+            entry.slices.append(extents)
+    except ProtobufDecodeError as exc:
+        raise InvalidHeaderError(f"bad BundleEntryProto: {exc.message}", path=path, tensor=key) from None
+    if entry.offset < 0 or entry.size < 0 or entry.shard_id < 0:
+        raise InvalidOffsetError(
+            f"negative offset/size/shard ({entry.offset}, {entry.size}, {entry.shard_id})",
+            path=path, tensor=key,
+        )
+    return entry
+
+
+def _decode_key(raw: bytes, path: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidHeaderError(f"tensor name {raw!r} is not UTF-8", path=path) from None
+
+
+# -- object graph -------------------------------------------------------------------------------------
+def object_graph_names(graph_bytes: bytes, *, path: str = "") -> dict[str, str]:
+    """``checkpoint key -> readable name`` from a serialized ``TrackableObjectGraph``.
+
+    A variable's readable name is the root child it is reached from (preferring the model over the
+    optimizer, which also references the model's variables) followed by the variable's
+    ``full_name`` (``dense/kernel`` for Keras), or the object path when ``full_name`` is missing.
+    Direct children of the root (``epoch``, ``save_counter``) keep their local name.
+    """
+    graph = parse(graph_bytes, path=path)
+    nodes = get_messages(graph, 1, path=path)
+    if not nodes:
+        return {}
+    children = [[(get_int(c, 1), get_str(c, 2)) for c in get_messages(n, 1, path=path)] for n in nodes]
+    top_children = children[0]
+    ordered = [c for c in top_children if c[1] != "optimizer"] + [c for c in top_children if c[1] == "optimizer"]
+    owner: dict[int, tuple[str, list[str]]] = {}
+    for node_id, local in ordered:
+        if not 0 <= node_id < len(nodes):
+            continue
+        queue = [(node_id, [local])]
+        while queue:
+            current, trail = queue.pop(0)
+            if current in owner or current == 0:
+                continue
+            owner[current] = (local, trail)
+            for child, child_name in children[current]:
+                if 0 <= child < len(nodes) and child not in owner:
+                    queue.append((child, [*trail, child_name]))
+    names: dict[str, str] = {}
+    for node_id, node in enumerate(nodes):
+        for attr in get_messages(node, 2, path=path):
+            ckey = get_str(attr, 3)
+            attr_name = get_str(attr, 1)
+            if not ckey or node_id not in owner:
+                continue
+            top, trail = owner[node_id]
+            full_name = get_str(attr, 2)
+            if len(trail) == 1:
+                readable = top
+            elif full_name:
+                readable = f"{top}/{full_name}"
+            else:
+                readable = "/".join(trail)
+            if attr_name != "VARIABLE_VALUE":
+                readable = f"{readable}/{attr_name}"
+            names[ckey] = readable
+    return names
+
+
+# -- reader -------------------------------------------------------------------------------------------
+class TFBundleReader(FormatReader):
+    format_name = "tf_bundle"
+
+    def __init__(self, path: str | os.PathLike[str], *, names: str = "object", check_crc: bool = False) -> None:
+        super().__init__(path)
+        if names not in ("object", "readable"):
+            raise UnsupportedOperationError(f"names must be 'object' or 'readable', not {names!r}", path=path)
+        self.prefix, self.state = resolve_prefix(path)
+        self.index_path = self.prefix + ".index"
+        self.check_crc = check_crc
+        self._maps: dict[int, mmap.mmap | None] = {}
+        self._files: dict[int, Any] = {}
+        self._load_index()
+        self._check_shards()
+        self._names_mode = names
+        self._to_key: dict[str, str] = {}
+        self._display: dict[str, str] = {k: k for k in self._numeric}
+        if names == "readable":
+            self._apply_readable_names()
+
+    # -- index ----------------------------------------------------------------------------------
+    def _load_index(self) -> None:
+        try:
+            with open(self.index_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise TruncatedFileError(
+                "TensorFlow checkpoint index not found", path=self.index_path,
+                hint="pass a checkpoint prefix, its .index file, or a directory with a `checkpoint` file",
+            ) from None
+        table = read_table(data, path=self.index_path)
+        if not table or table[0][0] != b"":
+            raise InvalidHeaderError("checkpoint index has no header entry", path=self.index_path)
+        try:
+            header = parse(table[0][1], path=self.index_path)
+        except ProtobufDecodeError as exc:
+            raise InvalidHeaderError(f"bad BundleHeaderProto: {exc.message}", path=self.index_path) from None
+        self.num_shards = get_int(header, 1)
+        self.big_endian = get_int(header, 2) == 1
+        version = get_message(header, 3) or {}
+        self.producer = get_int(version, 1)
+        if not 1 <= self.num_shards <= 100_000:
+            raise InvalidHeaderError(f"header claims {self.num_shards} data shards", path=self.index_path)
+        if get_int(version, 2) > 1:
+            raise UnsupportedOperationError(
+                f"checkpoint needs bundle reader version {get_int(version, 2)}", path=self.index_path
+            )
+        self._entries: dict[str, BundleEntry] = {}
+        self._slice_entries: dict[bytes, BundleEntry] = {}
+        for raw_key, value in table[1:]:
+            if raw_key[:1] == b"\x00":  # a slice of a partitioned variable
+                self._slice_entries[raw_key] = _parse_entry(repr(raw_key), value, self.index_path)
+                continue
+            key = _decode_key(raw_key, self.index_path)
+            self._entries[key] = _parse_entry(key, value, self.index_path)
+        self._numeric = [k for k, e in self._entries.items() if e.dtype_code != DT_STRING]
+        self._strings = [k for k, e in self._entries.items() if e.dtype_code == DT_STRING]
+        for key in self._numeric:
+            entry = self._entries[key]
+            entry.dtype  # noqa: B018 - raises UnknownDtypeError early, naming the tensor
+            if not entry.slices:
+                self._check_size(entry, entry.size)
+
+    def _check_size(self, entry: BundleEntry, size: int) -> None:
+        expected = math.prod(entry.shape) * DTYPES[entry.dtype].itemsize
+        if size != expected:
+            raise InvalidOffsetError(
+                f"entry holds {size} bytes but {entry.dtype}{list(entry.shape)} needs {expected}",
+                path=self.index_path, tensor=entry.key,
+            )
+
+    def _data_entries(self) -> Iterable[BundleEntry]:
+        for e in self._entries.values():
+            if not e.slices:
+                yield e
+        yield from self._slice_entries.values()
+
+    def _check_shards(self) -> None:
+        ends: dict[int, tuple[int, str]] = {}
+        for e in self._data_entries():
+            if e.shard_id >= self.num_shards:
+                raise InvalidOffsetError(
+                    f"entry is in shard {e.shard_id} but the bundle has {self.num_shards}",
+                    path=self.index_path, tensor=e.key,
+                )
+            if e.offset + e.size > ends.get(e.shard_id, (0, ""))[0]:
+                ends[e.shard_id] = (e.offset + e.size, e.key)
+        for shard, (end, key) in ends.items():
+            name = data_file_name(self.prefix, shard, self.num_shards)
+            try:
+                size = os.path.getsize(name)
+            except FileNotFoundError:
+                raise TruncatedFileError("data shard is missing", path=name, tensor=key) from None
+            if size < end:
+                raise TruncatedFileError(
+                    f"data shard has {size} bytes but the index places data up to byte {end}",
+                    path=name, tensor=key,
+                )
+
+    def _apply_readable_names(self) -> None:
+        if OBJECT_GRAPH_KEY not in self._entries:
+            return
+        graph = self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)
+        if graph.size != 1:
+            return
+        mapping = object_graph_names(graph[0], path=self.index_path)
+        taken: dict[str, int] = {}
+        for key in self._numeric:
+            name = mapping.get(key)
+            if name:
+                taken[name] = taken.get(name, 0) + 1
+        for key in self._numeric:
+            name = mapping.get(key)
+            if not name or taken[name] > 1 or (name in self._entries and name != key):
+                name = key[: -len(_ATTR_SUFFIX)] if key.endswith(_ATTR_SUFFIX) else key
+            self._display[key] = name
+            self._to_key[name] = key
+
+    # -- shards ---------------------------------------------------------------------------------
+    def _shard(self, shard: int) -> mmap.mmap | None:
+        if shard not in self._maps:
+            name = data_file_name(self.prefix, shard, self.num_shards)
+            f = open(name, "rb")  # noqa: SIM115 - kept open for the map, closed in close()
+            self._files[shard] = f
+            size = os.fstat(f.fileno()).st_size
+            self._maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        return self._maps[shard]
+
+    def _raw(self, entry: BundleEntry) -> np.ndarray:
+        if entry.size == 0:
+            return np.zeros(0, np.uint8)
+        mm = self._shard(entry.shard_id)
+        assert mm is not None
+        if entry.offset + entry.size > len(mm):
+            raise TruncatedFileError(
+                "data shard shrank since it was opened",
+                path=data_file_name(self.prefix, entry.shard_id, self.num_shards), tensor=entry.key,
+            )
+        return np.frombuffer(mm, np.uint8, entry.size, entry.offset)
+
+    def _check_entry_crc(self, entry: BundleEntry, raw: np.ndarray) -> None:
+        if entry.dtype_code == DT_STRING:
+            actual = _string_data_crc(raw.tobytes(), math.prod(entry.shape))
+        else:
+            actual = crc32c(raw)
+        if actual != unmask(entry.crc32c):
+            raise ChecksumMismatchError(
+                f"data CRC-32C is {actual:#010x}, the index records {unmask(entry.crc32c):#010x}",
+                path=data_file_name(self.prefix, entry.shard_id, self.num_shards), tensor=entry.key,
+            )
+
+    def _numeric_array(self, entry: BundleEntry, shape: tuple[int, ...]) -> np.ndarray:
+        raw = self._raw(entry)
+        if self.check_crc:
+            self._check_entry_crc(entry, raw)
+        dt = DTYPES[entry.dtype]
+        if self.big_endian and dt.itemsize > 1:
+            return raw.view(dt.newbyteorder(">")).astype(dt).reshape(shape)
+        return raw.view(dt).reshape(shape)
+
+    # -- public API -----------------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        key = self._to_key.get(name, name)
+        if key not in self._entries or self._entries[key].dtype_code == DT_STRING:
+            raise TensorNotFoundError(
+                f"no such tensor; the checkpoint has {len(self._numeric)} tensors "
+                f"(first: {', '.join(self.keys()[:5]) or 'none'})",
+                path=self.prefix, tensor=name,
+            )
+        return key
+
+    def keys(self) -> list[str]:
+        return [self._display[k] for k in self._numeric]
+
+    def __contains__(self, name: object) -> bool:
+        key = self._to_key.get(name, name) if isinstance(name, str) else name
+        return key in self._entries and self._entries[key].dtype_code != DT_STRING  # type: ignore[index]
+
+    def info(self, name: str) -> TensorInfo:
+        key = self._key(name)
+        e = self._entries[key]
+        extra: dict[str, Any] = {"shard": e.shard_id, "offset": e.offset, "size": e.size,
+                                 "crc32c": f"{unmask(e.crc32c):#010x}"}
+        if e.slices:
+            extra = {"slices": len(e.slices)}
+        if key != name or self._display[key] != key:
+            extra["checkpoint_key"] = key
+        if e.dtype_code in _QUANTIZED:
+            extra["tf_dtype"] = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16"}[e.dtype_code]
+        return TensorInfo(self._display[key], e.dtype, e.shape, extra)
+
+    def get(self, name: str) -> np.ndarray:
+        key = self._key(name)
+        entry = self._entries[key]
+        if entry.slices:
+            return self._assemble(entry)
+        return self._numeric_array(entry, entry.shape)
+
+    def _assemble(self, entry: BundleEntry) -> np.ndarray:
+        out = np.zeros(entry.shape, DTYPES[entry.dtype])
+        for extents in entry.slices:
+            if len(extents) != len(entry.shape):
+                raise InvalidHeaderError("slice rank differs from the tensor's", path=self.index_path, tensor=entry.key)
+            index = []
+            for (start, length), dim in zip(extents, entry.shape):
+                stop = dim if length < 0 else start + length
+                if not 0 <= start <= stop <= dim:
+                    raise InvalidOffsetError(
+                        f"slice [{start}:{stop}] outside dimension {dim}", path=self.index_path, tensor=entry.key
+                    )
+                index.append(slice(start, stop))
+            key = encode_tensor_name_slice(entry.key, extents)
+            part = self._slice_entries.get(key)
+            if part is None:
+                raise TruncatedFileError("a slice of the partitioned variable is missing", path=self.index_path,
+                                         tensor=entry.key)
+            shape = tuple(s.stop - s.start for s in index)
+            part.key = entry.key
+            self._check_size(BundleEntry(entry.key, part.dtype_code, shape), part.size)
+            out[tuple(index)] = self._numeric_array(part, shape)
+        return out
+
+    def string_keys(self) -> list[str]:
+        """Names of the DT_STRING tensors (not listed in :meth:`keys`)."""
+        return list(self._strings)
+
+    def get_strings(self, name: str) -> np.ndarray:
+        """A DT_STRING tensor as an object array of ``bytes``."""
+        entry = self._entries.get(name)
+        if entry is None or entry.dtype_code != DT_STRING:
+            raise TensorNotFoundError("no such string tensor", path=self.prefix, tensor=name)
+        raw = self._raw(entry).tobytes()
+        n = math.prod(entry.shape)
+        lengths, pos = [], 0
+        try:
+            for _ in range(n):
+                length, pos = decode_varint(raw, pos)
+                lengths.append(length)
+        except ProtobufDecodeError:
+            raise InvalidOffsetError("string tensor lengths run past its data", path=self.prefix, tensor=name) from None
+        if pos + 4 + sum(lengths) != len(raw):
+            raise InvalidOffsetError(
+                f"string tensor holds {len(raw)} bytes, its lengths need {pos + 4 + sum(lengths)}",
+                path=self.prefix, tensor=name,
+            )
+        if self.check_crc:
+            self._check_entry_crc(entry, np.frombuffer(raw, np.uint8))
+        stored_length_crc = int.from_bytes(raw[pos : pos + 4], "little")
+        if self.check_crc and unmask(stored_length_crc) != _lengths_crc(lengths):
+            raise ChecksumMismatchError("string lengths fail their CRC-32C", path=self.prefix, tensor=name)
+        out = np.empty(n, dtype=object)
+        pos += 4
+        for i, length in enumerate(lengths):
+            out[i] = raw[pos : pos + length]
+            pos += length
+        return out.reshape(entry.shape)
+
+    def strings(self) -> dict[str, np.ndarray]:
+        return {name: self.get_strings(name) for name in self._strings}
+
+    @property
+    def object_graph(self) -> bytes | None:
+        """The serialized ``TrackableObjectGraph`` of a TF2 checkpoint, if any."""
+        if OBJECT_GRAPH_KEY not in self._entries:
+            return None
+        return bytes(self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)[0])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "prefix": self.prefix,
+            "num_shards": self.num_shards,
+            "endianness": "big" if self.big_endian else "little",
+            "object_based": OBJECT_GRAPH_KEY in self._entries,
+            "names": self._names_mode,
+        }
+        if self._strings:
+            meta["string_tensors"] = {k: list(self._entries[k].shape) for k in self._strings}
+        if self.state is not None:
+            meta["model_checkpoint_path"] = self.state.model_checkpoint_path
+            current = os.path.normpath(self.prefix)
+            listed = list(self.state.all_model_checkpoint_paths)
+            if self.state.model_checkpoint_path and self.state.model_checkpoint_path not in listed:
+                listed.append(self.state.model_checkpoint_path)
+            checkpoints = []
+            for i, p in enumerate(listed):
+                full = self.state.resolve(p)
+                item: dict[str, Any] = {
+                    "prefix": p,
+                    "exists": os.path.isfile(full + ".index"),
+                    "current": os.path.normpath(full) == current,
+                    "latest": p == self.state.model_checkpoint_path,
+                }
+                if i < len(self.state.timestamps):
+                    item["timestamp"] = self.state.timestamps[i]
+                checkpoints.append(item)
+            meta["checkpoints"] = checkpoints
+        for label, candidates in {
+            "global_step": ("global_step", "step/.ATTRIBUTES/VARIABLE_VALUE", "global_step/.ATTRIBUTES/VARIABLE_VALUE"),
+            "save_counter": ("save_counter/.ATTRIBUTES/VARIABLE_VALUE",),
+            "epoch": ("epoch/.ATTRIBUTES/VARIABLE_VALUE", "epoch"),
+            "optimizer_iterations": ("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+                                     "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"),
+        }.items():
+            for key in candidates:
+                e = self._entries.get(key)
+                if e is not None and not e.slices and e.shape == () and e.dtype_code in (3, 9, 1, 2):
+                    meta[label] = self._numeric_array(e, ()).item()
+                    break
+        m = re.search(r"-(\d+)$", os.path.basename(self.prefix))
+        if m and "global_step" not in meta:
+            meta["step_from_name"] = int(m.group(1))
+        return meta
+
+    def verify(self) -> VerifyResult:
+        result = VerifyResult(self.path)
+        for entry in self._data_entries():
+            try:
+                self._check_entry_crc(entry, self._raw(entry))
+                result.checked += 1
+            except CorruptFileError as exc:
+                result.failures.append(str(exc))
+        return result
+
+    def close(self) -> None:
+        for mm in self._maps.values():
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass  # numpy views handed out still reference the map; it goes with them
+        for f in self._files.values():
+            f.close()
+        self._maps.clear()
+        self._files.clear()
+
+
+# -- writer -------------------------------------------------------------------------------------------
+def _shape_proto(shape: tuple[int, ...]) -> Writer:
+    w = Writer()
+    for dim in shape:
+        d = Writer()
+        if dim:
+            d.varint(1, dim)
+        w.message(2, d)
+    return w
+
+
+def _entry_proto(code: int, shape: tuple[int, ...], shard: int, offset: int, size: int, crc: int) -> bytes:
+    w = Writer().varint(1, code).message(2, _shape_proto(shape))
+    if shard:
+        w.varint(3, shard)
+    if offset:
+        w.varint(4, offset)
+    if size:
+        w.varint(5, size)
+    w.fixed32(6, crc)
+    return w.tobytes()
+
+
+def _header_proto(num_shards: int) -> bytes:
+    return Writer().varint(1, num_shards).message(3, Writer().varint(1, 1)).tobytes()
+
+
+def _encode_strings(values: np.ndarray) -> bytes:
+    """``WriteStringTensor``: varint lengths, masked CRC of the lengths, then the bytes."""
+    items = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values.reshape(-1).tolist()]
+    lengths = b"".join(encode_varint(len(s)) for s in items)
+    length_crc = _lengths_crc(len(s) for s in items)
+    return lengths + mask(length_crc).to_bytes(4, "little") + b"".join(items)
+
+
+def _lengths_crc(lengths: Iterable[int]) -> int:
+    crc = 0
+    for n in lengths:
+        crc = crc32c(n.to_bytes(8 if n > 0xFFFFFFFF else 4, "little"), crc)
+    return crc
+
+
+def _string_data_crc(blob: bytes, count: int) -> int:
+    """The entry CRC of a DT_STRING tensor: the lengths as u32le words (not the varints), then the
+    stored length CRC and the string bytes."""
+    lengths, pos = [], 0
+    for _ in range(count):
+        n, pos = decode_varint(blob, pos)
+        lengths.append(n)
+    return crc32c(blob[pos:], _lengths_crc(lengths))
+
+
+def _is_string_array(arr: Any) -> bool:
+    return isinstance(arr, np.ndarray) and arr.dtype.kind in "OSU"
+
+
+def _write_state_file(prefix: str, update: bool, fsync: bool = True) -> None:
+    directory = os.path.dirname(prefix) or "."
+    rel = os.path.basename(prefix)
+    paths: list[str] = []
+    if update:
+        state = CheckpointState.read(directory)
+        if state is not None:
+            paths = [p for p in state.all_model_checkpoint_paths if p != rel]
+    paths.append(rel)
+    text = f"model_checkpoint_path: {format_text_string(rel)}\n"
+    text += "".join(f"all_model_checkpoint_paths: {format_text_string(p)}\n" for p in paths)
+    with atomic_write(os.path.join(directory, "checkpoint"), fsync=fsync) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _destination_prefix(path: str | os.PathLike[str], prefix_name: str) -> str:
+    p = os.fspath(path)
+    if p.endswith(".index"):
+        return p[: -len(".index")]
+    if m := _DATA_RE.match(p):
+        return m.group("prefix")
+    if os.path.isdir(p) or p.endswith(("/", os.sep)):
+        os.makedirs(p, exist_ok=True)
+        return os.path.join(p, prefix_name)
+    return p
+
+
+class TFBundleFormat(Format):
+    name = "tf_bundle"
+    description = "TensorFlow checkpoint V2 (.index + .data-*, tf.train.Saver / tf.train.Checkpoint)"
+    extensions = (".index",)
+    can_write = True
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        p = Path(path)
+        if p.is_dir():
+            if (p / "checkpoint").is_file() or (p / "variables" / "variables.index").is_file():
+                return True
+            return any(f.name.endswith(".index") and _has_table_magic(f) for f in p.iterdir() if f.is_file())
+        if p.name.endswith(".index"):
+            return _has_table_magic(p)
+        if _DATA_RE.match(p.name) or not p.exists():
+            return _has_table_magic(Path(resolve_prefix(p)[0] + ".index"))
+        if p.name == "checkpoint":
+            return head.lstrip().startswith(b"model_checkpoint_path")
+        return False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> TFBundleReader:
+        return TFBundleReader(path, **options)
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, np.ndarray],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        num_shards: int = 1,
+        strings: Mapping[str, Any] | None = None,
+        state_file: bool = True,
+        prefix_name: str = "ckpt",
+        fsync: bool = True,
+        **options: Any,
+    ) -> None:
+        """Write a bundle at ``path`` (a prefix, a ``.index`` name, or a directory -> ``dir/ckpt``).
+
+        ``num_shards`` splits the data over that many files (contiguously, by bytes);
+        ``strings`` adds DT_STRING tensors; ``state_file`` writes/updates the directory's
+        ``checkpoint`` file. ``fsync=False`` skips flushing to disk (as TensorFlow does); the files
+        still appear atomically. ``metadata`` has no place in a bundle and is not stored.
+        """
+        from weightvault.formats._common import describe_entry, fetch_array
+
+        if num_shards < 1:
+            raise UnsupportedOperationError("num_shards must be at least 1", path=path)
+        prefix = _destination_prefix(path, prefix_name)
+        names = list(tensors)
+        plan: list[tuple[str, str, tuple[int, ...], int]] = []
+        for name in names:
+            value = tensors[name] if not hasattr(tensors, "info") else None
+            if value is not None and _is_string_array(value):
+                plan.append((name, "string", tuple(value.shape), 0))
+                continue
+            dtype, shape = describe_entry(tensors, name)
+            if dtype not in TF_CODES:
+                raise UnsupportedOperationError(f"TensorFlow checkpoints have no {dtype} dtype", path=path, tensor=name)
+            plan.append((name, dtype, shape, math.prod(shape) * DTYPES[dtype].itemsize))
+        for name, value in (strings or {}).items():
+            plan.append((name, "string", tuple(np.asarray(value, dtype=object).shape), 0))
+        keys = [p[0] for p in plan]
+        if len(set(keys)) != len(keys):
+            raise UnsupportedOperationError("duplicate tensor names", path=path)
+        total = sum(p[3] for p in plan) or 1
+        entries: dict[bytes, bytes] = {}
+        shard_paths = [data_file_name(prefix, s, num_shards) for s in range(num_shards)]
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(atomic_write(p, fsync=fsync)) for p in shard_paths]
+            offsets = [0] * num_shards
+            written = 0
+            for name, dtype, shape, nbytes in plan:
+                shard = min(num_shards - 1, written * num_shards // total) if nbytes else 0
+                written += nbytes
+                if dtype == "string":
+                    source = (strings or {}).get(name) if name not in tensors else tensors[name]
+                    values = np.asarray(source, dtype=object).reshape(shape)
+                    blob = _encode_strings(values)
+                    crc = _string_data_crc(blob, values.size)
+                    files[shard].write(blob)
+                    code, size = DT_STRING, len(blob)
+                else:
+                    arr = fetch_array(tensors, name)
+                    if dtype_name(arr.dtype, tensor=name) != dtype or tuple(arr.shape) != shape:
+                        arr = np.ascontiguousarray(arr, DTYPES[dtype]).reshape(shape)
+                    crc = crc32c(arr)
+                    files[shard].write(memoryview(arr.reshape(-1).view(np.uint8)))
+                    code, size = TF_CODES[dtype], arr.nbytes
+                entries[name.encode("utf-8")] = _entry_proto(code, shape, shard, offsets[shard], size, mask(crc))
+                offsets[shard] += size
+        # The index goes down last: it is what makes the new data visible to readers.
+        index = write_table([(b"", _header_proto(num_shards)), *sorted(entries.items())])
+        with atomic_write(prefix + ".index", fsync=fsync) as f:
+            f.write(index)
+        if state_file:
+            _write_state_file(prefix, update=True, fsync=fsync)
+
+
+def _has_table_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 48:
+                return False
+            f.seek(-8, os.SEEK_END)
+            tail = f.read(8)
+    except OSError:
+        return False
+    return int.from_bytes(tail, "little") == TABLE_MAGIC
+
+
+def ema_names(keys: Iterable[str]) -> dict[str, str]:
+    """Re-exported from :mod:`weightvault.core.ema_names` for TF users."""
+    from weightvault.core.ema_names import ema_names as _ema_names
+
+    return _ema_names(keys)

@@ -1,0 +1,396 @@
+"""TensorFlow graphs: frozen ``GraphDef`` ``.pb`` files (weights in Const nodes) and TF1 ``.meta`` files.
+
+* **Frozen GraphDef** (``convert_variables_to_constants``): every ``Const`` node's ``value`` attr is
+  a ``TensorProto``. Its data is ``tensor_content`` (raw little-endian bytes) or a typed field
+  (``float_val``, ``int_val``, ``half_val`` holding 16-bit patterns for half *and* bfloat16, ...),
+  where TF's rule applies: with fewer values than elements the **last value repeats**, with none the
+  tensor is zeros (``tensor.cc``). String Consts are not weights and are left out of ``keys()``.
+  ``write(path, tensors, template="graph.pb")`` copies the template graph node by node and replaces
+  the ``value`` of each Const named in ``tensors`` (shape must match; values are cast to the Const's
+  dtype so downstream ops keep their input types). Without a template a graph of Const nodes only
+  is written.
+* **MetaGraphDef** (``.meta`` from ``tf.compat.v1.train.Saver``): the variables come from the
+  ``variables``/``trainable_variables``/... collections (serialized ``VariableDef``) and from
+  ``VariableV2``/``VarHandleOp`` nodes. When the checkpoint sits beside the ``.meta`` (same prefix),
+  ``keys()`` are the tensors the data files hold (read through :class:`TFBundleReader`), and
+  ``metadata["graph_only_variables"]`` lists variables with no saved value. Without a checkpoint
+  ``keys()`` is empty and ``metadata["variables"]`` still lists every variable with dtype and shape.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.core.dtypes import DTYPES, dtype_name
+from weightvault.core.io import atomic_write
+from weightvault.core.protobuf import (
+    LEN,
+    Message,
+    ProtobufDecodeError,
+    Writer,
+    get_bytes,
+    get_int,
+    get_message,
+    get_messages,
+    get_packed,
+    get_str,
+    iter_fields,
+    parse,
+)
+from weightvault.errors import (
+    InvalidHeaderError,
+    InvalidOffsetError,
+    ShapeMismatchError,
+    TensorNotFoundError,
+    UnknownDtypeError,
+    UnsupportedOperationError,
+)
+from weightvault.formats.tf_bundle import DT_STRING, TF_CODES, TF_DTYPES, TFBundleReader
+
+__all__ = ["TFGraphFormat", "TFGraphReader", "decode_tensor_proto", "encode_tensor_proto"]
+
+_VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp", "VariableV3"}
+_COLLECTIONS = ("variables", "trainable_variables", "model_variables", "local_variables",
+                "moving_average_variables")  # fmt: skip
+
+# TensorProto typed value fields: dtype -> (field number, packed kind, numpy dtype of the field)
+_VALUE_FIELDS: dict[str, tuple[int, str]] = {
+    "float32": (5, "float"), "float64": (6, "double"), "int32": (7, "int32"), "int16": (7, "int32"),
+    "int8": (7, "int32"), "uint8": (7, "int32"), "uint16": (7, "int32"), "int64": (10, "int64"),
+    "bool": (11, "bool"), "float16": (13, "int32"), "bfloat16": (13, "int32"), "complex64": (9, "float"),
+    "complex128": (12, "double"), "uint32": (16, "uint32"), "uint64": (17, "uint64"),
+}  # fmt: skip
+
+
+def _shape(msg: Message | None, path: Any, name: str) -> tuple[int, ...] | None:
+    if msg is None:
+        return ()
+    if get_int(msg, 3):
+        return None  # unknown rank
+    dims = tuple(get_int(d, 1) for d in get_messages(msg, 2, path=path))
+    if any(d < 0 for d in dims):
+        return None
+    return dims
+
+
+def _dtype(code: int, *, path: Any, tensor: str) -> str:
+    name = TF_DTYPES.get(code)
+    if name is None:
+        raise UnknownDtypeError(f"TensorFlow dtype {code} is not supported", path=path, tensor=tensor)
+    return name
+
+
+def decode_tensor_proto(buf: Any, *, path: Any = None, tensor: str = "") -> np.ndarray:
+    """A ``TensorProto`` as a numpy array (see the module docstring for the typed-field rules)."""
+    msg = parse(buf, path=path)
+    dtype = _dtype(get_int(msg, 1), path=path, tensor=tensor)
+    shape = _shape(get_message(msg, 2, path=path), path, tensor)
+    if shape is None:
+        raise InvalidHeaderError("Const tensor has an unknown shape", path=path, tensor=tensor)
+    dt = DTYPES[dtype]
+    n = math.prod(shape)
+    content = msg.get(4)
+    if content and len(content[-1]):
+        raw = content[-1]
+        if len(raw) != n * dt.itemsize:
+            raise InvalidOffsetError(
+                f"tensor_content has {len(raw)} bytes, {dtype}{list(shape)} needs {n * dt.itemsize}",
+                path=path, tensor=tensor,
+            )
+        return np.frombuffer(bytes(raw), dtype=dt).reshape(shape)
+    field, kind = _VALUE_FIELDS[dtype]
+    values = get_packed(msg, field, kind, path=path)
+    if dtype in ("float16", "bfloat16"):
+        values = values.astype(np.uint16).view(dt)
+    elif dtype in ("complex64", "complex128"):
+        values = values[: len(values) // 2 * 2].view(dt)
+    else:
+        values = values.astype(dt)
+    if values.size >= n:
+        flat = values[:n]
+    elif values.size:
+        flat = np.concatenate([values, np.full(n - values.size, values[-1], dtype=dt)])
+    else:
+        flat = np.zeros(n, dtype=dt)
+    return np.ascontiguousarray(flat, dtype=dt).reshape(shape)
+
+
+def encode_tensor_proto(arr: np.ndarray) -> bytes:
+    """``TensorProto`` with dtype, shape and ``tensor_content`` (what TF writes for real weights)."""
+    dtype = dtype_name(arr.dtype)
+    if dtype not in TF_CODES:
+        raise UnsupportedOperationError(f"TensorFlow has no {dtype} dtype")
+    shape = Writer()
+    for dim in arr.shape:
+        shape.message(2, Writer().varint(1, dim) if dim else Writer())
+    w = Writer().varint(1, TF_CODES[dtype]).message(2, shape)
+    data = np.ascontiguousarray(arr).tobytes()
+    if data:
+        w.bytes(4, data)
+    return w.tobytes()
+
+
+def _attrs(node: Message, path: Any) -> dict[str, Message]:
+    out = {}
+    for entry in get_messages(node, 5, path=path):
+        out[get_str(entry, 1)] = get_message(entry, 2, path=path) or Message()
+    return out
+
+
+class _Graph:
+    """The nodes of a GraphDef: name -> (op, attrs)."""
+
+    def __init__(self, buf: Any, path: Any) -> None:
+        self.nodes: list[tuple[str, str, dict[str, Message]]] = []
+        for node in get_messages(parse(buf, path=path), 1, path=path):
+            self.nodes.append((get_str(node, 1), get_str(node, 2), _attrs(node, path)))
+
+
+class TFGraphReader(FormatReader):
+    format_name = "tf_graph"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        with open(self.path, "rb") as f:
+            self._data = memoryview(f.read())
+        self._bundle: TFBundleReader | None = None
+        self._consts: dict[str, Any] = {}  # name -> TensorProto bytes
+        self._infos: dict[str, TensorInfo] = {}
+        self._meta: dict[str, Any] = {}
+        try:
+            if self.path.endswith(".meta"):
+                self._load_meta()
+            else:
+                self._load_graph(self._data)
+        except ProtobufDecodeError as exc:
+            raise InvalidHeaderError(f"not a TensorFlow graph: {exc.message}", path=self.path) from None
+
+    # -- frozen graph ---------------------------------------------------------------------------
+    def _load_graph(self, buf: Any) -> None:
+        graph = _Graph(buf, self.path)
+        if not graph.nodes:
+            raise InvalidHeaderError("GraphDef has no nodes", path=self.path)
+        strings = []
+        for name, op, attrs in graph.nodes:
+            if op != "Const" or "value" not in attrs:
+                continue
+            tensor = get_bytes(attrs["value"], 8)
+            if not tensor:
+                continue
+            tmsg = parse(tensor, path=self.path)
+            code = get_int(tmsg, 1)
+            if code == DT_STRING:
+                strings.append(name)
+                continue
+            shape = _shape(get_message(tmsg, 2, path=self.path), self.path, name)
+            if shape is None:
+                continue
+            self._consts[name] = attrs["value"][8][-1]
+            self._infos[name] = TensorInfo(name, _dtype(code, path=self.path, tensor=name), shape,
+                                           {"op": "Const", "tensor_content": 4 in tmsg})
+        self._meta["kind"] = "frozen_graph"
+        self._meta["nodes"] = len(graph.nodes)
+        self._meta["ops"] = sorted({op for _, op, _ in graph.nodes})
+        if strings:
+            self._meta["string_consts"] = strings
+
+    # -- meta graph -----------------------------------------------------------------------------
+    def _load_meta(self) -> None:
+        meta = parse(self._data, path=self.path)
+        graph_buf = meta.get(2, [b""])[-1]
+        graph = _Graph(graph_buf, self.path)
+        variables: dict[str, dict[str, Any]] = {}
+        for name, op, attrs in graph.nodes:
+            if op not in _VARIABLE_OPS:
+                continue
+            code = get_int(attrs.get("dtype", Message()), 6)
+            shape = _shape(get_message(attrs["shape"], 7, path=self.path), self.path, name) if "shape" in attrs else None
+            variables[name] = {
+                "name": name, "op": op,
+                "dtype": TF_DTYPES.get(code % 100, str(code)),  # _REF types are 100 + base
+                "shape": list(shape) if shape is not None else None, "collections": [],
+            }
+        for entry in get_messages(meta, 4, path=self.path):
+            key = get_str(entry, 1)
+            value = get_message(entry, 2, path=self.path) or Message()
+            bytes_list = get_message(value, 2, path=self.path)
+            if key not in _COLLECTIONS or bytes_list is None:
+                continue
+            for raw in bytes_list.get(1, []):
+                vdef = parse(raw, path=self.path)
+                var_name = get_str(vdef, 1).rsplit(":", 1)[0]
+                item = variables.setdefault(var_name, {"name": var_name, "op": None, "dtype": None,
+                                                       "shape": None, "collections": []})
+                item["collections"].append(key)
+                if key == "variables":
+                    item["trainable"] = bool(get_int(vdef, 7))
+                    slice_info = get_message(vdef, 4, path=self.path)
+                    if slice_info is not None:
+                        item["partition_of"] = get_str(slice_info, 1)
+                        item["full_shape"] = get_packed(slice_info, 2, "int64").tolist()
+        info = get_message(meta, 1, path=self.path)
+        self._meta["kind"] = "meta_graph"
+        if info is not None and get_str(info, 5):
+            self._meta["tensorflow_version"] = get_str(info, 5)
+        prefix = self.path[: -len(".meta")]
+        if os.path.isfile(prefix + ".index"):
+            self._bundle = TFBundleReader(prefix)
+            self._meta["checkpoint"] = prefix
+        held = set(self._bundle.keys()) | set(self._bundle.string_keys()) if self._bundle else set()
+        for item in variables.values():
+            name = item.get("partition_of") or item["name"]
+            item["in_checkpoint"] = name in held
+        self._meta["variables"] = list(variables.values())
+        saved_names = {v.get("partition_of") or v["name"] for v in variables.values()}
+        self._meta["graph_only_variables"] = [v["name"] for v in variables.values() if not v["in_checkpoint"]]
+        if self._bundle is not None:
+            self._meta["checkpoint_only_tensors"] = [k for k in self._bundle.keys() if k not in saved_names]
+
+    # -- reader API -----------------------------------------------------------------------------
+    def keys(self) -> list[str]:
+        if self._bundle is not None:
+            return self._bundle.keys()
+        return list(self._infos)
+
+    def info(self, name: str) -> TensorInfo:
+        if self._bundle is not None:
+            return self._bundle.info(name)
+        self._require(name)
+        return self._infos[name]
+
+    def get(self, name: str) -> np.ndarray:
+        if self._bundle is not None:
+            return self._bundle.get(name)
+        if name not in self._infos:
+            raise TensorNotFoundError(f"no Const node of that name ({len(self._infos)} weights)", path=self.path,
+                                      tensor=name)
+        return decode_tensor_proto(self._consts[name], path=self.path, tensor=name)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._meta)
+
+    def verify(self) -> Any:
+        if self._bundle is not None:
+            return self._bundle.verify()
+        return super().verify()
+
+    def close(self) -> None:
+        if self._bundle is not None:
+            self._bundle.close()
+
+
+def _replace_node(node: Any, arr: np.ndarray, code: int) -> bytes:
+    w = Writer()
+    for field, wire, value in iter_fields(node):
+        if field == 5 and wire == LEN:
+            entry = parse(value)
+            key = get_str(entry, 1)
+            if key == "value":
+                attr = Writer().bytes(8, encode_tensor_proto(arr))
+                w.message(5, Writer().string(1, key).message(2, attr))
+                continue
+            if key == "dtype":
+                w.message(5, Writer().string(1, key).message(2, Writer().varint(6, code)))
+                continue
+        w.field(field, wire, value)
+    return w.tobytes()
+
+
+def _const_node(name: str, arr: np.ndarray) -> bytes:
+    code = TF_CODES[dtype_name(arr.dtype, tensor=name)]
+    w = Writer().string(1, name).string(2, "Const")
+    w.message(5, Writer().string(1, "dtype").message(2, Writer().varint(6, code)))
+    w.message(5, Writer().string(1, "value").message(2, Writer().bytes(8, encode_tensor_proto(arr))))
+    return w.tobytes()
+
+
+class TFGraphFormat(Format):
+    name = "tf_graph"
+    description = "TensorFlow frozen GraphDef (.pb, weights in Const nodes) or TF1 MetaGraphDef (.meta)"
+    extensions = (".pb", ".meta")
+    can_write = True
+
+    @classmethod
+    def sniff(cls, path: Path, head: bytes) -> bool:
+        name = Path(path).name
+        if Path(path).is_dir() or not head or not name.endswith((".pb", ".meta")):
+            return False
+        if head[0] != 0x0A:  # field 1, length-delimited: GraphDef.node / MetaGraphDef.meta_info_def
+            return False
+        if name.endswith(".meta"):
+            return True
+        try:  # the first NodeDef starts with its name (field 1) and has an op (field 2)
+            first = next(iter_fields(head, 0, min(len(head), 4096)))
+        except (ProtobufDecodeError, StopIteration):
+            return len(head) >= 4096
+        _, _, node = first
+        fields = {f for f, _, _ in iter_fields(node)} if not isinstance(node, int) else set()
+        return {1, 2} <= fields
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **options: Any) -> TFGraphReader:
+        return TFGraphReader(path)
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike[str],
+        tensors: Mapping[str, np.ndarray],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        template: str | os.PathLike[str] | None = None,
+        strict: bool = True,
+        **options: Any,
+    ) -> None:
+        """Write a frozen GraphDef. With ``template``, Const values named in ``tensors`` replace the
+        template's; ``strict`` refuses tensors that match no Const node."""
+        from weightvault.formats._common import fetch_array
+
+        if os.fspath(path).endswith(".meta"):
+            raise UnsupportedOperationError("writing .meta files is not supported", path=path)
+        out = Writer()
+        if template is None:
+            for name in tensors:
+                out.message(1, _const_node(name, fetch_array(tensors, name)))
+            out.message(4, Writer().varint(1, 1))  # versions {producer: 1}
+        else:
+            with open(template, "rb") as f:
+                data = memoryview(f.read())
+            used = set()
+            for field, wire, value in iter_fields(data, path=template):
+                if field != 1 or wire != LEN:
+                    out.field(field, wire, value)
+                    continue
+                node = parse(value, path=template)
+                name, op = get_str(node, 1), get_str(node, 2)
+                if op == "Const" and name in tensors:
+                    attrs = _attrs(node, template)
+                    code = get_int(attrs.get("dtype", Message()), 6)
+                    old = decode_tensor_proto(get_bytes(attrs["value"], 8), path=template, tensor=name)
+                    arr = fetch_array(tensors, name)
+                    if tuple(arr.shape) != old.shape:
+                        raise ShapeMismatchError(
+                            f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
+                            path=path, tensor=name,
+                        )
+                    arr = np.ascontiguousarray(arr, dtype=old.dtype)
+                    out.message(1, _replace_node(value, arr, code))
+                    used.add(name)
+                else:
+                    out.message(1, value)
+            missing = [n for n in tensors if n not in used]
+            if strict and missing:
+                raise TensorNotFoundError(
+                    f"{len(missing)} tensors match no Const node of the template (first: {', '.join(missing[:5])})",
+                    path=template, tensor=missing[0], hint="pass strict=False to ignore them",
+                )
+        with atomic_write(path) as f:
+            f.write(out.tobytes())

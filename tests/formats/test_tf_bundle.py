@@ -1,0 +1,316 @@
+"""TensorFlow checkpoint V2 bundles: real TF writes what we read and reads what we write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import weightvault
+from weightvault.core.ema_names import ema_names, raw_name_of
+from weightvault.core.sstable import read_table, write_table
+from weightvault.errors import (
+    ChecksumMismatchError,
+    InvalidHeaderError,
+    TensorNotFoundError,
+    TruncatedFileError,
+)
+from weightvault.formats.tf_bundle import TFBundleFormat, encode_tensor_name_slice
+from weightvault.testing.formats import FormatTests
+
+
+@pytest.fixture(scope="module")
+def tf() -> Any:
+    tf = pytest.importorskip("tensorflow")
+    return tf
+
+
+def _expected(fixtures_dir: Path, name: str) -> dict[str, np.ndarray]:
+    z = np.load(fixtures_dir / "tensorflow" / "expected" / f"{name}.npz", allow_pickle=True)
+    return {k.replace("|", "/"): z[k] for k in z.files}
+
+
+# -- fixtures written by TensorFlow ------------------------------------------------------------------
+def test_tf1_saver_fixture_matches_expected(fixtures_dir: Path) -> None:
+    expected = _expected(fixtures_dir, "tf1_saver")
+    with weightvault.open(fixtures_dir / "tensorflow" / "tf1_saver") as r:
+        assert r.format == "tf_bundle"
+        assert sorted(r.keys()) == sorted(k for k in expected if k != "misc/strings")
+        for name, want in expected.items():
+            if name == "misc/strings":
+                assert list(r.get_strings(name)) == list(want)
+                continue
+            got = r.get(name)
+            assert got.shape == want.shape, name
+            if name == "misc/bf16":
+                assert got.dtype == ml_dtypes.bfloat16
+            np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=name)
+        assert r.info("misc/scalar_f16").dtype == "float16"
+        assert r.metadata["global_step"] == 1000
+        assert r.metadata["string_tensors"] == {"misc/strings": [3]}
+        assert r.verify().ok and r.verify().checked == 15
+
+
+def test_tf1_fixture_opens_by_prefix_index_and_data(fixtures_dir: Path) -> None:
+    d = fixtures_dir / "tensorflow" / "tf1_saver"
+    for p in (d / "model.ckpt-1000", d / "model.ckpt-1000.index", d / "model.ckpt-1000.data-00000-of-00001"):
+        with weightvault.open(p) as r:
+            assert r.format == "tf_bundle"
+            assert "layer1/weights" in r.keys()
+
+
+def test_ema_names_on_tf1_fixture(fixtures_dir: Path) -> None:
+    with weightvault.open(fixtures_dir / "tensorflow" / "tf1_saver") as r:
+        mapping = ema_names(r.keys())
+        assert mapping == {f"layer{i}/{w}": f"layer{i}/{w}/ExponentialMovingAverage"
+                           for i in (1, 2) for w in ("weights", "biases")}
+        expected = _expected(fixtures_dir, "tf1_saver")
+        np.testing.assert_array_equal(r.get(mapping["layer2/biases"]),
+                                      expected["layer2/biases/ExponentialMovingAverage"])
+    assert raw_name_of("model_ema.module.fc.weight") == "fc.weight"
+    assert raw_name_of("state_dict_ema/conv.bias") == "conv.bias"
+    assert raw_name_of("fc.weight") is None
+
+
+def test_tf2_object_fixture_names(fixtures_dir: Path) -> None:
+    names = sorted(str(n) for n in _expected(fixtures_dir, "tf2_object_names")["names"])
+    d = fixtures_dir / "tensorflow" / "tf2_object"
+    with TFBundleFormat.open(d) as r:
+        assert sorted(r.keys() + r.string_keys()) == names
+        meta = r.metadata
+        assert meta["object_based"] and meta["save_counter"] == 2
+        assert [(c["prefix"], c["exists"], c["latest"]) for c in meta["checkpoints"]] == [
+            ("ckpt-1", True, False), ("ckpt-2", True, True)]
+        stored = r.get("optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
+    with TFBundleFormat.open(d, names="readable") as r:
+        keys = r.keys()
+        assert len(keys) == len(set(keys)) == len(names) - 1
+        for want in ("model/conv/kernel", "model/bn/moving_mean", "model/lstm/lstm_cell/recurrent_kernel",
+                     "epoch", "save_counter"):
+            assert want in keys, want
+        np.testing.assert_array_equal(r.get("model/conv/kernel"), stored)
+        # the stored spelling still works in readable mode
+        np.testing.assert_array_equal(r.get("optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE"), stored)
+        assert r.info("model/conv/kernel").extra["checkpoint_key"].endswith("VARIABLE_VALUE")
+    with TFBundleFormat.open(d / "ckpt-1") as r:
+        assert [c["current"] for c in r.metadata["checkpoints"]] == [True, False]
+
+
+# -- TensorFlow writes, we read -----------------------------------------------------------------------
+def _tf1_checkpoint(tf: Any, prefix: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "dense/kernel": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+        "dense/bias": np.array([1.5, -2.0, 0.0, 3.25], np.float32),
+        "misc/bf16": np.array([0.5, -1.25, 3.0], ml_dtypes.bfloat16),
+        "misc/half": np.array([[1.5, -0.25]], np.float16),
+        "misc/flag": np.array([True, False, True]),
+        "misc/i64_scalar": np.array(42, np.int64),
+        "misc/u8": np.array([0, 255, 7], np.uint8),
+        "misc/c64": np.array([1 + 2j, -3j], np.complex64),
+        "misc/empty": np.zeros((0, 3), np.float32),
+    }
+    part = np.arange(800, dtype=np.float64).reshape(200, 4)  # slices start at 0, 67, 134
+    graph = tf.Graph()
+    with graph.as_default():
+        for name, arr in values.items():
+            tf.compat.v1.Variable(arr, name=name)
+        tf.compat.v1.get_variable("part", initializer=tf.constant(part),
+                                  partitioner=tf.compat.v1.fixed_size_partitioner(3))
+        tf.compat.v1.Variable([b"a", b"\x00\xffz", b""], name="misc/strings")
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.save(sess, str(prefix), global_step=7)
+    return {**values, "part": part}
+
+
+def test_tf1_saver_output_reads_identically(tf: Any, tmp_path: Path) -> None:
+    values = _tf1_checkpoint(tf, tmp_path / "model.ckpt")
+    with weightvault.open(tmp_path) as r:
+        assert r.metadata["step_from_name"] == 7
+        assert r.metadata["checkpoints"][0]["prefix"].endswith("model.ckpt-7")  # TF writes absolute paths
+        assert r.metadata["checkpoints"][0]["exists"]
+        assert sorted(r.keys()) == sorted(values)
+        for name, want in values.items():
+            got = r.get(name)
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        assert r.info("part").extra == {"slices": 3}
+        assert list(r.get_strings("misc/strings")) == [b"a", b"\x00\xffz", b""]
+        assert r.verify().ok
+
+
+def test_slice_key_encoding_matches_tf(tf: Any, tmp_path: Path) -> None:
+    _tf1_checkpoint(tf, tmp_path / "m")
+    keys = [k for k, _ in read_table((tmp_path / "m-7.index").read_bytes())]
+    assert encode_tensor_name_slice("part", [(0, 67), (0, 4)]) in keys
+    # starts/lengths >= 64 take OrderedCode's two-byte form
+    assert encode_tensor_name_slice("part", [(67, 67), (0, 4)]) in keys
+    assert encode_tensor_name_slice("part", [(134, 66), (0, 4)]) in keys
+    assert encode_tensor_name_slice("v", [(0, 2), (0, -1)]) == bytes.fromhex("0076000101028082807f")
+
+
+def test_merged_bundle_with_two_shards(tf: Any, tmp_path: Path) -> None:
+    a = {"a/x": np.arange(6, dtype=np.float32), "a/y": np.ones((2, 2), np.int32)}
+    b = {"b/z": np.full(5, 9, np.int64)}
+    for prefix, tensors in (("p1", a), ("p2", b)):
+        tf.raw_ops.SaveV2(prefix=str(tmp_path / prefix), tensor_names=list(tensors),
+                          shape_and_slices=[""] * len(tensors), tensors=[tf.constant(v) for v in tensors.values()])
+    tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=[str(tmp_path / "p1"), str(tmp_path / "p2")],
+                                  destination_prefix=str(tmp_path / "merged"))
+    assert (tmp_path / "merged.data-00001-of-00002").exists()
+    with TFBundleFormat.open(tmp_path / "merged") as r:
+        assert r.metadata["num_shards"] == 2
+        assert {r.info(k).extra["shard"] for k in r.keys()} == {0, 1}
+        for name, want in {**a, **b}.items():
+            np.testing.assert_array_equal(r.get(name), want)
+        assert r.verify().ok
+
+
+# -- we write, TensorFlow reads -----------------------------------------------------------------------
+def _sample() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "layer1/weights": rng.standard_normal((5, 4)).astype(np.float32),
+        "layer1/biases": rng.standard_normal(4).astype(np.float32),
+        "half": rng.standard_normal((2, 3)).astype(np.float16),
+        "bf16": rng.standard_normal(7).astype(ml_dtypes.bfloat16),
+        "f64": rng.standard_normal((2, 2)),
+        "flag": np.array([True, False]),
+        "i32": np.array([-5, 7, 2**31 - 1], np.int32),
+        "global_step": np.array(1234, np.int64),
+        "u16": np.array([1, 65535], np.uint16),
+        "c128": np.array([1 - 1j], np.complex128),
+    }
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_tf_reads_what_we_write(tf: Any, tmp_path: Path, num_shards: int) -> None:
+    tensors = _sample()
+    strings = {"names": np.array([b"alpha", b"", b"\x00bin"], dtype=object)}
+    TFBundleFormat.write(tmp_path / "ckpt", tensors, num_shards=num_shards, strings=strings)
+    assert (tmp_path / f"ckpt.data-{num_shards - 1:05d}-of-{num_shards:05d}").exists()
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt")
+    listed = dict(tf.train.list_variables(str(tmp_path)))
+    assert {k: tuple(v) for k, v in listed.items()} == {
+        **{k: v.shape for k, v in tensors.items()}, "names": (3,)}
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    for name, want in tensors.items():
+        got = reader.get_tensor(name)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert list(reader.get_tensor("names")) == [b"alpha", b"", b"\x00bin"]
+    with TFBundleFormat.open(tmp_path, check_crc=True) as r:
+        assert r.verify().ok
+        assert list(r.get_strings("names")) == [b"alpha", b"", b"\x00bin"]
+
+
+def test_tf1_saver_restores_what_we_write(tf: Any, tmp_path: Path) -> None:
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "scope/b": np.array([3.5, -1], np.float64),
+               "scope/h": np.array([0.5], np.float16)}
+    TFBundleFormat.write(tmp_path, tensors)  # a directory: dir/ckpt + checkpoint file
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {n: tf.compat.v1.Variable(np.zeros_like(v), name=n) for n, v in tensors.items()}
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            saver.restore(sess, tf.train.latest_checkpoint(str(tmp_path)))
+            for name, var in variables.items():
+                np.testing.assert_array_equal(sess.run(var), tensors[name])
+
+
+def test_index_is_byte_identical_to_tf(tf: Any, tmp_path: Path) -> None:
+    # Enough long names to need two 256 KiB data blocks and the separator logic between them.
+    rng = np.random.default_rng(0)
+    tensors = {f"tower_{i % 7}/{'block_' * 12}{i:05d}/kernel": rng.standard_normal(i % 5 + 1).astype(np.float32)
+               for i in range(2600)}
+    tensors["scalar"] = np.array(1.0, np.float32)
+    tensors["empty"] = np.zeros((0,), np.float32)
+    tf.raw_ops.SaveV2(prefix=str(tmp_path / "tf"), tensor_names=list(tensors), shape_and_slices=[""] * len(tensors),
+                      tensors=[tf.constant(v) for v in tensors.values()])
+    with TFBundleFormat.open(tmp_path / "tf") as r:
+        order = sorted(r.keys(), key=lambda k: r.info(k).extra["offset"])
+        TFBundleFormat.write(tmp_path / "ours", {k: r.get(k) for k in order}, state_file=False)
+    ours, theirs = (tmp_path / "ours.index").read_bytes(), (tmp_path / "tf.index").read_bytes()
+    assert len(theirs) > 2 * 262144 or len(read_table(theirs)) > 2000
+    assert ours == theirs
+    assert (tmp_path / "ours.data-00000-of-00001").read_bytes() == (tmp_path / "tf.data-00000-of-00001").read_bytes()
+    assert write_table(read_table(theirs)) == theirs
+
+
+def test_writer_updates_state_file(tmp_path: Path) -> None:
+    TFBundleFormat.write(tmp_path / "ckpt-1", {"a": np.ones(2, np.float32)})
+    TFBundleFormat.write(tmp_path / "ckpt-2", {"a": np.zeros(2, np.float32)})
+    with weightvault.open(tmp_path) as r:
+        assert r.metadata["model_checkpoint_path"] == "ckpt-2"
+        assert [c["prefix"] for c in r.metadata["checkpoints"]] == ["ckpt-1", "ckpt-2"]
+        np.testing.assert_array_equal(r.get("a"), np.zeros(2, np.float32))
+
+
+# -- corrupt input ------------------------------------------------------------------------------------
+@pytest.fixture
+def written(tmp_path: Path) -> Path:
+    TFBundleFormat.write(tmp_path / "ck", {"w": np.arange(1000, dtype=np.float32), "b": np.ones(3, np.float32)})
+    return tmp_path / "ck"
+
+
+def test_truncated_index(written: Path) -> None:
+    index = written.with_name("ck.index")
+    index.write_bytes(index.read_bytes()[:30])
+    with pytest.raises(TruncatedFileError, match="footer"):
+        TFBundleFormat.open(written)
+
+
+def test_bad_magic(written: Path) -> None:
+    index = written.with_name("ck.index")
+    data = bytearray(index.read_bytes())
+    data[-1] ^= 0xFF
+    index.write_bytes(bytes(data))
+    with pytest.raises(InvalidHeaderError, match="magic"):
+        TFBundleFormat.open(written)
+
+
+def test_block_crc_mismatch(written: Path) -> None:
+    index = written.with_name("ck.index")
+    data = bytearray(index.read_bytes())
+    data[3] ^= 0x01  # inside the first data block
+    index.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="block CRC"):
+        TFBundleFormat.open(written)
+
+
+def test_data_shard_too_short(written: Path) -> None:
+    shard = written.with_name("ck.data-00000-of-00001")
+    shard.write_bytes(shard.read_bytes()[:-5])
+    with pytest.raises(TruncatedFileError) as exc:
+        TFBundleFormat.open(written)
+    assert "data-00000-of-00001" in str(exc.value)
+
+
+def test_data_crc_mismatch(written: Path) -> None:
+    shard = written.with_name("ck.data-00000-of-00001")
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x40
+    shard.write_bytes(bytes(data))
+    with TFBundleFormat.open(written) as r:
+        result = r.verify()
+        assert not result.ok and "'w'" in result.failures[0]
+    with TFBundleFormat.open(written, check_crc=True) as r, pytest.raises(ChecksumMismatchError):
+        r.get("w")
+
+
+def test_missing_tensor(written: Path) -> None:
+    with TFBundleFormat.open(written) as r, pytest.raises(TensorNotFoundError):
+        r.get("nope")
+
+
+# -- shared conformance suite -------------------------------------------------------------------------
+class TestTFBundleConformance(FormatTests):
+    format_name = "tf_bundle"
+    suffix = ".index"
+    dtypes = ("float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "int32",
+              "uint32", "int64", "uint64", "bool", "complex64", "complex128")
+    name_style = "slashed"
