@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointLockedError",
     "CheckpointNotFoundError",
+    "CheckpointSaveError",
     "ChecksumMismatchError",
     "CorruptFileError",
     "DuplicateTensorError",
@@ -137,6 +138,10 @@ class CheckpointExistsError(WeightVaultError, FileExistsError):
 
 class CheckpointLockedError(WeightVaultError, RuntimeError):
     """Another writer holds the lock of a checkpoint directory."""
+
+
+class CheckpointSaveError(WeightVaultError, OSError):
+    """Writing a checkpoint failed (disk full, file too large, I/O error); earlier ones are intact."""
 
 
 class FormatNotFoundError(WeightVaultError, ValueError):

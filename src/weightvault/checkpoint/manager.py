@@ -1,0 +1,700 @@
+"""CheckpointManager: a series of step checkpoints in one run directory.
+
+Layout of a run directory (every path inside is relative, so the directory can be moved, renamed
+or copied and still works; TF's absolute paths in ``checkpoint`` break that, tensorflow#9146)::
+
+    run/
+      .weightvault-run.lock        flock held by the one writer (see lock.py)
+      weightvault-run.json         run state: checkpoints, metrics, kept-because (atomic rewrite)
+      step-00000100/               one native checkpoint directory per step
+        model-00001-of-00001.safetensors  manifest.json  model.safetensors.index.json  COMMITTED
+        checkpoint.json            the manager's record: step, metrics, stall/write seconds, size
+
+Commit protocol of one save:
+
+1. the native checkpoint is written under ``step-00000100.wvtmp-<random>/`` (files fsynced,
+   ``COMMITTED`` last), then ``checkpoint.json`` is written into it and fsynced;
+2. the temporary directory is renamed to ``step-00000100`` (atomic) and the run dir fsynced;
+3. only then does retention run: the policy decides from the committed checkpoints which to keep,
+   the run state is rewritten, and the others are renamed to a temporary name and deleted.
+
+So a listed step is always complete; a crash leaves at worst a ``*.wvtmp-*`` directory, which
+the next writer removes at start *after* taking the lock (never before: it could belong to a
+live writer). Deletion touches only ``step-N`` directories whose ``checkpoint.json`` says they
+were written by a manager for step N, never anything else in the directory (orbax#394).
+
+The directory listing is the truth; the run state file is an index that a crash may leave one
+save behind, and it is reconciled with the listing whenever a writer starts.
+
+Async saves: ``save`` waits for the previous save (one in flight at most), copies the state to
+host buffers (:mod:`.snapshot`), and hands the write to a background thread. A failure of that
+write is re-raised by the next ``save``, ``wait_until_finished`` or ``close``; it is never lost.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as _dt
+import errno
+import json
+import math
+import os
+import re
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from weightvault.checkpoint.lock import RunLock
+from weightvault.checkpoint.policies import (
+    AnyOf,
+    CheckpointRecord,
+    KeepAll,
+    KeepBestK,
+    KeepEveryNSteps,
+    KeepLastN,
+    KeepPeriod,
+    RetentionPolicy,
+)
+from weightvault.checkpoint.snapshot import SnapshotCache, take_snapshot
+from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
+from weightvault.errors import (
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CheckpointSaveError,
+    CorruptFileError,
+    UnsupportedOperationError,
+    WeightVaultError,
+    WeightVaultUserWarning,
+)
+from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE, save_native
+
+__all__ = [
+    "RECORD_FILE",
+    "STATE_FILE",
+    "CheckpointInfo",
+    "CheckpointManager",
+    "CheckpointSaveError",
+    "scan_run",
+    "step_dir_name",
+]
+
+STATE_FILE = "weightvault-run.json"
+RECORD_FILE = "checkpoint.json"
+RUN_FORMAT = "weightvault-run"
+RECORD_FORMAT = "weightvault-checkpoint"
+METADATA_KEY = "weightvault.checkpoint"
+STEP_RE = re.compile(r"^step-(\d+)$")
+# Leftovers of an interrupted save or delete: temp names derived from ours, nothing else.
+LEFTOVER_RE = re.compile(r"^(?:step-\d+|" + re.escape(STATE_FILE) + ")" + re.escape(TMP_MARK))
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One committed checkpoint of a run, as the manager recorded it."""
+
+    step: int
+    path: Path
+    time: float
+    saved_at: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    mode: str = "sync"
+    stall_seconds: float | None = None
+    write_seconds: float | None = None
+    size_bytes: int | None = None
+    kept_because: list[str] = field(default_factory=list)
+
+    @property
+    def record(self) -> CheckpointRecord:
+        return CheckpointRecord(self.step, self.time, self.metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form with the directory relative to the run (never absolute)."""
+        return {
+            "step": self.step,
+            "dir": self.path.name,
+            "saved_at": self.saved_at,
+            "time": self.time,
+            "metrics": self.metrics,
+            "mode": self.mode,
+            "stall_seconds": self.stall_seconds,
+            "write_seconds": self.write_seconds,
+            "size_bytes": self.size_bytes,
+            "kept_because": list(self.kept_because),
+        }
+
+
+# -- reading a run directory (shared by the manager, watch and the CLI) -----------------------------
+
+
+def _read_record(step_dir: Path, step: int) -> dict[str, Any] | None:
+    """The manager's record of a committed step directory, or None if it is not one of ours."""
+    if not (step_dir / COMMIT_MARKER).is_file():
+        return None
+    try:
+        record = json.loads((step_dir / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("step") != step:
+        return None
+    return record
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) and state.get("format") == RUN_FORMAT else {}
+
+
+def scan_run(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
+    """Committed checkpoints of a run directory in step order, read from the listing itself."""
+    root = Path(directory)
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return []
+    reasons = {
+        int(c["step"]): list(c.get("kept_because") or [])
+        for c in read_state(root).get("checkpoints", [])
+        if isinstance(c, dict) and isinstance(c.get("step"), int)
+    }
+    found = []
+    for name in names:
+        m = STEP_RE.match(name)
+        if not m:
+            continue
+        step = int(m.group(1))
+        record = _read_record(root / name, step)
+        if record is None:
+            continue
+        found.append(_info_from_record(root / name, record, reasons.get(step, [])))
+    found.sort(key=lambda c: c.step)
+    return found
+
+
+def _info_from_record(path: Path, record: dict[str, Any], kept_because: list[str]) -> CheckpointInfo:
+    return CheckpointInfo(
+        step=int(record["step"]),
+        path=path,
+        time=float(record.get("time", 0.0)),
+        saved_at=str(record.get("saved_at", "")),
+        metrics=dict(record.get("metrics") or {}),
+        mode=str(record.get("mode", "sync")),
+        stall_seconds=record.get("stall_seconds"),
+        write_seconds=record.get("write_seconds"),
+        size_bytes=record.get("size_bytes"),
+        kept_because=kept_because,
+    )
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """JSON-safe metrics: numbers (numpy/torch scalars unwrapped), str, bool, None; NaN -> None."""
+    out: dict[str, Any] = {}
+    for key, value in (metrics or {}).items():
+        if not isinstance(key, str):
+            raise TypeError(f"metric names must be str, not {type(key).__name__}")
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            value = value.item()  # numpy scalar, 0-d array or one-element torch tensor
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None  # JSON has no NaN; a NaN metric can never be "best" anyway
+        if not isinstance(value, (int, float, str, bool, type(None))):
+            raise TypeError(f"metric {key!r} must be a number, str, bool or None, not {type(value).__name__}")
+        out[key] = value
+    return out
+
+
+def _dir_size(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+
+
+def _write_json(path: Path, obj: Any, fsync: bool) -> None:
+    with open(path, "x", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+
+
+def _now() -> tuple[float, str]:
+    """When a checkpoint was saved: unix seconds (retention uses it) and an ISO stamp."""
+    now = time.time()
+    return now, _stamp(now)
+
+
+def _stamp(now: float | None = None) -> str:
+    when = time.time() if now is None else now
+    return _dt.datetime.fromtimestamp(when, _dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _build_policy(
+    max_to_keep: int | None,
+    keep_every_n_steps: int | None,
+    keep_period_hours: float | None,
+    best: KeepBestK | None,
+) -> RetentionPolicy:
+    policies: list[RetentionPolicy] = [KeepAll() if max_to_keep is None else KeepLastN(max_to_keep)]
+    if keep_every_n_steps is not None:
+        policies.append(KeepEveryNSteps(keep_every_n_steps))
+    if keep_period_hours is not None:
+        policies.append(KeepPeriod(keep_period_hours))
+    if best is not None:
+        policies.append(best)
+    return AnyOf(*policies)
+
+
+def _parse_best(best: Any) -> KeepBestK | None:
+    if best is None or isinstance(best, KeepBestK):
+        return best
+    if isinstance(best, (tuple, list)) and len(best) in (2, 3) and isinstance(best[0], str):
+        return KeepBestK(best[0], best[1], int(best[2]) if len(best) == 3 else 1)
+    raise ValueError(f"best must be None or (metric, 'max'|'min'[, k]), not {best!r}")
+
+
+@dataclass
+class _SaveJob:
+    step: int
+    state: Any
+    metrics: dict[str, Any]
+    metadata: dict[str, Any]
+    mode: str
+    started: float  # perf_counter when save() was entered
+    stall: float | None = None  # known before the write for async saves
+
+
+class CheckpointManager:
+    """Save, retain, list and restore the checkpoints of one training run.
+
+    Args:
+        directory: the run directory (created if missing).
+        max_to_keep: keep the newest N checkpoints (None keeps all).
+        keep_every_n_steps: also keep every checkpoint whose step is a multiple of N.
+        keep_period_hours: also keep one checkpoint per this many hours.
+        best: ``(metric, "max"|"min", k)``: also keep the k best by a metric passed to ``save``.
+        async_save: ``save`` returns once the state is copied to host memory; the write runs in
+            a background thread.
+        policy: a retention policy from :mod:`weightvault.checkpoint.policies`; replaces the
+            four retention arguments above (``best`` still names the metric for :meth:`best`).
+        read_only: list and restore without taking the writer lock (never blocks, never blocked).
+        fsync: flush files and directories to disk at commit (turn off only for tests).
+        shard_size: largest shard of each checkpoint, in bytes.
+
+    Example:
+        >>> import numpy as np, tempfile, weightvault
+        >>> with weightvault.CheckpointManager(tempfile.mkdtemp(), max_to_keep=2) as mgr:
+        ...     for step in (10, 20, 30):
+        ...         _ = mgr.save(step, {"w": np.full(3, step, np.float32)}, metrics={"loss": 1 / step})
+        ...     mgr.steps(), float(mgr.restore("latest")["w"][0])
+        ([20, 30], 30.0)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_to_keep: int | None = 5,
+        keep_every_n_steps: int | None = None,
+        keep_period_hours: float | None = None,
+        best: tuple[Any, ...] | KeepBestK | None = None,
+        async_save: bool = False,
+        *,
+        policy: RetentionPolicy | None = None,
+        read_only: bool = False,
+        fsync: bool = True,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+    ) -> None:
+        self.directory = Path(directory)
+        self.read_only = read_only
+        self.async_save = async_save
+        self.fsync = fsync
+        self.shard_size = shard_size
+        self._best = _parse_best(best)
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
+        self._settings = {
+            "max_to_keep": max_to_keep,
+            "keep_every_n_steps": keep_every_n_steps,
+            "keep_period_hours": keep_period_hours,
+            "best": None if self._best is None else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
+            "async_save": async_save,
+            "custom_policy": None if policy is None else repr(policy),
+        }
+        self.policy: RetentionPolicy = policy or _build_policy(
+            max_to_keep, keep_every_n_steps, keep_period_hours, self._best
+        )
+        self._lock = RunLock(self.directory)
+        self._state_lock = threading.RLock()  # guards the run state against the writer thread
+        self._save_lock = threading.Lock()  # one save() at a time
+        self._future: Future[None] | None = None
+        self._inflight_step: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._cache = SnapshotCache()
+        self._closed = False
+        self.run_id: str | None = None
+        self.cleaned_up: list[str] = []
+        if read_only:
+            if self._best is None:
+                self._best = _best_from_state(read_state(self.directory))
+            self.run_id = read_state(self.directory).get("run_id")
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        try:
+            self.cleaned_up = self._remove_leftovers()
+            state = read_state(self.directory)
+            self.run_id = state.get("run_id") or uuid.uuid4().hex
+            self._created = state.get("created") or _stamp()
+            self._write_state(scan_run(self.directory))
+        except BaseException:
+            self._lock.release()
+            raise
+        atexit.register(_report_unobserved, weakref.ref(self))
+
+    # -- listing ----------------------------------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Committed checkpoints in step order (an async save still in flight is not listed)."""
+        return scan_run(self.directory)
+
+    def steps(self) -> list[int]:
+        return [c.step for c in self.checkpoints()]
+
+    def latest(self) -> int | None:
+        """The highest committed step, or None for an empty run."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def best(self) -> int | None:
+        """The best committed step by the ``best=`` metric (None if no checkpoint has it)."""
+        if self._best is None:
+            raise ValueError("this manager has no best=(metric, mode, k); pass one to use best()")
+        ranked = self._best.ranked([c.record for c in self.checkpoints()])
+        return ranked[0].step if ranked else None
+
+    def path(self, step: int | str = "latest") -> Path:
+        """Directory of a committed checkpoint (``step``, ``"latest"`` or ``"best"``)."""
+        resolved = self._resolve(step)
+        path = self.directory / step_dir_name(resolved)
+        if _read_record(path, resolved) is None:
+            raise CheckpointNotFoundError(f"no committed checkpoint for step {resolved}", path=self.directory)
+        return path
+
+    def info(self, step: int | str = "latest") -> CheckpointInfo:
+        resolved = self._resolve(step)
+        for c in self.checkpoints():
+            if c.step == resolved:
+                return c
+        raise CheckpointNotFoundError(f"no committed checkpoint for step {resolved}", path=self.directory)
+
+    def metadata(self, step: int | str = "latest") -> dict[str, Any]:
+        """The checkpoint's user metadata plus what the manager recorded (metrics, stall_seconds...)."""
+        from weightvault.api import open as open_checkpoint
+
+        info = self.info(step)
+        with open_checkpoint(info.path) as reader:
+            meta = dict(reader.metadata)
+        meta.pop(METADATA_KEY, None)
+        meta.update({k: v for k, v in info.to_dict().items() if k != "dir"})
+        return meta
+
+    def _resolve(self, step: int | str) -> int:
+        if isinstance(step, bool):
+            raise TypeError("step must be an int, 'latest' or 'best'")
+        if isinstance(step, int):
+            return step
+        if step == "latest":
+            found = self.latest()
+        elif step == "best":
+            found = self.best()
+        else:
+            raise ValueError(f"step must be an int, 'latest' or 'best', not {step!r}")
+        if found is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint to restore as {step!r}"
+                + (" (none has the best= metric)" if step == "best" and self.steps() else ""),
+                path=self.directory,
+            )
+        return found
+
+    # -- restoring --------------------------------------------------------------------------------
+    def restore(
+        self,
+        step: int | Literal["latest", "best"] = "latest",
+        framework: Literal["numpy", "torch"] = "numpy",
+        device: Any = None,
+        *,
+        verify: bool = False,
+        fallback: bool = False,
+    ) -> Any:
+        """Load a committed checkpoint and return the state exactly as it was saved.
+
+        Args:
+            verify: check every tensor's checksum before returning.
+            fallback: with ``"latest"``, if that checkpoint fails to load or verify, warn and
+                try the next older one (never silently: a :class:`WeightVaultUserWarning` names
+                the bad checkpoint).
+        """
+        from weightvault.api import load
+
+        target = self._resolve(step)
+        candidates = [target]
+        if fallback and step == "latest":
+            candidates += [s for s in reversed(self.steps()) if s < target]
+        for i, candidate in enumerate(candidates):
+            try:
+                return load(self.path(candidate), framework=framework, device=device, verify=verify)
+            except (CorruptFileError, CheckpointNotFoundError) as exc:
+                if i == len(candidates) - 1:
+                    raise
+                warnings.warn(
+                    f"checkpoint step {candidate} is unusable ({exc}); falling back to step {candidates[i + 1]}",
+                    WeightVaultUserWarning,
+                    stacklevel=2,
+                )
+        raise AssertionError("unreachable")
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metrics: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Save ``state`` as the checkpoint of ``step``; returns the directory it will have.
+
+        With ``async_save`` this returns once the state is copied to host memory; the checkpoint
+        appears in :meth:`steps` when its write has committed.
+        """
+        started = time.perf_counter()
+        self._check_writable()
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, not {step!r}")
+        with self._save_lock:
+            self._wait_and_raise()
+            final = self.directory / step_dir_name(step)
+            if final.exists():
+                raise CheckpointExistsError(
+                    f"step {step} already has a checkpoint",
+                    path=final,
+                    hint="save each step once; delete the directory by hand to save it again",
+                )
+            clean = _clean_metrics(metrics)
+            meta = dict(metadata or {})
+            if METADATA_KEY in meta:
+                raise ValueError(f"metadata key {METADATA_KEY!r} is reserved for the manager")
+            meta[METADATA_KEY] = {"step": step, "metrics": clean, "run_id": self.run_id}
+            mode = "async" if self.async_save else "sync"
+            job = _SaveJob(step, state, clean, meta, mode, started)
+            if not self.async_save:
+                self._write(job)
+                return final
+            job.state = take_snapshot(state, self._cache)
+            job.stall = time.perf_counter() - started
+            meta[METADATA_KEY]["stall_seconds"] = job.stall
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="weightvault-save")
+            self._inflight_step = step
+            self._future = self._executor.submit(self._write, job)
+            return final
+
+    def wait_until_finished(self) -> None:
+        """Block until the save in flight (if any) has committed; re-raise its failure."""
+        with self._save_lock:
+            self._wait_and_raise()
+
+    def _wait_and_raise(self) -> None:
+        future, self._future = self._future, None
+        self._inflight_step = None
+        if future is not None:
+            future.result()  # re-raises the background failure in the caller's thread
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise UnsupportedOperationError("this CheckpointManager is read-only", path=self.directory)
+        if self._closed:
+            raise UnsupportedOperationError("this CheckpointManager is closed", path=self.directory)
+
+    def _write(self, job: _SaveJob) -> None:
+        """Write, commit, then apply retention. Runs in the caller (sync) or the writer thread."""
+        final = self.directory / step_dir_name(job.step)
+        tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+        write_started = time.perf_counter()
+        try:
+            save_native(
+                tmp, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                single_file=False, fsync=self.fsync, progress=False,
+            )  # fmt: skip
+            job.state = None  # let the snapshot buffers' references go as soon as possible
+            now, stamp = _now()
+            record = {
+                "format": RECORD_FORMAT,
+                "version": 1,
+                "step": job.step,
+                "run_id": self.run_id,
+                "saved_at": stamp,
+                "time": now,
+                "metrics": job.metrics,
+                "mode": job.mode,
+                "stall_seconds": job.stall if job.stall is not None else time.perf_counter() - job.started,
+                "write_seconds": time.perf_counter() - write_started,
+                "size_bytes": _dir_size(tmp),
+            }
+            _write_json(tmp / RECORD_FILE, record, self.fsync)
+            if self.fsync:
+                fsync_dir(tmp)
+            os.rename(tmp, final)  # the commit: the step appears complete or not at all
+            if self.fsync:
+                fsync_dir(self.directory)
+        except OSError as exc:
+            remove_tree(tmp)
+            error = CheckpointSaveError(
+                f"saving step {job.step} failed: {exc.strerror or exc}; earlier checkpoints are intact",
+                path=final,
+                hint=_hint_for(exc),
+            )
+            error.errno = exc.errno  # callers may test for ENOSPC/EFBIG like any OSError
+            raise error from exc
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        self._apply_retention()
+
+    # -- retention and run state --------------------------------------------------------------------
+    def _apply_retention(self) -> None:
+        with self._state_lock:
+            found = scan_run(self.directory)
+            keep = self.policy.keep([c.record for c in found]) if found else {}
+            if found and found[-1].step not in keep:
+                keep[found[-1].step] = ["newest"]  # the newest committed checkpoint is never deleted
+            kept = [_with_reasons(c, keep[c.step]) for c in found if c.step in keep]
+            doomed = [c for c in found if c.step not in keep]
+            self._write_state(kept)
+            for c in doomed:
+                self._delete_owned(c.step)
+
+    def _delete_owned(self, step: int) -> None:
+        path = self.directory / step_dir_name(step)
+        if _read_record(path, step) is None:  # not provably ours: leave it alone
+            warnings.warn(f"not deleting {path}: not a checkpoint written by a manager", WeightVaultUserWarning, stacklevel=3)
+            return
+        # Rename first, so the step leaves listings atomically; a crash mid-delete leaves a
+        # temp-named directory that the next writer removes.
+        doomed = path.with_name(f"{path.name}{TMP_MARK}del-{uuid.uuid4().hex[:12]}")
+        os.rename(path, doomed)
+        remove_tree(doomed)
+
+    def _write_state(self, checkpoints: list[CheckpointInfo]) -> None:
+        with self._state_lock:
+            kept = {c.step: c for c in checkpoints}
+            previous = {
+                c.get("step"): c.get("kept_because") or [] for c in read_state(self.directory).get("checkpoints", [])
+            }
+            rows = []
+            for c in checkpoints:
+                row = c.to_dict()
+                if not row["kept_because"]:
+                    row["kept_because"] = list(previous.get(c.step, []))
+                rows.append(row)
+            best = None
+            if self._best is not None:
+                ranked = self._best.ranked([c.record for c in kept.values()])
+                best = ranked[0].step if ranked else None
+            state = {
+                "format": RUN_FORMAT,
+                "version": 1,
+                "run_id": self.run_id,
+                "created": self._created,
+                "updated": _stamp(),
+                "settings": self._settings,
+                "latest": max(kept) if kept else None,
+                "best": best,
+                "checkpoints": rows,
+            }
+            with atomic_write(self.directory / STATE_FILE, fsync=self.fsync) as f:
+                f.write(json.dumps(state, indent=1, allow_nan=False).encode())
+
+    def _remove_leftovers(self) -> list[str]:
+        """Delete temp files/dirs of interrupted saves and deletes. Only called under the lock."""
+        removed = []
+        for name in os.listdir(self.directory):
+            if LEFTOVER_RE.match(name):
+                remove_tree(self.directory / name)
+                removed.append(name)
+        return removed
+
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish the save in flight (re-raising its failure), then release the writer lock."""
+        if self._closed or self.read_only:
+            self._closed = True
+            return
+        try:
+            self.wait_until_finished()
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._cache.clear()
+            self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Already unwinding an error: still finish and unlock, but do not mask the first error.
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else ("async" if self.async_save else "sync")
+        return f"CheckpointManager({os.fspath(self.directory)!r}, {mode}, policy={self.policy!r})"
+
+
+def _with_reasons(c: CheckpointInfo, reasons: list[str]) -> CheckpointInfo:
+    return CheckpointInfo(**{**c.__dict__, "kept_because": list(reasons)})
+
+
+def _best_from_state(state: dict[str, Any]) -> KeepBestK | None:
+    best = (state.get("settings") or {}).get("best")
+    if isinstance(best, dict) and isinstance(best.get("metric"), str):
+        with contextlib.suppress(TypeError, ValueError):
+            return KeepBestK(best["metric"], best.get("mode", "max"), int(best.get("k", 1)))
+    return None
+
+
+def _hint_for(exc: OSError) -> str | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space or lower max_to_keep; the failed save left nothing behind"
+    if exc.errno == errno.EFBIG:
+        return "a file exceeded the size limit (ulimit -f or the filesystem's); lower shard_size"
+    return None
+
+
+def _report_unobserved(ref: weakref.ref[CheckpointManager]) -> None:
+    """At exit, say so if a background save failed and nobody called save/wait/close again."""
+    mgr = ref()
+    if mgr is None or mgr._future is None or not mgr._future.done():
+        return
+    exc = mgr._future.exception()
+    if exc is not None:
+        import sys
+
+        sys.stderr.write(f"weightvault: background save of step {mgr._inflight_step} failed and was never observed: {exc}\n")

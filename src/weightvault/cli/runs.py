@@ -1,0 +1,100 @@
+"""``weightvault runs DIR``: the checkpoints of a training run and why each one is still there.
+
+Reads the directory listing (the truth) and the run state file (for kept-because); takes no lock,
+so it works while the trainer is writing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from weightvault.cli.common import emit_json, human_bytes, json_option, print_table, warn
+
+__all__ = ["runs"]
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
+
+
+def _local_time(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
+
+
+@click.command("runs")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@json_option
+def runs(directory: Path, as_json: bool) -> None:
+    """List the checkpoints of a run directory: step, time, metrics, size, kept-because."""
+    from weightvault.checkpoint.manager import (
+        LEFTOVER_RE,
+        STATE_FILE,
+        _best_from_state,
+        read_state,
+        scan_run,
+    )
+    from weightvault.errors import CheckpointNotFoundError
+
+    infos = scan_run(directory)
+    state = read_state(directory)
+    if not infos and not state:
+        raise CheckpointNotFoundError(
+            f"not a weightvault run directory (no {STATE_FILE} and no committed step directories)",
+            path=directory,
+        )
+    latest = infos[-1].step if infos else None
+    best_policy = _best_from_state(state)
+    best = None
+    if best_policy is not None:
+        ranked = best_policy.ranked([c.record for c in infos])
+        best = ranked[0].step if ranked else None
+    leftovers = sorted(n for n in os.listdir(directory) if LEFTOVER_RE.match(n))
+    if as_json:
+        emit_json(
+            {
+                "directory": os.fspath(directory),
+                "run_id": state.get("run_id"),
+                "settings": state.get("settings"),
+                "latest": latest,
+                "best": best,
+                "best_metric": None if best_policy is None else {"metric": best_policy.metric, "mode": best_policy.mode},
+                "checkpoints": [c.to_dict() for c in infos],
+                "leftovers": leftovers,
+            }
+        )
+        return
+    rows = []
+    for c in infos:
+        marks = [m for m, s in (("latest", latest), ("best", best)) if s == c.step]
+        rows.append(
+            [
+                c.step,
+                _local_time(c.time),
+                _format_metrics(c.metrics),
+                human_bytes(c.size_bytes) if c.size_bytes is not None else "",
+                f"{c.stall_seconds:.3f}s {c.mode}" if c.stall_seconds is not None else c.mode,
+                "; ".join(c.kept_because) or "(not yet retained)",
+                ",".join(marks),
+            ]
+        )
+    footer = f"{len(infos)} checkpoint(s); latest {latest}"
+    if best_policy is not None:
+        footer += f"; best {best} by {best_policy.metric} ({best_policy.mode})"
+    print_table(
+        ["step", "saved", "metrics", "size", "stall", "kept because", ""],
+        rows,
+        title=os.fspath(directory),
+        footer=footer,
+        justify={"step": "right", "size": "right", "stall": "right"},
+    )
+    if leftovers:
+        warn(f"{len(leftovers)} leftover(s) of an interrupted save or delete; the next writer removes them: {', '.join(leftovers)}")
