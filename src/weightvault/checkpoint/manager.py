@@ -71,7 +71,6 @@ from weightvault.errors import (
     CheckpointSaveError,
     CorruptFileError,
     UnsupportedOperationError,
-    WeightVaultError,
     WeightVaultUserWarning,
 )
 from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE, save_native
