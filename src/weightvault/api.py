@@ -8,7 +8,7 @@ One obvious call per task. ``open`` works on every registered format and returns
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +35,8 @@ def save(
     single_file: bool | None = None,
     fsync: bool = True,
     progress: bool | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> Path:
     """Save weights or nested training state as a native weightvault checkpoint.
 
@@ -44,6 +46,8 @@ def save(
         path: ``*.safetensors`` for one file, anything else for a sharded directory.
         metadata: JSON-serialisable user metadata kept in the manifest.
         shard_size: maximum data bytes per shard in the directory form.
+        include, exclude: glob patterns over tensor names for a partial save (a tensor is
+            saved when it matches some ``include`` (or there is none) and no ``exclude``).
 
     Returns:
         The path written.
@@ -63,6 +67,8 @@ def save(
         single_file=single_file,
         fsync=fsync,
         progress=progress,
+        include=include,
+        exclude=exclude,
     )
 
 

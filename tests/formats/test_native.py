@@ -257,3 +257,18 @@ def test_roundtrip_property(tmp_path_factory: pytest.TempPathFactory, arrays: di
             assert back[k].dtype == v.dtype and back[k].shape == v.shape
             assert back[k].tobytes() == v.tobytes()
         assert weightvault.verify(path).ok
+
+
+def test_partial_save_with_include_and_exclude(tmp_path: Path) -> None:
+    state = {
+        "model": {"encoder.w": np.ones(2), "encoder.b": np.zeros(2), "head.w": np.ones(3)},
+        "opt": [np.ones(1), 3],
+        "step": 7,
+    }
+    p = weightvault.save(state, tmp_path / "p.safetensors", include=["model/encoder.*", "opt/*"], exclude=["*.b"])
+    back = weightvault.load(p)
+    assert sorted(back["model"]) == ["encoder.w"]
+    assert back["opt"][0].tolist() == [1.0] and back["opt"][1] == 3
+    assert back["step"] == 7  # non-tensor leaves are always kept
+    p2 = weightvault.save(state, tmp_path / "q.safetensors", exclude=["opt/*"])
+    assert weightvault.load(p2)["opt"] == [None, 3]  # a left-out list item keeps its position

@@ -60,11 +60,16 @@ def _float_leaf(x: float) -> dict[str, Any]:
     return {"t": "float", "v": float(x).hex() if math.isfinite(x) else repr(float(x))}
 
 
-def flatten(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+_DROP = object()  # marks a tensor leaf left out by a partial save
+
+
+def flatten(obj: Any, keep: Callable[[str], bool] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return ``(spec, tensors)``; ``tensors`` maps unique names to the tensor objects as found.
 
     A bare mapping of names to tensors (a state dict) keeps its keys as the tensor names, so the
-    file reads naturally in any safetensors tool.
+    file reads naturally in any safetensors tool. ``keep(name)`` selects tensors for a partial
+    save: a tensor it rejects is left out of its dict (in a list or tuple it becomes None, so
+    positions stay meaningful); non-tensor leaves are always kept.
     """
     tensors: dict[str, Any] = {}
 
@@ -75,7 +80,9 @@ def flatten(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             n += 1
         return candidate
 
-    def walk(node: Any, path: str) -> dict[str, Any]:
+    def walk(node: Any, path: str) -> Any:
+        if keep is not None and (is_tensor(node) or isinstance(node, np.generic)) and not keep(path):
+            return _DROP
         if is_tensor(node):
             name = unique(path)
             tensors[name] = node
@@ -98,14 +105,14 @@ def flatten(obj: Any) -> tuple[dict[str, Any], dict[str, Any]]:
             items = []
             for key, value in node.items():
                 child = f"{path}{SEP}{key}" if path else str(key)
-                items.append([_encode_key(key, path), walk(value, child)])
+                sub = walk(value, child)
+                if sub is not _DROP:
+                    items.append([_encode_key(key, path), sub])
             return {"t": "dict", "items": items}
         if isinstance(node, (list, tuple)) and type(node) in (list, tuple):
             kind = "list" if isinstance(node, list) else "tuple"
-            return {
-                "t": kind,
-                "items": [walk(v, f"{path}{SEP}{i}" if path else str(i)) for i, v in enumerate(node)],
-            }
+            subs = [walk(v, f"{path}{SEP}{i}" if path else str(i)) for i, v in enumerate(node)]
+            return {"t": kind, "items": [{"t": "none"} if x is _DROP else x for x in subs]}
         raise UnsupportedObjectError(
             f"object of type {type(node).__module__}.{type(node).__qualname__} at "
             f"{path or '<root>'} cannot be stored; weightvault stores tensors, dicts, lists, "

@@ -20,9 +20,10 @@ the manifest records the real dtype; every file stays loadable by the safetensor
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,21 @@ def plan_tensors(
     return sources, rows, aliases
 
 
+def name_filter(
+    include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> Callable[[str], bool] | None:
+    """A predicate for tensor names from include/exclude globs (None when both are empty)."""
+    if not include and not exclude:
+        return None
+
+    def keep(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+    return keep
+
+
 def _shard_groups(sources: list[TensorSource], shard_size: int) -> list[list[TensorSource]]:
     groups: list[list[TensorSource]] = [[]]
     size = 0
@@ -183,10 +199,13 @@ def save_native(
     fsync: bool = True,
     progress: bool | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> Path:
     """Save ``obj`` (a state dict or any nested training state) as a native checkpoint.
 
-    ``single_file`` defaults to True when ``path`` ends in ``.safetensors``.
+    ``single_file`` defaults to True when ``path`` ends in ``.safetensors``. ``include`` and
+    ``exclude`` are glob patterns over tensor names (``model/encoder.*``) for a partial save.
     """
     path = Path(path)
     if single_file is None:
@@ -195,7 +214,7 @@ def save_native(
         spec, sources, rows = plan_lazy(obj)
         aliases: dict[str, str] = {}
     else:
-        spec, found = flatten(obj)
+        spec, found = flatten(obj, keep=name_filter(include, exclude))
         sources, rows, aliases = plan_tensors(found)
     manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
     total = sum(s.nbytes for s in sources)
