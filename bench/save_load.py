@@ -98,6 +98,8 @@ def run_op(op: str, size_mb: int, workdir: Path) -> dict:
         import torch  # noqa: F401
     if op.startswith("st_"):
         import safetensors.numpy  # noqa: F401
+    # Flush what earlier ops left dirty, or the kernel throttles this op's writes for their sake.
+    os.sync()
     rss_before = peak_rss_mb()
     t0 = time.perf_counter()
     if op == "raw_write":
