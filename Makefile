@@ -26,6 +26,9 @@ $(VENV)/.demo-installed: requirements-demo.txt $(VENV)/.core-installed
 
 $(VENV)/.test-installed: requirements-test.txt $(VENV)/.core-installed
 	$(PIP) install -r requirements-test.txt
+	# TF1 RNN cells (LSTMCell, GRUCell) now live only in tf-keras; --no-deps, or it would pull
+	# the full (GPU) tensorflow package beside tensorflow-cpu.
+	$(PIP) install --no-deps tf-keras==2.21.0
 	touch $@
 
 setup: $(VENV)/.demo-installed

@@ -241,8 +241,10 @@ def test_sequential_bfloat16_and_optimizer_state(kmodel: dict[str, Any], tmp_pat
         assert reader.info("d2/kernel").dtype == "bfloat16"
         assert any(k.startswith("optimizer/") for k in reader.keys())
     with weightvault.open(tmp_path / "s.h5") as reader:  # Keras' legacy bf16: unmarked opaque data
-        assert reader.info("sequential/d2/kernel").dtype == "bfloat16"
-        np.testing.assert_array_equal(reader.get("sequential/d2/kernel"), model.get_layer("d2").kernel.numpy())
+        # Keras numbers auto-named models per process (sequential, sequential_1, ...)
+        name = f"{model.name}/d2/kernel"
+        assert reader.info(name).dtype == "bfloat16"
+        np.testing.assert_array_equal(reader.get(name), model.get_layer("d2").kernel.numpy())
     for src, dst in (("s.keras", "o.weights.h5"), ("s.keras", "o.h5")):
         weightvault.convert(tmp_path / src, tmp_path / dst)
         fresh = build()

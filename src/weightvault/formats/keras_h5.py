@@ -432,7 +432,15 @@ def _keras3_path_for(name: str) -> tuple[str, str]:
         return "optimizer/vars", parts[-1]
     groups = ["layers", parts[0]]
     for sub in parts[1:-1]:
-        groups.append("cell" if sub.endswith("_cell") else sub)
+        # Bidirectional keeps its two copies under forward_layer/backward_layer; RNN cells under cell.
+        if sub.endswith("_cell"):
+            groups.append("cell")
+        elif sub.startswith("forward_"):
+            groups.append("forward_layer")
+        elif sub.startswith("backward_"):
+            groups.append("backward_layer")
+        else:
+            groups.append(sub)
     return "/".join(groups) + "/vars", parts[-1]
 
 
@@ -486,6 +494,9 @@ def _legacy_layer_for(name: str) -> str:
     """The layer owning a ``[model/]layer[/x_cell]/var`` name (Sequential paths carry the model)."""
     parts = name.split("/")[:-1]
     if parts and parts[-1].endswith("_cell") and len(parts) > 1:
+        parts = parts[:-1]
+    # Both directions of a Bidirectional belong to the wrapper layer.
+    if parts and parts[-1].startswith(("forward_", "backward_")) and len(parts) > 1:
         parts = parts[:-1]
     return parts[-1] if parts else name
 

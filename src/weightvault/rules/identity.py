@@ -45,7 +45,10 @@ def gorgonia_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any
     for name in reader.keys():
         info = reader.info(name)
         base = re.sub(r"[^0-9A-Za-z_.]", "_", name)
-        if len(info.shape) == 2:
+        if len(info.shape) == 0:
+            # gob streams carry training scalars after the tensors (ToadOCR's trainEpoch)
+            plan.dropped[name] = "scalar, not a layer weight"
+        elif len(info.shape) == 2:
             hint = hints.get(name)
             if hint not in ("in_out", "out_in"):
                 raise AmbiguousLayoutError(

@@ -378,7 +378,9 @@ def _torch_rnn_steps(plan: Plan, k: str, p: dict[str, str], kind: str, shapes: d
                 continue
             base = k if layer == 0 else f"{k}_{layer}"
             if any(f"weight_ih_l{layer}_reverse" == n for n in p):
-                base = f"{base}/{'backward' if reverse else 'forward'}_{k.split('/')[-1]}"
+                # Keras' Bidirectional names its copies forward_<inner layer>/backward_<inner
+                # layer>; the inner layer's default name is its kind (lstm, gru).
+                base = f"{base}/{'backward' if reverse else 'forward'}_{kind}"
             prefix = f"{base}/{cell}"
             if kind == "lstm":
                 plan.steps.append(Step(f"{prefix}/kernel", (p[f"weight_ih{sfx}"],), (Transpose((1, 0)),)))

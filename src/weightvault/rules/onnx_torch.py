@@ -10,13 +10,14 @@ layers the node name (``--rename``/``--map`` make them match a module).
 from __future__ import annotations
 
 import mmap
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from weightvault.abc.format import FormatReader
 from weightvault.core.protobuf import iter_fields
-from weightvault.errors import UnsupportedOperationError
+from weightvault.errors import InvalidHeaderError, UnsupportedOperationError
 from weightvault.rules import Hints
 from weightvault.transforms import ReorderGates, Split, Take, Transpose
 from weightvault.transforms.plan import Plan, Step
@@ -46,19 +47,32 @@ def _attribute(buf: Any, path: str) -> tuple[str, Any]:
 
 def read_nodes(path: str) -> list[OnnxNode]:
     """The graph's nodes (op type, name, inputs, int/string attributes)."""
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        buf = memoryview(mm)
-        try:
-            nodes = []
-            for num, _wire, graph in iter_fields(buf, path=path):
-                if num != 7:  # ModelProto.graph
-                    continue
-                for gnum, _w, node in iter_fields(graph, path=path):
-                    if gnum == 1:  # GraphProto.node
-                        nodes.append(_node(node, path))
-            return nodes
-        finally:
-            buf.release()
+    error: Exception
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise InvalidHeaderError("empty file: no ONNX graph", path=path)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            # Parse in a helper so that every sub-view of the map is gone (with the helper's
+            # frame) before the map closes; an error's traceback would keep those frames and
+            # their views alive, so it is detached first.
+            try:
+                return _parse_nodes(mm, path)
+            except Exception as exc:
+                exc.__traceback__ = None
+                error = exc
+    raise error
+
+
+def _parse_nodes(mm: mmap.mmap, path: str) -> list[OnnxNode]:
+    buf = memoryview(mm)
+    nodes = []
+    for num, _wire, graph in iter_fields(buf, path=path):
+        if num != 7:  # ModelProto.graph
+            continue
+        for gnum, _w, node in iter_fields(graph, path=path):
+            if gnum == 1:  # GraphProto.node
+                nodes.append(_node(node, path))
+    return nodes
 
 
 def _node(buf: Any, path: str) -> OnnxNode:

@@ -1,0 +1,388 @@
+"""keras-to-torch and torch-to-keras, verified by running both frameworks.
+
+The same network is built in Keras 3 (TensorFlow backend) and PyTorch; weights go through the
+``weightvault convert`` CLI, are loaded strictly into the other framework, and both must compute
+the same outputs on the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+keras = pytest.importorskip("keras")
+torch = pytest.importorskip("torch")
+h5py = pytest.importorskip("h5py")
+
+import weightvault  # noqa: E402
+from weightvault.rules import AmbiguousLayoutError  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-6
+IMG = (8, 8, 3)  # NHWC
+STEPS, VOCAB = 5, 20
+
+
+# -- the network in both frameworks ----------------------------------------------------------------
+
+
+def build_keras(seed: int = 0) -> keras.Model:
+    """Image branch conv -> bn -> depthwise -> flatten -> dense; token branch embedding -> lstm -> gru."""
+    L = keras.layers
+    img = keras.Input(IMG, name="img")
+    tok = keras.Input((STEPS,), dtype="int32", name="tok")
+    x = L.Conv2D(8, 3, padding="valid", name="conv")(img)  # 6x6x8
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)  # 4x4x16
+    x = L.Flatten(name="flat")(x)
+    x = L.Dense(6, activation="relu", name="img_fc")(x)
+    t = L.Embedding(VOCAB, 4, name="emb")(tok)
+    t = L.LSTM(7, return_sequences=True, name="lstm")(t)
+    t = L.GRU(5, name="gru")(t)  # reset_after=True
+    h = L.Concatenate(name="cat")([x, t])
+    h = L.Dense(16, name="fc1")(h)
+    h = L.LayerNormalization(name="ln")(h)
+    out = L.Dense(3, name="fc2")(h)
+    model = keras.Model([img, tok], out)
+    _randomise(model, seed)
+    return model
+
+
+def _randomise(model: keras.Model, seed: int) -> None:
+    """Non-trivial values everywhere, BN statistics included (they start at 0/1)."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        shape = tuple(var.shape)
+        if "variance" in var.path:
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.3, shape)
+        var.assign(value.astype("float32"))
+
+
+class TorchNet(torch.nn.Module):
+    """The PyTorch twin; ``nhwc_flatten`` flattens like Keras (no flatten hint needed then)."""
+
+    def __init__(self, nhwc_flatten: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.nhwc_flatten = nhwc_flatten
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8, eps=1e-3)
+        self.dw = nn.Conv2d(8, 16, 3, groups=8)
+        self.img_fc = nn.Linear(4 * 4 * 16, 6)
+        self.emb = nn.Embedding(VOCAB, 4)
+        self.lstm = nn.LSTM(4, 7, batch_first=True)
+        self.gru = nn.GRU(7, 5, batch_first=True)
+        self.fc1 = nn.Linear(11, 16)
+        self.ln = nn.LayerNorm(16, eps=1e-3)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, img_nhwc: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        x = self.dw(self.bn(self.conv(img_nhwc.permute(0, 3, 1, 2))))
+        x = x.permute(0, 2, 3, 1).flatten(1) if self.nhwc_flatten else x.flatten(1)
+        x = torch.relu(self.img_fc(x))
+        t, _ = self.lstm(self.emb(tok))
+        _, h = self.gru(t)
+        h = torch.cat([x, h[-1]], dim=1)
+        return self.fc2(self.ln(self.fc1(h)))
+
+
+def _inputs(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(2, *IMG)).astype("float32"), rng.integers(0, VOCAB, (2, STEPS)).astype("int32")
+
+
+def _torch_out(model: torch.nn.Module, img: np.ndarray, tok: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(img), torch.from_numpy(tok).long()).numpy()
+
+
+def _load_strict(model: torch.nn.Module, path: Path) -> None:
+    state = weightvault.load(path, framework="torch")
+    model.load_state_dict(state, strict=True)
+
+
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("keras")
+    model = build_keras()
+    img, tok = _inputs()
+    expected = np.asarray(model([img, tok], training=False))
+    model.save(d / "m.keras")
+    model.save_weights(d / "m.weights.h5")
+    model.save(d / "m.h5")  # legacy HDF5 with model_config
+    # A tf.keras 2 save_weights() file has no model config: strip it to get the same situation.
+    shutil.copy(d / "m.h5", d / "noconfig.h5")
+    with h5py.File(d / "noconfig.h5", "a") as f:
+        del f.attrs["model_config"]
+    return {"dir": d, "expected": expected, "img": img, "tok": tok, "model": model}
+
+
+# -- keras -> torch --------------------------------------------------------------------------------
+
+
+def test_keras_file_converts_without_hints(cli_run, keras_files, tmp_path: Path) -> None:
+    code, out, _ = cli_run("convert", keras_files["dir"] / "m.keras", tmp_path / "t.safetensors", "--rules", "keras-to-torch")
+    assert code == 0, out
+    assert "BatchNorm eps=0.001" in out
+    net = TorchNet(nhwc_flatten=True)
+    _load_strict(net, tmp_path / "t.safetensors")
+    np.testing.assert_allclose(_torch_out(net, keras_files["img"], keras_files["tok"]), keras_files["expected"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("source", ["m.keras", "m.weights.h5", "m.h5"])
+def test_flatten_hint_matches_nchw_flatten(cli_run, keras_files, tmp_path: Path, source: str) -> None:
+    dst = tmp_path / "t.safetensors"
+    code, out, _ = cli_run(
+        "convert", keras_files["dir"] / source, dst, "--rules", "keras-to-torch", "--hint", "img_fc=flatten:4,4,16"
+    )
+    assert code == 0, out
+    net = TorchNet(nhwc_flatten=False)
+    _load_strict(net, dst)
+    np.testing.assert_allclose(_torch_out(net, keras_files["img"], keras_files["tok"]), keras_files["expected"], rtol=RTOL, atol=ATOL)
+
+
+def test_legacy_h5_without_config_needs_hints(cli_run, keras_files, tmp_path: Path) -> None:
+    src = keras_files["dir"] / "noconfig.h5"
+    with pytest.raises(AmbiguousLayoutError) as err:
+        weightvault.convert(src, tmp_path / "x.safetensors", rules="keras-to-torch", dry_run=True)
+    assert "'conv'" in str(err.value) and "4-D kernel" in str(err.value)
+    assert "--hint conv=conv" in err.value.hint
+    assert not (tmp_path / "x.safetensors").exists()
+    dst = tmp_path / "t.safetensors"
+    code, out, _ = cli_run(
+        "convert", src, dst, "--rules", "keras-to-torch",
+        "--hint", "conv=conv", "--hint", "dw=depthwise", "--hint", "img_fc=flatten:4,4,16",
+    )  # fmt: skip
+    assert code == 0, out
+    net = TorchNet(nhwc_flatten=False)
+    _load_strict(net, dst)
+    np.testing.assert_allclose(_torch_out(net, keras_files["img"], keras_files["tok"]), keras_files["expected"], rtol=RTOL, atol=ATOL)
+
+
+def test_shared_fixture_keras_files_plan(fixtures_dir: Path) -> None:
+    """The committed Keras fixture (written by Keras 3) plans to the same torch names from all three files."""
+    targets = []
+    for name in ("model.keras", "model.weights.h5", "legacy.h5"):
+        report = weightvault.convert(fixtures_dir / "keras" / name, "unused.safetensors", rules="keras-to-torch", dry_run=True)
+        targets.append(sorted(r["target"] for r in report.to_dict()["tensors"]))
+    assert targets[0] == targets[1] == targets[2]
+    assert "gru.bias_hh_l0" in targets[0] and "bn.num_batches_tracked" in targets[0]
+
+
+def test_gru_reset_before_is_refused(tmp_path: Path) -> None:
+    L = keras.layers
+    model = keras.Sequential([keras.Input((3, 4)), L.GRU(5, reset_after=False, name="gru")])
+    model.save(tmp_path / "g.keras")
+    with pytest.raises(AmbiguousLayoutError, match="reset_after=False"):
+        weightvault.convert(tmp_path / "g.keras", tmp_path / "g.safetensors", rules="keras-to-torch")
+    assert not (tmp_path / "g.safetensors").exists()
+
+
+# -- torch -> keras --------------------------------------------------------------------------------
+
+
+def build_keras_rnn() -> keras.Model:
+    """Layer names equal Keras' snake_case class paths, so the .weights.h5 groups follow from the names."""
+    L = keras.layers
+    tok = keras.Input((STEPS,), dtype="int32")
+    t = L.Embedding(VOCAB, 4, name="embedding")(tok)
+    t = L.LSTM(6, return_sequences=True, name="lstm")(t)
+    t = L.GRU(5, return_sequences=True, name="gru")(t)
+    t = L.Bidirectional(L.LSTM(3), name="bidirectional")(t)
+    t = L.Dense(8, name="dense")(t)
+    t = L.LayerNormalization(name="layer_normalization")(t)
+    return keras.Model(tok, L.Dense(2, name="dense_1")(t))
+
+
+class TorchRnn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.embedding = nn.Embedding(VOCAB, 4)
+        self.lstm = nn.LSTM(4, 6, batch_first=True)
+        self.gru = nn.GRU(6, 5, batch_first=True)
+        self.bidirectional = nn.LSTM(5, 3, batch_first=True, bidirectional=True)
+        self.dense = nn.Linear(6, 8)
+        self.layer_normalization = nn.LayerNorm(8, eps=1e-3)
+        self.dense_1 = nn.Linear(8, 2)
+
+    def forward(self, tok: torch.Tensor) -> torch.Tensor:
+        t, _ = self.lstm(self.embedding(tok))
+        t, _ = self.gru(t)
+        _, (h, _) = self.bidirectional(t)
+        t = torch.cat([h[0], h[1]], dim=1)  # Keras Bidirectional concatenates forward, backward
+        return self.dense_1(self.layer_normalization(self.dense(t)))
+
+
+def _random_torch(model: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+def test_torch_to_keras_rnn_weights_h5(cli_run, tmp_path: Path) -> None:
+    net = TorchRnn()
+    _random_torch(net, 3)
+    src = tmp_path / "net.pt"
+    torch.save(net.state_dict(), src)  # read by weightvault's safe (non-executing) PyTorch reader
+    dst = tmp_path / "net.weights.h5"
+    # The Bidirectional copies (bidirectional/forward_lstm/...) go to Keras 3's
+    # forward_layer/backward_layer groups without any path hints.
+    code, out, _ = cli_run(
+        "convert", src, dst, "--rules", "torch-to-keras", "--to", "keras", "--hint", "embedding=embedding"
+    )
+    assert code == 0, out
+    model = build_keras_rnn()
+    model.load_weights(dst)
+    tok = np.random.default_rng(4).integers(0, VOCAB, (3, STEPS)).astype("int32")
+    expected = _torch_out_rnn(net, tok)
+    np.testing.assert_allclose(np.asarray(model(tok, training=False)), expected, rtol=RTOL, atol=ATOL)
+
+
+def _torch_out_rnn(net: torch.nn.Module, tok: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return net(torch.from_numpy(tok).long()).numpy()
+
+
+class TorchConv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv2d = nn.Conv2d(3, 8, 3)
+        self.batch_normalization = nn.BatchNorm2d(8, eps=1e-3)
+        self.depthwise_conv2d = nn.Conv2d(8, 16, 3, groups=8)
+        self.dense = nn.Linear(16, 4)
+
+    def forward(self, img_nhwc: torch.Tensor) -> torch.Tensor:
+        x = self.depthwise_conv2d(self.batch_normalization(self.conv2d(img_nhwc.permute(0, 3, 1, 2))))
+        return self.dense(x.mean(dim=(2, 3)))
+
+
+def build_keras_conv() -> keras.Model:
+    L = keras.layers
+    img = keras.Input(IMG)
+    x = L.Conv2D(8, 3, name="conv2d")(img)
+    x = L.BatchNormalization(name="batch_normalization")(x)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, name="depthwise_conv2d")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(img, L.Dense(4, name="dense")(x))
+
+
+@pytest.mark.parametrize("dst_name", ["net.weights.h5", "net.h5"])
+def test_torch_to_keras_conv_bn(cli_run, tmp_path: Path, dst_name: str) -> None:
+    net = TorchConv()
+    _random_torch(net, 5)
+    net.batch_normalization.running_mean.copy_(torch.randn(8) * 0.5)
+    net.batch_normalization.running_var.copy_(torch.rand(8) + 0.5)
+    src = tmp_path / "net.safetensors"
+    weightvault.save(net.state_dict(), src)
+    dst = tmp_path / dst_name
+    code, out, _ = cli_run(
+        "convert", src, dst, "--rules", "torch-to-keras", "--to", "keras",
+        "--hint", "conv2d=conv", "--hint", "depthwise_conv2d=depthwise:2", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    doc = json.loads(out)
+    assert "batch_normalization.num_batches_tracked" in doc["dropped"]
+    model = build_keras_conv()
+    model.load_weights(dst)
+    img = np.random.default_rng(6).normal(size=(2, *IMG)).astype("float32")
+    net.eval()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(img)).numpy()
+    np.testing.assert_allclose(np.asarray(model(img, training=False)), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_torch_4d_weight_without_hint_is_ambiguous(tmp_path: Path) -> None:
+    src = tmp_path / "net.safetensors"
+    weightvault.save(TorchConv().state_dict(), src)
+    with pytest.raises(AmbiguousLayoutError) as err:
+        weightvault.convert(src, tmp_path / "x.weights.h5", rules="torch-to-keras", dry_run=True)
+    assert "'conv2d'" in str(err.value)
+    assert "--hint conv2d=conv" in err.value.hint
+
+
+def test_keras_torch_round_trip_is_exact(keras_files, tmp_path: Path) -> None:
+    """keras -> torch -> keras reproduces every variable bit for bit (LSTM bias_hh is zero)."""
+    src = keras_files["dir"] / "m.keras"
+    weightvault.convert(src, tmp_path / "t.safetensors", rules="keras-to-torch")
+    weightvault.convert(
+        tmp_path / "t.safetensors", tmp_path / "back.safetensors", rules="torch-to-keras", hints={"conv": "conv", "dw": "depthwise:2", "emb": "embedding"}
+    )
+    with weightvault.open(src) as a, weightvault.open(tmp_path / "back.safetensors") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for name in a.keys():
+            np.testing.assert_array_equal(a.get(name), b.get(name), err_msg=name)
+
+
+# -- separable and transposed convolutions -----------------------------------------------------------
+
+
+class TorchSepUp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.sep = nn.Module()
+        self.sep.depthwise = nn.Conv2d(3, 6, 3, groups=3, bias=False)  # depth_multiplier 2
+        self.sep.pointwise = nn.Conv2d(6, 5, 1)
+        self.up = nn.ConvTranspose2d(5, 4, 3, stride=2)
+        self.conv1 = nn.Conv1d(4, 2, 2)
+
+    def forward(self, img_nhwc: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.sep.pointwise(self.sep.depthwise(img_nhwc.permute(0, 3, 1, 2))))
+        x = x.mean(dim=3)  # (B, C, H): a 1-D signal over H
+        return self.conv1(x).permute(0, 2, 1)
+
+
+def test_separable_transposed_and_1d_convolutions(cli_run, tmp_path: Path) -> None:
+    L = keras.layers
+    img = keras.Input(IMG)
+    x = L.SeparableConv2D(5, 3, depth_multiplier=2, name="sep")(img)
+    x = L.Conv2DTranspose(4, 3, strides=2, name="up")(x)
+    x = L.Lambda(lambda t: keras.ops.mean(t, axis=2))(x)  # (B, H, C)
+    model = keras.Model(img, L.Conv1D(2, 2, name="conv1")(x))
+    _randomise(model, 7)
+    model.save(tmp_path / "m.keras")
+    dst = tmp_path / "t.safetensors"
+    code, out, _ = cli_run("convert", tmp_path / "m.keras", dst, "--rules", "keras-to-torch")
+    assert code == 0, out
+    net = TorchSepUp()
+    _load_strict(net, dst)
+    img_in = np.random.default_rng(8).normal(size=(2, *IMG)).astype("float32")
+    net.eval()
+    with torch.no_grad():
+        got = net(torch.from_numpy(img_in)).numpy()
+    np.testing.assert_allclose(got, np.asarray(model(img_in)), rtol=RTOL, atol=ATOL)
+
+
+def test_torch_stacked_gru_to_two_keras_layers(cli_run, tmp_path: Path) -> None:
+    """nn.GRU(num_layers=2) becomes Keras layers gru and gru_1 (Keras' own names for two GRUs)."""
+    gru = torch.nn.GRU(4, 5, num_layers=2, batch_first=True)
+    holder = torch.nn.Module()
+    holder.gru = gru
+    _random_torch(holder, 9)
+    src = tmp_path / "gru.pt"
+    torch.save(holder.state_dict(), src)
+    dst = tmp_path / "gru.weights.h5"
+    code, out, _ = cli_run("convert", src, dst, "--rules", "torch-to-keras")
+    assert code == 0, out
+    L = keras.layers
+    inp = keras.Input((STEPS, 4))
+    model = keras.Model(inp, L.GRU(5, name="gru_1")(L.GRU(5, return_sequences=True, name="gru")(inp)))
+    model.load_weights(dst)
+    x = np.random.default_rng(10).normal(size=(2, STEPS, 4)).astype("float32")
+    with torch.no_grad():
+        expected = gru(torch.from_numpy(x))[0][:, -1].numpy()
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=RTOL, atol=ATOL)
