@@ -1,0 +1,57 @@
+"""``weightvault view PATH [PATH2]``: a local web page over weight files (see docs/viewer.md).
+
+The server listens on 127.0.0.1 unless ``--host`` says otherwise; the page and its JSON API only
+ever read the paths given here. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import webbrowser
+
+import click
+
+from weightvault.cli.common import warn
+
+__all__ = ["view"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command("view")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH [PATH2]")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port to listen on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; keep the default unless others must reach it.")
+@click.option("--no-browser", is_flag=True, help="Print the URL but do not open a browser.")
+def view(paths: tuple[str, ...], port: int, host: str, no_browser: bool) -> None:
+    """Browse weight files in a local web page: tree, statistics, histograms, compare, runs.
+
+    PATH may be any weight file or directory weightvault reads, or a training-run directory;
+    with PATH2, the Compare tab shows what changed between the two.
+    """
+    from weightvault.viewer import ViewerServer
+
+    for path in paths:
+        # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000).
+        if not (os.path.exists(path) or os.path.exists(path + ".index")):
+            raise click.BadParameter(f"{path}: no such file or directory", param_hint="PATH")
+    if not _is_loopback(host):
+        warn(f"listening on {host}: anyone who can reach this address can read the weights")
+    server = ViewerServer(list(paths), host=host, port=port)
+    click.echo(f"weightvault viewer: {server.url}  (Ctrl-C stops)")
+    if not no_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        server.close()
