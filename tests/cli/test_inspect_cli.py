@@ -137,3 +137,13 @@ def test_core_import_pulls_no_framework() -> None:
     code = "import sys, weightvault; weightvault.open; print(sorted(m for m in ('torch','tensorflow','jax','keras','h5py','onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_ls_on_a_tensorflow_run_directory_lists_every_checkpoint(fixtures_dir: Path, cli_run) -> None:
+    code, out, err = cli_run("ls", fixtures_dir / "tensorflow" / "tf2_object")
+    assert code == 0, err
+    tail = out.splitlines()[-3:]
+    assert tail == ["checkpoints in this directory (2):", "  ckpt-1", "  ckpt-2  <- latest"]
+    code, out, _ = cli_run("ls", fixtures_dir / "tensorflow" / "tf2_object", "--json")
+    prefixes = [c["prefix"].rsplit("/", 1)[-1] for c in json.loads(out)["metadata"]["checkpoints"]]
+    assert prefixes == ["ckpt-1", "ckpt-2"]
