@@ -101,10 +101,15 @@ def test_verify_ok_and_corrupt(ckpt: Path, cli_run) -> None:
 def test_errors_are_one_line_and_nonzero(tmp_path: Path, cli_run) -> None:
     code, out, err = cli_run("ls", tmp_path / "nope.pt")
     assert code == 1 and err.startswith("ERROR ") and len(err.strip().splitlines()) == 1
-    junk = tmp_path / "junk.bin"
+    junk = tmp_path / "junk.xyz"
     junk.write_bytes(b"\x07" * 64)
     code, _, err = cli_run("ls", junk)
     assert code == 1 and "not a weight file" in err and "TIP" in err
+    # A known ending picks that format's reader, which says what is wrong with the file.
+    junk_bin = tmp_path / "junk.bin"
+    junk_bin.write_bytes(b"\x07" * 64)
+    code, _, err = cli_run("ls", junk_bin)
+    assert code == 1 and "not a torch.save file" in err
 
 
 def test_convert_to_plain_safetensors_and_back(ckpt: Path, tmp_path: Path, cli_run) -> None:
