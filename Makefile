@@ -48,6 +48,7 @@ system-deps:
 
 demo: setup
 	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/digits/demo.py
 	$(BIN)/python examples/fpga/export_article_net.py --out demo-out/fpga
 
 test: test-setup

@@ -51,6 +51,8 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'weightvault' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    value = module if name == "torch" else getattr(module, name)
+    # `restore` is a callable module, so weightvault.restore(...) and weightvault.restore.select
+    # work whichever import happened first.
+    value = module if name in ("torch", "restore") else getattr(module, name)
     globals()[name] = value
     return value

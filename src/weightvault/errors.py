@@ -26,6 +26,7 @@ __all__ = [
     "InvalidOffsetError",
     "MissingDependencyError",
     "ShapeMismatchError",
+    "StrictRestoreError",
     "TensorNotFoundError",
     "TruncatedFileError",
     "UnknownDtypeError",
@@ -162,6 +163,15 @@ class UnsupportedOperationError(WeightVaultError, ValueError):
 
 class ShapeMismatchError(WeightVaultError, ValueError):
     """A tensor's shape differs from the one the target expects."""
+
+
+class StrictRestoreError(WeightVaultError, KeyError):
+    """``strict=True`` restore: names missing in the checkpoint or unexpected in it.
+
+    ``.report`` holds the full :class:`weightvault.restore.RestoreReport`.
+    """
+
+    report: Any
 
 
 class WeightVaultUserWarning(UserWarning):
