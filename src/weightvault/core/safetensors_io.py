@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 import mmap
 import os
 import struct
@@ -300,19 +301,28 @@ def write_safetensors(
     start = f.tell()
     f.write(struct.pack("<Q", len(head)))
     f.write(head)
-    for src in ordered:
-        arr = src.fetch()
-        if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
-            raise ValueError(
-                f"tensor {src.name!r} changed while saving: expected {src.shape} {src.dtype}, "
-                f"got {arr.shape} {arr.dtype}"
-            )
-        if not arr.flags.c_contiguous:
-            arr = arr.copy(order="C")
-        data = memoryview(arr.reshape(-1).view(np.uint8))
-        f.write(data)
-        if on_tensor is not None:
-            on_tensor(src, data)
+    # on_tensor (checksums) for tensor i runs on a helper thread while tensor i+1 is written: the
+    # write syscall releases the GIL, so the hash is nearly free. At most one hash is in flight,
+    # so at most two tensors' buffers are alive at once.
+    with ThreadPoolExecutor(1) as pool:
+        in_flight: Future[None] | None = None
+        for src in ordered:
+            arr = src.fetch()
+            if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
+                raise ValueError(
+                    f"tensor {src.name!r} changed while saving: expected {src.shape} {src.dtype}, "
+                    f"got {arr.shape} {arr.dtype}"
+                )
+            if not arr.flags.c_contiguous:
+                arr = arr.copy(order="C")
+            data = memoryview(arr.reshape(-1).view(np.uint8))
+            f.write(data)
+            if on_tensor is not None:
+                if in_flight is not None:
+                    in_flight.result()
+                in_flight = pool.submit(on_tensor, src, data)
+        if in_flight is not None:
+            in_flight.result()
     if finalize is not None:
         end_pos = f.tell()
         f.seek(start + 8)
