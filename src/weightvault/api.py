@@ -96,16 +96,22 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         if target in made:
             continue
         info = reader.info(target)
-        if framework == "torch":
+        if pinned:
             from weightvault.frameworks.torch import empty_like_info
 
-            tensor, view = empty_like_info(info.dtype, info.shape, pin_memory=pinned)
+            tensor, view = empty_like_info(info.dtype, info.shape, pin_memory=True)
             made[target] = tensor
         else:
+            # numpy's allocator, then a zero-copy hand-over to torch: torch.empty's first call in a
+            # process costs ~0.3 s of allocator start-up that a plain buffer does not.
             view = np.empty(info.shape, dtype=dtype_from_name(info.dtype))
             made[target] = view
         jobs.extend(reader.read_jobs(target, view))
     _run_parallel(jobs)
+    if framework == "torch" and not pinned:
+        from weightvault.frameworks.torch import from_numpy
+
+        made = {k: from_numpy(v) for k, v in made.items()}
     if framework == "torch" and device is not None:
         from weightvault.frameworks.torch import to_device
 
