@@ -63,15 +63,52 @@ def _float_leaf(x: float) -> dict[str, Any]:
 _DROP = object()  # marks a tensor leaf left out by a partial save
 
 
-def flatten(obj: Any, keep: Callable[[str], bool] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def flatten(
+    obj: Any,
+    keep: Callable[[str], bool] | None = None,
+    *,
+    is_leaf: Callable[[Any], bool] = is_tensor,
+    lenient: bool = False,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Return ``(spec, tensors)``; ``tensors`` maps unique names to the tensor objects as found.
 
     A bare mapping of names to tensors (a state dict) keeps its keys as the tensor names, so the
     file reads naturally in any safetensors tool. ``keep(name)`` selects tensors for a partial
     save: a tensor it rejects is left out of its dict (in a list or tuple it becomes None, so
     positions stay meaningful); non-tensor leaves are always kept.
+
+    ``is_leaf`` says what counts as a tensor (a reader passes its own lazy tensor type).
+    ``lenient`` is for readers naming the tensors of a foreign file: instead of raising on an
+    object or key the spec cannot hold, every tensor is still named (also inside sets) and the
+    spec comes back as None.
     """
     tensors: dict[str, Any] = {}
+    spec_ok = True
+
+    def unsupported(node: Any, path: str) -> dict[str, Any]:
+        nonlocal spec_ok
+        if not lenient:
+            raise UnsupportedObjectError(
+                f"object of type {type(node).__module__}.{type(node).__qualname__} at "
+                f"{path or '<root>'} cannot be stored; weightvault stores tensors, dicts, lists, "
+                "tuples, int, float, str, bool and None (never pickles)",
+                hint="convert it to one of these first (e.g. model.state_dict(), or a dict of its fields)",
+            )
+        spec_ok = False
+        if isinstance(node, (set, frozenset, list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}{SEP}{i}" if path else str(i))
+        return {"t": "none"}
+
+    def key_of(key: Any, path: str) -> list[Any] | None:
+        nonlocal spec_ok
+        try:
+            return _encode_key(key, path)
+        except UnsupportedObjectError:
+            if not lenient:
+                raise
+            spec_ok = False
+            return None
 
     def unique(name: str) -> str:
         candidate, n = name or "tensor", 1
@@ -81,9 +118,9 @@ def flatten(obj: Any, keep: Callable[[str], bool] | None = None) -> tuple[dict[s
         return candidate
 
     def walk(node: Any, path: str) -> Any:
-        if keep is not None and (is_tensor(node) or isinstance(node, np.generic)) and not keep(path):
+        if keep is not None and (is_leaf(node) or isinstance(node, np.generic)) and not keep(path):
             return _DROP
-        if is_tensor(node):
+        if is_leaf(node):
             name = unique(path)
             tensors[name] = node
             return {"t": "tensor", "name": name}
@@ -106,22 +143,18 @@ def flatten(obj: Any, keep: Callable[[str], bool] | None = None) -> tuple[dict[s
             for key, value in node.items():
                 child = f"{path}{SEP}{key}" if path else str(key)
                 sub = walk(value, child)
-                if sub is not _DROP:
-                    items.append([_encode_key(key, path), sub])
+                encoded = key_of(key, path)
+                if sub is not _DROP and encoded is not None:
+                    items.append([encoded, sub])
             return {"t": "dict", "items": items}
         if isinstance(node, (list, tuple)) and type(node) in (list, tuple):
             kind = "list" if isinstance(node, list) else "tuple"
             subs = [walk(v, f"{path}{SEP}{i}" if path else str(i)) for i, v in enumerate(node)]
             return {"t": kind, "items": [{"t": "none"} if x is _DROP else x for x in subs]}
-        raise UnsupportedObjectError(
-            f"object of type {type(node).__module__}.{type(node).__qualname__} at "
-            f"{path or '<root>'} cannot be stored; weightvault stores tensors, dicts, lists, "
-            "tuples, int, float, str, bool and None (never pickles)",
-            hint="convert it to one of these first (e.g. model.state_dict(), or a dict of its fields)",
-        )
+        return unsupported(node, path)
 
     spec = walk(obj, "")
-    return spec, tensors
+    return (spec if spec_ok else None), tensors
 
 
 def unflatten(spec: dict[str, Any], fetch: Callable[[str], Any]) -> Any:

@@ -386,8 +386,7 @@ class PyTorchReader(FormatReader):
                 raise InvalidHeaderError("not a torch.save file (neither a zip archive nor the legacy stream)",
                                          path=self.path)
             self._root = root
-            self._names: dict[str, _TensorRef] = {}
-            self._tree = _walk(root, "", self._names)
+            self._tree, self._names = _name_tensors(root)
             for name, ref in self._names.items():
                 self._check(name, ref)
         except BaseException:
@@ -728,58 +727,14 @@ def _parse_storage_pid(pid: Any, path: str) -> _Storage:
 
 
 # ------------------------------------------------------------------------------------------------
-# Names and the tree spec (mirrors weightvault.core.tree.flatten so names agree)
+# Names and the tree spec: the same walk as weightvault.core.tree.flatten, so names agree
 # ------------------------------------------------------------------------------------------------
-def _walk(root: Any, path: str, names: dict[str, _TensorRef]) -> dict[str, Any] | None:
-    """Collect every tensor under a unique path name; return the tree spec or None."""
-    from weightvault.core.tree import _encode_key, _float_leaf
+def _name_tensors(root: Any) -> tuple[dict[str, Any] | None, dict[str, _TensorRef]]:
+    """Every tensor under a unique path name, and the tree spec (None if the file holds objects
+    the spec cannot describe, e.g. sets)."""
+    from weightvault.core.tree import flatten
 
-    spec_ok = True
-
-    def unique(name: str) -> str:
-        candidate, n = name or "tensor", 1
-        while candidate in names:
-            candidate = f"{name}~{n}"
-            n += 1
-        return candidate
-
-    def walk(node: Any, where: str) -> Any:
-        nonlocal spec_ok
-        if isinstance(node, _TensorRef):
-            name = unique(where)
-            names[name] = node
-            return {"t": "tensor", "name": name}
-        if node is None:
-            return {"t": "none"}
-        if isinstance(node, bool):
-            return {"t": "bool", "v": node}
-        if isinstance(node, int):
-            return {"t": "int", "v": node}
-        if isinstance(node, float):
-            return _float_leaf(node)
-        if isinstance(node, str):
-            return {"t": "str", "v": node}
-        if isinstance(node, dict):
-            items = []
-            for key, value in node.items():
-                child = f"{where}/{key}" if where else str(key)
-                sub = walk(value, child)
-                try:
-                    items.append([_encode_key(key, where), sub])
-                except UnsupportedObjectError:
-                    spec_ok = False
-            return {"t": "dict", "items": items}
-        if isinstance(node, (list, tuple)):
-            subs = [walk(v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(node)]
-            return {"t": "list" if isinstance(node, list) else "tuple", "items": subs}
-        if isinstance(node, (set, frozenset)):
-            for i, v in enumerate(node):
-                walk(v, f"{where}/{i}" if where else str(i))
-        spec_ok = False
-        return {"t": "none"}
-
-    spec = walk(root, path)
-    return spec if spec_ok else None
+    return flatten(root, is_leaf=lambda node: isinstance(node, _TensorRef), lenient=True)
 
 
 def _is_flat_state_dict(root: Any) -> bool:
