@@ -24,7 +24,6 @@ class. :func:`select` is the partial-save helper (``weightvault.save(select(sd, 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from weightvault.core.tree import name_filter
 from weightvault.errors import (
     ShapeMismatchError,
     StrictRestoreError,
@@ -221,18 +221,6 @@ def _fmt_shape(shape: Any) -> str:
 # -- partial saves ------------------------------------------------------------------------------------
 
 
-def _name_filter(include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
-    if not include and not exclude:
-        return None
-
-    def keep(name: str) -> bool:
-        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-            return False
-        return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
-
-    return keep
-
-
 def select(
     state: Mapping[str, Any],
     include: Sequence[str] | str | None = None,
@@ -248,7 +236,7 @@ def select(
         >>> select(sd, exclude=["head.*"])
         {'backbone.w': 1, 'backbone.b': 2}
     """
-    keep = _name_filter(_globs(include), _globs(exclude))
+    keep = name_filter(_globs(include), _globs(exclude))
     if keep is None:
         return dict(state)
     return {k: v for k, v in state.items() if keep(str(k))}
@@ -452,7 +440,7 @@ def plan(
 
     keys = source.keys()
     exact, rules = _parse_rename(rename)
-    keep = _name_filter(_globs(include), _globs(exclude))
+    keep = name_filter(_globs(include), _globs(exclude))
     report = RestoreReport(
         source=source_name or "<memory>",
         format=getattr(source, "format", None),

@@ -18,8 +18,9 @@ Spec nodes (``t`` is the node type)::
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from weightvault.core.tensors import is_tensor
 from weightvault.errors import UnsupportedObjectError
 
-__all__ = ["flatten", "tensor_names", "unflatten"]
+__all__ = ["flatten", "name_filter", "tensor_names", "unflatten"]
 
 SEP = "/"
 
@@ -58,6 +59,25 @@ def _decode_key(enc: list[Any]) -> Any:
 def _float_leaf(x: float) -> dict[str, Any]:
     # float.hex keeps every bit, including nan/inf which plain JSON cannot carry.
     return {"t": "float", "v": float(x).hex() if math.isfinite(x) else repr(float(x))}
+
+
+def name_filter(
+    include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> Callable[[str], bool] | None:
+    """A predicate for tensor names from include/exclude globs (None when both are empty).
+
+    A name is kept when it matches some ``include`` pattern (or there is none) and no ``exclude``
+    pattern; partial saves and selective restores share these rules.
+    """
+    if not include and not exclude:
+        return None
+
+    def keep(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+            return False
+        return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+    return keep
 
 
 _DROP = object()  # marks a tensor leaf left out by a partial save

@@ -20,7 +20,6 @@ the manifest records the real dtype; every file stays loadable by the safetensor
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +35,7 @@ from weightvault.core.io import atomic_dir, atomic_write
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
 from weightvault.core.tensors import describe, to_numpy
-from weightvault.core.tree import flatten, unflatten
+from weightvault.core.tree import flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (
     AliasError,
     CheckpointNotFoundError,
@@ -125,21 +124,6 @@ def plan_tensors(
         sources.append(_source_for(name, fetch, desc.dtype, desc.shape))
         rows[name] = _row_for(desc.dtype, desc.shape)
     return sources, rows, aliases
-
-
-def name_filter(
-    include: Sequence[str] | None, exclude: Sequence[str] | None
-) -> Callable[[str], bool] | None:
-    """A predicate for tensor names from include/exclude globs (None when both are empty)."""
-    if not include and not exclude:
-        return None
-
-    def keep(name: str) -> bool:
-        if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
-            return False
-        return not (exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude))
-
-    return keep
 
 
 def _shard_groups(sources: list[TensorSource], shard_size: int) -> list[list[TensorSource]]:
@@ -330,7 +314,7 @@ class NativeReader(FormatReader):
         for alias, target in self._aliases.items():
             if target not in self._rows:
                 raise AliasError(f"alias points at missing tensor {target!r}", path=self.path, tensor=alias)
-        self._names = [n for n in _tree_order(self.manifest["tree"]) if n in self._rows or n in self._aliases]
+        self._names = [n for n in tensor_names(self.manifest["tree"]) if n in self._rows or n in self._aliases]
         seen = set(self._names)
         self._names += [n for n in self._rows if n not in seen]
 
@@ -436,12 +420,6 @@ class NativeReader(FormatReader):
         for shard in self._shards.values():
             shard.close()
         self._shards.clear()
-
-
-def _tree_order(spec: dict[str, Any]) -> list[str]:
-    from weightvault.core.tree import tensor_names
-
-    return tensor_names(spec)
 
 
 class NativeFormat(Format):
