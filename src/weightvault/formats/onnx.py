@@ -53,6 +53,7 @@ from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name, is_float
 from weightvault.core.io import atomic_write
 from weightvault.core.protobuf import LEN, VARINT, decode_varint, encode_varint, get_packed
+from weightvault.core.safetensors_io import TensorSource
 from weightvault.errors import (
     DuplicateTensorError,
     InvalidHeaderError,
@@ -400,19 +401,7 @@ class _Piece:
         return len(self.data) if self.fetch is None else self.nbytes
 
 
-@dataclass
-class _Planned:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    fetch: Callable[[], np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
-
-
-def _tensor_pieces(t: _Planned, external: tuple[str, int] | None) -> list[_Piece]:
+def _tensor_pieces(t: TensorSource, external: tuple[str, int] | None) -> list[_Piece]:
     """An ``initializer`` field (tag, length, TensorProto) as pieces, payload last and lazy."""
     head = b"".join(_tag(T_DIMS, VARINT) + encode_varint(d) for d in t.shape)
     head += _tag(T_TYPE, VARINT) + encode_varint(ONNX_CODES[t.dtype])
@@ -440,13 +429,13 @@ def _write_pieces(f: BinaryIO, pieces: list[_Piece]) -> None:
             f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
 
 
-def _plan(tensors: Mapping[str, np.ndarray], path: Any) -> list[_Planned]:
+def _plan(tensors: Mapping[str, np.ndarray], path: Any) -> list[TensorSource]:
     out = []
     for name in tensors:
         dtype, shape = describe_entry(tensors, name)
         if dtype not in ONNX_CODES:
             raise UnsupportedOperationError(f"ONNX has no data type for {dtype}", path=path, tensor=name)
-        out.append(_Planned(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name)))
+        out.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name)))
     return out
 
 
@@ -504,7 +493,7 @@ class OnnxFormat(Format):
 
 
 def _bare_model_pieces(
-    planned: list[_Planned], initializers: dict[str, list[_Piece]], metadata: Mapping[str, Any] | None
+    planned: list[TensorSource], initializers: dict[str, list[_Piece]], metadata: Mapping[str, Any] | None
 ) -> list[_Piece]:
     graph: list[_Piece] = [_Piece(_len_field(2, b"weightvault"))]
     for t in planned:
@@ -519,7 +508,7 @@ def _bare_model_pieces(
     return [_Piece(head), *graph, _Piece(tail)]
 
 
-def _match_template(template: Any, planned: list[_Planned], path: Any, *, strict: bool) -> list[_Planned]:
+def _match_template(template: Any, planned: list[TensorSource], path: Any, *, strict: bool) -> list[TensorSource]:
     """Check names/shapes against the template; cast float dtypes to the template's dtype."""
     by_name = {t.name: t for t in planned}
     with OnnxReader(template) as tpl:
@@ -556,7 +545,7 @@ def _match_template(template: Any, planned: list[_Planned], path: Any, *, strict
                     f"dtype {t.dtype} does not match the template's {info.dtype}", path=path, tensor=name
                 )
             target = dtype_from_name(info.dtype)
-            t = _Planned(name, info.dtype, t.shape, (lambda f, d: lambda: f().astype(d))(t.fetch, target))
+            t = TensorSource(name, info.dtype, t.shape, (lambda f, d: lambda: f().astype(d))(t.fetch, target))
         out.append(t)
     return out
 
