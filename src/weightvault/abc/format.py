@@ -29,7 +29,7 @@ import numpy as np
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
-__all__ = ["Format", "FormatReader", "TensorInfo", "VerifyResult"]
+__all__ = ["ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,22 @@ class TensorInfo:
             "numel": self.numel,
             "nbytes": self.nbytes,
         }
+
+
+@dataclass(frozen=True)
+class ByteSpan:
+    """Where a tensor's bytes already lie in a file, exactly as a writer would store them.
+
+    ``nbytes`` bytes at ``offset`` of the open file descriptor ``fileno`` (``path`` names it in
+    errors) hold the tensor in C order, little-endian, with the dtype of ``info()``. A writer
+    that finds a span streams those bytes file to file (:func:`weightvault.core.io.write_span`)
+    instead of materialising the tensor. Valid only while the reader that gave it is open.
+    """
+
+    path: str
+    fileno: int
+    offset: int
+    nbytes: int
 
 
 @dataclass
@@ -114,6 +130,11 @@ class FormatReader(ABC):
     def get_slice(self, name: str, index: Any) -> np.ndarray:
         """``get(name)[index]``; formats that can read partial ranges override this."""
         return np.asarray(self.get(name)[index])
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """Where ``name``'s bytes lie verbatim in the file, or None (compressed, strided,
+        byte-swapped, or a format that cannot tell). Readers backed by plain files override this."""
+        return None
 
     def verify(self) -> VerifyResult:
         """Read every tensor; formats that store checksums override this to check them."""
@@ -196,6 +217,9 @@ class LazyTensors(Mapping[str, np.ndarray]):
 
     def info(self, name: str) -> TensorInfo:
         return self.reader.info(name)
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        return self.reader.byte_span(name)
 
 
 class Format(ABC):

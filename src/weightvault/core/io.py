@@ -1,30 +1,42 @@
-"""File I/O helpers shared by every format: atomic writes and bounded reads.
+"""File I/O helpers shared by every format: atomic writes, span copies and bounded reads.
 
 ``atomic_write`` is the only way any writer in weightvault creates a file: it writes to a temporary
 name in the same directory, fsyncs, and renames over the destination, so a crash or an exception
 leaves either the old file or the new one, never a half-written file under the final name. The
 destination is never opened for truncation, which matters because a reader may have it mmapped.
+Files that will be fsynced start their writeback as they grow (``create_file``); ``write_span``
+streams bytes that already lie in another file across without materialising a tensor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import io
 import os
 import shutil
+import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from weightvault.errors import TruncatedFileError
+
+if TYPE_CHECKING:
+    from weightvault.abc.format import ByteSpan
 
 __all__ = [
     "TMP_MARK",
     "atomic_dir",
     "atomic_write",
+    "create_file",
     "fsync_dir",
     "read_exact",
     "remove_tree",
+    "write_span",
 ]
 
 #: Marker in the names of temporary files and directories; leftovers carrying it are ours.
@@ -45,6 +57,63 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: Durable files ask the kernel to start writing back every this many bytes (see _WriteBehindFile).
+WRITE_BEHIND_BYTES = 16 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages in the range, do not wait
+
+
+@functools.cache
+def _sync_file_range() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's sync_file_range (Linux only; Python has no binding), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class _WriteBehindFile(io.BufferedWriter):
+    """A buffered file that starts the kernel's writeback as data arrives.
+
+    A file that will be fsynced anyway gains nothing from sitting dirty in the page cache: if the
+    final fsync has to write the whole file, the disk idles while we produce data and then we
+    idle while it writes. Every WRITE_BEHIND_BYTES we hand the range written so far to
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which queues it and returns, so the disk works in
+    parallel and the closing fsync only waits for the tail (the ``bytes_per_sync`` idea of rsync
+    and RocksDB).
+    """
+
+    def __init__(self, raw: io.FileIO) -> None:
+        super().__init__(raw)
+        self._writeback_from = 0
+
+    def write(self, data: Any) -> int:
+        n = super().write(data)
+        self._write_behind()
+        return n
+
+    def _write_behind(self) -> None:
+        end = self.tell()
+        if end - self._writeback_from < WRITE_BEHIND_BYTES:
+            return  # not enough new bytes yet, or a seek back to patch a header
+        sync_file_range = _sync_file_range()
+        if sync_file_range is not None:
+            sync_file_range(self.fileno(), self._writeback_from, end - self._writeback_from, _SYNC_FILE_RANGE_WRITE)
+        self._writeback_from = end
+
+
+def create_file(path: str | os.PathLike[str], *, durable: bool) -> BinaryIO:
+    """Create ``path`` (it must not exist) for writing; a ``durable`` file, one that will be
+    fsynced, starts its writeback as it goes (see :class:`_WriteBehindFile`)."""
+    if not durable:
+        return open(path, "xb")  # noqa: SIM115 - the caller closes it
+    return _WriteBehindFile(io.FileIO(path, "xb"))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success rename it over ``path``.
@@ -53,7 +122,7 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterato
     """
     final = Path(path)
     tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
-    f = open(tmp, "xb")  # noqa: SIM115 - closed below on both paths
+    f = create_file(tmp, durable=fsync)
     try:
         yield f
         f.flush()
@@ -121,3 +190,46 @@ def read_exact(f: BinaryIO, n: int, *, path: str | os.PathLike[str], what: str) 
             f"file ends while reading {what}: wanted {n} bytes, got {len(data)}", path=path
         )
     return data
+
+
+#: Bytes per read when copying a span: large enough that syscalls cost nothing, small enough that
+#: the chunk is still in the CPU cache when it is hashed and written (64 MiB chunks ran 2x slower).
+COPY_CHUNK_BYTES = 4 << 20
+_copy_buffers = threading.local()
+
+
+def _copy_buffer() -> memoryview:
+    # One buffer per thread, reused: a fresh 4 MiB allocation per tensor would cost a page fault
+    # per 4 KiB page every time.
+    buf = getattr(_copy_buffers, "buf", None)
+    if buf is None or len(buf) != COPY_CHUNK_BYTES:
+        buf = _copy_buffers.buf = memoryview(bytearray(COPY_CHUNK_BYTES))
+    return buf
+
+
+def write_span(f: BinaryIO, span: ByteSpan, on_chunk: Callable[[memoryview], None] | None = None) -> None:
+    """Append ``span``'s bytes to ``f``, passing each chunk to ``on_chunk`` (checksums) on the way.
+
+    The bytes go file to file through one cache-sized buffer with ``pread``: no mmap page faults,
+    no per-tensor allocation, and the checksum reads the chunk while it is still in cache. This
+    measured faster than ``copy_file_range``, which slows by a third whenever source and
+    destination offsets sit at different places within a (large) page, as they do between
+    formats with different headers. Raises :class:`TruncatedFileError` naming the source if it
+    ends before the span does.
+    """
+    buf = _copy_buffer()
+    done = 0
+    while done < span.nbytes:
+        want = min(len(buf), span.nbytes - done)
+        got = os.preadv(span.fileno, [buf[:want]], span.offset + done)
+        if got == 0:
+            raise TruncatedFileError(
+                f"file ends at byte {span.offset + done} while copying bytes "
+                f"{span.offset}..{span.offset + span.nbytes}",
+                path=span.path,
+            )
+        chunk = buf[:got]
+        if on_chunk is not None:
+            on_chunk(chunk)
+        f.write(chunk)
+        done += got

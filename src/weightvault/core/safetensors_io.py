@@ -22,11 +22,12 @@ import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import numpy as np
 
 from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.io import write_span
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -36,10 +37,14 @@ from weightvault.errors import (
     UnknownDtypeError,
 )
 
+if TYPE_CHECKING:
+    from weightvault.abc.format import ByteSpan
+
 __all__ = [
     "MAX_HEADER",
     "SafetensorsFile",
     "StEntry",
+    "TensorDigest",
     "TensorSource",
     "write_safetensors",
 ]
@@ -84,16 +89,30 @@ class StEntry:
 
 @dataclass(frozen=True)
 class TensorSource:
-    """A tensor to write: its header facts now, its bytes only when ``fetch()`` is called."""
+    """A tensor to write: its header facts now, its bytes only when ``fetch()`` is called.
+
+    ``span``, when given, says the same bytes already lie verbatim in a file (a reader's
+    :meth:`~weightvault.abc.format.FormatReader.byte_span`); the writer then streams them file to
+    file (:func:`~weightvault.core.io.write_span`) and never calls ``fetch()``.
+    """
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     fetch: Callable[[], np.ndarray]
+    span: ByteSpan | None = None
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
+
+
+class TensorDigest(Protocol):
+    """Sees one tensor's bytes as they are written, in order, then hears that they are complete."""
+
+    def update(self, chunk: memoryview) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 def _no_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
@@ -215,6 +234,13 @@ class SafetensorsFile:
             return memoryview(b"")
         return memoryview(self._mmap)[e.start : e.end]
 
+    def span(self, name: str) -> ByteSpan | None:
+        """Where the tensor's bytes lie in this file (valid until :meth:`close`); None if empty."""
+        from weightvault.abc.format import ByteSpan
+
+        e = self.entries[name]
+        return ByteSpan(self.path, self._file.fileno(), e.start, e.end - e.start) if e.end > e.start else None
+
     def read_jobs(self, name: str, out: np.ndarray, chunk: int = 64 << 20) -> list[Callable[[], None]]:
         """Reads that fill ``out`` with the tensor's bytes, in chunks that may run in parallel.
 
@@ -269,20 +295,37 @@ def _header_bytes(meta: dict[str, str], entries: dict[str, Any], pad_to: int | N
     return raw + b" " * (pad_to - len(raw))
 
 
+def _checked_bytes(src: TensorSource) -> memoryview:
+    arr = src.fetch()
+    if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
+        raise ValueError(
+            f"tensor {src.name!r} changed while saving: expected {src.shape} {src.dtype}, "
+            f"got {arr.shape} {arr.dtype}"
+        )
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _digest_all(digest: TensorDigest, data: memoryview) -> None:
+    digest.update(data)
+    digest.finish()
+
+
 def write_safetensors(
     f: BinaryIO,
     sources: Iterable[TensorSource],
     metadata: dict[str, str] | None = None,
     *,
-    on_tensor: Callable[[TensorSource, memoryview], None] | None = None,
+    on_tensor: Callable[[TensorSource], TensorDigest] | None = None,
     finalize: Callable[[], dict[str, str]] | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Stream ``sources`` into ``f`` as a safetensors file; returns each name's data offsets.
 
     Tensors are ordered by decreasing item size (stable otherwise), so every tensor starts at an
-    offset aligned to its own item size and mmap views are aligned. ``on_tensor`` sees each
-    tensor's bytes as they are written (checksums); ``finalize`` returns the final metadata,
-    which must serialise to the same length as the placeholder metadata.
+    offset aligned to its own item size and mmap views are aligned. ``on_tensor(src)`` returns a
+    digest that sees the tensor's bytes as they are written (checksums, progress); ``finalize``
+    returns the final metadata, which must serialise to the same length as the placeholder.
     """
     ordered = sorted(sources, key=_alignment_key)
     entries: dict[str, Any] = {}
@@ -301,26 +344,28 @@ def write_safetensors(
     start = f.tell()
     f.write(struct.pack("<Q", len(head)))
     f.write(head)
-    # on_tensor (checksums) for tensor i runs on a helper thread while tensor i+1 is written: the
-    # write syscall releases the GIL, so the hash is nearly free. At most one hash is in flight,
-    # so at most two tensors' buffers are alive at once.
+    # The digest of an in-memory tensor i runs on a helper thread while tensor i+1 is written:
+    # the write syscall releases the GIL, so the hash is nearly free. At most one hash is in
+    # flight, so at most two tensors' buffers are alive at once. A tensor copied from a file
+    # span is hashed chunk by chunk on the way through instead, while each chunk is in cache.
     with ThreadPoolExecutor(1) as pool:
         in_flight: Future[None] | None = None
         for src in ordered:
-            arr = src.fetch()
-            if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
-                raise ValueError(
-                    f"tensor {src.name!r} changed while saving: expected {src.shape} {src.dtype}, "
-                    f"got {arr.shape} {arr.dtype}"
-                )
-            if not arr.flags.c_contiguous:
-                arr = arr.copy(order="C")
-            data = memoryview(arr.reshape(-1).view(np.uint8))
+            digest = on_tensor(src) if on_tensor is not None else None
+            if src.span is not None:
+                if src.span.nbytes != src.nbytes:
+                    raise ValueError(f"tensor {src.name!r}: its source span holds {src.span.nbytes} bytes, "
+                                     f"expected {src.nbytes}")
+                write_span(f, src.span, digest.update if digest is not None else None)
+                if digest is not None:
+                    digest.finish()
+                continue
+            data = _checked_bytes(src)
             f.write(data)
-            if on_tensor is not None:
+            if digest is not None:
                 if in_flight is not None:
                     in_flight.result()
-                in_flight = pool.submit(on_tensor, src, data)
+                in_flight = pool.submit(_digest_all, digest, data)
         if in_flight is not None:
             in_flight.result()
     if finalize is not None:

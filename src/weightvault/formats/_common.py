@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from weightvault.abc.format import ByteSpan
 from weightvault.core.dtypes import dtype_name
 from weightvault.errors import InvalidHeaderError
 
-__all__ = ["describe_entry", "fetch_array", "safe_relative"]
+__all__ = ["describe_entry", "fetch_array", "safe_relative", "span_of"]
 
 
 def describe_entry(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, tuple[int, ...]]:
@@ -31,6 +32,12 @@ def fetch_array(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
     value = tensors[name]
     return to_numpy(np.asarray(value) if isinstance(value, (np.generic, int, float, bool)) else value)
+
+
+def span_of(tensors: Mapping[str, Any], name: str) -> ByteSpan | None:
+    """Where the entry's bytes lie verbatim in a source file, when the mapping is a reader's view."""
+    byte_span = getattr(tensors, "byte_span", None)
+    return byte_span(name) if byte_span is not None else None
 
 
 def safe_relative(

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
-from weightvault.core.checksum import PLACEHOLDER, checksum
+from weightvault.abc.format import ByteSpan, Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
 from weightvault.core.dtypes import dtype_from_name
-from weightvault.core.io import atomic_dir, atomic_write
+from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
-from weightvault.core.safetensors_io import SafetensorsFile, TensorSource, write_safetensors
+from weightvault.core.safetensors_io import SafetensorsFile, TensorDigest, TensorSource, write_safetensors
 from weightvault.core.tensors import describe, to_numpy
 from weightvault.core.tree import flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (
@@ -73,15 +73,15 @@ def _library_version() -> str:
 
 
 def _source_for(
-    name: str, fetch: Callable[[], np.ndarray], dtype: str, shape: tuple[int, ...]
+    name: str, fetch: Callable[[], np.ndarray], dtype: str, shape: tuple[int, ...], span: ByteSpan | None = None
 ) -> TensorSource:
-    if dtype in _STORED_AS:
+    if dtype in _STORED_AS:  # the carrier view has the same bytes, so a span still applies
         carrier, last = _STORED_AS[dtype]
         carrier_dt = dtype_from_name(carrier)
         return TensorSource(
-            name, carrier, (*shape, last), lambda: fetch().view(carrier_dt).reshape(*shape, last)
+            name, carrier, (*shape, last), lambda: fetch().view(carrier_dt).reshape(*shape, last), span
         )
-    return TensorSource(name, dtype, shape, fetch)
+    return TensorSource(name, dtype, shape, fetch, span)
 
 
 def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def plan_lazy(
     for name in tensors:
         info = tensors.info(name)
         fetch = (lambda n: lambda: to_numpy(np.asarray(tensors[n])))(name)
-        sources.append(_source_for(name, fetch, info.dtype, info.shape))
+        sources.append(_source_for(name, fetch, info.dtype, info.shape, tensors.byte_span(name)))
         rows[name] = _row_for(info.dtype, info.shape)
     return spec, sources, rows
 
@@ -163,14 +163,25 @@ def _new_manifest(
     return manifest
 
 
+class _ChecksumDigest:
+    """Fills one manifest row's checksum from the bytes written, and advances the progress bar."""
+
+    def __init__(self, row: dict[str, Any], advance: Callable[[int], None]) -> None:
+        self._row, self._advance = row, advance
+        self._sum = StreamingChecksum()
+
+    def update(self, chunk: memoryview) -> None:
+        self._sum.update(chunk)
+        self._advance(len(chunk))
+
+    def finish(self) -> None:
+        self._row["checksum"] = self._sum.value()
+
+
 def _checksum_hook(
     rows: dict[str, dict[str, Any]], advance: Callable[[int], None]
-) -> Callable[[TensorSource, memoryview], None]:
-    def on_tensor(src: TensorSource, data: memoryview) -> None:
-        rows[src.name]["checksum"] = checksum(data)
-        advance(src.nbytes)
-
-    return on_tensor
+) -> Callable[[TensorSource], TensorDigest]:
+    return lambda src: _ChecksumDigest(rows[src.name], advance)
 
 
 def save_native(
@@ -225,7 +236,7 @@ def _save_directory(
     manifest: dict[str, Any],
     shard_size: int,
     fsync: bool,
-    hook: Callable[[TensorSource, memoryview], None],
+    hook: Callable[[TensorSource], TensorDigest],
 ) -> None:
     groups = _shard_groups(sources, shard_size)
     count = len(groups)
@@ -233,7 +244,7 @@ def _save_directory(
     with atomic_dir(path, fsync=fsync) as tmp:
         for i, group in enumerate(groups, 1):
             shard = f"model-{i:05d}-of-{count:05d}.safetensors"
-            with open(tmp / shard, "xb") as f:
+            with create_file(tmp / shard, durable=fsync) as f:
                 write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
                 f.flush()
                 if fsync:
@@ -369,6 +380,10 @@ class NativeReader(FormatReader):
         if "stored_as" in row:
             arr = arr.view(dtype_from_name(row["dtype"])).reshape(tuple(row["shape"]))
         return arr
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        shard, target, _ = self._entry_checked(name)
+        return shard.span(target)
 
     def read(self, name: str, out: np.ndarray) -> None:
         """Copy the tensor into ``out`` (an array of the right dtype and shape) with one read."""

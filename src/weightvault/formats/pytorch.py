@@ -45,16 +45,16 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.abc.format import ByteSpan, Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_write, write_span
 from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle
 from weightvault.errors import (
     CorruptFileError,
@@ -623,6 +623,24 @@ class PyTorchReader(FormatReader):
         self._require(name)
         return self._array(self._names[name])
 
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """The tensor's bytes in the file: a contiguous view of a stored, little-endian storage."""
+        self._require(name)
+        ref = self._names[name]
+        itemsize = DTYPES[ref.dtype].itemsize
+        if ref.numel == 0 or not ref.is_contiguous() or (self._big_endian and itemsize > 1):
+            return None
+        span = self._storage_span(ref.storage.key)
+        if isinstance(span, _Record):
+            if span.compressed:
+                return None
+            base = span.data_offset
+        else:
+            base = span[0]
+        st = ref.storage
+        start = st.elem_offset * (DTYPES[st.dtype].itemsize if st.dtype else 1) + ref.offset * itemsize
+        return ByteSpan(self.path, self._file.fileno(), base + start, ref.numel * itemsize)
+
     def storage_of(self, name: str) -> tuple[str, int, tuple[int, ...]]:
         """(storage key, element offset, strides) of a tensor: how tensors share memory."""
         self._require(name)
@@ -670,7 +688,7 @@ class PyTorchReader(FormatReader):
             for key, record in self._storage_records.items():
                 if record.crc == 0 and record.size:
                     continue  # written with torch's compute_crc32 off: nothing to check
-                actual = zlib.crc32(self._storage_bytes(key)) & 0xFFFFFFFF
+                actual = crc32(self._storage_bytes(key))
                 if actual != record.crc:
                     owners = [n for n, r in self._names.items() if r.storage.key == key]
                     result.failures.append(
@@ -752,6 +770,7 @@ class _OutStorage:
     dtype: str
     numel: int
     fetch: Callable[[], Any]  # -> bytes-like of exactly numel * itemsize bytes
+    span: ByteSpan | None = None  # the same bytes, verbatim in a source file (streamed across)
 
 
 @dataclass(eq=False)
@@ -918,6 +937,7 @@ class _Leaf:
     shape: tuple[int, ...]
     array: np.ndarray | None = None
     fetch: Callable[[], np.ndarray] | None = None
+    span: ByteSpan | None = None  # where a lazy tensor's bytes lie verbatim in its source file
     # memory facts for tie detection (arrays only)
     root: Any = None  # flat uint8 view of the memory the tensor lives in
     root_key: Any = None  # identity of that memory (stable, unlike the view object)
@@ -996,8 +1016,8 @@ def _plan_storages(leaves: list[_Leaf]) -> list[_OutStorage]:
     """Give every leaf an _OutTensor; leaves overlapping in one buffer share one storage."""
     storages: list[_OutStorage] = []
 
-    def new_storage(dtype: str, numel: int, fetch: Callable[[], Any]) -> _OutStorage:
-        st = _OutStorage(str(len(storages)), dtype, numel, fetch)
+    def new_storage(dtype: str, numel: int, fetch: Callable[[], Any], span: ByteSpan | None = None) -> _OutStorage:
+        st = _OutStorage(str(len(storages)), dtype, numel, fetch, span)
         storages.append(st)
         return st
 
@@ -1011,7 +1031,7 @@ def _plan_storages(leaves: list[_Leaf]) -> list[_OutStorage]:
         else:  # torch tensor memory not shared with anything: copy just its elements
             root, lo, strides, shape, dt = leaf.root, leaf.lo, leaf.strides, leaf.shape, DTYPES[leaf.dtype]
             fetch = lambda: _strided_bytes(root, lo, shape, strides, dt)  # noqa: E731
-        st = new_storage(leaf.dtype, numel, fetch)
+        st = new_storage(leaf.dtype, numel, fetch, leaf.span)
         leaf.out = _OutTensor(st, 0, leaf.shape, _contiguous_strides(leaf.shape))
 
     by_root: dict[Any, list[_Leaf]] = {}
@@ -1078,7 +1098,8 @@ def _build_leaf(value: Any, name: str, lazy: Mapping[str, Any] | None) -> _Leaf:
         info = lazy.info(value.name)  # type: ignore[attr-defined]
         if info.dtype not in _WRITE_STORAGE:
             raise UnsupportedOperationError(f"torch has no dtype for {info.dtype}", tensor=value.name)
-        return _Leaf(info.dtype, tuple(info.shape), fetch=(lambda n: lambda: lazy[n])(value.name))
+        span = lazy.byte_span(value.name) if hasattr(lazy, "byte_span") else None
+        return _Leaf(info.dtype, tuple(info.shape), fetch=(lambda n: lambda: lazy[n])(value.name), span=span)
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
@@ -1144,7 +1165,12 @@ def _finalise(obj: Any) -> Any:
 # Writing: the zip container
 # ------------------------------------------------------------------------------------------------
 class _ZipWriter:
-    """Stored records, 64-byte aligned data (torch's ``FB`` extra field), ZIP64 end records."""
+    """Stored records, 64-byte aligned data (torch's ``FB`` extra field), ZIP64 end records.
+
+    Each local header goes out with CRC 0 and is patched once the record's bytes are down, so
+    records stream in one pass; the CRC (ISA-L, ~30 GB/s, see core.crc32) costs little next to
+    the write.
+    """
 
     def __init__(self, f: BinaryIO, prefix: str, crc32: bool = True) -> None:
         self.f = f
@@ -1152,15 +1178,13 @@ class _ZipWriter:
         self.crc32 = crc32
         self.pos = f.tell()
         self.entries: list[tuple[bytes, int, int, int]] = []  # name, header offset, size, crc
-        # CRC-32 runs on a second thread while this one writes the same chunk: zlib.crc32 and
-        # file writes both release the GIL, so a record costs max(crc, write) instead of the sum.
-        self._pool: ThreadPoolExecutor | None = None
 
     def _write(self, data: Any) -> None:
         self.f.write(data)
         self.pos += memoryview(data).nbytes
 
-    def record(self, name: str, chunks: Iterator[Any] | list[Any], size: int) -> None:
+    def _header(self, name: str, size: int) -> tuple[bytes, int]:
+        """Write a local header with CRC 0; returns the full name and the header's offset."""
         full = f"{self.prefix}/{name}".encode()
         header_offset = self.pos
         zip64 = size >= 0xFFFFFFFF
@@ -1172,46 +1196,42 @@ class _ZipWriter:
         header = struct.pack("<4sHHHHHIIIHH", ZIP_MAGIC, 45 if zip64 else 20, 0x0800, 0, 0, 0x21,
                              0, size32, size32, len(full), len(extra))
         self._write(header + full + extra)
-        state = {"crc": 0}
+        return full, header_offset
 
-        def update(view: Any) -> None:
-            state["crc"] = zlib.crc32(view, state["crc"])
-
-        pending: list[Future[None]] = []
-        written = 0
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B") if not isinstance(chunk, (bytes, bytearray)) else chunk
-            if self.crc32:
-                if len(view) >= 1 << 20:
-                    if self._pool is None:
-                        self._pool = ThreadPoolExecutor(1, thread_name_prefix="wv-crc32")
-                    pending.append(self._pool.submit(update, view))  # one worker: chunks stay in order
-                else:
-                    for fut in pending:
-                        fut.result()
-                    pending.clear()
-                    update(view)
-            self._write(view)
-            written += len(view)
-        for fut in pending:
-            fut.result()
-        crc = state["crc"]
-        if written != size:
-            raise UnsupportedOperationError(f"record {name} produced {written} bytes, expected {size}")
+    def _end_record(self, full: bytes, header_offset: int, size: int, crc: int) -> None:
         if crc:
             end = self.pos
             self.f.seek(header_offset + 14)
-            self.f.write(struct.pack("<I", crc & 0xFFFFFFFF))
+            self.f.write(struct.pack("<I", crc))
             self.f.seek(end)
-        self.entries.append((full, header_offset, size, crc & 0xFFFFFFFF))
+        self.entries.append((full, header_offset, size, crc))
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+    def record(self, name: str, chunks: Iterator[Any] | list[Any], size: int) -> None:
+        full, header_offset = self._header(name, size)
+        crc = written = 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B") if not isinstance(chunk, (bytes, bytearray)) else chunk
+            if self.crc32:
+                crc = crc32(view, crc)
+            self._write(view)
+            written += len(view)
+        if written != size:
+            raise UnsupportedOperationError(f"record {name} produced {written} bytes, expected {size}")
+        self._end_record(full, header_offset, size, crc)
+
+    def copy_record(self, name: str, span: ByteSpan) -> None:
+        """A record whose bytes lie verbatim in a source file: streamed across, CRC on the way."""
+        full, header_offset = self._header(name, span.nbytes)
+        state = {"crc": 0}
+
+        def update(chunk: memoryview) -> None:
+            state["crc"] = crc32(chunk, state["crc"])
+
+        write_span(self.f, span, update if self.crc32 else None)
+        self.pos += span.nbytes
+        self._end_record(full, header_offset, span.nbytes, state["crc"])
 
     def finish(self) -> None:
-        self.close()
         cd_start = self.pos
         for full, offset, size, crc in self.entries:
             extra = b""
@@ -1237,9 +1257,14 @@ class _ZipWriter:
                                 min(cd_size, 0xFFFFFFFF), min(cd_start, 0xFFFFFFFF), 0))
 
 
+def _byte_view(data: Any) -> memoryview:
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+    return memoryview(data).cast("B")
+
+
 def _chunks(data: Any, chunk: int = 64 << 20) -> Iterator[memoryview]:
-    view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)) if isinstance(data, np.ndarray) \
-        else memoryview(data).cast("B")
+    view = _byte_view(data)
     for start in range(0, len(view), chunk):
         yield view[start : start + chunk]
 
@@ -1309,11 +1334,7 @@ def write_pytorch(
     emitter = _PickleEmitter()
     emitter.dump(final)
     pickle_bytes = emitter.finish()
-    zw = _ZipWriter(f, archive, crc32=crc32)
-    try:
-        _write_records(zw, pickle_bytes, storages)
-    finally:
-        zw.close()
+    _write_records(_ZipWriter(f, archive, crc32=crc32), pickle_bytes, storages)
 
 
 def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStorage]) -> None:
@@ -1323,10 +1344,12 @@ def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStora
     zw.record("byteorder", [b"little"], 6)
     for st in storages:
         nbytes = st.numel * DTYPES[st.dtype].itemsize
+        if st.span is not None and st.span.nbytes == nbytes:
+            zw.copy_record(f"data/{st.key}", st.span)
+            continue
         data = st.fetch() if nbytes else b""
         if nbytes:
-            got = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8) if isinstance(data, np.ndarray)
-                             else data).nbytes
+            got = _byte_view(data).nbytes
             if got != nbytes:
                 raise UnsupportedOperationError(f"storage {st.key} gave {got} bytes, expected {nbytes}")
         zw.record(f"data/{st.key}", _chunks(data) if nbytes else [], nbytes)

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo
-from weightvault.core.io import atomic_dir, atomic_write
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
+from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.safetensors_io import ST_CODES, SafetensorsFile, TensorSource, write_safetensors
 from weightvault.errors import (
     CheckpointNotFoundError,
@@ -38,7 +38,7 @@ from weightvault.errors import (
     InvalidHeaderError,
     UnsupportedOperationError,
 )
-from weightvault.formats._common import fetch_array, safe_relative
+from weightvault.formats._common import fetch_array, safe_relative, span_of
 
 __all__ = ["INDEX_FILE", "SafetensorsFormat", "SafetensorsReader", "ShardedSafetensorsReader"]
 
@@ -68,6 +68,10 @@ class SafetensorsReader(FormatReader):
     def get(self, name: str) -> np.ndarray:
         self._require(name)
         return self._file.view(name)
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        self._require(name)
+        return self._file.span(name)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -149,6 +153,10 @@ class ShardedSafetensorsReader(FormatReader):
         self._require(name)
         return self._shards[self._map[name]].view(name)
 
+    def byte_span(self, name: str) -> ByteSpan | None:
+        self._require(name)
+        return self._shards[self._map[name]].span(name)
+
     def __contains__(self, name: object) -> bool:
         return name in self._map
 
@@ -224,7 +232,8 @@ class SafetensorsFormat(Format):
                     f"safetensors has no dtype for {dtype}", path=path, tensor=name,
                     hint="write the native format instead (it stores complex128 as a float64 view)",
                 )
-            sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name)))
+            sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name),
+                                        span_of(tensors, name)))
         shard_size = options.get("shard_size")
         if shard_size is None and os.fspath(path).lower().endswith(".safetensors"):
             with atomic_write(path) as f:
@@ -253,7 +262,7 @@ def _write_repository(
     with atomic_dir(path) as tmp:
         for i, group in enumerate(groups, 1):
             shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-            with open(tmp / shard, "xb") as f:
+            with create_file(tmp / shard, durable=True) as f:
                 write_safetensors(f, group, shard_meta)
                 f.flush()
                 os.fsync(f.fileno())
