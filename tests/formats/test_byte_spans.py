@@ -222,3 +222,45 @@ def test_source_shrinking_during_convert_fails_cleanly(tmp_path: Path, target: s
     assert str(src) in str(err.value)
     assert dst.read_bytes() == b"the previous file"
     assert sorted(p.name for p in dst.parent.iterdir()) == [target]  # no temporary left behind
+
+
+class _RecordedBar:
+    """Stands in for core.progress.progress_bar: records the total and every advance."""
+
+    def __init__(self) -> None:
+        self.totals: list[int] = []
+        self.advanced = 0
+
+    def __call__(self, label: str, total: int, *, enabled: bool | None = None):  # noqa: ANN204
+        import contextlib
+
+        self.totals.append(total)
+
+        @contextlib.contextmanager
+        def bar():  # noqa: ANN202
+            def advance(n: int) -> None:
+                self.advanced += n
+
+            yield advance
+
+        return bar()
+
+
+@pytest.mark.parametrize("target", ["model.pt", "model.safetensors", "repo"])
+@pytest.mark.parametrize("via_spans", [True, False], ids=["spans", "arrays"])
+def test_writers_report_progress_over_every_tensor_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, via_spans: bool
+) -> None:
+    import weightvault.formats.pytorch as pt_mod
+    import weightvault.formats.safetensors as st_mod
+
+    bar = _RecordedBar()
+    monkeypatch.setattr(pt_mod if target.endswith(".pt") else st_mod, "progress_bar", bar)
+    src = _write_source("native-file", tmp_path)
+    if not via_spans:
+        _no_spans(monkeypatch)
+    options = {"shard_size": 20_000} if target == "repo" else {}
+    weightvault.convert(src, tmp_path / target, to="pytorch" if target.endswith(".pt") else "safetensors",
+                        write_options=options)
+    expected = sum(a.nbytes for a in _state().values())
+    assert bar.totals == [expected] and bar.advanced == expected

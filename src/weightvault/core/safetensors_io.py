@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_HEADER",
     "SafetensorsFile",
+    "ProgressDigest",
     "StEntry",
     "TensorDigest",
     "TensorSource",
@@ -113,6 +114,24 @@ class TensorDigest(Protocol):
     def update(self, chunk: memoryview) -> None: ...
 
     def finish(self) -> None: ...
+
+
+class ProgressDigest:
+    """A digest that only counts bytes for a progress bar (``on_tensor=ProgressDigest.factory(advance)``)."""
+
+    def __init__(self, advance: Callable[[int], None]) -> None:
+        self._advance = advance
+
+    def update(self, chunk: memoryview) -> None:
+        self._advance(len(chunk))
+
+    def finish(self) -> None:
+        pass
+
+    @classmethod
+    def factory(cls, advance: Callable[[int], None]) -> Callable[[TensorSource], TensorDigest]:
+        digest = cls(advance)
+        return lambda src: digest
 
 
 def _no_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:

@@ -55,6 +55,7 @@ from weightvault.abc.format import ByteSpan, Format, FormatReader, LazyTensors, 
 from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write, write_span
+from weightvault.core.progress import progress_bar
 from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle
 from weightvault.errors import (
     CorruptFileError,
@@ -1164,6 +1165,10 @@ def _finalise(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Writing: the zip container
 # ------------------------------------------------------------------------------------------------
+def _no_progress(nbytes: int) -> None:
+    pass
+
+
 class _ZipWriter:
     """Stored records, 64-byte aligned data (torch's ``FB`` extra field), ZIP64 end records.
 
@@ -1206,7 +1211,8 @@ class _ZipWriter:
             self.f.seek(end)
         self.entries.append((full, header_offset, size, crc))
 
-    def record(self, name: str, chunks: Iterator[Any] | list[Any], size: int) -> None:
+    def record(self, name: str, chunks: Iterator[Any] | list[Any], size: int,
+               advance: Callable[[int], None] = _no_progress) -> None:
         full, header_offset = self._header(name, size)
         crc = written = 0
         for chunk in chunks:
@@ -1215,19 +1221,22 @@ class _ZipWriter:
                 crc = crc32(view, crc)
             self._write(view)
             written += len(view)
+            advance(len(view))
         if written != size:
             raise UnsupportedOperationError(f"record {name} produced {written} bytes, expected {size}")
         self._end_record(full, header_offset, size, crc)
 
-    def copy_record(self, name: str, span: ByteSpan) -> None:
+    def copy_record(self, name: str, span: ByteSpan, advance: Callable[[int], None] = _no_progress) -> None:
         """A record whose bytes lie verbatim in a source file: streamed across, CRC on the way."""
         full, header_offset = self._header(name, span.nbytes)
         state = {"crc": 0}
 
         def update(chunk: memoryview) -> None:
-            state["crc"] = crc32(chunk, state["crc"])
+            if self.crc32:
+                state["crc"] = crc32(chunk, state["crc"])
+            advance(len(chunk))
 
-        write_span(self.f, span, update if self.crc32 else None)
+        write_span(self.f, span, update)
         self.pos += span.nbytes
         self._end_record(full, header_offset, span.nbytes, state["crc"])
 
@@ -1325,8 +1334,12 @@ def write_pytorch(
     lazy: Mapping[str, Any] | None = None,
     archive: str = "archive",
     crc32: bool = True,
+    progress: bool | None = None,
 ) -> None:
-    """Write ``obj`` (a state dict or nested checkpoint) as a torch zip file into ``f``."""
+    """Write ``obj`` (a state dict or nested checkpoint) as a torch zip file into ``f``.
+
+    ``progress``: draw a bar over the tensor bytes (default: on a terminal, for large files).
+    """
     leaves: list[_Leaf] = []
     placeholder = _replace_tensors(obj, lazy, leaves)
     storages = _plan_storages(leaves)
@@ -1334,10 +1347,13 @@ def write_pytorch(
     emitter = _PickleEmitter()
     emitter.dump(final)
     pickle_bytes = emitter.finish()
-    _write_records(_ZipWriter(f, archive, crc32=crc32), pickle_bytes, storages)
+    total = sum(st.numel * DTYPES[st.dtype].itemsize for st in storages)
+    with progress_bar(f"writing {archive}.pt", total, enabled=progress) as advance:
+        _write_records(_ZipWriter(f, archive, crc32=crc32), pickle_bytes, storages, advance)
 
 
-def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStorage]) -> None:
+def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStorage],
+                   advance: Callable[[int], None] = _no_progress) -> None:
     zw.record("data.pkl", [pickle_bytes], len(pickle_bytes))
     zw.record(".format_version", [b"1"], 1)
     zw.record(".storage_alignment", [b"64"], 2)
@@ -1345,14 +1361,14 @@ def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStora
     for st in storages:
         nbytes = st.numel * DTYPES[st.dtype].itemsize
         if st.span is not None and st.span.nbytes == nbytes:
-            zw.copy_record(f"data/{st.key}", st.span)
+            zw.copy_record(f"data/{st.key}", st.span, advance)
             continue
         data = st.fetch() if nbytes else b""
         if nbytes:
             got = _byte_view(data).nbytes
             if got != nbytes:
                 raise UnsupportedOperationError(f"storage {st.key} gave {got} bytes, expected {nbytes}")
-        zw.record(f"data/{st.key}", _chunks(data) if nbytes else [], nbytes)
+        zw.record(f"data/{st.key}", _chunks(data) if nbytes else [], nbytes, advance)
         del data
     zw.record("version", [b"3\n"], 2)
     zw.finish()
@@ -1396,18 +1412,21 @@ class PyTorchFormat(Format):
             structure: a nested object (dicts, lists, tuples, scalars, strings, tensors) to save
                 instead of the flat ``tensors`` mapping (a full training checkpoint).
             crc32: compute record CRC-32s (default True; torch.load does not check them).
+            fsync: make the file durable before it replaces ``path`` (default True).
+            progress: show a progress bar (default: on a terminal, for files of 64 MiB or more).
         Without ``structure``, a tree spec recorded by the PyTorch reader in
         ``metadata["pytorch"]["tree"]`` rebuilds the nested checkpoint when its tensor names
         match ``tensors`` exactly; otherwise a flat state dict (an OrderedDict) is written.
         """
-        unknown = set(options) - {"structure", "crc32", "fsync"}
+        unknown = set(options) - {"structure", "crc32", "fsync", "progress"}
         if unknown:
             raise UnsupportedOperationError(f"unknown pytorch writer option(s): {', '.join(sorted(unknown))}",
                                             path=path)
         obj, lazy = _object_to_write(tensors, options.get("structure"), metadata)
         with atomic_write(path, fsync=options.get("fsync", True)) as f:
             try:
-                write_pytorch(f, obj, lazy=lazy, archive=_archive_name(path), crc32=options.get("crc32", True))
+                write_pytorch(f, obj, lazy=lazy, archive=_archive_name(path), crc32=options.get("crc32", True),
+                              progress=options.get("progress"))
             except CorruptFileError:
                 raise
             except (UnsupportedObjectError, UnsupportedOperationError) as exc:

@@ -23,7 +23,7 @@ transformers requires.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,15 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.io import atomic_dir, atomic_write, create_file
-from weightvault.core.safetensors_io import ST_CODES, SafetensorsFile, TensorSource, write_safetensors
+from weightvault.core.progress import progress_bar
+from weightvault.core.safetensors_io import (
+    ST_CODES,
+    ProgressDigest,
+    SafetensorsFile,
+    TensorDigest,
+    TensorSource,
+    write_safetensors,
+)
 from weightvault.errors import (
     CheckpointNotFoundError,
     HeaderTooLargeError,
@@ -217,6 +225,9 @@ class SafetensorsFormat(Format):
         metadata: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
+        """Write one ``.safetensors`` file, or a sharded repository (a directory, or any name with
+        ``shard_size=`` bytes per shard). ``progress``: show a bar (default: on a terminal, for
+        64 MiB or more)."""
         sources = []
         for name in tensors:
             info = tensors.info(name) if hasattr(tensors, "info") else None
@@ -235,15 +246,22 @@ class SafetensorsFormat(Format):
             sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name),
                                         span_of(tensors, name)))
         shard_size = options.get("shard_size")
-        if shard_size is None and os.fspath(path).lower().endswith(".safetensors"):
-            with atomic_write(path) as f:
-                write_safetensors(f, sources, _string_metadata(metadata))
-            return
-        _write_repository(Path(path), sources, metadata, int(shard_size or DEFAULT_SHARD_SIZE))
+        total = sum(src.nbytes for src in sources)
+        with progress_bar(f"writing {Path(path).name}", total, enabled=options.get("progress")) as advance:
+            digests = ProgressDigest.factory(advance)
+            if shard_size is None and os.fspath(path).lower().endswith(".safetensors"):
+                with atomic_write(path) as f:
+                    write_safetensors(f, sources, _string_metadata(metadata), on_tensor=digests)
+                return
+            _write_repository(Path(path), sources, metadata, int(shard_size or DEFAULT_SHARD_SIZE), digests)
 
 
 def _write_repository(
-    path: Path, sources: list[TensorSource], metadata: Mapping[str, Any] | None, shard_size: int
+    path: Path,
+    sources: list[TensorSource],
+    metadata: Mapping[str, Any] | None,
+    shard_size: int,
+    digests: Callable[[TensorSource], TensorDigest],
 ) -> None:
     import json
 
@@ -263,7 +281,7 @@ def _write_repository(
         for i, group in enumerate(groups, 1):
             shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
             with create_file(tmp / shard, durable=True) as f:
-                write_safetensors(f, group, shard_meta)
+                write_safetensors(f, group, shard_meta, on_tensor=digests)
                 f.flush()
                 os.fsync(f.fileno())
             weight_map.update({src.name: shard for src in group})
