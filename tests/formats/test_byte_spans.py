@@ -21,14 +21,16 @@ from weightvault.abc.format import ByteSpan
 from weightvault.core import io as wv_io
 from weightvault.errors import TruncatedFileError
 from weightvault.formats.native import NativeReader
+from weightvault.formats.numpy_npz import NumpyReader
 from weightvault.formats.pytorch import PyTorchFormat, PyTorchReader
 from weightvault.formats.safetensors import SafetensorsReader, ShardedSafetensorsReader
+from weightvault.formats.tf_bundle import TFBundleReader
 from weightvault.registry import get_format
 
 torch = pytest.importorskip("torch")
 st_numpy = pytest.importorskip("safetensors.numpy")
 
-SPAN_READERS = (NativeReader, PyTorchReader, SafetensorsReader, ShardedSafetensorsReader)
+SPAN_READERS = (NativeReader, PyTorchReader, SafetensorsReader, ShardedSafetensorsReader, NumpyReader, TFBundleReader)
 
 
 def _state() -> dict[str, np.ndarray]:
@@ -66,6 +68,15 @@ def _write_source(kind: str, root: Path) -> Path:
         p = root / "repo"
         weightvault.convert(_write_source("safetensors", root), p, to="safetensors",
                             write_options={"shard_size": 20_000})
+    elif kind == "npy":
+        p = root / "embed.npy"
+        np.save(p, state["embed"])
+    elif kind == "npz":
+        p = root / "src.npz"
+        np.savez(p, **state)
+    elif kind == "npz-deflated":
+        p = root / "src.npz"
+        np.savez_compressed(p, **state)
     elif kind == "native-file":
         p = weightvault.save(state, root / "src.safetensors")
     else:
@@ -74,9 +85,12 @@ def _write_source(kind: str, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["torch-zip", "torch-legacy", "safetensors", "safetensors-repo",
-                                  "native-file", "native-dir"])
-def test_spans_hold_exactly_the_tensor_bytes(tmp_path: Path, kind: str) -> None:
-    src = _write_source(kind, tmp_path)
+                                  "native-file", "native-dir", "npy", "npz", "tf1-saver"])
+def test_spans_hold_exactly_the_tensor_bytes(tmp_path: Path, kind: str, fixtures_dir: Path) -> None:
+    if kind == "tf1-saver":  # written by TensorFlow's Saver (see ../shared/fixtures/README.md)
+        src = fixtures_dir / "tensorflow" / "tf1_saver"
+    else:
+        src = _write_source(kind, tmp_path)
     with weightvault.open(src) as r:
         assert isinstance(r, SPAN_READERS)
         spanned = 0
@@ -90,7 +104,19 @@ def test_spans_hold_exactly_the_tensor_bytes(tmp_path: Path, kind: str) -> None:
             assert span.nbytes == arr.nbytes, name
             assert _pread(span) == np.ascontiguousarray(arr).tobytes(), name
             spanned += 1
-        assert spanned >= 5
+        assert spanned >= (1 if kind == "npy" else 5)
+
+
+def test_what_needs_reordering_or_inflating_has_no_span(tmp_path: Path, fixtures_dir: Path) -> None:
+    _write_source("npz-deflated", tmp_path)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.arange(12.0).reshape(3, 4)))
+    np.save(tmp_path / "big.npy", np.arange(5, dtype=">i4"))
+    for path in ("src.npz", "fortran.npy", "big.npy"):
+        with weightvault.open(tmp_path / path) as r:
+            assert all(r.byte_span(n) is None for n in r.keys()), path
+    # a CRC-checking TF reader promises the check on every read: no span may bypass it
+    with TFBundleReader(fixtures_dir / "tensorflow" / "tf1_saver", check_crc=True) as r:
+        assert all(r.byte_span(n) is None for n in r.keys())
 
 
 def test_views_of_one_storage_get_spans_inside_it(tmp_path: Path) -> None:
@@ -264,3 +290,26 @@ def test_writers_report_progress_over_every_tensor_byte(
                         write_options=options)
     expected = sum(a.nbytes for a in _state().values())
     assert bar.totals == [expected] and bar.advanced == expected
+
+
+# (the TF fixture holds a bfloat16 tensor, which .npy has no code for: that pair is refused)
+@pytest.mark.parametrize(("source", "target"), [
+    (s, t) for s in ("native-file", "npz", "tf1-saver") for t in ("out.npz", "out.pt", "out.safetensors")
+    if (s, t) != ("tf1-saver", "out.npz")
+])
+def test_any_span_source_to_any_span_target_matches_the_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fixtures_dir: Path, source: str, target: str
+) -> None:
+    src = fixtures_dir / "tensorflow" / "tf1_saver" if source == "tf1-saver" else _write_source(source, tmp_path)
+    fmt = {"out.npz": "numpy", "out.pt": "pytorch", "out.safetensors": "safetensors"}[target]
+    (tmp_path / "spans").mkdir()
+    (tmp_path / "plain").mkdir()
+    weightvault.convert(src, tmp_path / "spans" / target, to=fmt)
+    with monkeypatch.context() as m:
+        _no_spans(m)
+        weightvault.convert(src, tmp_path / "plain" / target, to=fmt)
+    assert (tmp_path / "spans" / target).read_bytes() == (tmp_path / "plain" / target).read_bytes()
+    with weightvault.open(src) as a, weightvault.open(tmp_path / "spans" / target) as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for name in a.keys():
+            assert np.array_equal(a.get(name), b.get(name)) and a.get(name).dtype == b.get(name).dtype, name

@@ -36,9 +36,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name, dtype_name
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_write, write_span
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -49,7 +49,7 @@ from weightvault.errors import (
     UnsafePickleError,
     UnsupportedOperationError,
 )
-from weightvault.formats._common import describe_entry, fetch_array
+from weightvault.formats._common import describe_entry, fetch_array, span_of
 
 __all__ = ["NumpyFormat", "NumpyReader", "parse_npy_header", "npy_header_bytes"]
 
@@ -284,6 +284,16 @@ class NumpyReader(FormatReader):
             raise TruncatedFileError("member ends before its data does", path=self.path, tensor=name)
         return _array_from(buf, 0, hdr)
 
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """The data of a ``.npy`` or stored ``.npz`` member: C order (or 1-D), little-endian."""
+        self._require(name)
+        hdr = self._headers[name]
+        if name not in self._base or hdr.nbytes == 0:
+            return None  # deflated member, or nothing to copy
+        if (hdr.fortran and len(hdr.shape) > 1) or (hdr.dtype.byteorder == ">" and hdr.dtype.itemsize > 1):
+            return None  # the bytes need reordering on the way
+        return ByteSpan(self.path, self._file.fileno(), self._base[name] + hdr.data_offset, hdr.nbytes)
+
     @property
     def metadata(self) -> dict[str, Any]:
         return {"numpy": {"container": self.kind}}
@@ -327,8 +337,14 @@ def _check_dtype(dtype: str, *, path: Any, tensor: str) -> np.dtype:
     return dt
 
 
-def _write_npy_stream(f: BinaryIO, arr: np.ndarray, header: bytes) -> None:
+def _write_npy_stream(f: BinaryIO, header: bytes, tensors: Mapping[str, np.ndarray], name: str) -> None:
+    """The .npy bytes of one tensor: streamed from its source file when it lies there verbatim."""
     f.write(header)
+    span = span_of(tensors, name)
+    if span is not None:
+        write_span(f, span)
+        return
+    arr = fetch_array(tensors, name)
     if arr.size:
         f.write(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
 
@@ -376,9 +392,8 @@ class NumpyFormat(Format):
             name = names[0]
             dtype, shape = describe_entry(tensors, name)
             dt = _check_dtype(dtype, path=path, tensor=name)
-            arr = fetch_array(tensors, name)
             with atomic_write(path) as f:
-                _write_npy_stream(f, arr, npy_header_bytes(dt, shape))
+                _write_npy_stream(f, npy_header_bytes(dt, shape), tensors, name)
             return
         compress = bool(options.get("compress", False))
         with atomic_write(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
@@ -391,13 +406,12 @@ class NumpyFormat(Format):
     ) -> None:
         dtype, shape = describe_entry(tensors, name)
         dt = _check_dtype(dtype, path=path, tensor=name)
-        arr = fetch_array(tensors, name)
         member = name + ".npy"
         zi = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
         zi.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
         zi.external_attr = 0o644 << 16
         header = npy_header_bytes(dt, shape)
-        size = len(header) + arr.nbytes
+        size = len(header) + math.prod(shape) * dt.itemsize
         zip64 = size > 0x7FFFFFFF
         if not compress:
             # Pad the local header's extra field so the member's bytes (and with the 64-aligned
@@ -408,4 +422,4 @@ class NumpyFormat(Format):
             zi.extra = struct.pack("<HH", _ALIGN_EXTRA_ID, pad) + b"\0" * pad
         zi.file_size = size
         with zf.open(zi, "w", force_zip64=zip64) as out:
-            _write_npy_stream(out, arr, header)  # type: ignore[arg-type]
+            _write_npy_stream(out, header, tensors, name)  # type: ignore[arg-type]

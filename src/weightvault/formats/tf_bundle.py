@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.crc32c import crc32c, mask, unmask
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write
@@ -520,6 +520,17 @@ class TFBundleReader(FormatReader):
         if entry.slices:
             return self._assemble(entry)
         return self._numeric_array(entry, entry.shape)
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """An unpartitioned little-endian tensor's bytes in its data shard (None with
+        ``check_crc``: a span copy would skip the check ``get`` promises)."""
+        entry = self._entries[self._key(name)]
+        itemsize = DTYPES[entry.dtype].itemsize
+        if entry.slices or entry.size == 0 or self.check_crc or (self.big_endian and itemsize > 1):
+            return None
+        self._shard(entry.shard_id)  # opens the shard file
+        shard_path = data_file_name(self.prefix, entry.shard_id, self.num_shards)
+        return ByteSpan(shard_path, self._files[entry.shard_id].fileno(), entry.offset, entry.size)
 
     def _assemble(self, entry: BundleEntry) -> np.ndarray:
         out = np.zeros(entry.shape, DTYPES[entry.dtype])
