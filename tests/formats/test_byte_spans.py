@@ -313,3 +313,48 @@ def test_any_span_source_to_any_span_target_matches_the_plain_path(
         assert sorted(a.keys()) == sorted(b.keys())
         for name in a.keys():
             assert np.array_equal(a.get(name), b.get(name)) and a.get(name).dtype == b.get(name).dtype, name
+
+
+@pytest.mark.parametrize("target", ["model.pt", "model.safetensors", "native", "model.npz"])
+def test_renaming_conversion_streams_bytes_without_reading_a_tensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    # The DDP case: strip "module." from every name. A rename hands each tensor over unchanged,
+    # so the writer must stream spans and never ask the reader for an array.
+    state = {f"module.{k}": torch.from_numpy(v) for k, v in _state().items() if v.size}
+    torch.save(state, tmp_path / "ddp.pt")
+
+    def no_reads(self: PyTorchReader, name: str) -> None:
+        raise AssertionError(f"{name} was materialised")
+
+    monkeypatch.setattr(PyTorchReader, "get", no_reads)
+    to = {"model.pt": "pytorch", "model.safetensors": "safetensors", "native": "native", "model.npz": "numpy"}
+    report = weightvault.convert(tmp_path / "ddp.pt", tmp_path / target, to=to[target], rename=[(r"^module\.", "")])
+    assert sorted(row["target"] for row in report.to_dict()["tensors"]) == sorted(k[7:] for k in state)
+    monkeypatch.undo()
+    with weightvault.open(tmp_path / target) as r:
+        for name, t in state.items():
+            assert np.array_equal(r.get(name[7:]), t.numpy()), name
+
+
+def test_transforming_conversion_to_native_holds_one_tensor_at_a_time(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from weightvault.formats.native import NativeFormat
+    from weightvault.transforms import Plan, Step
+    from weightvault.transforms.base import Transpose
+
+    rng = np.random.default_rng(0)
+    src = weightvault.save({f"w{i}": rng.standard_normal((512, 512)).astype(np.float32) for i in range(16)},
+                           tmp_path / "src.safetensors")  # 16 MiB in 1 MiB tensors
+    plan = Plan("transpose", [Step(f"t{i}", (f"w{i}",), (Transpose((1, 0)),)) for i in range(16)])
+    with weightvault.open(src) as r:
+        tracemalloc.start()
+        NativeFormat.write(tmp_path / "out.safetensors", plan.apply(r))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        expected = {f"t{i}": np.ascontiguousarray(r.get(f"w{i}").T) for i in range(16)}
+    assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MiB: the writer kept transformed tensors alive"
+    with weightvault.open(tmp_path / "out.safetensors") as out:
+        for name, arr in expected.items():
+            assert np.array_equal(out.get(name), arr), name

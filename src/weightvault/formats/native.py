@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import atomic_dir, atomic_write, create_file
@@ -43,6 +43,7 @@ from weightvault.errors import (
     InvalidHeaderError,
     TensorNotFoundError,
 )
+from weightvault.formats._common import span_of
 
 __all__ = [
     "COMMIT_MARKER",
@@ -91,16 +92,21 @@ def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
     return row
 
 
+def _is_lazy(obj: Any) -> bool:
+    """A mapping that describes tensors before producing them (a reader's view, a conversion plan)."""
+    return isinstance(obj, Mapping) and not isinstance(obj, dict) and callable(getattr(obj, "info", None))
+
+
 def plan_lazy(
-    tensors: LazyTensors,
+    tensors: Mapping[str, Any],
 ) -> tuple[dict[str, Any], list[TensorSource], dict[str, dict[str, Any]]]:
-    """Plan a flat checkpoint from a reader without reading any data yet (streaming convert)."""
+    """Plan a flat checkpoint from a lazy mapping without reading any data yet (streaming convert)."""
     spec = {"t": "dict", "items": [[["s", n], {"t": "tensor", "name": n}] for n in tensors]}
     sources, rows = [], {}
     for name in tensors:
-        info = tensors.info(name)
+        info = tensors.info(name)  # type: ignore[attr-defined]
         fetch = (lambda n: lambda: to_numpy(np.asarray(tensors[n])))(name)
-        sources.append(_source_for(name, fetch, info.dtype, info.shape, tensors.byte_span(name)))
+        sources.append(_source_for(name, fetch, info.dtype, info.shape, span_of(tensors, name)))
         rows[name] = _row_for(info.dtype, info.shape)
     return spec, sources, rows
 
@@ -205,7 +211,7 @@ def save_native(
     path = Path(path)
     if single_file is None:
         single_file = path.suffix == ".safetensors"
-    if isinstance(obj, LazyTensors):
+    if _is_lazy(obj):
         spec, sources, rows = plan_lazy(obj)
         aliases: dict[str, str] = {}
     else:
@@ -462,5 +468,5 @@ class NativeFormat(Format):
         metadata: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        obj = tensors if isinstance(tensors, (dict, LazyTensors)) else dict(tensors.items())
+        obj = tensors if isinstance(tensors, dict) or _is_lazy(tensors) else dict(tensors.items())
         save_native(path, obj, metadata=metadata, **options)

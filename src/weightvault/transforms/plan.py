@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_name
 from weightvault.transforms.base import Combine, Transform, transform_from_dict
 
@@ -141,9 +141,27 @@ class PlannedTensors(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self._steps)
 
+    def _passthrough(self, name: str) -> str | None:
+        """The source name when the step hands one tensor over unchanged (a rename), else None."""
+        step = self._steps[name]
+        if len(step.sources) == 1 and not step.transforms and step.combine is None:
+            return step.sources[0]
+        return None
+
     def info(self, name: str) -> TensorInfo:
-        # Shapes depend on the transforms; computing the tensor once is the simple, exact way.
         if name not in self._infos:
-            arr = self[name]
-            self._infos[name] = TensorInfo(name, dtype_name(arr.dtype), tuple(arr.shape))
+            source = self._passthrough(name)
+            if source is not None and hasattr(self.source, "info"):
+                found = self.source.info(source)
+                self._infos[name] = TensorInfo(name, found.dtype, found.shape)
+            else:
+                # Shapes depend on the transforms; computing the tensor once is the simple, exact way.
+                arr = self[name]
+                self._infos[name] = TensorInfo(name, dtype_name(arr.dtype), tuple(arr.shape))
         return self._infos[name]
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """A renamed tensor keeps its source's bytes, so writers may stream them across."""
+        source = self._passthrough(name)
+        byte_span = getattr(self.source, "byte_span", None)
+        return byte_span(source) if source is not None and byte_span is not None else None
