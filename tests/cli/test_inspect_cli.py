@@ -152,3 +152,20 @@ def test_ls_on_a_tensorflow_run_directory_lists_every_checkpoint(fixtures_dir: P
     code, out, _ = cli_run("ls", fixtures_dir / "tensorflow" / "tf2_object", "--json")
     prefixes = [c["prefix"].rsplit("/", 1)[-1] for c in json.loads(out)["metadata"]["checkpoints"]]
     assert prefixes == ["ckpt-1", "ckpt-2"]
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["table", "json"])
+def test_output_cut_short_by_a_pipe_ends_quietly(tmp_path: Path, json_flag: list[str]) -> None:
+    """`weightvault ls big.pt | head -1`: no traceback, no ERROR line when head stops reading."""
+    path = tmp_path / "many.safetensors"
+    weightvault.save({f"layer{i}.weight": np.zeros(2, np.float32) for i in range(4000)}, path)  # > 64 KiB listing
+    proc = subprocess.Popen([sys.executable, "-m", "weightvault", "ls", *json_flag, str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its line
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.wait(timeout=60)
+    assert first.strip()
+    assert err == ""

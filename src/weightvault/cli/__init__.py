@@ -55,6 +55,11 @@ class LazyGroup(click.Group):
             if exc.hint:
                 click.echo(f"TIP {exc.hint}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # Whoever read our output has gone (`weightvault ls big.pt | head`): stop quietly, as
+            # cat does. Point stdout at /dev/null so the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except (OSError, ValueError, TypeError) as exc:
             # Plain errors from below (a missing file, a bad option value) get the same one-line form.
             if debug:
