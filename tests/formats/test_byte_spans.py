@@ -160,6 +160,7 @@ def test_big_endian_and_compressed_records_have_no_span(tmp_path: Path) -> None:
 def _no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     for cls in SPAN_READERS:
         monkeypatch.setattr(cls, "byte_span", lambda self, name: None)
+    monkeypatch.setattr(PyTorchReader, "buffer_spans", lambda self: {})
 
 
 @pytest.mark.parametrize("small_chunks", [False, True], ids=["one-chunk", "many-chunks"])
@@ -294,7 +295,8 @@ def test_writers_report_progress_over_every_tensor_byte(
 
 # (the TF fixture holds a bfloat16 tensor, which .npy has no code for: that pair is refused)
 @pytest.mark.parametrize(("source", "target"), [
-    (s, t) for s in ("native-file", "npz", "tf1-saver") for t in ("out.npz", "out.pt", "out.safetensors")
+    (s, t) for s in ("native-file", "npz", "tf1-saver", "torch-zip", "torch-legacy")
+    for t in ("out.npz", "out.pt", "out.safetensors")
     if (s, t) != ("tf1-saver", "out.npz")
 ])
 def test_any_span_source_to_any_span_target_matches_the_plain_path(
@@ -358,3 +360,31 @@ def test_transforming_conversion_to_native_holds_one_tensor_at_a_time(tmp_path: 
     with weightvault.open(tmp_path / "out.safetensors") as out:
         for name, arr in expected.items():
             assert np.array_equal(out.get(name), arr), name
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch_to_torch_copies_storages_from_the_file_and_keeps_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, legacy: bool
+) -> None:
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    emb = torch.randn(50, 8)
+    sd = {"base": base, "row": base[2], "tail": base.view(-1)[37:], "transposed": base.t(),
+          "emb": emb, "head": emb, "alone": torch.randn(3, 3)}
+    torch.save(sd, tmp_path / "src.pt", _use_new_zipfile_serialization=not legacy)
+    copied: list[int] = []
+    real = wv_io.write_span
+
+    def counting(f, span, on_chunk=None):  # noqa: ANN001, ANN202
+        copied.append(span.nbytes)
+        return real(f, span, on_chunk)
+
+    import weightvault.formats.pytorch as pt_mod
+
+    monkeypatch.setattr(pt_mod, "write_span", counting)
+    weightvault.convert(tmp_path / "src.pt", tmp_path / "out.pt")
+    assert sorted(copied) == sorted([60 * 4, 50 * 8 * 4, 9 * 4])  # three storages, each copied whole
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["row"].untyped_storage().data_ptr() == out["base"].untyped_storage().data_ptr()
+    assert out["head"].data_ptr() == out["emb"].data_ptr()
+    for name, t in sd.items():
+        assert torch.equal(out[name], t) and out[name].stride() == t.stride(), name

@@ -642,6 +642,25 @@ class PyTorchReader(FormatReader):
         start = st.elem_offset * (DTYPES[st.dtype].itemsize if st.dtype else 1) + ref.offset * itemsize
         return ByteSpan(self.path, self._file.fileno(), base + start, ref.numel * itemsize)
 
+    def buffer_spans(self) -> dict[int, ByteSpan]:
+        """File spans of the storage buffers handed out so far, keyed by ``id()`` of the buffer.
+
+        Every array ``get`` returns for a little-endian file is a view of one of these buffers, so
+        a writer that finds a view's base buffer here can copy the storage from the file instead
+        of through memory (``.pt`` to ``.pt``, where views must stay views of one storage).
+        """
+        if self._big_endian:
+            return {}
+        spans = {}
+        for key, arr in self._storage_cache.items():
+            span = self._storage_span(key)
+            if isinstance(span, _Record):
+                if span.compressed:
+                    continue
+                span = (span.data_offset, span.size)
+            spans[id(arr)] = ByteSpan(self.path, self._file.fileno(), span[0], span[1])
+        return spans
+
     def storage_of(self, name: str) -> tuple[str, int, tuple[int, ...]]:
         """(storage key, element offset, strides) of a tensor: how tensors share memory."""
         self._require(name)
@@ -1013,9 +1032,19 @@ def _array_leaf(arr: np.ndarray, name: str) -> _Leaf:
     return leaf
 
 
-def _plan_storages(leaves: list[_Leaf]) -> list[_OutStorage]:
-    """Give every leaf an _OutTensor; leaves overlapping in one buffer share one storage."""
+def _plan_storages(leaves: list[_Leaf], buffer_spans: Mapping[int, ByteSpan] | None = None) -> list[_OutStorage]:
+    """Give every leaf an _OutTensor; leaves overlapping in one buffer share one storage.
+
+    ``buffer_spans`` (id of a root buffer -> where it lies in a file) lets storages cut from
+    such buffers be copied from the file (see :meth:`PyTorchReader.buffer_spans`).
+    """
     storages: list[_OutStorage] = []
+
+    def span_within(root_key: Any, lo: int, hi: int) -> ByteSpan | None:
+        whole = (buffer_spans or {}).get(root_key)
+        if whole is None or hi > whole.nbytes or hi <= lo:
+            return None
+        return ByteSpan(whole.path, whole.fileno, whole.offset + lo, hi - lo)
 
     def new_storage(dtype: str, numel: int, fetch: Callable[[], Any], span: ByteSpan | None = None) -> _OutStorage:
         st = _OutStorage(str(len(storages)), dtype, numel, fetch, span)
@@ -1024,15 +1053,18 @@ def _plan_storages(leaves: list[_Leaf]) -> list[_OutStorage]:
 
     def own(leaf: _Leaf) -> None:
         numel = math.prod(leaf.shape)
+        span = leaf.span
         if leaf.array is not None:
             arr = leaf.array
             fetch: Callable[[], Any] = lambda a=arr: _contiguous_bytes(a)  # noqa: E731
+            if arr.flags.c_contiguous and leaf.root is not None:
+                span = span_within(leaf.root_key, leaf.lo, leaf.hi)
         elif leaf.fetch is not None:
             fetch = (lambda f: lambda: _contiguous_bytes(f()))(leaf.fetch)
         else:  # torch tensor memory not shared with anything: copy just its elements
             root, lo, strides, shape, dt = leaf.root, leaf.lo, leaf.strides, leaf.shape, DTYPES[leaf.dtype]
             fetch = lambda: _strided_bytes(root, lo, shape, strides, dt)  # noqa: E731
-        st = new_storage(leaf.dtype, numel, fetch, leaf.span)
+        st = new_storage(leaf.dtype, numel, fetch, span)
         leaf.out = _OutTensor(st, 0, leaf.shape, _contiguous_strides(leaf.shape))
 
     by_root: dict[Any, list[_Leaf]] = {}
@@ -1061,7 +1093,7 @@ def _plan_storages(leaves: list[_Leaf]) -> list[_OutStorage]:
                 continue  # shared memory seen as different dtypes: torch cannot tie those; copy each
             root = cluster[0].root
             st = new_storage(cluster[0].dtype, (hi - lo) // dt.itemsize,
-                             (lambda r, a, b: lambda: r[a:b])(root, lo, hi))
+                             (lambda r, a, b: lambda: r[a:b])(root, lo, hi), span_within(cluster[0].root_key, lo, hi))
             for lf in cluster:
                 lf.out = _OutTensor(st, (lf.lo - lo) // dt.itemsize, lf.shape,
                                     tuple(s // dt.itemsize for s in lf.strides))
@@ -1335,14 +1367,16 @@ def write_pytorch(
     archive: str = "archive",
     crc32: bool = True,
     progress: bool | None = None,
+    buffer_spans: Mapping[int, ByteSpan] | None = None,
 ) -> None:
     """Write ``obj`` (a state dict or nested checkpoint) as a torch zip file into ``f``.
 
     ``progress``: draw a bar over the tensor bytes (default: on a terminal, for large files).
+    ``buffer_spans``: see :func:`_plan_storages`.
     """
     leaves: list[_Leaf] = []
     placeholder = _replace_tensors(obj, lazy, leaves)
-    storages = _plan_storages(leaves)
+    storages = _plan_storages(leaves, buffer_spans)
     final = _finalise(placeholder)
     emitter = _PickleEmitter()
     emitter.dump(final)
@@ -1423,10 +1457,12 @@ class PyTorchFormat(Format):
             raise UnsupportedOperationError(f"unknown pytorch writer option(s): {', '.join(sorted(unknown))}",
                                             path=path)
         obj, lazy = _object_to_write(tensors, options.get("structure"), metadata)
+        source = tensors.reader if isinstance(tensors, LazyTensors) else None
+        buffer_spans = source.buffer_spans() if isinstance(source, PyTorchReader) else None
         with atomic_write(path, fsync=options.get("fsync", True)) as f:
             try:
                 write_pytorch(f, obj, lazy=lazy, archive=_archive_name(path), crc32=options.get("crc32", True),
-                              progress=options.get("progress"))
+                              progress=options.get("progress"), buffer_spans=buffer_spans)
             except CorruptFileError:
                 raise
             except (UnsupportedObjectError, UnsupportedOperationError) as exc:
