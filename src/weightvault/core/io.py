@@ -110,7 +110,7 @@ def create_file(path: str | os.PathLike[str], *, durable: bool) -> BinaryIO:
     """Create ``path`` (it must not exist) for writing; a ``durable`` file, one that will be
     fsynced, starts its writeback as it goes (see :class:`_WriteBehindFile`)."""
     if not durable:
-        return open(path, "xb")  # noqa: SIM115 - the caller closes it
+        return open(path, "xb")
     return _WriteBehindFile(io.FileIO(path, "xb"))
 
 

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_HEADER",
-    "SafetensorsFile",
     "ProgressDigest",
+    "SafetensorsFile",
     "StEntry",
     "TensorDigest",
     "TensorSource",

@@ -33,7 +33,12 @@ from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
-from weightvault.core.safetensors_io import SafetensorsFile, TensorDigest, TensorSource, write_safetensors
+from weightvault.core.safetensors_io import (
+    SafetensorsFile,
+    TensorDigest,
+    TensorSource,
+    write_safetensors,
+)
 from weightvault.core.tensors import describe, to_numpy
 from weightvault.core.tree import flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (

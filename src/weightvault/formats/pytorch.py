@@ -51,7 +51,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, LazyTensors, TensorInfo, VerifyResult
+from weightvault.abc.format import (
+    ByteSpan,
+    Format,
+    FormatReader,
+    LazyTensors,
+    TensorInfo,
+    VerifyResult,
+)
 from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write, write_span
@@ -367,7 +374,7 @@ class PyTorchReader(FormatReader):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
-        self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap, see close()
+        self._file = open(self.path, "rb")
         self._mmap: mmap.mmap | None = None
         self._big_endian = False
         self._storage_cache: dict[str, np.ndarray] = {}
@@ -532,6 +539,13 @@ class PyTorchReader(FormatReader):
             return self._legacy_storages[key]
         return self._storage_records[key]
 
+    def _stored_span(self, key: str) -> tuple[int, int] | None:
+        """(file offset, size) of a storage kept verbatim in the file; None for a compressed record."""
+        span = self._storage_span(key)
+        if isinstance(span, _Record):
+            return None if span.compressed else (span.data_offset, span.size)
+        return span
+
     def _storage_nbytes(self, key: str) -> int | None:
         if self.container == "legacy":
             span = self._legacy_storages.get(key)
@@ -631,16 +645,12 @@ class PyTorchReader(FormatReader):
         itemsize = DTYPES[ref.dtype].itemsize
         if ref.numel == 0 or not ref.is_contiguous() or (self._big_endian and itemsize > 1):
             return None
-        span = self._storage_span(ref.storage.key)
-        if isinstance(span, _Record):
-            if span.compressed:
-                return None
-            base = span.data_offset
-        else:
-            base = span[0]
+        stored = self._stored_span(ref.storage.key)
+        if stored is None:
+            return None
         st = ref.storage
         start = st.elem_offset * (DTYPES[st.dtype].itemsize if st.dtype else 1) + ref.offset * itemsize
-        return ByteSpan(self.path, self._file.fileno(), base + start, ref.numel * itemsize)
+        return ByteSpan(self.path, self._file.fileno(), stored[0] + start, ref.numel * itemsize)
 
     def buffer_spans(self) -> dict[int, ByteSpan]:
         """File spans of the storage buffers handed out so far, keyed by ``id()`` of the buffer.
@@ -653,12 +663,9 @@ class PyTorchReader(FormatReader):
             return {}
         spans = {}
         for key, arr in self._storage_cache.items():
-            span = self._storage_span(key)
-            if isinstance(span, _Record):
-                if span.compressed:
-                    continue
-                span = (span.data_offset, span.size)
-            spans[id(arr)] = ByteSpan(self.path, self._file.fileno(), span[0], span[1])
+            stored = self._stored_span(key)
+            if stored is not None:
+                spans[id(arr)] = ByteSpan(self.path, self._file.fileno(), *stored)
         return spans
 
     def storage_of(self, name: str) -> tuple[str, int, tuple[int, ...]]:
@@ -1056,14 +1063,14 @@ def _plan_storages(leaves: list[_Leaf], buffer_spans: Mapping[int, ByteSpan] | N
         span = leaf.span
         if leaf.array is not None:
             arr = leaf.array
-            fetch: Callable[[], Any] = lambda a=arr: _contiguous_bytes(a)  # noqa: E731
+            fetch: Callable[[], Any] = lambda a=arr: _contiguous_bytes(a)
             if arr.flags.c_contiguous and leaf.root is not None:
                 span = span_within(leaf.root_key, leaf.lo, leaf.hi)
         elif leaf.fetch is not None:
             fetch = (lambda f: lambda: _contiguous_bytes(f()))(leaf.fetch)
         else:  # torch tensor memory not shared with anything: copy just its elements
             root, lo, strides, shape, dt = leaf.root, leaf.lo, leaf.strides, leaf.shape, DTYPES[leaf.dtype]
-            fetch = lambda: _strided_bytes(root, lo, shape, strides, dt)  # noqa: E731
+            fetch = lambda: _strided_bytes(root, lo, shape, strides, dt)
         st = new_storage(leaf.dtype, numel, fetch, span)
         leaf.out = _OutTensor(st, 0, leaf.shape, _contiguous_strides(leaf.shape))
 
@@ -1092,8 +1099,9 @@ def _plan_storages(leaves: list[_Leaf], buffer_spans: Mapping[int, ByteSpan] | N
                    or any(s % dt.itemsize for s in lf.strides) for lf in cluster) or (hi - lo) % dt.itemsize:
                 continue  # shared memory seen as different dtypes: torch cannot tie those; copy each
             root = cluster[0].root
-            st = new_storage(cluster[0].dtype, (hi - lo) // dt.itemsize,
-                             (lambda r, a, b: lambda: r[a:b])(root, lo, hi), span_within(cluster[0].root_key, lo, hi))
+            fetch_slice = (lambda r, a, b: lambda: r[a:b])(root, lo, hi)
+            st = new_storage(cluster[0].dtype, (hi - lo) // dt.itemsize, fetch_slice,
+                             span_within(cluster[0].root_key, lo, hi))
             for lf in cluster:
                 lf.out = _OutTensor(st, (lf.lo - lo) // dt.itemsize, lf.shape,
                                     tuple(s // dt.itemsize for s in lf.strides))
