@@ -172,3 +172,38 @@ def test_truncated_real_file(tmp_path: Path) -> None:
 def test_gguf_is_read_only(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperationError):
         GGUFFormat.write(tmp_path / "x.gguf", {"a": np.ones(2, np.float32)})
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_unquantized_tensors_have_byte_spans(tmp_path: Path, big_endian: bool) -> None:
+    import os
+
+    p = tmp_path / "m.gguf"
+    _write(p, big_endian=big_endian)
+    with weightvault.open(p) as r:
+        for name in r.keys():
+            span = r.byte_span(name)
+            if name in ("q8", "q4") or big_endian:
+                assert span is None, name  # dequantized or byte-swapped on read: no verbatim bytes
+                continue
+            assert span is not None, name
+            with open(p, "rb") as f:
+                assert os.pread(f.fileno(), span.nbytes, span.offset) == r.get(name).tobytes(), name
+
+
+def test_gguf_to_safetensors_streams_plain_tensors_and_dequantizes_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weightvault.formats.gguf import GGUFReader
+
+    p = tmp_path / "m.gguf"
+    expected = _write(p)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    weightvault.convert(p, tmp_path / "a" / "m.safetensors", to="safetensors")
+    monkeypatch.setattr(GGUFReader, "byte_span", lambda self, name: None)
+    weightvault.convert(p, tmp_path / "b" / "m.safetensors", to="safetensors")
+    assert (tmp_path / "a" / "m.safetensors").read_bytes() == (tmp_path / "b" / "m.safetensors").read_bytes()
+    with weightvault.open(tmp_path / "a" / "m.safetensors") as r:
+        for name, want in expected.items():
+            assert np.array_equal(r.get(name), want), name

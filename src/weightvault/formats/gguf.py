@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
+from weightvault.core.dtypes import DTYPES
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -306,6 +307,17 @@ class GGUFReader(FormatReader):
         if t.type_name == "Q8_0":
             return _dequantize_q8_0(raw, "<").reshape(t.shape)
         return _dequantize_q4_0(raw, "<").reshape(t.shape)
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """An unquantized little-endian tensor's bytes (GGUF stores them C order, numpy shape)."""
+        self._require(name)
+        t = self._tensors[name]
+        plain = GGML_TYPES.get(t.type_id, (None, 0, 0, None))[3]
+        if plain is None or t.nbytes is None or t.nbytes == 0:
+            return None  # quantized (dequantized on read), unknown, or empty
+        if self.endian == ">" and DTYPES[plain].itemsize > 1:
+            return None
+        return ByteSpan(self.path, self._file.fileno(), t.offset, t.nbytes)
 
     @property
     def metadata(self) -> dict[str, Any]:
