@@ -49,7 +49,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name, is_float
 from weightvault.core.io import atomic_write
 from weightvault.core.protobuf import LEN, VARINT, decode_varint, encode_varint, get_packed
@@ -320,6 +320,13 @@ class OnnxReader(FormatReader):
         return values.astype(dt).reshape(t.shape)
 
     def _external(self, t: _OnnxTensor, dt: np.dtype, count: int) -> np.ndarray:
+        location, offset = self._external_place(t)
+        if count == 0:
+            return np.empty(t.shape, dt)
+        return np.frombuffer(self._ext[location][1], dtype=dt, count=count, offset=offset).reshape(t.shape)
+
+    def _external_place(self, t: _OnnxTensor) -> tuple[str, int]:
+        """(location, offset) of an external tensor, its file opened and the span checked."""
         assert t.external is not None
         location = t.external["location"]
         root = os.path.dirname(os.path.abspath(self.path))
@@ -349,9 +356,21 @@ class OnnxReader(FormatReader):
                 path=self.path,
                 tensor=t.name,
             )
-        if count == 0:
-            return np.empty(t.shape, dt)
-        return np.frombuffer(mm, dtype=dt, count=count, offset=offset).reshape(t.shape)
+        return location, offset
+
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """``raw_data`` in the model file or external data: little-endian, row-major bytes."""
+        self._require(name)
+        t = self._tensors[name]
+        if t.nbytes == 0:
+            return None
+        if t.external is not None:
+            location, offset = self._external_place(t)
+            fh = self._ext[location][0]
+            return ByteSpan(fh.name, fh.fileno(), offset, t.nbytes)
+        if t.raw is not None:
+            return ByteSpan(self.path, self._file.fileno(), t.raw[0], t.nbytes)
+        return None  # typed fields (float_data, int32_data, ...) are decoded on read
 
     @property
     def metadata(self) -> dict[str, Any]:
