@@ -105,6 +105,11 @@ class GGUFTensor:
     nbytes: int | None  # None for unknown types
 
     @property
+    def plain_dtype(self) -> str | None:
+        """The canonical dtype of an unquantized type, None for quantized or unknown ones."""
+        return GGML_TYPES.get(self.type_id, (None, 0, 0, None))[3]
+
+    @property
     def type_name(self) -> str:
         return GGML_TYPES[self.type_id][0] if self.type_id in GGML_TYPES else f"unknown({self.type_id})"
 
@@ -272,7 +277,7 @@ class GGUFReader(FormatReader):
     def info(self, name: str) -> TensorInfo:
         self._require(name)
         t = self._tensors[name]
-        plain = GGML_TYPES.get(t.type_id, (None, 0, 0, None))[3]
+        plain = t.plain_dtype
         extra: dict[str, Any] = {"ggml_type": t.type_name, "offset": t.offset}
         if plain is None:
             extra["quantized"] = True
@@ -282,7 +287,7 @@ class GGUFReader(FormatReader):
     def get(self, name: str) -> np.ndarray:
         self._require(name)
         t = self._tensors[name]
-        if t.nbytes is None or (GGML_TYPES[t.type_id][3] is None and t.type_name not in _DEQUANTIZED):
+        if t.nbytes is None or (t.plain_dtype is None and t.type_name not in _DEQUANTIZED):
             raise UnsupportedOperationError(
                 f"ggml type {t.type_name} cannot be dequantized by weightvault "
                 f"(supported: F32, F16, BF16, F64, I8-I64, {', '.join(sorted(_DEQUANTIZED))})",
@@ -294,7 +299,7 @@ class GGUFReader(FormatReader):
         numel = math.prod(t.shape)
         if numel == 0:
             return np.empty(t.shape, np.float32)
-        plain = GGML_TYPES[t.type_id][3]
+        plain = t.plain_dtype
         if plain is not None:
             from weightvault.core.dtypes import dtype_from_name
 
@@ -312,7 +317,7 @@ class GGUFReader(FormatReader):
         """An unquantized little-endian tensor's bytes (GGUF stores them C order, numpy shape)."""
         self._require(name)
         t = self._tensors[name]
-        plain = GGML_TYPES.get(t.type_id, (None, 0, 0, None))[3]
+        plain = t.plain_dtype
         if plain is None or t.nbytes is None or t.nbytes == 0:
             return None  # quantized (dequantized on read), unknown, or empty
         if self.endian == ">" and DTYPES[plain].itemsize > 1:

@@ -74,6 +74,7 @@ from weightvault.errors import (
     UnsupportedObjectError,
     UnsupportedOperationError,
 )
+from weightvault.formats._common import span_of
 
 __all__ = ["PyTorchFormat", "PyTorchReader", "write_pytorch"]
 
@@ -1139,8 +1140,8 @@ def _build_leaf(value: Any, name: str, lazy: Mapping[str, Any] | None) -> _Leaf:
         info = lazy.info(value.name)  # type: ignore[attr-defined]
         if info.dtype not in _WRITE_STORAGE:
             raise UnsupportedOperationError(f"torch has no dtype for {info.dtype}", tensor=value.name)
-        span = lazy.byte_span(value.name) if hasattr(lazy, "byte_span") else None
-        return _Leaf(info.dtype, tuple(info.shape), fetch=(lambda n: lambda: lazy[n])(value.name), span=span)
+        return _Leaf(info.dtype, tuple(info.shape), fetch=(lambda n: lambda: lazy[n])(value.name),
+                     span=span_of(lazy, value.name))
     if isinstance(value, np.generic):
         value = np.asarray(value)
     if isinstance(value, np.ndarray):
@@ -1339,6 +1340,13 @@ def _tree_from_metadata(metadata: Mapping[str, Any] | None) -> tuple[dict[str, A
     return tree, sd
 
 
+def _torch_file_source(tensors: Mapping[str, Any]) -> PyTorchReader | None:
+    """The PyTorch reader behind ``tensors`` when they come straight from another ``.pt``."""
+    if isinstance(tensors, LazyTensors) and isinstance(tensors.reader, PyTorchReader):
+        return tensors.reader
+    return None
+
+
 def _object_to_write(
     tensors: Mapping[str, Any], structure: Any, metadata: Mapping[str, Any] | None
 ) -> tuple[Any, Mapping[str, Any] | None]:
@@ -1346,7 +1354,7 @@ def _object_to_write(
     from weightvault.core.tree import tensor_names, unflatten
 
     is_lazy = hasattr(tensors, "info")
-    if isinstance(tensors, LazyTensors) and isinstance(tensors.reader, PyTorchReader):
+    if _torch_file_source(tensors) is not None:
         is_lazy = False  # views of an mmapped file: cheap, and they carry the storage sharing
     if structure is not None:
         return structure, None
@@ -1465,8 +1473,8 @@ class PyTorchFormat(Format):
             raise UnsupportedOperationError(f"unknown pytorch writer option(s): {', '.join(sorted(unknown))}",
                                             path=path)
         obj, lazy = _object_to_write(tensors, options.get("structure"), metadata)
-        source = tensors.reader if isinstance(tensors, LazyTensors) else None
-        buffer_spans = source.buffer_spans() if isinstance(source, PyTorchReader) else None
+        source = _torch_file_source(tensors)
+        buffer_spans = source.buffer_spans() if source is not None else None
         with atomic_write(path, fsync=options.get("fsync", True)) as f:
             try:
                 write_pytorch(f, obj, lazy=lazy, archive=_archive_name(path), crc32=options.get("crc32", True),
