@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CheckpointManager": "weightvault.checkpoint.manager",
     "EMA": "weightvault.ema",
+    "expansion_limit": "weightvault.core.limits",
     "export_hw": "weightvault.export.api",
     "import_hw": "weightvault.export.api",
     "restore": "weightvault.restore",
@@ -35,6 +36,7 @@ __all__ = [
     "WeightVaultError",
     "__version__",
     "convert",
+    "expansion_limit",
     "export_hw",
     "import_hw",
     "load",

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidHeaderError",
     "InvalidOffsetError",
     "MissingDependencyError",
+    "ResourceLimitError",
     "ShapeMismatchError",
     "StrictRestoreError",
     "TensorNotFoundError",
@@ -123,6 +124,12 @@ class UnsafePickleError(CorruptFileError):
 
 class AliasError(CorruptFileError):
     """A manifest alias points at a tensor that does not exist."""
+
+
+class ResourceLimitError(CorruptFileError):
+    """Reading would take more memory or nesting than a weight file can justify (a compression bomb,
+    a fill or an assembled shape far larger than the stored bytes, JSON nested thousands deep).
+    The hint says how to raise the limit for a trusted file."""
 
 
 class TensorNotFoundError(WeightVaultError, KeyError):

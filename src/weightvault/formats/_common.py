@@ -41,9 +41,20 @@ def span_of(tensors: Mapping[str, Any], name: str) -> ByteSpan | None:
 
 
 def safe_relative(
-    root: str | os.PathLike[str], relative: str, *, path: str | os.PathLike[str], tensor: str | None = None
+    root: str | os.PathLike[str],
+    relative: str,
+    *,
+    path: str | os.PathLike[str],
+    tensor: str | None = None,
+    directory: bool = False,
 ) -> str:
-    """Join ``relative`` under ``root``, refusing absolute paths, ``..`` and links that leave it."""
+    """Join ``relative`` under ``root``, refusing absolute paths, ``..``, NUL bytes, links that
+    leave it, and a directory where a file is expected (or, with ``directory=True``, a file where
+    a directory is expected). Every format that follows a name written inside a file comes here."""
+    if "\x00" in relative:
+        raise InvalidHeaderError(
+            f"file reference {relative!r} contains a NUL byte", path=path, tensor=tensor
+        )
     rel = relative.replace("\\", "/")
     parts = PurePosixPath(rel).parts
     if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or ".." in parts:
@@ -58,6 +69,11 @@ def safe_relative(
             f"file reference {relative!r} resolves outside the model's directory",
             path=path,
             tensor=tensor,
+        )
+    if os.path.exists(real) and os.path.isdir(real) != directory:
+        want, got = ("directory", "file") if directory else ("file", "directory")
+        raise InvalidHeaderError(
+            f"file reference {relative!r} is a {got}, not a {want}", path=path, tensor=tensor
         )
     return full
 

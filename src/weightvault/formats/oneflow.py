@@ -273,7 +273,7 @@ class OneFlowReader(FormatReader):
         _walk(obj["data"], "", refs, extra)
         for name, ref in refs.items():
             assert ref.path is not None
-            d = safe_relative(root, ref.path, path=pk, tensor=name)
+            d = safe_relative(root, ref.path, path=pk, tensor=name, directory=True)
             self._add(name, Path(d))
         self._meta = {"layout": "pickle", "values": jsonable(extra)}
         if allowed.modules:
@@ -286,7 +286,7 @@ class OneFlowReader(FormatReader):
         for child in _subdirs(root):
             if (root / child / "meta").is_file():
                 _check_name(child, path=root)
-                self._add(child, Path(safe_relative(root, child, path=root, tensor=child)))
+                self._add(child, Path(safe_relative(root, child, path=root, tensor=child, directory=True)))
         self._meta = {"layout": "legacy"}
         if not (root / DONE).is_file():
             self._meta["note"] = "no snapshot_done (an nn.Graph save?): flow.load would refuse this directory"
@@ -317,7 +317,7 @@ class OneFlowReader(FormatReader):
             _check_name(name, path=root)
             dt, shp = specs[name]
             dtype_from_name(dt, path=self.path, tensor=name)
-            self._entries[name] = _Entry(safe_relative(root, name, path=root, tensor=name), dt, shp)
+            self._entries[name] = _Entry(safe_relative(root, name, path=root, tensor=name, directory=True), dt, shp)
             self._check_size(name)
         self._meta = {"layout": "snapshot", "complete": (root / DONE).is_file()}
 
