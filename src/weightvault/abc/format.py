@@ -123,6 +123,13 @@ class FormatReader(ABC):
         """Format-level metadata (JSON-able): framework facts, training step, user metadata."""
         return {}
 
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Entries of the file this reader cannot return as tensors (name -> why, e.g. an ``.npz``
+        member of dtype ``<U3``). Commands that carry a whole file refuse them, or skip them when
+        asked and list them in their report: an entry is never dropped silently."""
+        return {}
+
     def structure(self) -> Any:
         """The saved object tree with tensors in place (lazily read), or None for a flat file."""
         return None
