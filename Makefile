@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # Parallel test workers: the CI machines have 2 cores.
 WORKERS ?= 2
 
-.PHONY: demo test setup test-setup system-deps bench clean
+.PHONY: demo test setup test-setup system-deps bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ demo: setup
 
 test: test-setup
 	$(BIN)/python -m pytest -n $(WORKERS) -q
+
+# The long fuzz pass: mutants per format of files the real frameworks write; new failures are
+# minimised into tests/fuzz/regressions/ and the table goes to test-artifacts/fuzz/summary.md.
+FUZZ_MUTANTS ?= 4500
+fuzz: test-setup
+	PYTHONPATH=tests/fuzz $(BIN)/python -m wvfuzz --mutants $(FUZZ_MUTANTS)
 
 bench: test-setup
 	$(BIN)/python bench/save_load.py

@@ -30,6 +30,7 @@ __all__ = [
     "StrictRestoreError",
     "TensorNotFoundError",
     "TruncatedFileError",
+    "UnexpectedReadError",
     "UnknownDtypeError",
     "UnsafePickleError",
     "UnsupportedObjectError",
@@ -130,6 +131,11 @@ class ResourceLimitError(CorruptFileError):
     """Reading would take more memory or nesting than a weight file can justify (a compression bomb,
     a fill or an assembled shape far larger than the stored bytes, JSON nested thousands deep).
     The hint says how to raise the limit for a trusted file."""
+
+
+class UnexpectedReadError(CorruptFileError):
+    """A reader met something in the file that none of its checks anticipated; the original
+    exception is chained as ``__cause__`` (see :mod:`weightvault.abc.guard`)."""
 
 
 class TensorNotFoundError(WeightVaultError, KeyError):

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from weightvault.abc.guard import guard_format, guard_reader
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
@@ -96,6 +97,10 @@ class FormatReader(ABC):
 
     #: registry name of the format this reader belongs to
     format_name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        guard_reader(cls)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -240,6 +245,10 @@ class Format(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`write` is implemented
     can_write: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        guard_format(cls)
 
     @classmethod
     @abstractmethod
