@@ -34,8 +34,10 @@ def translate(exc: Exception, *, path: Any, tensor: str | None) -> WeightVaultEr
             path=path,
             tensor=tensor,
         )
-    if isinstance(exc, RecursionError):
-        return ResourceLimitError("the file is nested too deeply to read", path=path, tensor=tensor)
+    if isinstance(exc, RecursionError):  # a depth check the format lacks
+        return UnexpectedReadError(
+            "the file is nested too deeply to read", path=path, tensor=tensor
+        )
     detail = str(exc) or type(exc).__name__
     return UnexpectedReadError(
         f"cannot be read ({type(exc).__name__}: {detail}); the file is malformed, or this is a "

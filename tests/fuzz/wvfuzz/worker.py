@@ -71,10 +71,7 @@ def _classify(exc: BaseException) -> dict[str, Any]:
     cause = exc.__cause__
     if isinstance(exc, WeightVaultError) and isinstance(cause, MemoryError):
         outcome, shown = "memory", cause
-    elif isinstance(exc, UnexpectedReadError) or (
-        isinstance(exc, WeightVaultError) and isinstance(cause, RecursionError)
-        and getattr(exc, "message", "").startswith("the file is nested too deeply")
-    ):
+    elif isinstance(exc, UnexpectedReadError):
         outcome, shown = "wrapped", cause or exc
     elif isinstance(exc, WeightVaultError):
         outcome, shown = "clean", exc
