@@ -8,6 +8,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = (REPO / ".." / "shared" / "fixtures").resolve()
 
+# Property tests draw the same examples on every run in CI (a red CI must be reproducible, and a
+# green one must not depend on luck); set WEIGHTVAULT_HYPOTHESIS=explore locally to search anew.
+try:
+    from hypothesis import settings
+
+    settings.register_profile("pinned", derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("explore", deadline=None, print_blob=True)
+    settings.load_profile(os.environ.get("WEIGHTVAULT_HYPOTHESIS", "pinned"))
+except ImportError:  # hypothesis is a test requirement; a partial install still runs the rest
+    pass
+
 # TensorFlow logs a banner on import; tests don't need it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

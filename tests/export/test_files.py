@@ -181,6 +181,25 @@ def test_bram_depth_exceeded(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("fmt", ["coe", "mif", "mem"])
+def test_a_memory_that_exactly_fills_the_bram_depth_is_accepted_one_more_word_is_not(
+    tmp_path: Path, fmt: str
+) -> None:
+    # 48 words in one memory: depth 48 fits exactly (no padding), depth 47 is one short.
+    weightvault.export_hw(
+        _tensors(), tmp_path / "o", format=fmt, number="Q1.15", one_memory="w", bram_depth=48
+    )
+    back = weightvault.import_hw(tmp_path / "o")
+    for name, value in _tensors().items():
+        np.testing.assert_allclose(back[name], value, atol=2**-15)
+    mmap = json.loads((tmp_path / "o" / "memory_map.json").read_text())
+    assert [(m["depth"], m["used_words"]) for m in mmap["memories"]] == [(48, 48)]
+    with pytest.raises(UnsupportedOperationError, match="needs 48 words but the BRAM depth is 47"):
+        weightvault.export_hw(
+            _tensors(), tmp_path / "p", format=fmt, number="Q1.15", one_memory="w", bram_depth=47
+        )
+
+
 def test_bram_depth_pads_coe(tmp_path: Path) -> None:
     weightvault.export_hw(RESEARCH, tmp_path / "o", format="coe", number="Q1.7", bram_depth=16)
     values = _coe_check((tmp_path / "o" / "dense_1.kernel.coe").read_text(), 16)
