@@ -271,6 +271,13 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc
 
     dispatch[pickle.MARK[0]] = load_mark
 
+    def load_bytearray8(self) -> None:
+        # The stock opcode allocates the claimed length before reading; read (bounded) first.
+        (n,) = struct.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(n)))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
 
 def short_repr(obj: Any, limit: int = 80) -> str:
     """``repr`` of a value from a file, bounded in depth, items and length (a pickle can share
