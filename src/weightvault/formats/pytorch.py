@@ -1340,6 +1340,28 @@ def _torch_file_source(tensors: Mapping[str, Any]) -> PyTorchReader | None:
     return None
 
 
+def _source_tree_spec(tensors: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tree spec of the reader behind ``tensors`` (a native checkpoint's manifest) when it is
+    more than a flat state dict and names exactly the tensors being written (nothing renamed)."""
+    from weightvault.core.tree import tensor_names
+
+    if not isinstance(tensors, LazyTensors) or isinstance(tensors.reader, PyTorchReader):
+        return None
+    manifest = getattr(tensors.reader, "manifest", None)
+    spec = manifest.get("tree") if isinstance(manifest, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("t") == "dict" and all(
+        node.get("t") == "tensor" and key == ["s", node.get("name")] for key, node in spec["items"]
+    ):
+        return None  # a flat state dict: written as the usual OrderedDict
+    try:
+        names = tensor_names(spec)
+    except (KeyError, TypeError):
+        return None
+    return spec if set(names) == set(tensors) else None
+
+
 def _object_to_write(
     tensors: Mapping[str, Any], structure: Any, metadata: Mapping[str, Any] | None
 ) -> tuple[Any, Mapping[str, Any] | None]:
@@ -1360,6 +1382,12 @@ def _object_to_write(
                 return unflatten(spec, fetch), tensors if is_lazy else None
         except (KeyError, ValueError, TypeError):
             pass
+    nested = _source_tree_spec(tensors)
+    if nested is not None:
+        # A native checkpoint of training state (model, optimizer, scheduler, step ...): write the
+        # nesting weightvault.load(framework="torch") returns, tensors still read one at a time.
+        fetch = (lambda n: _LazyName(n)) if is_lazy else (lambda n: tensors[n])
+        return unflatten(nested, fetch), tensors if is_lazy else None
     flat = OrderedDict()
     for name in tensors:
         flat[name] = _LazyName(name) if is_lazy else tensors[name]
