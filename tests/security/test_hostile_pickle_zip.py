@@ -636,3 +636,19 @@ def test_oneflow_deeply_nested_meta(tmp_path: Path) -> None:
     t = _tensor_dirs(d)[0]
     (t / "meta").write_text("shape {" * 20_000 + "}" * 20_000)
     _refused(d, CorruptFileError)
+
+
+def test_oneflow_modules_sharing_children_exponentially(tmp_path: Path) -> None:
+    """Shared children hidden in pickled modules' attributes are counted too."""
+    d = _oneflow_copy(tmp_path)
+    pk = d / "pickled_data"
+    mod = b"coneflow.nn.modules.container\nSequential\n)\x81"
+    body = b"\x80\x02}(" + _s("protocol_version") + b"K\x01" + _s("data")
+    body += mod + b"}" + _s("_modules") + b"}" + _s("a") + b"N" + b"ssb" + b"q\x000"  # module 0
+    for i in range(1, 100):  # module i has children a and b, both module i-1 (memo i-1)
+        body += mod + b"}" + _s("_modules") + b"}(" + _s("a") + b"h" + bytes([i - 1]) + _s("b") + b"h"
+        body += bytes([i - 1]) + b"usb" + b"q" + bytes([i]) + (b"0" if i < 99 else b"")
+    pk.write_bytes(body + b"u.")
+    start = time.monotonic()
+    _refused(d, ResourceLimitError)
+    assert time.monotonic() - start < 20

@@ -201,8 +201,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc
         encoding: str = "ASCII",
         refuse: Callable[[str, str], UnsafePickleError] | None = None,
     ) -> None:
-        self._reader = file if isinstance(file, _BoundedReader) else _BoundedReader(file)
-        super().__init__(self._reader, encoding=encoding, errors="strict")
+        # A BytesIO never returns (or allocates) more than it holds, and a short read ends the
+        # stream, so the next opcode fails; a real file needs the bound.
+        reader = file if isinstance(file, (io.BytesIO, _BoundedReader)) else _BoundedReader(file)
+        self._source = reader
+        super().__init__(reader, encoding=encoding, errors="strict")
         self._allowed = allowed
         self._persistent = persistent_load
         self._path = path
@@ -234,6 +237,43 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc
                 path=self._path,
             )
         return self._persistent(pid)
+
+    def load(self) -> Any:
+        """``pickle._Unpickler.load`` reading straight from the file until a FRAME opcode appears
+        (protocol 4+); torch writes protocol 2, and the frame layer costs a call per read."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        self.read = self._file_read
+        self.readinto = self._unframer.readinto
+        self.readline = self._file_readline
+        self.metastack = []
+        self.stack: list[Any] = []
+        self.append = self.stack.append
+        self.proto = 0
+        dispatch = self.dispatch
+        try:
+            while True:
+                key = self.read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stopinst:  # type: ignore[attr-defined]
+            return stopinst.value
+
+    def load_frame(self) -> None:
+        self.read = self._unframer.read
+        self.readline = self._unframer.readline
+        (frame_size,) = struct.unpack("<Q", self.read(8))
+        if frame_size > self._remaining():
+            raise EOFError(f"a frame of {frame_size} bytes but only {self._remaining()} remain")
+        self._unframer.load_frame(frame_size)
+
+    def _remaining(self) -> int:
+        if isinstance(self._source, _BoundedReader):
+            return self._source.remaining()
+        with self._source.getbuffer() as buf:
+            return buf.nbytes - self._source.tell()
+
+    dispatch[pickle.FRAME[0]] = load_frame
 
     # -- opcodes we check --------------------------------------------------------------------------
     def load_build(self) -> None:
@@ -291,69 +331,78 @@ def short_repr(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _children(node: Any) -> list[Any] | None:
-    """What the graph walk descends into: containers and stand-in instances' attributes."""
-    if isinstance(node, (str, bytes, bytearray, int, float, complex)) or node is None:
-        return None
+_SCALARS = frozenset({str, bytes, bytearray, int, float, complex, bool, type(None)})
+
+
+def _expand(node: Any) -> tuple[list[Any], int] | None:
+    """(children the graph walk descends into, number of scalar children), or None for a leaf.
+    Containers and the attributes of stand-in instances are walked; everything else is a leaf."""
     if isinstance(node, dict):
-        kids = [*node.keys(), *node.values()]
+        items = [*node.keys(), *node.values()]
     elif isinstance(node, (list, tuple, set, frozenset)):
-        kids = list(node)
+        items = list(node)
     else:
-        kids = []
-    attrs = getattr(node, "__dict__", None)
-    if isinstance(attrs, dict) and not isinstance(node, type):
-        kids.extend(attrs.values())
-    return kids or None
+        items = []
+    if isinstance(type(node), StandInMeta):
+        items.extend(vars(node).values())
+    elif not items:
+        return None
+    kids = [x for x in items if type(x) not in _SCALARS]
+    return kids, len(items) - len(kids)
 
 
 def check_graph(root: Any, *, max_nodes: int, path: str | None, what: str = "pickle") -> None:
     """Refuse an object graph that has a cycle, nests past ``MAX_NESTING`` or whose tree (every
     shared child counted once per path to it) has more than ``max_nodes`` nodes. Iterative, and
     linear in the graph's size: each shared child is measured once."""
-    done: dict[int, tuple[int, int]] = {}  # id -> (tree nodes, depth below)
-    active: set[int] = set()
-    kids = _children(root)
-    if kids is None:
+    if type(root) in _SCALARS:
         return
-    frames: list[list[Any]] = [[root, kids, 0, 1, 0]]  # node, children, next, nodes, depth
-    active.add(id(root))
-
-    def add(frame: list[Any], nodes: int, depth: int) -> None:
-        frame[3] += nodes
-        frame[4] = max(frame[4], depth + 1)
-        if frame[3] > max_nodes:
-            raise ResourceLimitError(
-                f"{what} shares containers so often that walking it would visit more than "
-                f"{max_nodes} nodes",
-                path=path,
-            )
-
+    first = _expand(root)
+    if first is None:
+        return
+    done: dict[int, tuple[int, int]] = {}  # id -> (tree nodes, depth below)
+    active = {id(root)}
+    # frame: node, container children, next child, tree nodes so far, depth below
+    frames: list[list[Any]] = [[root, first[0], 0, 1 + first[1], 1 if first[1] else 0]]
     while frames:
         frame = frames[-1]
-        node, kids, i = frame[0], frame[1], frame[2]
+        kids, i = frame[1], frame[2]
         if i == len(kids):
             frames.pop()
-            active.discard(id(node))
-            done[id(node)] = (frame[3], frame[4])
+            active.discard(id(frame[0]))
+            nodes, depth = frame[3], frame[4]
+            done[id(frame[0])] = (nodes, depth)
             if frames:
-                add(frames[-1], frame[3], frame[4])
+                parent = frames[-1]
+                parent[3] += nodes
+                parent[4] = max(parent[4], depth + 1)
+                if parent[3] > max_nodes:
+                    raise _too_many(what, max_nodes, path)
             continue
         frame[2] = i + 1
         child = kids[i]
         known = done.get(id(child))
-        if known is not None:
-            add(frame, *known)
-            continue
-        grandkids = _children(child)
-        if grandkids is None:
-            add(frame, 1, 0)
-            continue
-        if id(child) in active:
-            raise InvalidHeaderError(f"{what} holds a container that contains itself", path=path)
-        check_depth(len(frames) + 1, path=path, what=what)
-        active.add(id(child))
-        frames.append([child, grandkids, 0, 1, 0])
+        if known is None:
+            expanded = _expand(child)
+            if expanded is not None:
+                if id(child) in active:
+                    raise InvalidHeaderError(f"{what} holds a container that contains itself", path=path)
+                check_depth(len(frames) + 1, path=path, what=what)
+                active.add(id(child))
+                frames.append([child, expanded[0], 0, 1 + expanded[1], 1 if expanded[1] else 0])
+                continue
+            known = (1, 0)
+        frame[3] += known[0]
+        frame[4] = max(frame[4], known[1] + 1)
+        if frame[3] > max_nodes:
+            raise _too_many(what, max_nodes, path)
+
+
+def _too_many(what: str, max_nodes: int, path: str | None) -> ResourceLimitError:
+    return ResourceLimitError(
+        f"{what} shares containers so often that walking it would visit more than {max_nodes} nodes",
+        path=path,
+    )
 
 
 def safe_unpickle(
@@ -378,10 +427,11 @@ def safe_unpickle(
     never called with anything from the file but the two names).
     """
     spath = os.fspath(path) if path is not None else None
-    file: BinaryIO = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    reader = _BoundedReader(file)
+    in_memory = isinstance(data, (bytes, bytearray, memoryview))
+    file: BinaryIO = io.BytesIO(data) if in_memory else data  # type: ignore[arg-type]
+    start = file.tell()
     unpickler = RestrictedUnpickler(
-        reader,  # type: ignore[arg-type]
+        file,
         allowed=allowed,
         persistent_load=persistent_load,
         path=spath,
@@ -406,6 +456,6 @@ def safe_unpickle(
         raise InvalidHeaderError(
             f"{what} is not a valid pickle: {type(exc).__name__}: {short_repr(str(exc), 200)}", path=spath
         ) from None
-    consumed = file.tell() - reader.start
+    consumed = file.tell() - start
     check_graph(obj, max_nodes=max(MIN_TREE_NODES, TREE_NODES_PER_BYTE * consumed), path=spath, what=what)
     return obj

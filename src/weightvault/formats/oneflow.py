@@ -38,7 +38,7 @@ from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import atomic_dir, atomic_write
 from weightvault.core.protobuf import ProtobufDecodeError, parse_text
-from weightvault.core.unpickler import BASE_ALLOWED, safe_unpickle
+from weightvault.core.unpickler import BASE_ALLOWED, StandInMeta, safe_unpickle
 from weightvault.errors import (
     DuplicateTensorError,
     InvalidHeaderError,
@@ -86,7 +86,7 @@ _TENSOR_GLOBALS = (
 
 # ------------------------------------------------------------------------------------------------
 # pickle stand-ins
-class TensorRef:
+class TensorRef(metaclass=StandInMeta):
     """Stand-in for a pickled OneFlow Tensor/Parameter: remembers the directory it points to."""
 
     def __init__(self, *args: Any) -> None:
@@ -107,7 +107,7 @@ class ParameterRef(TensorRef):
         self.parameter = True
 
 
-class ModuleStandIn:
+class ModuleStandIn(metaclass=StandInMeta):
     """Inert stand-in for a pickled ``oneflow.nn.Module`` subclass: only keeps its attributes."""
 
     qualname = "Module"
