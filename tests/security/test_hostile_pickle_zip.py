@@ -334,10 +334,11 @@ def test_pt_storage_bomb(tmp_path: Path, declared: str) -> None:
 
 
 @pytest.mark.parametrize("declared", ["honest", "lying"])
-def test_pt_pickle_bomb(tmp_path: Path, declared: str) -> None:
+def test_pt_pickle_bomb(tmp_path: Path, declared: str, cli_run) -> None:  # noqa: ANN001
     bomb = _deflate_bomb(b"\x80\x02N", 2 << 30)
     p = _raw_zip(tmp_path / "bomb.pt", [("archive/data.pkl", 8, bomb, (2 << 30) if declared == "honest" else 100, 0)])
     _bounded(lambda: _refused(p, ResourceLimitError))
+    assert str(p) in _one_error_line(cli_run, "ls", p)
 
 
 @pytest.mark.parametrize("declared", ["honest", "lying"])

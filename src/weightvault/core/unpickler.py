@@ -153,9 +153,10 @@ def _map_py2_name(module: str, name: str) -> tuple[str, str]:
 class _BoundedReader:
     """A file view that never reads (or lets the unpickler allocate) past the bytes present.
 
-    A read asking for more than remains raises ``EOFError`` before anything is read, so a length
-    field of 2**40 in a 20-byte pickle costs nothing; the C unpickler would also refuse it, the
-    pure-Python one would otherwise return short data silently.
+    For pickles read from a file (the legacy torch stream): ``BufferedReader.read(n)`` allocates
+    ``n`` bytes before reading, so a read asking for more than remains raises ``EOFError`` first,
+    and a length field of 2**40 in a 20-byte pickle costs nothing. In-memory pickles are read from
+    a ``BytesIO``, which never returns more than it holds.
     """
 
     def __init__(self, file: BinaryIO) -> None:
