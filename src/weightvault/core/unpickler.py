@@ -49,7 +49,7 @@ import pickle
 import reprlib
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from weightvault.core.limits import check_depth
 from weightvault.errors import (
@@ -85,10 +85,14 @@ class StandInMeta(type):
     """
 
     def __setattr__(cls, name: str, value: Any) -> None:
-        raise UnsafePickleError(f"refusing to set attribute {name!r} on the stand-in class {cls.__name__}")
+        raise UnsafePickleError(
+            f"refusing to set attribute {name!r} on the stand-in class {cls.__name__}"
+        )
 
     def __delattr__(cls, name: str) -> None:
-        raise UnsafePickleError(f"refusing to delete attribute {name!r} of the stand-in class {cls.__name__}")
+        raise UnsafePickleError(
+            f"refusing to delete attribute {name!r} of the stand-in class {cls.__name__}"
+        )
 
 
 class OrderedDict(collections.OrderedDict, metaclass=StandInMeta):  # type: ignore[type-arg]
@@ -189,7 +193,9 @@ class _BoundedReader:
 class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc]
     """``pickle._Unpickler`` whose globals come only from ``allowed`` (see the module docstring)."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(
+        pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+    )
 
     def __init__(
         self,
@@ -242,7 +248,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc
     def load(self) -> Any:
         """``pickle._Unpickler.load`` reading straight from the file until a FRAME opcode appears
         (protocol 4+); torch writes protocol 2, and the frame layer costs a call per read."""
-        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # type: ignore[attr-defined]
+        unframer = pickle._Unframer  # type: ignore[attr-defined]
+        self._unframer = unframer(self._file_read, self._file_readline)
         self.read = self._file_read
         self.readinto = self._unframer.readinto
         self.readline = self._file_readline
@@ -281,7 +288,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined, misc
         state = self.stack.pop()
         inst = self.stack[-1]
         if isinstance(inst, type) or id(type(inst)) not in self._classes:
-            target = f"the class {inst.__name__}" if isinstance(inst, type) else f"a {type(inst).__name__}"
+            kind = type(inst).__name__
+            target = f"the class {inst.__name__}" if isinstance(inst, type) else f"a {kind}"
             raise UnsafePickleError(
                 f"{self._what} sets attributes on {target}, which is not an instance of an "
                 "allowed class; that would change an object shared by every reader, so nothing "
@@ -387,7 +395,9 @@ def check_graph(root: Any, *, max_nodes: int, path: str | None, what: str = "pic
             expanded = _expand(child)
             if expanded is not None:
                 if id(child) in active:
-                    raise InvalidHeaderError(f"{what} holds a container that contains itself", path=path)
+                    raise InvalidHeaderError(
+                        f"{what} holds a container that contains itself", path=path
+                    )
                 check_depth(len(frames) + 1, path=path, what=what)
                 active.add(id(child))
                 frames.append([child, expanded[0], 0, 1 + expanded[1], 1 if expanded[1] else 0])
@@ -449,14 +459,18 @@ def safe_unpickle(
     except RecursionError:
         raise ResourceLimitError(f"{what} is nested too deeply to read", path=spath) from None
     except MemoryError:
-        raise ResourceLimitError(f"{what} asks for more memory than is available", path=spath) from None
+        raise ResourceLimitError(
+            f"{what} asks for more memory than is available", path=spath
+        ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, AttributeError,
             UnicodeError, OverflowError, struct.error) as exc:
         # Errors raised by pickle's own machinery (bad opcode, truncated stream, memo miss) or by a
         # stand-in rejecting its arguments: the file is corrupt; nothing foreign ran.
         raise InvalidHeaderError(
-            f"{what} is not a valid pickle: {type(exc).__name__}: {short_repr(str(exc), 200)}", path=spath
+            f"{what} is not a valid pickle: {type(exc).__name__}: {short_repr(str(exc), 200)}",
+            path=spath,
         ) from None
     consumed = file.tell() - start
-    check_graph(obj, max_nodes=max(MIN_TREE_NODES, TREE_NODES_PER_BYTE * consumed), path=spath, what=what)
+    max_nodes = max(MIN_TREE_NODES, TREE_NODES_PER_BYTE * consumed)
+    check_graph(obj, max_nodes=max_nodes, path=spath, what=what)
     return obj

@@ -42,20 +42,24 @@ def member_data_offset(
     off = zi.header_offset
     if off < 0 or off + 30 > file_size:
         raise InvalidOffsetError(
-            f"zip member {zi.filename!r} has its header at {off}, outside the file of {file_size} bytes",
+            f"zip member {zi.filename!r} has its header at {off}, outside the file of "
+            f"{file_size} bytes",
             path=path,
             tensor=tensor,
         )
     local = bytes(buf[off : off + 30])
     if local[:4] != LOCAL_MAGIC:
         raise InvalidHeaderError(
-            f"zip member {zi.filename!r} has no local header at offset {off}", path=path, tensor=tensor
+            f"zip member {zi.filename!r} has no local header at offset {off}",
+            path=path,
+            tensor=tensor,
         )
     n_name, n_extra = struct.unpack("<HH", local[26:30])
     start = off + 30 + n_name + n_extra
     if start + zi.compress_size > file_size:
         raise TruncatedFileError(
-            f"zip member {zi.filename!r} needs bytes {start}..{start + zi.compress_size} but the file "
+            f"zip member {zi.filename!r} needs bytes {start}..{start + zi.compress_size} but the "
+            "file "
             f"has {file_size}",
             path=path,
             tensor=tensor,
@@ -88,7 +92,8 @@ def check_member(zi: zipfile.ZipInfo, *, path: str, tensor: str | None = None) -
             path=path,
             tensor=tensor,
         )
-    check_expansion(zi.file_size, zi.compress_size, path=path, tensor=tensor, what=f"zip member {zi.filename!r}")
+    what = f"zip member {zi.filename!r}"
+    check_expansion(zi.file_size, zi.compress_size, path=path, tensor=tensor, what=what)
 
 
 def inflate(
@@ -111,10 +116,13 @@ def inflate(
         data = bytes(view[: declared if prefix is None else min(prefix, declared)])
     else:
         want = declared if prefix is None else min(prefix, declared)
-        data = _inflate(view, want, stop_at_want=prefix is not None, zi=zi, path=path, tensor=tensor)
+        data = _inflate(
+            view, want, stop_at_want=prefix is not None, zi=zi, path=path, tensor=tensor
+        )
     if prefix is None and zlib.crc32(data) != zi.CRC:
         raise ChecksumMismatchError(
-            f"zip member {zi.filename!r}: CRC-32 is {zlib.crc32(data):08x}, the archive says {zi.CRC:08x}",
+            f"zip member {zi.filename!r}: CRC-32 is {zlib.crc32(data):08x}, the archive says "
+            f"{zi.CRC:08x}",
             path=path,
             tensor=tensor,
         )
@@ -142,8 +150,8 @@ def _inflate(view: memoryview, want: int, *, stop_at_want: bool, zi: zipfile.Zip
                 return out
             if len(out) > want:
                 raise ResourceLimitError(
-                    f"zip member {zi.filename!r} inflates to more than the {zi.file_size} bytes its "
-                    "header declares; stopped there",
+                    f"zip member {zi.filename!r} inflates to more than the {zi.file_size} "
+                    "bytes its header declares; stopped there",
                     path=path,
                     tensor=tensor,
                 )
@@ -153,7 +161,8 @@ def _inflate(view: memoryview, want: int, *, stop_at_want: bool, zi: zipfile.Zip
         ) from None
     if len(out) != want:
         raise TruncatedFileError(
-            f"zip member {zi.filename!r} inflates to {len(out)} bytes, the archive says {zi.file_size}",
+            f"zip member {zi.filename!r} inflates to {len(out)} bytes, the archive says "
+            f"{zi.file_size}",
             path=path,
             tensor=tensor,
         )
