@@ -653,3 +653,10 @@ def test_oneflow_modules_sharing_children_exponentially(tmp_path: Path) -> None:
     start = time.monotonic()
     _refused(d, ResourceLimitError)
     assert time.monotonic() - start < 20
+
+
+def test_npz_member_with_an_empty_name(tmp_path: Path) -> None:
+    """Found by mutation: zipfile's is_dir() raises IndexError on an empty member name."""
+    arr = _records(_npz(tmp_path))["a.npy"]
+    p = _raw_zip(tmp_path / "empty.npz", [("", 0, arr, len(arr), zlib.crc32(arr))])
+    _refused(p, InvalidHeaderError)

@@ -259,7 +259,9 @@ class NumpyReader(FormatReader):
             ) from None
         size = os.fstat(self._file.fileno()).st_size
         for zi in infos:
-            if zi.is_dir():
+            if not zi.filename:  # (ZipInfo.is_dir() would raise IndexError)
+                raise InvalidHeaderError("a zip member has an empty name", path=self.path)
+            if zi.filename.endswith("/"):
                 continue
             name = zi.filename[:-4] if zi.filename.endswith(".npy") else zi.filename
             if name in self._members or name in self._skipped:
