@@ -6,6 +6,7 @@ import io
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -112,8 +113,9 @@ def test_object_arrays_are_refused_and_never_unpickled(tmp_path: Path) -> None:
         NumpyFormat.open(p)
     z = tmp_path / "obj.npz"
     np.savez(z, ok=np.ones(2), bad=np.array([object()], dtype=object))
-    with pytest.raises(UnsafePickleError):
-        NumpyFormat.open(z)
+    with NumpyFormat.open(z) as r:  # the numeric member is read, the pickled one listed, not loaded
+        assert r.keys() == ["ok"]
+        assert "pickle" in r.skipped["bad"]
 
 
 def _npy(header: str, data: bytes = b"", version: int = 1) -> bytes:
@@ -170,3 +172,62 @@ class TestNpzConformance(FormatTests):
     suffix = ".npz"
     dtypes = ("float32", "float64", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32",
               "int64", "uint64", "bool", "complex64", "complex128")  # fmt: skip
+
+
+# -- non-numeric members are listed in ``skipped``, never refused whole (#13.1) --------------------
+def test_npz_with_text_and_object_members_reads_the_numbers(tmp_path: Path) -> None:
+    p = tmp_path / "mixed.npz"
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.savez(p, w=w, labels=np.array(["cat", "dog"]), meta=np.array([{"a": 1}], dtype=object),
+             rec=np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")]), when=np.array(["2020-01-01"], "M8[D]"))
+    compressed = tmp_path / "mixed_c.npz"
+    np.savez_compressed(compressed, w=w, labels=np.array(["cat", "dog"]), meta=np.array([None], dtype=object))
+    for path in (p, compressed):
+        with NumpyFormat.open(path) as r:
+            assert r.keys() == ["w"]
+            np.testing.assert_array_equal(r.get("w"), w)
+            skipped = r.skipped
+            assert "<U3" in skipped["labels"]
+            assert "pickle" in skipped["meta"]
+    with NumpyFormat.open(p) as r:
+        assert set(r.skipped) == {"labels", "meta", "rec", "when"}
+
+
+def test_plain_npy_of_text_is_a_clear_error(tmp_path: Path) -> None:
+    p = tmp_path / "labels.npy"
+    np.save(p, np.array(["cat", "dog"]))
+    with pytest.raises(UnknownDtypeError, match="<U3"):
+        NumpyFormat.open(p)
+
+
+# -- Python 2 headers (#13.12) ---------------------------------------------------------------------------
+@pytest.mark.parametrize("shape_text", ["(2L,)", "(2L, 3L)", "(2L, 3)", "()"])
+def test_python2_npy_header(tmp_path: Path, shape_text: str) -> None:
+    shape = tuple(int(d.strip().rstrip("Ll")) for d in shape_text.strip("()").split(",") if d.strip())
+    data = np.arange(int(np.prod(shape)), dtype="<f4").reshape(shape)
+    p = tmp_path / "py2.npy"
+    p.write_bytes(_npy("{'descr': '<f4', 'fortran_order': False, 'shape': %s, }\n" % shape_text, data.tobytes()))
+    with NumpyFormat.open(p) as r:
+        np.testing.assert_array_equal(r.get("py2"), data)
+    with pytest.warns(UserWarning, match="Python 2") if "L" in shape_text.upper() else _no_warning():
+        np.testing.assert_array_equal(np.load(p), data)  # numpy agrees
+
+
+def _no_warning() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("header", [
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (__import__('os').system('touch pwned')L,), }",
+    "{'descr': '<f4L', 'fortran_order': False, 'shape': (2,), }",
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (2LL,), }",
+])
+def test_python2_header_fix_runs_no_code(tmp_path: Path, header: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "evil.npy"
+    p.write_bytes(_npy(header + "\n", b"\0" * 8))
+    with pytest.raises((InvalidHeaderError, UnknownDtypeError)):
+        NumpyFormat.open(p)
+    assert not (tmp_path / "pwned").exists()

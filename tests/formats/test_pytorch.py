@@ -371,3 +371,64 @@ def test_unicode_destination_name(tmp_path: Path) -> None:
     p = tmp_path / "modèle 1.pt"
     PyTorchFormat.write(p, {"w": np.ones(2, np.float32)})
     assert torch.equal(torch.load(p, weights_only=True)["w"], torch.ones(2))
+
+
+# -- a native training checkpoint converted to .pt keeps its structure (#13.7) ------------------------
+def _training_state() -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    scaler = torch.amp.GradScaler("cpu")
+    for _ in range(3):
+        loss = model(torch.randn(5, 4)).square().mean()
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(), "step": 3}
+
+
+def _assert_same_tree(got: Any, want: Any, where: str = "") -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor), where
+        assert got.dtype == want.dtype and got.shape == want.shape, where
+        assert torch.equal(got, want), where
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), where
+        for k in want:
+            _assert_same_tree(got[k], want[k], f"{where}/{k}")
+    elif isinstance(want, (list, tuple)):
+        assert type(got) is type(want) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same_tree(g, w, f"{where}/{i}")
+    else:
+        assert type(got) is type(want) and got == want, (where, got, want)
+
+
+def test_native_training_checkpoint_converts_to_a_nested_pt(tmp_path: Path, cli_run: Any) -> None:
+    state = _training_state()
+    assert state["optimizer"]["state"] and state["scaler"]["_growth_tracker"] == 3
+    weightvault.save(state, tmp_path / "ckpt")
+    code, _, err = cli_run("convert", tmp_path / "ckpt", tmp_path / "out.pt")
+    assert code == 0, err
+    back = torch.load(tmp_path / "out.pt", weights_only=True)
+    _assert_same_tree(back, state)
+    _assert_same_tree(back, weightvault.load(tmp_path / "ckpt", framework="torch"))
+    # and it resumes training objects
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.load_state_dict(back["model"])
+    opt.load_state_dict(back["optimizer"])
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1).load_state_dict(back["scheduler"])
+    torch.amp.GradScaler("cpu").load_state_dict(back["scaler"])
+
+
+def test_native_flat_state_dict_still_converts_flat(tmp_path: Path) -> None:
+    sd = torch.nn.Linear(3, 2).state_dict()
+    weightvault.save(dict(sd), tmp_path / "flat")
+    weightvault.convert(tmp_path / "flat", tmp_path / "flat.pt")
+    back = torch.load(tmp_path / "flat.pt", weights_only=True)
+    _assert_same_tree(back, dict(sd))

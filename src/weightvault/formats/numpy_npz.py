@@ -23,11 +23,13 @@ has nowhere to keep metadata, so ``metadata`` is ignored.
 from __future__ import annotations
 
 import ast
+import io
 import math
 import mmap
 import os
 import re
 import struct
+import tokenize
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,15 +51,19 @@ from weightvault.errors import (
     UnsafePickleError,
     UnsupportedOperationError,
 )
+from weightvault.core.unpickler import short_repr
 from weightvault.formats._common import describe_entry, fetch_array, span_of
+from weightvault.formats._zipmember import check_member, inflate, member_data_offset
 
 __all__ = ["NumpyFormat", "NumpyReader", "parse_npy_header", "npy_header_bytes"]
 
 MAGIC = b"\x93NUMPY"
 MAX_HEADER = 1 << 20  # numpy itself refuses headers over 10 000 bytes by default
 ALIGN = 64
-MAX_DEFLATE_RATIO = 1100
 _DESCR = re.compile(r"^[<>|=]?([biuf])(\d{1,2})$|^[<>|=]?(c)(8|16)$")
+#: well-formed dtypes that are not tensors: text, bytes, void, datetime, timedelta
+_OTHER_DESCR = re.compile(r"^[<>|=]?([USV]\d{1,9}|[Mm]8(\[\w+\])?)$")
+MAX_DIMS = 64  # numpy's limit
 _ZIP_LOCAL = b"PK\x03\x04"
 _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding
 
@@ -74,13 +80,22 @@ class NpyHeader:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+class _NotATensor(UnknownDtypeError):
+    """A well-formed member whose dtype is not a numeric tensor (text, object, structured): an
+    ``.npz`` lists it in ``skipped`` and reads the rest."""
+
+
+class _PickledMember(UnsafePickleError):
+    """An object array: its data is a pickle, never loaded; an ``.npz`` lists it in ``skipped``."""
+
+
 def _parse_descr(descr: Any, *, path: str, tensor: str | None) -> np.dtype:
     if not isinstance(descr, str):
-        raise UnknownDtypeError(
-            f"structured dtype {descr!r} is not a weight tensor", path=path, tensor=tensor
+        raise _NotATensor(
+            f"structured dtype {short_repr(descr)} is not a weight tensor", path=path, tensor=tensor
         )
     if descr.lstrip("<>|=") in ("O", "O8", "O4"):
-        raise UnsafePickleError(
+        raise _PickledMember(
             "object array: its data is a pickle, which weightvault never loads",
             path=path,
             tensor=tensor,
@@ -88,10 +103,37 @@ def _parse_descr(descr: Any, *, path: str, tensor: str | None) -> np.dtype:
         )
     m = _DESCR.match(descr)
     if not m:
-        raise UnknownDtypeError(f"unsupported npy dtype {descr!r}", path=path, tensor=tensor)
-    dt = np.dtype(descr)
-    dtype_name(dt, tensor=tensor)  # raises UnknownDtypeError for float128 and friends
+        if _OTHER_DESCR.match(descr):
+            raise _NotATensor(f"dtype {descr!r} is not a numeric tensor", path=path, tensor=tensor)
+        raise UnknownDtypeError(f"unsupported npy dtype {short_repr(descr)}", path=path, tensor=tensor)
+    try:
+        dt = np.dtype(descr)
+    except TypeError:  # "<f3", "<i16": the right letters, a size numpy does not have
+        raise UnknownDtypeError(f"npy dtype {descr!r} does not exist", path=path, tensor=tensor) from None
+    try:
+        dtype_name(dt, tensor=tensor)
+    except UnknownDtypeError as exc:  # float128 and friends
+        raise UnknownDtypeError(exc.message, path=path, tensor=tensor) from None
     return dt
+
+
+def _literal(text: str, *, py2: bool) -> Any:
+    """The header dict, by :func:`ast.literal_eval` (no code runs). Python 2 wrote long ints as
+    ``2L``; like numpy's ``_filter_header`` (for format 1.0 and 2.0 only), a NAME token ``L``
+    right after a NUMBER is dropped and the text evaluated again."""
+    try:
+        return ast.literal_eval(text)
+    except SyntaxError:
+        if not py2:
+            raise
+    tokens: list[tuple[int, str]] = []
+    last = None
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if last == tokenize.NUMBER and tok.type == tokenize.NAME and tok.string in ("L", "l"):
+            continue
+        tokens.append((tok.type, tok.string))
+        last = tok.type
+    return ast.literal_eval(tokenize.untokenize(tokens))
 
 
 def parse_npy_header(buf: bytes | memoryview, available: int, *, path: str, tensor: str | None = None) -> NpyHeader:
@@ -119,16 +161,27 @@ def parse_npy_header(buf: bytes | memoryview, available: int, *, path: str, tens
     raw = bytes(buf[start : start + hlen])
     try:
         text = raw.decode("utf-8" if major == 3 else "latin-1")
-        header = ast.literal_eval(text)
-    except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise InvalidHeaderError(f".npy header is not a dict literal: {exc}", path=path, tensor=tensor) from None
+        header = _literal(text, py2=major in (1, 2))
+    except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError, tokenize.TokenError) as exc:
+        raise InvalidHeaderError(
+            f".npy header is not a dict literal: {short_repr(str(exc), 120)}", path=path, tensor=tensor
+        ) from None
     if not isinstance(header, dict) or not {"descr", "fortran_order", "shape"} <= header.keys():
         raise InvalidHeaderError(".npy header needs descr, fortran_order and shape", path=path, tensor=tensor)
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise InvalidHeaderError(f"shape {shape!r} is not a tuple of non-negative ints", path=path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"shape {short_repr(shape)} is not a tuple of non-negative ints", path=path, tensor=tensor
+        )
+    if len(shape) > MAX_DIMS:
+        raise InvalidHeaderError(
+            f"shape has {len(shape)} dimensions, more than numpy's {MAX_DIMS}", path=path, tensor=tensor
+        )
+    if math.prod(d for d in shape if d) >= 1 << 58:
+        # numpy refuses such a shape even with a zero dimension ("array is too big")
+        raise InvalidHeaderError(f"shape {shape} is too large for any array", path=path, tensor=tensor)
     if not isinstance(header["fortran_order"], bool):
         raise InvalidHeaderError("fortran_order is not a bool", path=path, tensor=tensor)
     dt = _parse_descr(header["descr"], path=path, tensor=tensor)
@@ -174,6 +227,8 @@ class NumpyReader(FormatReader):
         self._headers: dict[str, NpyHeader] = {}
         self._base: dict[str, int] = {}  # stored member: absolute offset of its .npy bytes
         self._members: dict[str, zipfile.ZipInfo] = {}
+        self._starts: dict[str, int] = {}  # member: absolute offset of its (compressed) bytes
+        self._skipped: dict[str, str] = {}
         try:
             size = os.fstat(self._file.fileno()).st_size
             if size:
@@ -195,66 +250,51 @@ class NumpyReader(FormatReader):
     def _open_zip(self) -> None:
         try:
             self._zip = zipfile.ZipFile(self._file)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise InvalidHeaderError(f"not a .npz (zip) file: {exc}", path=self.path) from None
+            infos = self._zip.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError, struct.error, NotImplementedError, EOFError,
+                OverflowError) as exc:
+            # NotImplementedError: "zip file version 9.9"; OSError/ValueError: offsets outside the file
+            raise InvalidHeaderError(
+                f"not a readable .npz (zip) file: {type(exc).__name__}: {exc}", path=self.path
+            ) from None
         size = os.fstat(self._file.fileno()).st_size
-        for zi in self._zip.infolist():
-            if zi.is_dir():
+        for zi in infos:
+            if not zi.filename:  # (ZipInfo.is_dir() would raise IndexError)
+                raise InvalidHeaderError("a zip member has an empty name", path=self.path)
+            if zi.filename.endswith("/"):
                 continue
             name = zi.filename[:-4] if zi.filename.endswith(".npy") else zi.filename
-            if name in self._members:
+            if name in self._members or name in self._skipped:
                 raise DuplicateTensorError("two zip members carry this name", path=self.path, tensor=name)
+            start = member_data_offset(self._mmap, zi, size, path=self.path, tensor=name)
+            check_member(zi, path=self.path, tensor=name)
+            try:
+                header = self._member_header(zi, start, name)
+            except (_NotATensor, _PickledMember) as exc:
+                self._skipped[name] = exc.message
+                continue
             self._members[name] = zi
+            self._starts[name] = start
+            self._headers[name] = header
             if zi.compress_type == zipfile.ZIP_STORED:
-                base = self._stored_offset(zi, size, name)
-                avail = min(zi.file_size, size - base)
-                assert self._mmap is not None
-                self._headers[name] = parse_npy_header(
-                    memoryview(self._mmap)[base : base + min(avail, 12 + MAX_HEADER)],
-                    avail,
-                    path=self.path,
-                    tensor=name,
-                )
-                self._base[name] = base
-            else:
-                self._headers[name] = self._deflated_header(zi, name)
+                self._base[name] = start
 
-    def _stored_offset(self, zi: zipfile.ZipInfo, size: int, name: str) -> int:
-        off = zi.header_offset
-        if off + 30 > size or self._mmap is None:
-            raise InvalidOffsetError("zip local header lies outside the file", path=self.path, tensor=name)
-        local = self._mmap[off : off + 30]
-        if local[:4] != _ZIP_LOCAL:
-            raise InvalidHeaderError("bad zip local header signature", path=self.path, tensor=name)
-        n_name, n_extra = struct.unpack("<HH", local[26:30])
-        base = off + 30 + n_name + n_extra
-        if base + zi.file_size > size:
-            raise TruncatedFileError("zip member runs past the end of the file", path=self.path, tensor=name)
-        return base
-
-    def _deflated_header(self, zi: zipfile.ZipInfo, name: str) -> NpyHeader:
-        if zi.file_size > zi.compress_size * MAX_DEFLATE_RATIO + 4096:
-            raise InvalidHeaderError(
-                f"member claims {zi.file_size} bytes from {zi.compress_size} compressed bytes, "
-                "more than deflate can produce",
-                path=self.path,
-                tensor=name,
-            )
-        assert self._zip is not None
-        with self._zip.open(zi) as f:
-            pre = f.read(12)
-            if len(pre) >= 10 and pre[6] == 1:
-                hlen = struct.unpack("<H", pre[8:10])[0]
-                extra = hlen - 2
-            elif len(pre) >= 12:
-                hlen = struct.unpack("<I", pre[8:12])[0]
-                extra = hlen
-            else:
-                extra = 0
-            if extra > MAX_HEADER:
-                raise HeaderTooLargeError(f".npy header claims {extra} bytes", path=self.path, tensor=name)
-            buf = pre + f.read(max(extra, 0))
-        return parse_npy_header(buf, zi.file_size, path=self.path, tensor=name)
+    def _member_header(self, zi: zipfile.ZipInfo, start: int, name: str) -> NpyHeader:
+        """The .npy header of a member; the data it describes must fit in the member's declared size."""
+        assert self._mmap is not None
+        stored = memoryview(self._mmap)[start : start + zi.compress_size]
+        if zi.compress_type == zipfile.ZIP_STORED:
+            return parse_npy_header(stored[: 12 + MAX_HEADER], zi.file_size, path=self.path, tensor=name)
+        pre = inflate(stored, zi, path=self.path, tensor=name, prefix=12)
+        hlen = 0
+        if len(pre) >= 10 and pre[6] == 1:
+            hlen = struct.unpack("<H", pre[8:10])[0]
+        elif len(pre) >= 12:
+            hlen = struct.unpack("<I", pre[8:12])[0]
+        if hlen > MAX_HEADER:
+            raise HeaderTooLargeError(f".npy header claims {hlen} bytes", path=self.path, tensor=name)
+        head = inflate(stored, zi, path=self.path, tensor=name, prefix=12 + hlen)
+        return parse_npy_header(head, zi.file_size, path=self.path, tensor=name)
 
     # -- FormatReader hooks ------------------------------------------------------------------------
     def keys(self) -> list[str]:
@@ -274,15 +314,11 @@ class NumpyReader(FormatReader):
         hdr = self._headers[name]
         if name in self._base:
             return _array_from(self._mmap, self._base[name] + hdr.data_offset, hdr)
-        assert self._zip is not None
+        assert self._mmap is not None
         zi = self._members[name]
-        buf = bytearray(hdr.nbytes)
-        with self._zip.open(zi) as f:
-            f.read(hdr.data_offset)
-            got = f.readinto(buf) if hdr.nbytes else 0
-        if got != hdr.nbytes:
-            raise TruncatedFileError("member ends before its data does", path=self.path, tensor=name)
-        return _array_from(buf, 0, hdr)
+        start = self._starts[name]
+        data = inflate(memoryview(self._mmap)[start : start + zi.compress_size], zi, path=self.path, tensor=name)
+        return _array_from(data, hdr.data_offset, hdr)
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """The data of a ``.npy`` or stored ``.npz`` member: C order (or 1-D), little-endian."""
@@ -297,6 +333,12 @@ class NumpyReader(FormatReader):
     @property
     def metadata(self) -> dict[str, Any]:
         return {"numpy": {"container": self.kind}}
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``.npz`` members that are not numeric tensors (text, bytes, structured, object arrays);
+        object arrays are pickles and are never unpickled."""
+        return dict(self._skipped)
 
     def close(self) -> None:
         if self._zip is not None:

@@ -38,11 +38,12 @@ from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import atomic_dir, atomic_write
 from weightvault.core.protobuf import ProtobufDecodeError, parse_text
-from weightvault.core.unpickler import BASE_ALLOWED, safe_unpickle
+from weightvault.core.unpickler import BASE_ALLOWED, StandInMeta, safe_unpickle
 from weightvault.errors import (
     DuplicateTensorError,
     InvalidHeaderError,
     InvalidOffsetError,
+    ResourceLimitError,
     TruncatedFileError,
     UnknownDtypeError,
     UnsafePickleError,
@@ -85,7 +86,7 @@ _TENSOR_GLOBALS = (
 
 # ------------------------------------------------------------------------------------------------
 # pickle stand-ins
-class TensorRef:
+class TensorRef(metaclass=StandInMeta):
     """Stand-in for a pickled OneFlow Tensor/Parameter: remembers the directory it points to."""
 
     def __init__(self, *args: Any) -> None:
@@ -106,7 +107,7 @@ class ParameterRef(TensorRef):
         self.parameter = True
 
 
-class ModuleStandIn:
+class ModuleStandIn(metaclass=StandInMeta):
     """Inert stand-in for a pickled ``oneflow.nn.Module`` subclass: only keeps its attributes."""
 
     qualname = "Module"
@@ -183,6 +184,13 @@ def _walk(obj: Any, prefix: str, out: dict[str, TensorRef], extra: dict[str, Any
 # meta files
 def parse_meta(path: Path, *, tensor: str | None = None) -> tuple[str, tuple[int, ...]]:
     """(canonical dtype, shape) from a ``meta`` file (text VariableMetaInfo, or its binary form)."""
+    try:
+        return _parse_meta(path, tensor=tensor)
+    except RecursionError:
+        raise ResourceLimitError("meta is nested too deeply to parse", path=path, tensor=tensor) from None
+
+
+def _parse_meta(path: Path, *, tensor: str | None) -> tuple[str, tuple[int, ...]]:
     size = path.stat().st_size
     if size > MAX_META:
         raise InvalidHeaderError(f"meta file of {size} bytes is too large", path=path, tensor=tensor)
@@ -260,8 +268,16 @@ class OneFlowReader(FormatReader):
             self._read_snapshot(root, shapes, dtype, template)
 
     # -- layouts ----------------------------------------------------------------------------------------
+    def _inside(self, file: Path, *, tensor: str | None = None) -> Path:
+        """``file`` (under the model directory) after checking that it resolves to a regular file
+        inside the directory: a ``meta``/``out``/``pickled_data`` that is a link to a file
+        elsewhere, or a directory, is refused before anything is read."""
+        root = Path(self.path)
+        rel = os.path.relpath(file, root)
+        return Path(safe_relative(root, rel.replace(os.sep, "/"), path=file, tensor=tensor))
+
     def _read_pickle(self, root: Path) -> None:
-        pk = root / PICKLED
+        pk = self._inside(root / PICKLED)
         if pk.stat().st_size > MAX_PICKLE:
             raise InvalidHeaderError("pickled_data is implausibly large", path=pk)
         allowed = _OneFlowAllowed()
@@ -327,13 +343,16 @@ class OneFlowReader(FormatReader):
         meta, out = d / "meta", d / "out"
         if not meta.is_file() or not out.is_file():
             raise TruncatedFileError(f"{d.name} lacks its meta or out file", path=d, tensor=name)
+        meta = self._inside(meta, tensor=name)
         dt, shape = parse_meta(meta, tensor=name)
         self._entries[name] = _Entry(os.fspath(d), dt, shape)
         self._check_size(name)
 
     def _check_size(self, name: str) -> None:
         e = self._entries[name]
-        out = Path(e.dir) / "out"
+        out = self._inside(Path(e.dir) / "out", tensor=name)
+        if not out.is_file():
+            raise TruncatedFileError("the out file is missing", path=out, tensor=name)
         want = math.prod(e.shape) * dtype_from_name(e.dtype).itemsize
         have = out.stat().st_size
         if have < want:
@@ -359,7 +378,11 @@ class OneFlowReader(FormatReader):
         dt = dtype_from_name(e.dtype)
         if math.prod(e.shape) == 0:
             return np.zeros(e.shape, dt)
-        return np.fromfile(os.path.join(e.dir, "out"), dtype=dt).reshape(e.shape)
+        out = self._inside(Path(e.dir) / "out", tensor=name)
+        try:
+            return np.fromfile(out, dtype=dt).reshape(e.shape)
+        except (OSError, ValueError) as exc:  # changed under us since the size check
+            raise TruncatedFileError(f"cannot read out: {exc}", path=out, tensor=name) from None
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -43,7 +43,6 @@ import mmap
 import os
 import struct
 import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,7 @@ from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write, write_span
 from weightvault.core.progress import progress_bar
-from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle
+from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle, short_repr
 from weightvault.errors import (
     CorruptFileError,
     InvalidHeaderError,
@@ -75,6 +74,7 @@ from weightvault.errors import (
     UnsupportedOperationError,
 )
 from weightvault.formats._common import span_of
+from weightvault.formats._zipmember import check_member, inflate, member_data_offset
 
 __all__ = ["PyTorchFormat", "PyTorchReader", "write_pytorch"]
 
@@ -190,9 +190,16 @@ class _TensorRef:
         return self.offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride)) + 1
 
 
+#: numpy (and torch) arrays have at most 64 dimensions
+MAX_DIMS = 64
+
+
 def _int_tuple(value: Any, what: str, path: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(type(v) is int and v >= 0 for v in value):
-        raise InvalidHeaderError(f"tensor {what} {value!r} is not a tuple of non-negative ints", path=path)
+        raise InvalidHeaderError(f"tensor {what} {short_repr(value)} is not a tuple of non-negative ints",
+                                 path=path)
+    if len(value) > MAX_DIMS:
+        raise InvalidHeaderError(f"tensor {what} has {len(value)} dimensions, more than {MAX_DIMS}", path=path)
     return tuple(value)
 
 
@@ -206,13 +213,16 @@ class _Rebuilders:
         if not isinstance(storage, _Storage):
             raise InvalidHeaderError(f"tensor rebuilt from a {type(storage).__name__}, not a storage", path=self.path)
         if type(offset) is not int or offset < 0:
-            raise InvalidHeaderError(f"tensor storage offset {offset!r} is invalid", path=self.path)
+            raise InvalidHeaderError(f"tensor storage offset {short_repr(offset)} is invalid", path=self.path)
         shape = _int_tuple(size, "size", self.path)
         strides = _int_tuple(stride, "stride", self.path)
         if len(shape) != len(strides):
             raise InvalidHeaderError(f"tensor size {shape} and stride {strides} differ in length", path=self.path)
         if dtype is None:
             raise InvalidHeaderError("tensor over an untyped storage without a dtype", path=self.path)
+        if math.prod(d for d in shape if d) * 16 >= 1 << 62:
+            # numpy refuses such a shape even with a zero dimension ("array is too big")
+            raise InvalidHeaderError(f"tensor size {short_repr(shape)} is too large for any array", path=self.path)
         return _TensorRef(storage, offset, shape, strides, dtype)
 
     def rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any) -> _TensorRef:
@@ -222,7 +232,7 @@ class _Rebuilders:
         self, storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
     ) -> _TensorRef:
         if not isinstance(dtype, _Dtype):
-            raise InvalidHeaderError(f"_rebuild_tensor_v3 got dtype {dtype!r}", path=self.path)
+            raise InvalidHeaderError(f"_rebuild_tensor_v3 got dtype {short_repr(dtype)}", path=self.path)
         return self._tensor(storage, offset, size, stride, _canonical_dtype(dtype.torch_name, self.path))
 
     def rebuild_parameter(self, data: Any, *_: Any) -> Any:
@@ -234,7 +244,7 @@ class _Rebuilders:
         # Tensor subclasses: only plain Tensor/Parameter are plain data; the state dict is ignored.
         if not isinstance(new_type, _TypeMarker) or not callable(func) or not isinstance(args, tuple):
             raise UnsafePickleError(
-                f"the pickle rebuilds a tensor of type {new_type!r}, a tensor subclass we do not know",
+                f"the pickle rebuilds a tensor of type {short_repr(new_type)}, a tensor subclass we do not know",
                 path=self.path,
                 hint=STATE_DICT_HINT,
             )
@@ -326,7 +336,7 @@ class _Record:
     info: zipfile.ZipInfo | None = None
 
 
-def _read_zip_records(f: BinaryIO, file_size: int, path: str) -> dict[str, _Record]:
+def _read_zip_records(f: BinaryIO, buf: Any, file_size: int, path: str) -> dict[str, _Record]:
     """Map record name -> where its bytes are, from the central directory and local headers."""
     try:
         zf = zipfile.ZipFile(f)
@@ -335,30 +345,13 @@ def _read_zip_records(f: BinaryIO, file_size: int, path: str) -> dict[str, _Reco
             f"the zip archive has no readable central directory ({exc}); the file is truncated or damaged",
             path=path,
         ) from None
-    except (OSError, ValueError, struct.error) as exc:
-        raise InvalidHeaderError(f"cannot read the zip directory: {exc}", path=path) from None
+    except (OSError, ValueError, struct.error, NotImplementedError, EOFError, OverflowError) as exc:
+        # NotImplementedError: "zip file version 9.9"; OSError/ValueError: offsets outside the file
+        raise InvalidHeaderError(f"cannot read the zip directory: {type(exc).__name__}: {exc}", path=path) from None
     records: dict[str, _Record] = {}
     for info in zf.infolist():
-        if info.header_offset + 30 > file_size:
-            raise TruncatedFileError(f"record {info.filename} starts past the end of the file", path=path)
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if len(local) != 30 or local[:4] != ZIP_MAGIC:
-            raise InvalidHeaderError(f"record {info.filename} has no local header at its offset", path=path)
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        data_offset = info.header_offset + 30 + name_len + extra_len
-        if data_offset + info.compress_size > file_size:
-            raise TruncatedFileError(
-                f"record {info.filename} needs bytes {data_offset}..{data_offset + info.compress_size} "
-                f"but the file has {file_size}",
-                path=path,
-            )
-        if info.compress_type != zipfile.ZIP_STORED and info.file_size > info.compress_size * 1032 + 1024:
-            # deflate cannot beat ~1032:1, so this size is a lie (a zip bomb): refuse before inflating
-            raise InvalidHeaderError(
-                f"record {info.filename} claims {info.file_size} bytes from {info.compress_size} compressed",
-                path=path,
-            )
+        data_offset = member_data_offset(buf, info, file_size, path=path)
+        check_member(info, path=path)
         if info.filename in records:
             raise InvalidHeaderError(f"record {info.filename} appears twice in the archive", path=path)
         records[info.filename] = _Record(
@@ -404,7 +397,7 @@ class PyTorchReader(FormatReader):
 
     # -- zip ---------------------------------------------------------------------------------------
     def _open_zip(self) -> Any:
-        self._records = _read_zip_records(self._file, self.size, self.path)
+        self._records = _read_zip_records(self._file, self._mmap, self.size, self.path)
         first = next(iter(self._records), "")
         prefix = first.split("/", 1)[0] if "/" in first else ""
         names = set(self._records)
@@ -461,14 +454,12 @@ class PyTorchReader(FormatReader):
         assert self._mmap is not None
         return memoryview(self._mmap)[record.data_offset : record.data_offset + record.size]
 
-    def _read_compressed(self, record: _Record) -> bytes:
-        # Not what torch writes, but a re-zipped archive still loads in torch; sizes come from the
-        # central directory and were checked against what the caller expects before this read.
-        try:
-            with zipfile.ZipFile(self._file) as zf:
-                return zf.read(record.info)  # type: ignore[arg-type]
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            raise TruncatedFileError(f"record {record.name} cannot be decompressed: {exc}", path=self.path) from None
+    def _read_compressed(self, record: _Record, tensor: str | None = None) -> bytes | bytearray:
+        # Not what torch writes, but a re-zipped archive still loads in torch. The declared size was
+        # checked against the compressed size at open; inflating stops one byte past it.
+        assert self._mmap is not None and record.info is not None
+        compressed = memoryview(self._mmap)[record.data_offset : record.data_offset + record.info.compress_size]
+        return inflate(compressed, record.info, path=self.path, tensor=tensor)
 
     # -- legacy stream -----------------------------------------------------------------------------
     def _open_legacy(self) -> Any:
@@ -746,7 +737,9 @@ class PyTorchReader(FormatReader):
 def _strided(raw: np.ndarray, start: int, dt: np.dtype, ref: _TensorRef) -> np.ndarray:
     # np.ndarray over the storage bytes (not as_strided) keeps ``raw`` as the base, so a writer can
     # see which tensors share a storage; numpy also re-checks that the view stays inside ``raw``.
-    strides = tuple(s * dt.itemsize for s in ref.stride)
+    # The stride of a dimension of size 0 or 1 is never followed; the file may make it huge, which
+    # numpy would refuse with an OverflowError, so it becomes 0.
+    strides = tuple(s * dt.itemsize if n > 1 else 0 for n, s in zip(ref.shape, ref.stride))
     return np.ndarray(ref.shape, dtype=dt, buffer=raw, offset=start, strides=strides)
 
 
@@ -761,14 +754,14 @@ def _parse_storage_pid(pid: Any, path: str) -> _Storage:
     if isinstance(pid, tuple) and pid and isinstance(pid[0], bytes):
         pid = tuple(p.decode("ascii") if isinstance(p, bytes) else p for p in pid)
     if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-        raise UnsafePickleError(f"unexpected persistent id {str(pid)[:80]}; only storages are allowed", path=path)
+        raise UnsafePickleError(f"unexpected persistent id {short_repr(pid)}; only storages are allowed", path=path)
     _, storage_type, key, _location, numel = pid
     if not isinstance(storage_type, _StorageType):
-        raise InvalidHeaderError(f"storage {key!r} has type {storage_type!r}", path=path)
-    if not isinstance(key, str) or not key or "/" in key or ".." in key:
-        raise InvalidHeaderError(f"storage key {key!r} is invalid", path=path)
+        raise InvalidHeaderError(f"storage {short_repr(key)} has type {short_repr(storage_type)}", path=path)
+    if not isinstance(key, str) or not key or "/" in key or ".." in key or "\x00" in key:
+        raise InvalidHeaderError(f"storage key {short_repr(key)} is invalid", path=path)
     if type(numel) is not int or numel < 0:
-        raise InvalidHeaderError(f"storage {key} has size {numel!r}", path=path)
+        raise InvalidHeaderError(f"storage {key} has size {short_repr(numel)}", path=path)
     return _Storage(key, storage_type.dtype, numel)
 
 
@@ -1347,6 +1340,28 @@ def _torch_file_source(tensors: Mapping[str, Any]) -> PyTorchReader | None:
     return None
 
 
+def _source_tree_spec(tensors: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tree spec of the reader behind ``tensors`` (a native checkpoint's manifest) when it is
+    more than a flat state dict and names exactly the tensors being written (nothing renamed)."""
+    from weightvault.core.tree import tensor_names
+
+    if not isinstance(tensors, LazyTensors) or isinstance(tensors.reader, PyTorchReader):
+        return None
+    manifest = getattr(tensors.reader, "manifest", None)
+    spec = manifest.get("tree") if isinstance(manifest, dict) else None
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("t") == "dict" and all(
+        node.get("t") == "tensor" and key == ["s", node.get("name")] for key, node in spec["items"]
+    ):
+        return None  # a flat state dict: written as the usual OrderedDict
+    try:
+        names = tensor_names(spec)
+    except (KeyError, TypeError):
+        return None
+    return spec if set(names) == set(tensors) else None
+
+
 def _object_to_write(
     tensors: Mapping[str, Any], structure: Any, metadata: Mapping[str, Any] | None
 ) -> tuple[Any, Mapping[str, Any] | None]:
@@ -1367,6 +1382,12 @@ def _object_to_write(
                 return unflatten(spec, fetch), tensors if is_lazy else None
         except (KeyError, ValueError, TypeError):
             pass
+    nested = _source_tree_spec(tensors)
+    if nested is not None:
+        # A native checkpoint of training state (model, optimizer, scheduler, step ...): write the
+        # nesting weightvault.load(framework="torch") returns, tensors still read one at a time.
+        fetch = (lambda n: _LazyName(n)) if is_lazy else (lambda n: tensors[n])
+        return unflatten(nested, fetch), tensors if is_lazy else None
     flat = OrderedDict()
     for name in tensors:
         flat[name] = _LazyName(name) if is_lazy else tensors[name]
