@@ -395,7 +395,12 @@ class TFBundleReader(FormatReader):
         try:
             with open(self.index_path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            named = os.fspath(self.path)
+            if os.path.isfile(named) and not named.endswith(".index") and not _DATA_RE.match(named):
+                raise InvalidHeaderError(  # e.g. --format tf_bundle on another kind of file
+                    f"not a TensorFlow checkpoint (no {os.path.basename(self.index_path)} beside it)", path=named,
+                ) from None
             raise TruncatedFileError(
                 "TensorFlow checkpoint index not found", path=self.index_path,
                 hint="pass a checkpoint prefix, its .index file, or a directory with a `checkpoint` file",
