@@ -405,7 +405,7 @@ class TFGraphFormat(Format):
                             f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
                             path=path, tensor=name,
                         )
-                    arr = np.ascontiguousarray(arr, dtype=old.dtype)
+                    arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
                     out.message(1, _replace_node(value, arr, code))
                     used.add(name)
                 else:
