@@ -130,12 +130,8 @@ class CheckpointState:
             return None
         full = p if os.path.isabs(p) else os.path.join(self.directory, p)
         real_root = os.path.realpath(self.directory)
-        real = os.path.realpath(full)
-        if os.path.commonpath([real_root, real]) != real_root:
-            return None
-        for suffix in (".index", ""):  # the .index itself may be a link out of the directory
-            target = os.path.realpath(full + suffix)
-            if os.path.commonpath([real_root, target]) != real_root:
+        for suffix in ("", ".index"):  # the .index itself may be a link out of the directory
+            if os.path.commonpath([real_root, os.path.realpath(full + suffix)]) != real_root:
                 return None
         return full
 
