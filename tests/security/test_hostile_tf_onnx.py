@@ -24,7 +24,7 @@ import weightvault
 from weightvault import errors
 from weightvault.core.protobuf import Writer, get_bytes, get_message, get_messages, get_str, iter_fields, parse
 from weightvault.core.sstable import read_table, write_table
-from weightvault.formats.tf_bundle import BundleEntry, _parse_entry
+from weightvault.formats.tf_bundle import BundleEntry, _parse_entry, encode_tensor_name_slice
 
 #: what reading a refused file may allocate at most (the claims below are GiB to EiB)
 _PEAK_LIMIT = 64 << 20
@@ -210,16 +210,31 @@ def test_partitioned_variable_full_shape_lies_32_gib(run: Path, cli_run: Any) ->
         e.shape = (1 << 31, 4)
 
     _rewrite_entry(run / "model.ckpt.index", "w", lie)
-    _assert_refused(run, cli_run, error=errors.InvalidOffsetError, tensor="w")
+    _assert_refused(run, cli_run, error=errors.InvalidOffsetError, match="elements", tensor="w")
 
 
-def test_partitioned_variable_slices_cover_64_gib(run: Path, cli_run: Any) -> None:
-    def lie(e: BundleEntry) -> None:  # slices claim to span the whole first dimension of a 64 GiB shape
-        e.shape = (1 << 34, 1)
-        e.slices = [[(0, -1), (0, -1)]]
+def test_partitioned_variable_full_shape_lies_64_gib(run: Path, cli_run: Any) -> None:
+    def lie(e: BundleEntry) -> None:  # 64 GiB of float32 rows; the two slices TF wrote stay valid
+        e.shape = ((64 << 30) // 12, 3)
 
     _rewrite_entry(run / "model.ckpt.index", "w", lie)
-    _assert_refused(run, cli_run, tensor="w")
+    _assert_refused(run, cli_run, error=errors.InvalidOffsetError, match="elements", tensor="w")
+
+
+def test_partitioned_variable_slice_spec_lies(run: Path, cli_run: Any) -> None:
+    """A slice claiming 2^31 rows whose entry holds 65 rows: refused before the 24 GiB array."""
+    big = [(65, (1 << 31) - 65), (0, 3)]
+
+    def lie(e: BundleEntry) -> None:
+        e.shape = (1 << 31, 3)
+        e.slices = [[(0, 65), (0, 3)], big]
+
+    _rewrite_entry(run / "model.ckpt.index", "w", lie)
+    index = run / "model.ckpt.index"
+    old = encode_tensor_name_slice("w", [(65, 65), (0, 3)])
+    new = encode_tensor_name_slice("w", big)
+    index.write_bytes(write_table(sorted((new if k == old else k, v) for k, v in read_table(index.read_bytes()))))
+    _assert_refused(run, cli_run, error=errors.InvalidOffsetError, match="needs", tensor="w")
 
 
 def test_partitioned_variable_slice_outside_shape(run: Path, cli_run: Any) -> None:
