@@ -470,6 +470,7 @@ def test_forced_format_on_a_pytorch_file(tmp_path: Path, fmt: str, cli_run: Any)
 def _mutate(data: bytes, rng: random.Random) -> bytes:
     b = bytearray(data)
     for _ in range(rng.randint(1, 4)):
+        b = b or bytearray(1)
         i = rng.randrange(len(b))
         r = rng.random()
         if r < 0.5:

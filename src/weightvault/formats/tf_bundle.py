@@ -395,7 +395,8 @@ class TFBundleReader(FormatReader):
             named = os.fspath(self.path)
             if os.path.isfile(named) and not named.endswith(".index") and not _DATA_RE.match(named):
                 raise InvalidHeaderError(  # e.g. --format tf_bundle on another kind of file
-                    f"not a TensorFlow checkpoint (no {os.path.basename(self.index_path)} beside it)", path=named,
+                    f"not a TensorFlow checkpoint (no {os.path.basename(self.index_path)} beside it)",
+                    path=named,
                 ) from None
             raise TruncatedFileError(
                 "TensorFlow checkpoint index not found", path=self.index_path,
@@ -480,7 +481,11 @@ class TFBundleReader(FormatReader):
         graph = self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)
         if graph.size != 1:
             return
-        mapping = object_graph_names(graph[0], path=self.index_path)
+        try:
+            mapping = object_graph_names(graph[0], path=self.index_path)
+        except ProtobufDecodeError as exc:
+            raise InvalidHeaderError(f"bad object graph: {exc.message}", path=self.index_path,
+                                     tensor=OBJECT_GRAPH_KEY) from None
         taken: dict[str, int] = {}
         for key in self._numeric:
             name = mapping.get(key)
@@ -618,7 +623,8 @@ class TFBundleReader(FormatReader):
             # Pairwise overlap test: cheap for the few partitions TF writes, bounded for hostile files
             # (past that the element count alone guards the allocation, and gaps stay zero).
             for other, _ in plan[:_MAX_OVERLAP_CHECKS]:
-                if all(a.start < b.stop and b.start < a.stop for a, b in zip(index, other)) and math.prod(shape):
+                overlap = all(a.start < b.stop and b.start < a.stop for a, b in zip(index, other))
+                if overlap and math.prod(shape):
                     raise InvalidOffsetError("two slices of the partitioned variable overlap",
                                              path=self.index_path, tensor=entry.key)
             covered += math.prod(shape)
@@ -810,7 +816,9 @@ def _string_data_crc(blob: bytes, count: int) -> int:
         n, pos = decode_varint(blob, pos)
         lengths.append(n)
     if pos + 4 + sum(lengths) != len(blob):  # also keeps _lengths_crc from huge (>64-bit) lengths
-        raise InvalidOffsetError(f"string tensor holds {len(blob)} bytes, its lengths need {pos + 4 + sum(lengths)}")
+        raise InvalidOffsetError(
+            f"string tensor holds {len(blob)} bytes, its lengths need {pos + 4 + sum(lengths)}"
+        )
     return crc32c(blob[pos:], _lengths_crc(lengths))
 
 

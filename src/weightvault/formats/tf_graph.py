@@ -336,6 +336,38 @@ def _const_node(name: str, arr: np.ndarray) -> bytes:
     return w.tobytes()
 
 
+def _replace_consts(
+    out: Writer, data: Any, tensors: Mapping[str, np.ndarray], template: Any, path: Any
+) -> set[str]:
+    """Copy the template's fields into ``out``, replacing the values of the Consts in ``tensors``."""
+    from weightvault.formats._common import fetch_array
+
+    used: set[str] = set()
+    for field, wire, value in iter_fields(data, path=template):
+        if field != 1 or wire != LEN:
+            out.field(field, wire, value)
+            continue
+        node = parse(value, path=template)
+        name, op = get_str(node, 1), get_str(node, 2)
+        if op == "Const" and name in tensors:
+            attrs = _attrs(node, template)
+            code = get_int(attrs.get("dtype", Message()), 6)
+            value_proto = get_bytes(attrs.get("value", Message()), 8)
+            old = decode_tensor_proto(value_proto, path=template, tensor=name)
+            arr = fetch_array(tensors, name)
+            if tuple(arr.shape) != old.shape:
+                raise ShapeMismatchError(
+                    f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
+                    path=path, tensor=name,
+                )
+            arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
+            out.message(1, _replace_node(value, arr, code))
+            used.add(name)
+        else:
+            out.message(1, value)
+    return used
+
+
 class TFGraphFormat(Format):
     name = "tf_graph"
     description = "TensorFlow frozen GraphDef (.pb, weights in Const nodes) or TF1 MetaGraphDef (.meta)"
@@ -388,28 +420,12 @@ class TFGraphFormat(Format):
         else:
             with open(template, "rb") as f:
                 data = memoryview(f.read())
-            used = set()
-            for field, wire, value in iter_fields(data, path=template):
-                if field != 1 or wire != LEN:
-                    out.field(field, wire, value)
-                    continue
-                node = parse(value, path=template)
-                name, op = get_str(node, 1), get_str(node, 2)
-                if op == "Const" and name in tensors:
-                    attrs = _attrs(node, template)
-                    code = get_int(attrs.get("dtype", Message()), 6)
-                    old = decode_tensor_proto(get_bytes(attrs["value"], 8), path=template, tensor=name)
-                    arr = fetch_array(tensors, name)
-                    if tuple(arr.shape) != old.shape:
-                        raise ShapeMismatchError(
-                            f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
-                            path=path, tensor=name,
-                        )
-                    arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
-                    out.message(1, _replace_node(value, arr, code))
-                    used.add(name)
-                else:
-                    out.message(1, value)
+            try:
+                used = _replace_consts(out, data, tensors, template, path)
+            except ProtobufDecodeError as exc:
+                raise InvalidHeaderError(
+                    f"template is not a GraphDef: {exc.message}", path=template
+                ) from None
             missing = [n for n in tensors if n not in used]
             if strict and missing:
                 raise TensorNotFoundError(
