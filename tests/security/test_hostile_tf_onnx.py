@@ -203,6 +203,8 @@ def test_index_linked_out_of_the_directory(run: Path, cli_run: Any) -> None:
 def test_state_file_nested_too_deep(run: Path, cli_run: Any) -> None:
     (run / "checkpoint").write_text("model_checkpoint_path: \"model.ckpt\"\n" + "a {" * 50_000 + "}" * 50_000)
     _assert_refused(run, cli_run, error=errors.ResourceLimitError, match="nested")
+    with weightvault.open(run / "model.ckpt") as r:  # the prefix named directly still reads
+        assert "checkpoints" not in r.metadata and sorted(r.keys()) == ["b", "w"]
 
 
 def test_partitioned_variable_full_shape_lies_32_gib(run: Path, cli_run: Any) -> None:

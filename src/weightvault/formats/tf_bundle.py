@@ -208,7 +208,11 @@ def resolve_prefix(path: str | os.PathLike[str]) -> tuple[str, CheckpointState |
         return resolve_prefix(os.path.dirname(p) or ".")
     else:
         prefix = p
-    return prefix, CheckpointState.read(os.path.dirname(prefix) or ".")
+    try:  # a named prefix does not need the state file: a broken one only loses the listing
+        state = CheckpointState.read(os.path.dirname(prefix) or ".")
+    except CorruptFileError:
+        state = None
+    return prefix, state
 
 
 # -- slices (partitioned variables) -------------------------------------------------------------------
