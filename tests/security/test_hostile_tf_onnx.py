@@ -255,7 +255,7 @@ def test_unknown_dtype_names_file_and_tensor(run: Path, cli_run: Any) -> None:
     _assert_refused(run, cli_run, error=errors.UnknownDtypeError, tensor="b")
 
 
-def test_string_tensor_length_overflow(tf: Any, tmp_path: Path, cli_run: Any) -> None:
+def test_string_tensor_length_overflow(tf: Any, tmp_path: Path) -> None:
     """A 10-byte varint string length (2^69) used to reach an OverflowError in the CRC of lengths."""
     prefix = tmp_path / "s" / "ckpt"
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=["names", "x"], shape_and_slices=["", ""],
