@@ -447,6 +447,27 @@ def test_onnx_typed_data_claiming_a_huge_shape(tmp_path: Path, cli_run: Any) -> 
     _assert_refused(p, cli_run, error=errors.InvalidOffsetError, match="needs", tensor="w")
 
 
+def test_onnx_typed_data_counted_before_decoding(tmp_path: Path) -> None:
+    """A million int64_data varints for a [1] tensor are refused on their byte count, not decoded
+    into a million Python ints first."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    t = onnx.TensorProto(name="w", data_type=onnx.TensorProto.INT64, dims=[1])
+    t.int64_data.extend(range(1 << 20))
+    p = tmp_path / "many.onnx"
+    onnx.save_model(helper.make_model(helper.make_graph([], "g", [], [], [t])), str(p))
+    with weightvault.open(p) as r:
+        tracemalloc.start()
+        try:
+            with pytest.raises(errors.InvalidOffsetError, match="1048576 values"):
+                r.get("w")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
 def test_onnx_float_data_with_a_wide_value(tmp_path: Path, cli_run: Any) -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import helper
