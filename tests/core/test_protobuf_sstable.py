@@ -59,3 +59,41 @@ def test_tables_round_trip_byte_identically(fixtures_dir: Path) -> None:
     for index in sorted((fixtures_dir / "tensorflow").glob("*/*.index")):
         data = index.read_bytes()
         assert write_table(read_table(data)) == data, index.name
+
+
+def test_text_format_nesting_is_bounded() -> None:
+    from weightvault.core.limits import MAX_NESTING
+    from weightvault.errors import ResourceLimitError
+
+    ok = "a {" * MAX_NESTING + "}" * MAX_NESTING
+    assert parse_text(ok)["a"]
+    with pytest.raises(ResourceLimitError, match="nested"):
+        parse_text("a {" * 100_000, path="deep.txt")
+    with pytest.raises(ProtobufDecodeError, match="hex"):
+        parse_text('a: "\\x"')
+
+
+def test_wrong_wire_types_are_decode_errors() -> None:
+    """Values wider than their field used to escape as OverflowError."""
+    from weightvault.core.protobuf import get_float
+
+    wide = parse(Writer().varint(4, 1 << 40).tobytes())
+    with pytest.raises(ProtobufDecodeError, match="wider"):
+        get_packed(wide, 4, "float")
+    with pytest.raises(ProtobufDecodeError):
+        get_float(parse(Writer().varint(1, 1 << 65).tobytes()), 1)
+    # a 10-byte varint carries bits past 64; protobuf keeps the low 64 as uint64
+    ten = parse(b"\x08" + b"\xff" * 9 + b"\x7f")
+    assert get_packed(ten, 1, "uint64").tolist() == [2**64 - 1]
+    assert get_packed(parse(Writer().fixed32(4, 0x3F800000).tobytes()), 4, "float").tolist() == [1.0]
+
+
+def test_snappy_rejects_truncated_and_overlong_blocks() -> None:
+    from weightvault.core.sstable import snappy_decompress
+    from weightvault.errors import InvalidHeaderError
+
+    assert snappy_decompress(b"\x05\x10hello") == b"hello"
+    assert snappy_decompress(b"\x06\x04ab\x01\x02") == b"ababab"  # a copy overlapping its output
+    for bad in (b"\x05\x10hel", b"\x09\x04ab\x01", b"\x04\x04ab\x0a\x02", b"\x02\x10hello", b"\x05\xf0"):
+        with pytest.raises(InvalidHeaderError):
+            snappy_decompress(bad)

@@ -314,3 +314,76 @@ class TestTFBundleConformance(FormatTests):
     dtypes = ("float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "int32",
               "uint32", "int64", "uint64", "bool", "complex64", "complex128")
     name_style = "slashed"
+
+
+# -- #12: the state file never leads out of the directory ---------------------------------------------
+def test_copied_saver_directory_reads_its_own_files(tf: Any, tmp_path: Path) -> None:
+    """A TF1 Saver records absolute paths; a copy of the run directory reads the copy's files."""
+    import shutil
+
+    values = _tf1_checkpoint(tf, tmp_path / "orig" / "model.ckpt")
+    assert str(tmp_path / "orig") in (tmp_path / "orig" / "checkpoint").read_text()
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    (tmp_path / "orig" / "model.ckpt-7.data-00000-of-00001").write_bytes(b"")  # the original is gone
+    with weightvault.open(tmp_path / "copy") as r:
+        assert r.prefix == str(tmp_path / "copy" / "model.ckpt-7")
+        np.testing.assert_array_equal(r.get("part"), values["part"])
+        listed = r.metadata["checkpoints"][0]
+        assert listed["outside_directory"] and not listed["exists"]
+
+
+def test_state_file_path_leaving_the_directory_is_refused(tf: Any, tmp_path: Path) -> None:
+    _tf1_checkpoint(tf, tmp_path / "other" / "model.ckpt")
+    run = tmp_path / "run"
+    run.mkdir()
+    TFBundleFormat.write(run, {"w": np.ones(2, np.float32)})
+    for bad in ("../other/model.ckpt-7", str(tmp_path / "other" / "model.ckpt-7"), "a\\000b"):
+        (run / "checkpoint").write_text(f'model_checkpoint_path: "{bad}"\n')
+        with pytest.raises(InvalidHeaderError, match="leaves the checkpoint directory") as exc:
+            weightvault.open(run)
+        assert exc.value.path == str(run / "checkpoint")
+    (run / "checkpoint").write_text('model_checkpoint_path: "ckpt"\n')  # relative, inside: fine
+    with weightvault.open(run) as r:
+        assert r.keys() == ["w"]
+
+
+# -- #13.15: slice keys at OrderedCode's one/two/three-byte boundaries -------------------------------
+_BOUNDARY_VARIABLES = {  # name: (shape, partitions, axis) -> slice starts/lengths 63..65, 127/128, 8192/8193
+    "a": ((128, 3), 2, 0), "b": ((129, 2), 2, 0), "c": ((191, 2), 3, 0), "d": ((255, 1), 2, 0),
+    "e": ((16385, 1), 2, 0), "f": ((2, 127), 2, 1),
+}  # fmt: skip
+
+
+def test_partitioned_variables_at_varint_boundaries(tf: Any, tmp_path: Path) -> None:
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {}
+        for name, (shape, parts, axis) in _BOUNDARY_VARIABLES.items():
+            init = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) - 1000
+            variables[name] = tf.compat.v1.get_variable(
+                name, initializer=tf.constant(init),
+                partitioner=tf.compat.v1.fixed_size_partitioner(parts, axis=axis),
+            )
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "tf" / "m"))
+    index = (tmp_path / "tf" / "m.index").read_bytes()
+    slice_keys = {k for k, _ in read_table(index) if k[:1] == b"\x00"}
+    for edge in ((64, 64), (65, 64), (128, 63), (128, 127), (8193, 8192)):
+        name = {(64, 64): "a", (65, 64): "b", (128, 63): "c", (128, 127): "d", (8193, 8192): "e"}[edge]
+        width = _BOUNDARY_VARIABLES[name][0][1]
+        assert encode_tensor_name_slice(name, [edge, (0, width)]) in slice_keys, (name, edge)
+    assert encode_tensor_name_slice("f", [(0, 2), (64, 63)]) in slice_keys
+    reader = tf.train.load_checkpoint(str(tmp_path / "tf" / "m"))
+    with weightvault.open(tmp_path / "tf" / "m") as r:
+        assert sorted(r.keys()) == sorted(_BOUNDARY_VARIABLES)
+        ours = {name: r.get(name) for name in r.keys()}
+    for name in _BOUNDARY_VARIABLES:
+        np.testing.assert_array_equal(ours[name], reader.get_tensor(name), err_msg=name)
+    # Written back (as whole tensors), TF's Saver restores them into the partitioned variables.
+    (tmp_path / "ours").mkdir()
+    TFBundleFormat.write(tmp_path / "ours", ours)
+    with graph.as_default(), tf.compat.v1.Session() as sess:
+        tf.compat.v1.train.Saver().restore(sess, str(tmp_path / "ours" / "ckpt"))
+        for name, var in variables.items():
+            np.testing.assert_array_equal(sess.run(tf.convert_to_tensor(var)), ours[name], err_msg=name)

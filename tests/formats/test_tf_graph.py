@@ -146,3 +146,53 @@ def test_garbage_pb_is_rejected(tmp_path: Path) -> None:
     p.write_bytes(b"\x0a\xff\xff\xff\x0f" + b"junk")
     with pytest.raises(InvalidHeaderError):
         TFGraphFormat.open(p)
+
+
+# -- #13.2: scalar Consts survive a rewrite -----------------------------------------------------------
+def _freeze_concat_graph(tf: Any, path: Path) -> dict[str, np.ndarray]:
+    """A frozen graph with variables, a tf.concat (its axis is a 0-d int32 Const) and a 0-d float
+    Const, frozen by TensorFlow; returns the frozen Const values."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="x")
+        w = tf.compat.v1.get_variable("w", initializer=np.arange(12, dtype=np.float32).reshape(4, 3) / 7)
+        b = tf.compat.v1.get_variable("b", initializer=np.array([0.5, -1.0, 2.0], np.float32))
+        scale = tf.constant(1.25, name="scale")  # 0-d float Const
+        h = tf.matmul(x, w) + b
+        tf.concat([h * scale, h], axis=1, name="y")  # axis: 0-d int32 Const
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["y"])
+    path.write_bytes(frozen.SerializeToString())
+    with weightvault.open(path) as r:
+        return {name: r.get(name) for name in r.keys()}
+
+
+def _run_graph(tf: Any, path: Path, x: np.ndarray) -> np.ndarray:
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    with tf.Graph().as_default() as graph:
+        tf.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            return sess.run("y:0", feed_dict={"x:0": x})
+
+
+def test_rewrite_keeps_scalar_consts_and_runs_in_tensorflow(tf: Any, tmp_path: Path, cli_run: Any) -> None:
+    frozen = tmp_path / "frozen.pb"
+    consts = _freeze_concat_graph(tf, frozen)
+    scalars = [n for n, v in consts.items() if v.shape == ()]
+    assert "scale" in scalars and any(n.endswith("axis") for n in scalars)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    want = _run_graph(tf, frozen, x)
+    direct, via_npz = tmp_path / "direct.pb", tmp_path / "via.pb"
+    for args in (("convert", frozen, direct, "--template", frozen),
+                 ("convert", frozen, tmp_path / "w.npz"),
+                 ("convert", tmp_path / "w.npz", via_npz, "--template", frozen)):
+        code, _, err = cli_run(*args)
+        assert code == 0, err
+    for out in (direct, via_npz):
+        with weightvault.open(out) as r:
+            for name in scalars:
+                assert r.info(name).shape == (), (out.name, name)
+                np.testing.assert_array_equal(r.get(name), consts[name])
+        np.testing.assert_array_equal(_run_graph(tf, out, x), want)

@@ -38,6 +38,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from weightvault.core.limits import check_depth
 from weightvault.errors import InvalidHeaderError
 
 __all__ = [
@@ -249,10 +250,12 @@ def get_float(msg: dict[int, list[Value]], field: int, default: float = 0.0) -> 
         return default
     v = values[-1]
     wire = getattr(msg, "wire_types", {}).get(field)
-    if not isinstance(v, int):
+    if not isinstance(v, int) or wire not in (FIXED32, FIXED64, None):
         raise ProtobufDecodeError(f"protobuf field {field} should be a float")
     if wire == FIXED32:
         return float(struct.unpack("<f", v.to_bytes(4, "little"))[0])
+    if v >> 64:
+        raise ProtobufDecodeError(f"protobuf field {field} should be a float")
     return float(struct.unpack("<d", v.to_bytes(8, "little"))[0])
 
 
@@ -299,6 +302,10 @@ def get_packed(msg: dict[int, list[Value]], field: int, kind: str, *, path: Any 
         chunks: list[np.ndarray] = []
         for v in values:
             if isinstance(v, int):  # unpacked: one fixed value per tag
+                if v >> (8 * dt.itemsize):  # a varint or fixed64 where a fixed32 belongs
+                    raise ProtobufDecodeError(
+                        f"{kind} field {field} holds a value wider than {dt.itemsize} bytes", path=path
+                    )
                 chunks.append(np.frombuffer(v.to_bytes(dt.itemsize, "little"), dtype=dt))
             else:
                 if len(v) % dt.itemsize:
@@ -323,8 +330,8 @@ def get_packed(msg: dict[int, list[Value]], field: int, kind: str, *, path: Any 
                 ints.append(x)
     if kind in ("sint32", "sint64"):
         return np.array([zigzag_decode(x) for x in ints], dtype=np.int64)
-    if kind in ("uint32", "uint64"):
-        return np.array(ints, dtype=np.uint64)
+    if kind in ("uint32", "uint64"):  # a 10-byte varint may carry bits past 64: protobuf drops them
+        return np.array([x & 0xFFFFFFFFFFFFFFFF for x in ints], dtype=np.uint64)
     if kind == "bool":
         return np.array([x != 0 for x in ints], dtype=np.bool_)
     return np.array([to_int64(x) for x in ints], dtype=np.int64)
@@ -467,6 +474,8 @@ def _unescape(s: str, *, path: Any) -> bytes:
             j = i + 2
             while j < len(s) and j < i + 4 and s[j] in "0123456789abcdefABCDEF":
                 j += 1
+            if j == i + 2:
+                raise ProtobufDecodeError("text proto string has \\x without hex digits", path=path)
             out.append(int(s[i + 2 : j], 16))
             i = j
         else:
@@ -557,8 +566,9 @@ def parse_text(text: str, *, path: Any = None) -> dict[str, list[Any]]:
     tokens = list(_tokenize(text, path))
     pos = 0
 
-    def parse_block(closing: str | None) -> dict[str, list[Any]]:
+    def parse_block(closing: str | None, depth: int = 0) -> dict[str, list[Any]]:
         nonlocal pos
+        check_depth(depth, path=path, what="text proto sub-message")
         out: dict[str, list[Any]] = {}
         while pos < len(tokens):
             tok = tokens[pos]
@@ -577,7 +587,7 @@ def parse_text(text: str, *, path: Any = None) -> dict[str, list[Any]]:
             tok = tokens[pos]
             if tok in ("{", "<"):
                 pos += 1
-                out.setdefault(name, []).append(parse_block("}" if tok == "{" else ">"))
+                out.setdefault(name, []).append(parse_block("}" if tok == "{" else ">", depth + 1))
             elif tok == "[":
                 pos += 1
                 while pos < len(tokens) and tokens[pos] != "]":

@@ -169,14 +169,18 @@ def snappy_decompress(data: bytes, *, path: Any = None) -> bytes:
             length = tag >> 2
             if length >= 60:
                 extra = length - 59
+                if pos + extra > end:
+                    raise InvalidHeaderError("snappy literal length runs past the block", path=path)
                 length = int.from_bytes(data[pos : pos + extra], "little")
                 pos += extra
             length += 1
-            if pos + length > end:
+            if pos + length > end or len(out) + length > n:
                 raise InvalidHeaderError("snappy literal runs past the block", path=path)
             out += data[pos : pos + length]
             pos += length
             continue
+        if pos + (1, 2, 4)[kind - 1] > end:
+            raise InvalidHeaderError("snappy copy runs past the block", path=path)
         if kind == 1:
             length = ((tag >> 2) & 7) + 4
             offset = ((tag >> 5) << 8) | data[pos]
@@ -191,6 +195,8 @@ def snappy_decompress(data: bytes, *, path: Any = None) -> bytes:
             pos += 4
         if offset == 0 or offset > len(out):
             raise InvalidHeaderError("snappy copy refers before the start of the block", path=path)
+        if len(out) + length > n:
+            raise InvalidHeaderError(f"snappy block decodes past its {n} bytes", path=path)
         for _ in range(length):  # copies may overlap their own output
             out.append(out[-offset])
     if len(out) != n:

@@ -213,6 +213,20 @@ def _parse_tensor(buf: Any, start: int, end: int, *, path: str) -> tuple[_OnnxTe
     return t, name, data_type
 
 
+def _typed_count(values: list[Any], kind: str) -> int:
+    """How many values a typed field holds, counted on its bytes (a varint ends on a byte < 0x80)."""
+    itemsize = {"float": 4, "double": 8}.get(kind)
+    count = 0
+    for v in values:
+        if isinstance(v, int):
+            count += 1
+        elif itemsize is not None:
+            count += -(-len(v) // itemsize)  # a ragged tail is counted, then refused by get_packed
+        else:
+            count += int(np.count_nonzero(np.frombuffer(v, np.uint8) < 0x80))
+    return count
+
+
 # -- reading ------------------------------------------------------------------------------------------
 class OnnxReader(FormatReader):
     format_name = "onnx"
@@ -238,7 +252,15 @@ class OnnxReader(FormatReader):
     def _parse_model(self, size: int) -> None:
         buf = self._mmap
         graphs = []
-        for f in _fields(buf, 0, size, path=self.path):
+        try:
+            top = list(_fields(buf, 0, size, path=self.path))
+        except (InvalidHeaderError, TruncatedFileError) as exc:
+            if isinstance(exc, TruncatedFileError) and buf[0] == 0x08:  # starts as a ModelProto
+                raise
+            # The outermost message does not parse: a file of another kind, which says more than
+            # the field that failed.
+            raise InvalidHeaderError(f"not an ONNX model ({exc.message})", path=self.path) from None
+        for f in top:
             if f.number == M_GRAPH and f.wire == LEN:
                 graphs.append(f)
             elif f.number == M_IR and f.wire == VARINT:
@@ -303,8 +325,18 @@ class OnnxReader(FormatReader):
 
     def _typed(self, t: _OnnxTensor, dt: np.dtype, count: int) -> np.ndarray:
         fnum, kind = _TYPED_FIELD.get(t.dtype, (T_INT32, "int32"))
-        values = get_packed(t.typed, fnum, kind, path=self.path)
         want = count * (2 if t.dtype.startswith("complex") else 1)
+        stored = _typed_count(t.typed.get(fnum, []), kind)
+        if stored != want:  # checked on the stored bytes, before decoding or allocating anything
+            raise InvalidOffsetError(
+                f"typed data field {fnum} has {stored} values, shape {t.shape} needs {want}",
+                path=self.path,
+                tensor=t.name,
+            )
+        try:
+            values = get_packed(t.typed, fnum, kind, path=self.path)
+        except InvalidHeaderError as exc:
+            raise InvalidHeaderError(exc.message, path=self.path, tensor=t.name) from None
         if values.size != want:
             raise InvalidOffsetError(
                 f"typed data field {fnum} has {values.size} values, shape {t.shape} needs {want}",
@@ -329,8 +361,7 @@ class OnnxReader(FormatReader):
         """(location, offset) of an external tensor, its file opened and the span checked."""
         assert t.external is not None
         location = t.external["location"]
-        root = os.path.dirname(os.path.abspath(self.path))
-        full = safe_relative(root, location, path=self.path, tensor=t.name)
+        full = self._external_file(location, t.name)
         if location not in self._ext:
             if not os.path.isfile(full):
                 raise TruncatedFileError(f"external data file {location!r} is missing", path=self.path, tensor=t.name)
@@ -357,6 +388,24 @@ class OnnxReader(FormatReader):
                 tensor=t.name,
             )
         return location, offset
+
+    def _external_file(self, location: str, tensor: str) -> str:
+        """The external data file: a relative name inside the model's directory (no ``..``, NUL,
+        absolute path, directory, or link leading elsewhere)."""
+        root = os.path.dirname(os.path.abspath(self.path))
+        try:
+            return safe_relative(root, location, path=self.path, tensor=tensor)
+        except InvalidHeaderError as exc:
+            # A model file that is itself a link (the Hugging Face cache links snapshots/<rev>/* to
+            # blobs/) has its data linked the same way: accept a link that lands beside the model's
+            # own target, and nothing else.
+            if "resolves outside" not in exc.message or not os.path.islink(self.path):
+                raise
+            real_home = os.path.dirname(os.path.realpath(self.path))
+            full = os.path.join(root, *location.replace("\\", "/").split("/"))
+            if os.path.commonpath([real_home, os.path.realpath(full)]) != real_home:
+                raise
+            return full
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """``raw_data`` in the model file or external data: little-endian, row-major bytes."""

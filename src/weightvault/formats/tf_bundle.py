@@ -47,6 +47,7 @@ from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, V
 from weightvault.core.crc32c import crc32c, mask, unmask
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write
+from weightvault.core.limits import check_expansion
 from weightvault.core.protobuf import (
     ProtobufDecodeError,
     Writer,
@@ -98,6 +99,7 @@ TF_CODES: dict[str, int] = {name: code for code, name in TF_DTYPES.items()}
 DT_STRING = 7
 _TF_DTYPE_NAMES = {7: "string", 20: "resource", 21: "variant", 27: "float8_e4m3b11fnuz", 29: "int4", 30: "uint4"}
 
+_MAX_OVERLAP_CHECKS = 1024
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-(?P<shard>\d{5})-of-(?P<n>\d{5})$")
 
 
@@ -109,32 +111,73 @@ def data_file_name(prefix: str, shard: int, num_shards: int) -> str:
 # -- locating the checkpoint --------------------------------------------------------------------------
 @dataclass
 class CheckpointState:
-    """The ``checkpoint`` text file of a run directory."""
+    """The ``checkpoint`` text file of a run directory.
+
+    Its paths are relative to the directory (``tf.train.Checkpoint``, a ``Saver`` given a relative
+    prefix) or absolute (a ``Saver`` given an absolute prefix, so a copied run directory names the
+    old place). Nothing outside the directory is ever read: :meth:`resolve` answers ``None`` for a
+    path that leaves it.
+    """
 
     directory: str
     model_checkpoint_path: str | None = None
     all_model_checkpoint_paths: list[str] = field(default_factory=list)
     timestamps: list[float] = field(default_factory=list)
 
-    def resolve(self, p: str) -> str:
-        return p if os.path.isabs(p) else os.path.join(self.directory, p)
+    def resolve(self, p: str) -> str | None:
+        """The full prefix of ``p`` when it lies inside the directory (after links), else None."""
+        if not p or "\x00" in p:
+            return None
+        full = p if os.path.isabs(p) else os.path.join(self.directory, p)
+        real_root = os.path.realpath(self.directory)
+        for suffix in ("", ".index"):  # the .index itself may be a link out of the directory
+            if os.path.commonpath([real_root, os.path.realpath(full + suffix)]) != real_root:
+                return None
+        return full
+
+    def current_prefix(self) -> str:
+        """The prefix ``model_checkpoint_path`` names, refusing one outside the directory.
+
+        An absolute path to another place whose file name exists here is a run directory that was
+        copied or moved (TF1 ``Saver`` records absolute paths): that name here is meant.
+        """
+        p = self.model_checkpoint_path or ""
+        full = self.resolve(p)
+        if full is not None:
+            return full
+        state_file = os.path.join(self.directory, "checkpoint")
+        if os.path.isabs(p) and "\x00" not in p:
+            moved = self.resolve(os.path.basename(p))
+            if moved is not None and os.path.isfile(moved + ".index"):
+                return moved
+        raise InvalidHeaderError(
+            f"model_checkpoint_path {p!r} leaves the checkpoint directory", path=state_file,
+            hint="name the checkpoint prefix or its .index file instead of the directory",
+        )
 
     @classmethod
     def read(cls, directory: str) -> CheckpointState | None:
         path = os.path.join(directory, "checkpoint")
         if not os.path.isfile(path):
             return None
+        real_root = os.path.realpath(directory)
+        if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+            raise InvalidHeaderError("the `checkpoint` state file links outside its directory", path=path)
         with open(path, "rb") as f:
             raw = f.read(1 << 20)
         try:
             doc = parse_text(raw.decode("utf-8", "replace"), path=path)
         except ProtobufDecodeError:
             return None
+        timestamps = []
+        for v in doc.get("all_model_checkpoint_timestamps", []):
+            with contextlib.suppress(TypeError, ValueError):
+                timestamps.append(float(v))
         return cls(
             directory,
             next((str(v) for v in doc.get("model_checkpoint_path", [])), None),
             [str(v) for v in doc.get("all_model_checkpoint_paths", [])],
-            [float(v) for v in doc.get("all_model_checkpoint_timestamps", [])],
+            timestamps,
         )
 
 
@@ -144,7 +187,7 @@ def resolve_prefix(path: str | os.PathLike[str]) -> tuple[str, CheckpointState |
     if os.path.isdir(p):
         state = CheckpointState.read(p)
         if state and state.model_checkpoint_path:
-            return state.resolve(state.model_checkpoint_path), state
+            return state.current_prefix(), state
         saved_model_vars = os.path.join(p, "variables", "variables.index")
         if os.path.isfile(saved_model_vars):
             return saved_model_vars[: -len(".index")], state
@@ -165,7 +208,11 @@ def resolve_prefix(path: str | os.PathLike[str]) -> tuple[str, CheckpointState |
         return resolve_prefix(os.path.dirname(p) or ".")
     else:
         prefix = p
-    return prefix, CheckpointState.read(os.path.dirname(prefix) or ".")
+    try:  # a named prefix does not need the state file: a broken one only loses the listing
+        state = CheckpointState.read(os.path.dirname(prefix) or ".")
+    except CorruptFileError:
+        state = None
+    return prefix, state
 
 
 # -- slices (partitioned variables) -------------------------------------------------------------------
@@ -348,7 +395,13 @@ class TFBundleReader(FormatReader):
         try:
             with open(self.index_path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            named = os.fspath(self.path)
+            if os.path.isfile(named) and not named.endswith(".index") and not _DATA_RE.match(named):
+                raise InvalidHeaderError(  # e.g. --format tf_bundle on another kind of file
+                    f"not a TensorFlow checkpoint (no {os.path.basename(self.index_path)} beside it)",
+                    path=named,
+                ) from None
             raise TruncatedFileError(
                 "TensorFlow checkpoint index not found", path=self.index_path,
                 hint="pass a checkpoint prefix, its .index file, or a directory with a `checkpoint` file",
@@ -358,17 +411,18 @@ class TFBundleReader(FormatReader):
             raise InvalidHeaderError("checkpoint index has no header entry", path=self.index_path)
         try:
             header = parse(table[0][1], path=self.index_path)
+            self.num_shards = get_int(header, 1)
+            self.big_endian = get_int(header, 2) == 1
+            version = get_message(header, 3, path=self.index_path) or {}
+            self.producer = get_int(version, 1)
+            reader_version = get_int(version, 2)
         except ProtobufDecodeError as exc:
             raise InvalidHeaderError(f"bad BundleHeaderProto: {exc.message}", path=self.index_path) from None
-        self.num_shards = get_int(header, 1)
-        self.big_endian = get_int(header, 2) == 1
-        version = get_message(header, 3) or {}
-        self.producer = get_int(version, 1)
         if not 1 <= self.num_shards <= 100_000:
             raise InvalidHeaderError(f"header claims {self.num_shards} data shards", path=self.index_path)
-        if get_int(version, 2) > 1:
+        if reader_version > 1:
             raise UnsupportedOperationError(
-                f"checkpoint needs bundle reader version {get_int(version, 2)}", path=self.index_path
+                f"checkpoint needs bundle reader version {reader_version}", path=self.index_path
             )
         self._entries: dict[str, BundleEntry] = {}
         self._slice_entries: dict[bytes, BundleEntry] = {}
@@ -382,7 +436,10 @@ class TFBundleReader(FormatReader):
         self._strings = [k for k, e in self._entries.items() if e.dtype_code == DT_STRING]
         for key in self._numeric:
             entry = self._entries[key]
-            entry.dtype  # noqa: B018 - raises UnknownDtypeError early, naming the tensor
+            try:
+                entry.dtype  # noqa: B018 - raises UnknownDtypeError early, naming the tensor
+            except UnknownDtypeError as exc:
+                raise UnknownDtypeError(exc.message, path=self.index_path, tensor=key) from None
             if not entry.slices:
                 self._check_size(entry, entry.size)
 
@@ -428,7 +485,11 @@ class TFBundleReader(FormatReader):
         graph = self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)
         if graph.size != 1:
             return
-        mapping = object_graph_names(graph[0], path=self.index_path)
+        try:
+            mapping = object_graph_names(graph[0], path=self.index_path)
+        except ProtobufDecodeError as exc:
+            raise InvalidHeaderError(f"bad object graph: {exc.message}", path=self.index_path,
+                                     tensor=OBJECT_GRAPH_KEY) from None
         taken: dict[str, int] = {}
         for key in self._numeric:
             name = mapping.get(key)
@@ -465,7 +526,10 @@ class TFBundleReader(FormatReader):
 
     def _check_entry_crc(self, entry: BundleEntry, raw: np.ndarray) -> None:
         if entry.dtype_code == DT_STRING:
-            actual = _string_data_crc(raw.tobytes(), math.prod(entry.shape))
+            try:
+                actual = _string_data_crc(raw.tobytes(), math.prod(entry.shape))
+            except CorruptFileError as exc:
+                raise InvalidOffsetError(exc.message, path=self.index_path, tensor=entry.key) from None
         else:
             actual = crc32c(raw)
         if actual != unmask(entry.crc32c):
@@ -532,28 +596,61 @@ class TFBundleReader(FormatReader):
         shard_path = data_file_name(self.prefix, entry.shard_id, self.num_shards)
         return ByteSpan(shard_path, self._files[entry.shard_id].fileno(), entry.offset, entry.size)
 
-    def _assemble(self, entry: BundleEntry) -> np.ndarray:
-        out = np.zeros(entry.shape, DTYPES[entry.dtype])
+    def _slice_plan(self, entry: BundleEntry) -> list[tuple[tuple[slice, ...], BundleEntry]]:
+        """Where each stored slice goes in the full tensor, checked against the full shape, the
+        slice entry's bytes and each other (together they must tile the tensor exactly)."""
+        plan = []
+        covered = 0
         for extents in entry.slices:
             if len(extents) != len(entry.shape):
                 raise InvalidHeaderError("slice rank differs from the tensor's", path=self.index_path, tensor=entry.key)
             index = []
             for (start, length), dim in zip(extents, entry.shape):
-                stop = dim if length < 0 else start + length
-                if not 0 <= start <= stop <= dim:
+                stop = dim if length == -1 else start + length
+                if length < -1 or not 0 <= start <= stop <= dim:
                     raise InvalidOffsetError(
                         f"slice [{start}:{stop}] outside dimension {dim}", path=self.index_path, tensor=entry.key
                     )
                 index.append(slice(start, stop))
-            key = encode_tensor_name_slice(entry.key, extents)
-            part = self._slice_entries.get(key)
+            part = self._slice_entries.get(encode_tensor_name_slice(entry.key, extents))
             if part is None:
                 raise TruncatedFileError("a slice of the partitioned variable is missing", path=self.index_path,
                                          tensor=entry.key)
-            shape = tuple(s.stop - s.start for s in index)
             part.key = entry.key
+            if part.dtype_code != entry.dtype_code:
+                raise InvalidHeaderError(
+                    f"a slice has dtype code {part.dtype_code}, the variable {entry.dtype_code}",
+                    path=self.index_path, tensor=entry.key,
+                )
+            shape = tuple(s.stop - s.start for s in index)
             self._check_size(BundleEntry(entry.key, part.dtype_code, shape), part.size)
-            out[tuple(index)] = self._numeric_array(part, shape)
+            # Pairwise overlap test: cheap for the few partitions TF writes, bounded for hostile files
+            # (past that the element count alone guards the allocation, and gaps stay zero).
+            for other, _ in plan[:_MAX_OVERLAP_CHECKS]:
+                overlap = all(a.start < b.stop and b.start < a.stop for a, b in zip(index, other))
+                if overlap and math.prod(shape):
+                    raise InvalidOffsetError("two slices of the partitioned variable overlap",
+                                             path=self.index_path, tensor=entry.key)
+            covered += math.prod(shape)
+            plan.append((tuple(index), part))
+        full = math.prod(entry.shape)
+        if covered != full:
+            raise InvalidOffsetError(
+                f"the slices hold {covered} of the variable's {full} elements",
+                path=self.index_path, tensor=entry.key,
+            )
+        return plan
+
+    def _assemble(self, entry: BundleEntry) -> np.ndarray:
+        plan = self._slice_plan(entry)
+        itemsize = DTYPES[entry.dtype].itemsize
+        # Disjoint slices covering the tensor store exactly its bytes; the check stays as a backstop
+        # against any path that would allocate the full shape from fewer stored bytes.
+        check_expansion(math.prod(entry.shape) * itemsize, sum(part.size for _, part in plan),
+                        path=self.index_path, tensor=entry.key, what="partitioned variable")
+        out = np.zeros(entry.shape, DTYPES[entry.dtype])
+        for index, part in plan:
+            out[index] = self._numeric_array(part, tuple(s.stop - s.start for s in index))
         return out
 
     def string_keys(self) -> list[str]:
@@ -620,13 +717,15 @@ class TFBundleReader(FormatReader):
                 listed.append(self.state.model_checkpoint_path)
             checkpoints = []
             for i, p in enumerate(listed):
-                full = self.state.resolve(p)
+                full = self.state.resolve(p)  # None: outside the directory, never looked at
                 item: dict[str, Any] = {
                     "prefix": p,
-                    "exists": os.path.isfile(full + ".index"),
-                    "current": os.path.normpath(full) == current,
+                    "exists": full is not None and os.path.isfile(full + ".index"),
+                    "current": full is not None and os.path.normpath(full) == current,
                     "latest": p == self.state.model_checkpoint_path,
                 }
+                if full is None:
+                    item["outside_directory"] = True
                 if i < len(self.state.timestamps):
                     item["timestamp"] = self.state.timestamps[i]
                 checkpoints.append(item)
@@ -720,6 +819,10 @@ def _string_data_crc(blob: bytes, count: int) -> int:
     for _ in range(count):
         n, pos = decode_varint(blob, pos)
         lengths.append(n)
+    if pos + 4 + sum(lengths) != len(blob):  # also keeps _lengths_crc from huge (>64-bit) lengths
+        raise InvalidOffsetError(
+            f"string tensor holds {len(blob)} bytes, its lengths need {pos + 4 + sum(lengths)}"
+        )
     return crc32c(blob[pos:], _lengths_crc(lengths))
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write
+from weightvault.core.limits import check_expansion
 from weightvault.core.protobuf import (
     LEN,
     Message,
@@ -67,6 +68,7 @@ _VALUE_FIELDS: dict[str, tuple[int, str]] = {
     "bool": (11, "bool"), "float16": (13, "int32"), "bfloat16": (13, "int32"), "complex64": (9, "float"),
     "complex128": (12, "double"), "uint32": (16, "uint32"), "uint64": (17, "uint64"),
 }  # fmt: skip
+_FLOAT8_FIELD = 18  # float8_val: one byte per value
 
 
 def _shape(msg: Message | None, path: Any, name: str) -> tuple[int, ...] | None:
@@ -88,7 +90,19 @@ def _dtype(code: int, *, path: Any, tensor: str) -> str:
 
 
 def decode_tensor_proto(buf: Any, *, path: Any = None, tensor: str = "") -> np.ndarray:
-    """A ``TensorProto`` as a numpy array (see the module docstring for the typed-field rules)."""
+    """A ``TensorProto`` as a numpy array (see the module docstring for the typed-field rules).
+
+    Nothing is allocated before it is checked: ``tensor_content`` must hold exactly
+    ``numel x itemsize`` bytes, and a typed-field fill (fewer values than elements, TF repeats the
+    last) goes through :func:`~weightvault.core.limits.check_expansion` against the proto's bytes.
+    """
+    try:
+        return _decode_tensor_proto(buf, path=path, tensor=tensor)
+    except ProtobufDecodeError as exc:
+        raise InvalidHeaderError(f"bad TensorProto: {exc.message}", path=path, tensor=tensor) from None
+
+
+def _decode_tensor_proto(buf: Any, *, path: Any, tensor: str) -> np.ndarray:
     msg = parse(buf, path=path)
     dtype = _dtype(get_int(msg, 1), path=path, tensor=tensor)
     shape = _shape(get_message(msg, 2, path=path), path, tensor)
@@ -96,30 +110,40 @@ def decode_tensor_proto(buf: Any, *, path: Any = None, tensor: str = "") -> np.n
         raise InvalidHeaderError("Const tensor has an unknown shape", path=path, tensor=tensor)
     dt = DTYPES[dtype]
     n = math.prod(shape)
+    nbytes = n * dt.itemsize
     content = msg.get(4)
     if content and len(content[-1]):
         raw = content[-1]
-        if len(raw) != n * dt.itemsize:
+        if isinstance(raw, int) or len(raw) != nbytes:
+            have = "a number" if isinstance(raw, int) else f"{len(raw)} bytes"
             raise InvalidOffsetError(
-                f"tensor_content has {len(raw)} bytes, {dtype}{list(shape)} needs {n * dt.itemsize}",
-                path=path, tensor=tensor,
+                f"tensor_content has {have}, {dtype}{list(shape)} needs {nbytes}", path=path, tensor=tensor,
             )
         return np.frombuffer(bytes(raw), dtype=dt).reshape(shape)
+    values = _typed_values(msg, dtype, dt, path=path, tensor=tensor)
+    if values.size >= n:
+        return np.ascontiguousarray(values[:n], dtype=dt).reshape(shape)
+    # TF's fill rule: the last value repeats (zeros when there is none) - an expansion.
+    check_expansion(nbytes, len(buf), path=path, tensor=tensor, what="Const fill")
+    flat = np.full(n, values[-1] if values.size else 0, dtype=dt)
+    flat[: values.size] = values
+    return flat.reshape(shape)
+
+
+def _typed_values(msg: Message, dtype: str, dt: np.dtype, *, path: Any, tensor: str) -> np.ndarray:
+    """The ``*_val`` field of ``dtype`` as a flat array of ``dt`` (its length bounded by the proto)."""
+    if dtype.startswith("float8"):
+        return np.frombuffer(get_bytes(msg, _FLOAT8_FIELD), dtype=np.uint8).view(dt)
+    if dtype not in _VALUE_FIELDS:
+        raise UnsupportedOperationError(f"{dtype} Const without tensor_content is not supported",
+                                        path=path, tensor=tensor)
     field, kind = _VALUE_FIELDS[dtype]
     values = get_packed(msg, field, kind, path=path)
     if dtype in ("float16", "bfloat16"):
-        values = values.astype(np.uint16).view(dt)
-    elif dtype in ("complex64", "complex128"):
-        values = values[: len(values) // 2 * 2].view(dt)
-    else:
-        values = values.astype(dt)
-    if values.size >= n:
-        flat = values[:n]
-    elif values.size:
-        flat = np.concatenate([values, np.full(n - values.size, values[-1], dtype=dt)])
-    else:
-        flat = np.zeros(n, dtype=dt)
-    return np.ascontiguousarray(flat, dtype=dt).reshape(shape)
+        return values.astype(np.uint16).view(dt)
+    if dtype in ("complex64", "complex128"):
+        return values[: len(values) // 2 * 2].view(dt)
+    return values.astype(dt)
 
 
 def encode_tensor_proto(arr: np.ndarray) -> bytes:
@@ -312,6 +336,38 @@ def _const_node(name: str, arr: np.ndarray) -> bytes:
     return w.tobytes()
 
 
+def _replace_consts(
+    out: Writer, data: Any, tensors: Mapping[str, np.ndarray], template: Any, path: Any
+) -> set[str]:
+    """Copy the template's fields into ``out``, replacing the values of the Consts in ``tensors``."""
+    from weightvault.formats._common import fetch_array
+
+    used: set[str] = set()
+    for field, wire, value in iter_fields(data, path=template):
+        if field != 1 or wire != LEN:
+            out.field(field, wire, value)
+            continue
+        node = parse(value, path=template)
+        name, op = get_str(node, 1), get_str(node, 2)
+        if op == "Const" and name in tensors:
+            attrs = _attrs(node, template)
+            code = get_int(attrs.get("dtype", Message()), 6)
+            value_proto = get_bytes(attrs.get("value", Message()), 8)
+            old = decode_tensor_proto(value_proto, path=template, tensor=name)
+            arr = fetch_array(tensors, name)
+            if tuple(arr.shape) != old.shape:
+                raise ShapeMismatchError(
+                    f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
+                    path=path, tensor=name,
+                )
+            arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
+            out.message(1, _replace_node(value, arr, code))
+            used.add(name)
+        else:
+            out.message(1, value)
+    return used
+
+
 class TFGraphFormat(Format):
     name = "tf_graph"
     description = "TensorFlow frozen GraphDef (.pb, weights in Const nodes) or TF1 MetaGraphDef (.meta)"
@@ -364,28 +420,12 @@ class TFGraphFormat(Format):
         else:
             with open(template, "rb") as f:
                 data = memoryview(f.read())
-            used = set()
-            for field, wire, value in iter_fields(data, path=template):
-                if field != 1 or wire != LEN:
-                    out.field(field, wire, value)
-                    continue
-                node = parse(value, path=template)
-                name, op = get_str(node, 1), get_str(node, 2)
-                if op == "Const" and name in tensors:
-                    attrs = _attrs(node, template)
-                    code = get_int(attrs.get("dtype", Message()), 6)
-                    old = decode_tensor_proto(get_bytes(attrs["value"], 8), path=template, tensor=name)
-                    arr = fetch_array(tensors, name)
-                    if tuple(arr.shape) != old.shape:
-                        raise ShapeMismatchError(
-                            f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
-                            path=path, tensor=name,
-                        )
-                    arr = np.ascontiguousarray(arr, dtype=old.dtype)
-                    out.message(1, _replace_node(value, arr, code))
-                    used.add(name)
-                else:
-                    out.message(1, value)
+            try:
+                used = _replace_consts(out, data, tensors, template, path)
+            except ProtobufDecodeError as exc:
+                raise InvalidHeaderError(
+                    f"template is not a GraphDef: {exc.message}", path=template
+                ) from None
             missing = [n for n in tensors if n not in used]
             if strict and missing:
                 raise TensorNotFoundError(
