@@ -200,6 +200,13 @@ def test_index_linked_out_of_the_directory(run: Path, cli_run: Any) -> None:
     _assert_refused(run, cli_run, error=errors.InvalidHeaderError)
 
 
+def test_data_shard_linked_out_of_the_directory(run: Path, cli_run: Any) -> None:
+    (data,) = run.glob("model.ckpt.data-*")
+    data.unlink()
+    data.symlink_to(run.parent / "secret" / data.name)  # same bytes: only the link gives it away
+    _assert_refused(run, cli_run, error=errors.InvalidHeaderError, match="links outside")
+
+
 def test_state_file_nested_too_deep(run: Path, cli_run: Any) -> None:
     (run / "checkpoint").write_text("model_checkpoint_path: \"model.ckpt\"\n" + "a {" * 50_000 + "}" * 50_000)
     _assert_refused(run, cli_run, error=errors.ResourceLimitError, match="nested")

@@ -457,6 +457,20 @@ class TFBundleReader(FormatReader):
                 yield e
         yield from self._slice_entries.values()
 
+    def _check_inside(self, name: str, key: str) -> None:
+        """A data shard must resolve beside the checkpoint (its prefix's directory, or the
+        directory the index really lives in): a link elsewhere would read another file."""
+        real = os.path.realpath(name)
+        homes = {os.path.realpath(os.path.dirname(os.path.abspath(self.prefix))),
+                 os.path.dirname(os.path.realpath(self.index_path))}
+        if os.path.dirname(real) not in homes:
+            raise InvalidHeaderError(
+                f"data shard {os.path.basename(name)} links outside the checkpoint's directory "
+                f"(to {real})",
+                path=self.index_path,
+                tensor=key,
+            )
+
     def _check_shards(self) -> None:
         ends: dict[int, tuple[int, str]] = {}
         for e in self._data_entries():
@@ -469,6 +483,7 @@ class TFBundleReader(FormatReader):
                 ends[e.shard_id] = (e.offset + e.size, e.key)
         for shard, (end, key) in ends.items():
             name = data_file_name(self.prefix, shard, self.num_shards)
+            self._check_inside(name, key)
             try:
                 size = os.path.getsize(name)
             except FileNotFoundError:
