@@ -47,10 +47,13 @@ def safe_relative(
     path: str | os.PathLike[str],
     tensor: str | None = None,
     directory: bool = False,
+    link_homes: tuple[str, ...] = (),
 ) -> str:
     """Join ``relative`` under ``root``, refusing absolute paths, ``..``, NUL bytes, links that
     leave it, and a directory where a file is expected (or, with ``directory=True``, a file where
-    a directory is expected). Every format that follows a name written inside a file comes here."""
+    a directory is expected). Every format that follows a name written inside a file comes here.
+    ``link_homes`` are further real directories a link may land in (a model file that is itself a
+    link, as in the Hugging Face cache, has its data linked the same way)."""
     if "\x00" in relative:
         raise InvalidHeaderError(
             f"file reference {relative!r} contains a NUL byte", path=path, tensor=tensor
@@ -62,9 +65,9 @@ def safe_relative(
             f"file reference {relative!r} leaves the model's directory", path=path, tensor=tensor
         )
     full = os.path.join(os.fspath(root), *parts)
-    real_root = os.path.realpath(root)
     real = os.path.realpath(full)
-    if os.path.commonpath([real_root, real]) != real_root:
+    homes = [os.path.realpath(root), *(os.path.realpath(h) for h in link_homes)]
+    if not any(os.path.commonpath([home, real]) == home for home in homes):
         raise InvalidHeaderError(
             f"file reference {relative!r} resolves outside the model's directory",
             path=path,

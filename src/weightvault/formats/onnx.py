@@ -393,19 +393,10 @@ class OnnxReader(FormatReader):
         """The external data file: a relative name inside the model's directory (no ``..``, NUL,
         absolute path, directory, or link leading elsewhere)."""
         root = os.path.dirname(os.path.abspath(self.path))
-        try:
-            return safe_relative(root, location, path=self.path, tensor=tensor)
-        except InvalidHeaderError as exc:
-            # A model file that is itself a link (the Hugging Face cache links snapshots/<rev>/* to
-            # blobs/) has its data linked the same way: accept a link that lands beside the model's
-            # own target, and nothing else.
-            if "resolves outside" not in exc.message or not os.path.islink(self.path):
-                raise
-            real_home = os.path.dirname(os.path.realpath(self.path))
-            full = os.path.join(root, *location.replace("\\", "/").split("/"))
-            if os.path.commonpath([real_home, os.path.realpath(full)]) != real_home:
-                raise
-            return full
+        # A model file that is itself a link (the Hugging Face cache links snapshots/<rev>/* to
+        # blobs/) has its data linked the same way: a link may also land beside its target.
+        homes = (os.path.dirname(os.path.realpath(self.path)),) if os.path.islink(self.path) else ()
+        return safe_relative(root, location, path=self.path, tensor=tensor, link_homes=homes)
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """``raw_data`` in the model file or external data: little-endian, row-major bytes."""
