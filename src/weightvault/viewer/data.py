@@ -39,6 +39,7 @@ MAX_BINS = 512
 MAX_GRID = 256
 MAX_VALUES = 10_000
 MAX_PRECISION = 16
+_MAX_INDEX_DIGITS = 9
 # keys of training facts looked for in a file's metadata (top level and nested one level)
 _TRAINING_KEYS = ("step", "global_step", "epoch", "iteration", "metrics", "metric", "loss", "best_metric")
 _RUN_RECORD_KEY = "weightvault.checkpoint"
@@ -350,10 +351,10 @@ class ViewerData:
         if ref is None or ref == "":
             raise ApiError(400, "missing_parameter", f"parameter {param!r} is required")
         text = str(ref)
-        if text.isdigit():
-            index = int(text)
-            if index < len(self.entries):
-                return self.entries[index]
+        if text.isascii() and text.isdigit():
+            # No int() of thousands of digits (Python refuses > 4300): an index has a few.
+            if len(text) <= _MAX_INDEX_DIGITS and int(text) < len(self.entries):
+                return self.entries[int(text)]
         else:
             for entry in self.entries:
                 if text in (entry.label, os.fspath(entry.path)):
