@@ -54,6 +54,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 ("name", "dtype", "shape", "size"),
                 rows,
                 justify={"size": "right"},
+                fold=("name",),
             )
         click.echo(
             f"{len(infos)} tensors, {total_params:,} parameters, {human_bytes(total_bytes)} "
@@ -153,7 +154,10 @@ def _fmt_num(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
+        if not math.isfinite(v):
+            return str(v)
+        # A whole number (the min of an int64 step counter) in full: 1e+06 would hide its last digits.
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
     return str(v)
 
 
@@ -181,6 +185,7 @@ def stats(path: str, fmt: str | None, options: tuple[str, ...], names: str | Non
         cols,
         [[_fmt_num(r[c]) for c in cols] for r in rows],
         justify={c: "right" for c in cols[2:]},
+        fold=("name",),
     )
     bad = [r["name"] for r in rows if r["nan"] or r["inf"]]
     if bad:
@@ -219,7 +224,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             for d in report.value_changed
         ]
         if rows:
-            print_table(("change", "name", "detail"), rows)
+            print_table(("change", "name", "detail"), rows, fold=("name",), wrap=("detail",))
         click.echo(
             f"{len(report.equal)} equal, {len(report.value_changed)} changed, {len(report.added)} added, "
             f"{len(report.removed)} removed, {len(report.shape_changed)} reshaped"
@@ -287,4 +292,5 @@ def formats(as_json: bool) -> None:
             (r["name"], "yes" if r["read"] else "no", "yes" if r["write"] else "no", " ".join(r["extensions"]), r["description"])
             for r in rows
         ],
+        wrap=("extensions", "description"),
     )
