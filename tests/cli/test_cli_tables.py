@@ -144,7 +144,7 @@ def test_ls_at_80_columns(model: Path) -> None:
     assert_tokens(text, [t["dtype"] for t in doc["tensors"]])
     for shape in shapes:
         assert shape in text, shape
-    assert f"{doc['total_parameters']:,} parameters" in text or f"{doc['total_parameters']:,} model parameters" in text
+    assert f"{doc['total_parameters']:,} model parameters" in text
     assert_names_whole(text, "name", "dtype", [t["name"] for t in doc["tensors"]])
 
 

@@ -28,10 +28,13 @@ def _shape(shape: tuple[int, ...]) -> str:
 @open_options
 @json_option
 def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: str | None, as_json: bool) -> None:
-    """List the tensors of PATH: name, dtype, shape, size, and total parameters."""
+    """List the tensors of PATH: name, dtype, shape, size, and how many are model parameters
+    (optimizer slots, EMA copies, running statistics and counters are counted apart)."""
+    from weightvault.inspect import count_by_role, parameter_summary, tensor_role
+
     with _open(path, fmt, options, names) as reader:
         infos = reader.infos()
-        total_params = sum(i.numel for i in infos)
+        roles = count_by_role(infos)
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
         if as_json:
@@ -39,8 +42,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 {
                     "path": path,
                     "format": reader.format,
-                    "tensors": [i.to_dict() for i in infos],
-                    "total_parameters": total_params,
+                    "tensors": [{**i.to_dict(), "role": tensor_role(i.name, i.dtype, i.shape)} for i in infos],
+                    "total_parameters": roles["model"],
+                    "parameters": roles,
+                    "total_elements": sum(roles.values()),
                     "total_bytes": total_bytes,
                     "metadata": metadata,
                 }
@@ -57,7 +62,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 fold=("name",),
             )
         click.echo(
-            f"{len(infos)} tensors, {total_params:,} parameters, {human_bytes(total_bytes)} "
+            f"{len(infos)} tensors, {parameter_summary(roles)}, {human_bytes(total_bytes)} "
             f"({reader.format})"
         )
         for line in _checkpoint_list(metadata):

@@ -393,11 +393,13 @@ class ViewerData:
         return {"files": [e.to_dict() for e in self.entries]}
 
     def tree(self, ref: str | None) -> dict[str, Any]:
+        from weightvault.inspect import ROLES, tensor_role
+
         entry = self.tensor_entry(ref)
         with entry.lock:
             reader = self.reader(entry)
             tensors = []
-            params = 0
+            by_role = dict.fromkeys(ROLES, 0)
             nbytes = 0
             by_dtype: dict[str, int] = {}
             for name in reader.keys():
@@ -406,8 +408,9 @@ class ViewerData:
                 except WeightVaultError as exc:
                     tensors.append({"name": name, "error": str(exc)})
                     continue
+                row["role"] = tensor_role(row["name"], row["dtype"], row["shape"])
                 tensors.append(row)
-                params += row["numel"]
+                by_role[row["role"]] += row["numel"]
                 nbytes += row["nbytes"] or 0
                 by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + row["numel"]
             fmt = reader.format
@@ -416,7 +419,14 @@ class ViewerData:
             "label": entry.label,
             "format": fmt,
             "tensors": tensors,
-            "totals": {"tensors": len(tensors), "params": params, "bytes": nbytes, "by_dtype": by_dtype},
+            # params: the model's own; optimizer slots, EMA copies, statistics, counters apart
+            "totals": {
+                "tensors": len(tensors),
+                "params": by_role["model"],
+                "by_role": by_role,
+                "bytes": nbytes,
+                "by_dtype": by_dtype,
+            },
         }
 
     def _require_tensor(self, entry: Entry, reader: FormatReader, name: str | None) -> str:
