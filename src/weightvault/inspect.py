@@ -7,8 +7,9 @@ deviation of float16/bfloat16 tensors do not overflow or lose precision.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "DiffReport",
     "count_by_role",
     "diff",
+    "finite_stats",
     "format_values",
     "parameter_summary",
     "tensor_role",
@@ -141,37 +143,68 @@ def parameter_summary(counts: dict[str, int]) -> str:
 
 
 def tensor_stats(arr: np.ndarray) -> dict[str, Any]:
-    """min, max, mean, std, zeros, NaN and Inf counts of a tensor (complex: of its magnitude)."""
+    """min, max, mean, std, zeros, NaN and Inf counts of a tensor (complex: of its magnitude).
+
+    min, max, mean and std are over the finite values only (None when there is none); NaN and Inf
+    are counted apart.
+    """
     flat = _as_numeric(np.asarray(arr))
-    n = int(flat.size)
-    out: dict[str, Any] = {"numel": n, "zeros": 0, "nan": 0, "inf": 0}
-    if n == 0:
-        out.update(min=None, max=None, mean=None, std=None)
-        return out
-    total = total_sq = 0.0
-    lo, hi = np.inf, -np.inf
-    finite_n = 0
-    for start in range(0, n, _CHUNK):
-        chunk = flat[start : start + _CHUNK].astype(np.float64)
-        nan = np.isnan(chunk)
-        inf = np.isinf(chunk)
-        out["nan"] += int(nan.sum())
-        out["inf"] += int(inf.sum())
-        out["zeros"] += int((chunk == 0).sum())
-        finite = chunk[~(nan | inf)]
+
+    def chunks() -> Iterator[np.ndarray]:
+        for start in range(0, flat.size, _CHUNK):
+            yield flat[start : start + _CHUNK].astype(np.float64)
+
+    return finite_stats(chunks)
+
+
+def power_of_two_scale(magnitude: float) -> float:
+    """The power of two at or below ``magnitude``: dividing by it is exact and brings values of
+    that magnitude into [1, 2)."""
+    if not magnitude or not math.isfinite(magnitude):
+        return 1.0
+    return math.ldexp(1.0, math.frexp(magnitude)[1] - 1)
+
+
+def finite_stats(make_chunks: Callable[[], Iterator[np.ndarray]]) -> dict[str, Any]:
+    """Counts and moments of the float64 chunks ``make_chunks()`` yields (called up to 3 times).
+
+    Sums run on values divided by a power of two near the largest magnitude, so finite values
+    near the float64 limit (where a plain sum or ``x - mean`` overflows to Inf) still give a
+    finite mean and std, and no overflow warning.
+    """
+    n = nan = inf = zeros = finite_n = 0
+    lo, hi = math.inf, -math.inf
+    total = 0.0
+    for chunk in make_chunks():
+        n += chunk.size
+        nan_mask, inf_mask = np.isnan(chunk), np.isinf(chunk)
+        nan += int(nan_mask.sum())
+        inf += int(inf_mask.sum())
+        zeros += int((chunk == 0).sum())
+        finite = chunk[~(nan_mask | inf_mask)]
         if finite.size:
             finite_n += finite.size
             lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-            total += float(finite.sum())
-    if finite_n:
-        mean = total / finite_n
-        for start in range(0, n, _CHUNK):
-            chunk = flat[start : start + _CHUNK].astype(np.float64)
-            finite = chunk[np.isfinite(chunk)]
-            total_sq += float(((finite - mean) ** 2).sum())
-        out.update(min=lo, max=hi, mean=mean, std=(total_sq / finite_n) ** 0.5)
-    else:
+            with np.errstate(over="ignore"):
+                total += float(finite.sum())
+    out: dict[str, Any] = {"numel": n, "zeros": zeros, "nan": nan, "inf": inf}
+    if not finite_n:
         out.update(min=None, max=None, mean=None, std=None)
+        return out
+    scale = power_of_two_scale(max(abs(lo), abs(hi)))
+    if math.isfinite(total):
+        mean = total / finite_n
+    else:  # the plain sum overflowed: average the scaled values instead
+        scaled_total = sum(float((c[np.isfinite(c)] / scale).sum()) for c in make_chunks())
+        mean = scaled_total / finite_n * scale
+    scaled_mean = mean / scale
+    squares = 0.0
+    for chunk in make_chunks():
+        finite = chunk[np.isfinite(chunk)] / scale
+        squares += float(((finite - scaled_mean) ** 2).sum())
+    with np.errstate(over="ignore"):
+        std = float(np.float64(math.sqrt(squares / finite_n)) * scale)
+    out.update(min=lo, max=hi, mean=mean, std=std)
     return out
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from weightvault.abc.format import FormatReader, TensorInfo
 from weightvault.errors import WeightVaultError
+from weightvault.inspect import power_of_two_scale
 
 __all__ = ["ApiError", "Entry", "LRUCache", "ViewerData", "jsonable"]
 
@@ -220,7 +221,11 @@ def histogram(
     elif hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     counts = np.zeros(bins, dtype=np.int64)
-    edges = np.linspace(lo, hi, bins + 1)
+    # Edges on values scaled by a power of two (exact): hi - lo of two values near the float64
+    # limit overflows, and plain linspace would then give NaN edges.
+    scale = power_of_two_scale(max(abs(lo), abs(hi)))
+    edges = np.linspace(lo / scale, hi / scale, bins + 1) * scale
+    edges[0], edges[-1] = lo, hi
     for chunk in chunks():
         finite = chunk[np.isfinite(chunk)]
         if finite.size:
@@ -228,11 +233,13 @@ def histogram(
     return {"edges": edges.tolist(), "counts": counts.tolist(), "total": int(counts.sum())}
 
 
-def heatmap(arr: np.ndarray, grid: int) -> dict[str, Any] | None:
+def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | None:
     """Block means of a 2-D view (ndim > 2: first axis by the rest), at most ``grid`` per side.
 
     Blocks cover whole rows/columns (edges from ``linspace``), so every element counts once;
-    NaN/Inf are left out of a block's mean and a block with no finite value is ``None``.
+    NaN/Inf are left out of a block's mean and a block with no finite value is ``None``. Sums run
+    on values divided by ``scale`` (a power of two near the largest magnitude), so blocks of values
+    near the float64 limit do not overflow.
     """
     if arr.ndim < 2 or arr.size == 0:
         return None
@@ -257,11 +264,11 @@ def heatmap(arr: np.ndarray, grid: int) -> dict[str, Any] | None:
         values = np.abs(band) if band.dtype.kind == "c" else band
         values = values.astype(np.float64)
         finite = np.isfinite(values)
-        values = np.where(finite, values, 0.0)
+        values = np.where(finite, values, 0.0) / scale
         sums[i] = np.add.reduceat(values.sum(axis=0), col_starts)
         counts[i] = np.add.reduceat(finite.sum(axis=0), col_starts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan) * scale
     finite_means = means[np.isfinite(means)]
     return {
         "rows": int(out_r),
@@ -597,28 +604,9 @@ class _Delta:
 
 
 def _stats_of_chunks(make: Callable[[], Iterator[np.ndarray]]) -> dict[str, Any]:
-    n = nan = inf = zeros = finite_n = 0
-    total = 0.0
-    lo, hi = math.inf, -math.inf
-    for chunk in make():
-        n += chunk.size
-        nan += int(np.isnan(chunk).sum())
-        inf += int(np.isinf(chunk).sum())
-        zeros += int((chunk == 0).sum())
-        finite = chunk[np.isfinite(chunk)]
-        if finite.size:
-            finite_n += finite.size
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-            total += float(finite.sum())
-    out: dict[str, Any] = {"numel": n, "nan": nan, "inf": inf, "zeros": zeros, "min": None, "max": None, "mean": None, "std": None}
-    if finite_n:
-        mean = total / finite_n
-        sq = 0.0
-        for chunk in make():
-            finite = chunk[np.isfinite(chunk)]
-            sq += float(((finite - mean) ** 2).sum())
-        out.update(min=lo, max=hi, mean=mean, std=(sq / finite_n) ** 0.5)
-    return out
+    from weightvault.inspect import finite_stats
+
+    return finite_stats(make)
 
 
 def _summarise(arr: np.ndarray, bins: int, grid: int) -> dict[str, Any]:
@@ -629,10 +617,11 @@ def _summarise(arr: np.ndarray, bins: int, grid: int) -> dict[str, Any]:
         return {"stats": None, "histogram": None, "heatmap": None, "note": f"dtype {arr.dtype} has no numeric statistics"}
     stats = tensor_stats(arr)
     integral = arr.dtype.kind in "biu"
+    scale = power_of_two_scale(max(abs(stats["min"]), abs(stats["max"]))) if stats["min"] is not None else 1.0
     return {
         "stats": jsonable(stats),
         "histogram": histogram(lambda: _chunks(flat), stats["min"], stats["max"], bins, integral),
-        "heatmap": heatmap(arr, grid),
+        "heatmap": heatmap(arr, grid, scale),
     }
 
 
