@@ -32,7 +32,7 @@ def test_ls_table_and_totals(ckpt: Path, cli_run) -> None:
     lines = out.splitlines()
     assert lines[0].split() == ["name", "dtype", "shape", "size"]
     assert "head[0]" in out  # no markup interpretation of brackets
-    assert lines[-1] == "3 tensors, 9 parameters, 36 B (native)"
+    assert lines[-1] == "3 tensors, 9 model parameters, 36 B (native)"
 
 
 def test_ls_json(ckpt: Path, cli_run) -> None:

@@ -94,7 +94,7 @@ def test_tree_shows_the_tensor_names_and_totals(page: Any, viewer_files: ViewerF
     groups = page.eval_on_selector_all("#tree summary .label", "xs => xs.map(x => x.textContent)")
     assert groups == ["encoder", "layer0", "attn/qkv", "head"]  # grouped by "." and "/" alike
     total = sum(a.size for a in viewer_files.tensors_a.values())
-    assert f"{total:,} params" in page.inner_text("#totals")
+    assert f"{total:,} model params" in page.inner_text("#totals")
     row = page.locator(f'.tensor-row[data-name="{CHANGED}"]')
     assert row.locator(".dtype").inner_text() == "float32"
     assert row.locator(".shape").inner_text() == "[48]"

@@ -1,9 +1,10 @@
 """The ``weightvault`` command line.
 
 Each command lives in its own module and is imported only when invoked, so ``weightvault ls`` never
-pays for TensorFlow or torch. Errors from the library are caught at one boundary (:func:`main`):
-one ``ERROR`` line, a ``TIP`` line when the error carries a hint, exit status 1; the traceback only
-with ``-v`` or ``WEIGHTVAULT_DEBUG=1``.
+pays for TensorFlow or torch. Errors are caught at one boundary (:meth:`LazyGroup.invoke`):
+one ``ERROR`` line, a ``TIP`` line when the error carries a hint, exit status 1 (130 on Ctrl-C);
+the traceback only with ``-v`` or ``WEIGHTVAULT_DEBUG=1``. Foreign exceptions (a parser's
+``KeyError``, ``zlib.error``...) and our own bugs get the same one line (:mod:`.boundary`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,28 @@ COMMANDS = {
 assert list(COMMANDS) == sorted(COMMANDS)
 
 
+class _CommandContext(click.Context):
+    """A command's context that the group can find again after the command failed.
+
+    ``meta`` is shared by a context and its children, so the group reads the failed command's
+    arguments (the files it was reading) from its own context.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.meta[_COMMAND_CONTEXT] = self
+
+
+_COMMAND_CONTEXT = "weightvault.command_context"
+# click's own exceptions carry their own message and exit status; they are not errors to rewrite.
+_CLICK_EXCEPTIONS = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+def _debug(ctx: click.Context) -> bool:
+    # ctx.params, not ctx.obj: obj is filled by the group's callback, which runs inside invoke.
+    return os.environ.get("WEIGHTVAULT_DEBUG") == "1" or int(ctx.params.get("verbose") or 0) > 0
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if self._load(name) is not None]
@@ -43,29 +66,34 @@ class LazyGroup(click.Group):
         return self._load(name)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from weightvault.errors import WeightVaultError
-
-        debug = os.environ.get("WEIGHTVAULT_DEBUG") == "1" or (ctx.obj or {}).get("verbose", 0) > 0
+        """Run the command; whatever escapes it becomes one ERROR line (see cli/boundary.py)."""
         try:
             return super().invoke(ctx)
-        except WeightVaultError as exc:
-            if debug:
-                raise
-            click.echo(f"ERROR {exc}", err=True)
-            if exc.hint:
-                click.echo(f"TIP {exc.hint}", err=True)
-            ctx.exit(1)
+        except _CLICK_EXCEPTIONS:
+            raise
         except BrokenPipeError:
             # Whoever read our output has gone (`weightvault ls big.pt | head`): stop quietly, as
             # cat does. Point stdout at /dev/null so the flush at exit does not fail again.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(1)
-        except (OSError, ValueError, TypeError) as exc:
-            # Plain errors from below (a missing file, a bad option value) get the same one-line form.
-            if debug:
+        except KeyboardInterrupt:
+            if _debug(ctx):
                 raise
-            click.echo(f"ERROR {exc}", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            self._report(ctx, exc)
             ctx.exit(1)
+
+    @staticmethod
+    def _report(ctx: click.Context, exc: BaseException) -> None:
+        from weightvault.cli.boundary import error_line, paths_of
+
+        line = error_line(exc, paths_of(ctx.meta.get(_COMMAND_CONTEXT)))
+        click.echo(f"ERROR {line.message}", err=True)
+        if line.tip:
+            click.echo(f"TIP {line.tip}", err=True)
 
     @staticmethod
     def _load(name: str) -> click.Command | None:
@@ -80,6 +108,7 @@ class LazyGroup(click.Group):
                 return None
             raise
         cmd: click.Command = getattr(module, attr)
+        cmd.context_class = _CommandContext
         return cmd
 
 

@@ -92,6 +92,8 @@ def convert(
                 (", ".join(r["sources"]) or "(constant)", " ".join(_shape(s) for s in r["source_shapes"]), r["target"], _shape(r["target_shape"]), r["transforms"])
                 for r in doc["tensors"]
             ],
+            fold=("source", "target"),
+            wrap=("transforms",),
         )
         for name, why in doc["dropped"].items():
             click.echo(f"dropped {name}: {why}")

@@ -176,6 +176,7 @@ def export_hw(
         report.rows(),
         justify=right,
         footer=f"wrote {len(files)} {file_format} file(s) and export.json to {outdir}",
+        fold=("name", "file"),
     )
 
 
@@ -203,4 +204,4 @@ def import_hw(export_dir: str, out: str, codes: bool, as_json: bool) -> None:
             }
         )
         return
-    print_table(("name", "dtype", "shape"), rows, footer=f"wrote {len(rows)} tensors to {out}")
+    print_table(("name", "dtype", "shape"), rows, footer=f"wrote {len(rows)} tensors to {out}", fold=("name",))

@@ -28,10 +28,13 @@ def _shape(shape: tuple[int, ...]) -> str:
 @open_options
 @json_option
 def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: str | None, as_json: bool) -> None:
-    """List the tensors of PATH: name, dtype, shape, size, and total parameters."""
+    """List the tensors of PATH: name, dtype, shape, size, and how many are model parameters
+    (optimizer slots, EMA copies, running statistics and counters are counted apart)."""
+    from weightvault.inspect import count_by_role, parameter_summary, tensor_role
+
     with _open(path, fmt, options, names) as reader:
         infos = reader.infos()
-        total_params = sum(i.numel for i in infos)
+        roles = count_by_role(infos)
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
         if as_json:
@@ -39,8 +42,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 {
                     "path": path,
                     "format": reader.format,
-                    "tensors": [i.to_dict() for i in infos],
-                    "total_parameters": total_params,
+                    "tensors": [{**i.to_dict(), "role": tensor_role(i.name, i.dtype, i.shape)} for i in infos],
+                    "total_parameters": roles["model"],
+                    "parameters": roles,
+                    "total_elements": sum(roles.values()),
                     "total_bytes": total_bytes,
                     "metadata": metadata,
                 }
@@ -54,9 +59,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 ("name", "dtype", "shape", "size"),
                 rows,
                 justify={"size": "right"},
+                fold=("name",),
             )
         click.echo(
-            f"{len(infos)} tensors, {total_params:,} parameters, {human_bytes(total_bytes)} "
+            f"{len(infos)} tensors, {parameter_summary(roles)}, {human_bytes(total_bytes)} "
             f"({reader.format})"
         )
         for line in _checkpoint_list(metadata):
@@ -153,7 +159,10 @@ def _fmt_num(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
+        if not math.isfinite(v):
+            return str(v)
+        # A whole number (the min of an int64 step counter) in full: 1e+06 would hide its last digits.
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.6g}"
     return str(v)
 
 
@@ -181,6 +190,7 @@ def stats(path: str, fmt: str | None, options: tuple[str, ...], names: str | Non
         cols,
         [[_fmt_num(r[c]) for c in cols] for r in rows],
         justify={c: "right" for c in cols[2:]},
+        fold=("name",),
     )
     bad = [r["name"] for r in rows if r["nan"] or r["inf"]]
     if bad:
@@ -219,7 +229,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             for d in report.value_changed
         ]
         if rows:
-            print_table(("change", "name", "detail"), rows)
+            print_table(("change", "name", "detail"), rows, fold=("name",), wrap=("detail",))
         click.echo(
             f"{len(report.equal)} equal, {len(report.value_changed)} changed, {len(report.added)} added, "
             f"{len(report.removed)} removed, {len(report.shape_changed)} reshaped"
@@ -287,4 +297,5 @@ def formats(as_json: bool) -> None:
             (r["name"], "yes" if r["read"] else "no", "yes" if r["write"] else "no", " ".join(r["extensions"]), r["description"])
             for r in rows
         ],
+        wrap=("extensions", "description"),
     )

@@ -119,6 +119,7 @@ def restore_report(
             ["status", "model name", "checkpoint key", "checkpoint shape", "model shape"],
             rows,
             footer=report.summary() + ("" if show_all else "  (--all lists loaded names)"),
+            fold=("model name", "checkpoint key"),
         )
     if strict and not report.ok:
         raise click.exceptions.Exit(1)

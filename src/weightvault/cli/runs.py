@@ -95,6 +95,7 @@ def runs(directory: Path, as_json: bool) -> None:
         title=os.fspath(directory),
         footer=footer,
         justify={"step": "right", "size": "right", "stall": "right"},
+        wrap=("metrics", "kept because"),
     )
     if leftovers:
         warn(f"{len(leftovers)} leftover(s) of an interrupted save or delete; the next writer removes them: {', '.join(leftovers)}")

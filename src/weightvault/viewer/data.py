@@ -31,6 +31,7 @@ import numpy as np
 
 from weightvault.abc.format import FormatReader, TensorInfo
 from weightvault.errors import WeightVaultError
+from weightvault.inspect import power_of_two_scale
 
 __all__ = ["ApiError", "Entry", "LRUCache", "ViewerData", "jsonable"]
 
@@ -39,6 +40,7 @@ MAX_BINS = 512
 MAX_GRID = 256
 MAX_VALUES = 10_000
 MAX_PRECISION = 16
+_MAX_INDEX_DIGITS = 9
 # keys of training facts looked for in a file's metadata (top level and nested one level)
 _TRAINING_KEYS = ("step", "global_step", "epoch", "iteration", "metrics", "metric", "loss", "best_metric")
 _RUN_RECORD_KEY = "weightvault.checkpoint"
@@ -219,7 +221,11 @@ def histogram(
     elif hi == lo:
         lo, hi = lo - 0.5, hi + 0.5
     counts = np.zeros(bins, dtype=np.int64)
-    edges = np.linspace(lo, hi, bins + 1)
+    # Edges on values scaled by a power of two (exact): hi - lo of two values near the float64
+    # limit overflows, and plain linspace would then give NaN edges.
+    scale = power_of_two_scale(max(abs(lo), abs(hi)))
+    edges = np.linspace(lo / scale, hi / scale, bins + 1) * scale
+    edges[0], edges[-1] = lo, hi
     for chunk in chunks():
         finite = chunk[np.isfinite(chunk)]
         if finite.size:
@@ -227,11 +233,13 @@ def histogram(
     return {"edges": edges.tolist(), "counts": counts.tolist(), "total": int(counts.sum())}
 
 
-def heatmap(arr: np.ndarray, grid: int) -> dict[str, Any] | None:
+def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | None:
     """Block means of a 2-D view (ndim > 2: first axis by the rest), at most ``grid`` per side.
 
     Blocks cover whole rows/columns (edges from ``linspace``), so every element counts once;
-    NaN/Inf are left out of a block's mean and a block with no finite value is ``None``.
+    NaN/Inf are left out of a block's mean and a block with no finite value is ``None``. Sums run
+    on values divided by ``scale`` (a power of two near the largest magnitude), so blocks of values
+    near the float64 limit do not overflow.
     """
     if arr.ndim < 2 or arr.size == 0:
         return None
@@ -256,11 +264,11 @@ def heatmap(arr: np.ndarray, grid: int) -> dict[str, Any] | None:
         values = np.abs(band) if band.dtype.kind == "c" else band
         values = values.astype(np.float64)
         finite = np.isfinite(values)
-        values = np.where(finite, values, 0.0)
+        values = np.where(finite, values, 0.0) / scale
         sums[i] = np.add.reduceat(values.sum(axis=0), col_starts)
         counts[i] = np.add.reduceat(finite.sum(axis=0), col_starts)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan) * scale
     finite_means = means[np.isfinite(means)]
     return {
         "rows": int(out_r),
@@ -350,10 +358,10 @@ class ViewerData:
         if ref is None or ref == "":
             raise ApiError(400, "missing_parameter", f"parameter {param!r} is required")
         text = str(ref)
-        if text.isdigit():
-            index = int(text)
-            if index < len(self.entries):
-                return self.entries[index]
+        if text.isascii() and text.isdigit():
+            # No int() of thousands of digits (Python refuses > 4300): an index has a few.
+            if len(text) <= _MAX_INDEX_DIGITS and int(text) < len(self.entries):
+                return self.entries[int(text)]
         else:
             for entry in self.entries:
                 if text in (entry.label, os.fspath(entry.path)):
@@ -392,11 +400,13 @@ class ViewerData:
         return {"files": [e.to_dict() for e in self.entries]}
 
     def tree(self, ref: str | None) -> dict[str, Any]:
+        from weightvault.inspect import ROLES, tensor_role
+
         entry = self.tensor_entry(ref)
         with entry.lock:
             reader = self.reader(entry)
             tensors = []
-            params = 0
+            by_role = dict.fromkeys(ROLES, 0)
             nbytes = 0
             by_dtype: dict[str, int] = {}
             for name in reader.keys():
@@ -405,8 +415,9 @@ class ViewerData:
                 except WeightVaultError as exc:
                     tensors.append({"name": name, "error": str(exc)})
                     continue
+                row["role"] = tensor_role(row["name"], row["dtype"], row["shape"])
                 tensors.append(row)
-                params += row["numel"]
+                by_role[row["role"]] += row["numel"]
                 nbytes += row["nbytes"] or 0
                 by_dtype[row["dtype"]] = by_dtype.get(row["dtype"], 0) + row["numel"]
             fmt = reader.format
@@ -415,7 +426,14 @@ class ViewerData:
             "label": entry.label,
             "format": fmt,
             "tensors": tensors,
-            "totals": {"tensors": len(tensors), "params": params, "bytes": nbytes, "by_dtype": by_dtype},
+            # params: the model's own; optimizer slots, EMA copies, statistics, counters apart
+            "totals": {
+                "tensors": len(tensors),
+                "params": by_role["model"],
+                "by_role": by_role,
+                "bytes": nbytes,
+                "by_dtype": by_dtype,
+            },
         }
 
     def _require_tensor(self, entry: Entry, reader: FormatReader, name: str | None) -> str:
@@ -586,28 +604,9 @@ class _Delta:
 
 
 def _stats_of_chunks(make: Callable[[], Iterator[np.ndarray]]) -> dict[str, Any]:
-    n = nan = inf = zeros = finite_n = 0
-    total = 0.0
-    lo, hi = math.inf, -math.inf
-    for chunk in make():
-        n += chunk.size
-        nan += int(np.isnan(chunk).sum())
-        inf += int(np.isinf(chunk).sum())
-        zeros += int((chunk == 0).sum())
-        finite = chunk[np.isfinite(chunk)]
-        if finite.size:
-            finite_n += finite.size
-            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
-            total += float(finite.sum())
-    out: dict[str, Any] = {"numel": n, "nan": nan, "inf": inf, "zeros": zeros, "min": None, "max": None, "mean": None, "std": None}
-    if finite_n:
-        mean = total / finite_n
-        sq = 0.0
-        for chunk in make():
-            finite = chunk[np.isfinite(chunk)]
-            sq += float(((finite - mean) ** 2).sum())
-        out.update(min=lo, max=hi, mean=mean, std=(sq / finite_n) ** 0.5)
-    return out
+    from weightvault.inspect import finite_stats
+
+    return finite_stats(make)
 
 
 def _summarise(arr: np.ndarray, bins: int, grid: int) -> dict[str, Any]:
@@ -618,10 +617,11 @@ def _summarise(arr: np.ndarray, bins: int, grid: int) -> dict[str, Any]:
         return {"stats": None, "histogram": None, "heatmap": None, "note": f"dtype {arr.dtype} has no numeric statistics"}
     stats = tensor_stats(arr)
     integral = arr.dtype.kind in "biu"
+    scale = power_of_two_scale(max(abs(stats["min"]), abs(stats["max"]))) if stats["min"] is not None else 1.0
     return {
         "stats": jsonable(stats),
         "histogram": histogram(lambda: _chunks(flat), stats["min"], stats["max"], bins, integral),
-        "heatmap": heatmap(arr, grid),
+        "heatmap": heatmap(arr, grid, scale),
     }
 
 

@@ -216,8 +216,11 @@ function renderTree() {
   const totals = $("#totals");
   clear(totals).append(
     el("span", { class: "fmt", text: tree.format }), " ",
-    el("span", { text: `${fmtInt(total.tensors)} tensors · ${fmtInt(total.params)} params · ${fmtBytes(total.bytes)}` }),
+    el("span", { text: `${fmtInt(total.tensors)} tensors · ${fmtInt(total.params)} model params · ${fmtBytes(total.bytes)}` }),
   );
+  const roleLabels = { buffer: "buffers", optimizer: "optimizer", ema: "EMA", other: "other" };
+  const rest = Object.entries(roleLabels).filter(([r]) => (total.by_role || {})[r]).map(([r, label]) => `${fmtInt(total.by_role[r])} ${label}`);
+  if (rest.length) totals.append(el("div", { class: "roles", text: `+ ${rest.join(" · ")}` }));
   if (rows.length !== tree.tensors.length) totals.append(el("div", { class: "showing", text: `showing ${rows.length} of ${tree.tensors.length}` }));
   const dtypes = Object.entries(total.by_dtype || {}).map(([d, n]) => `${d}: ${fmtInt(n)}`).join(" · ");
   if (dtypes) totals.append(el("div", { class: "dtypes", text: dtypes }));
