@@ -177,7 +177,8 @@ def _tf_prefix_exists(p: Path) -> bool:
         return True
     if not p.parent.is_dir():
         return False
-    shards = glob.escape(p.name).replace("[?]", "?"), glob.escape(p.name) + "-[0-9][0-9][0-9][0-9][0-9]-of-*"
+    name = glob.escape(p.name)
+    shards = name.replace("[?]", "?"), name + "-[0-9][0-9][0-9][0-9][0-9]-of-*"
     return any(any(p.parent.glob(pattern)) for pattern in shards)
 
 

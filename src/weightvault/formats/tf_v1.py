@@ -96,6 +96,7 @@ _FIELDS: dict[str, tuple[int, str, int]] = {
     "bfloat16": (13, "int32", 1), "uint32": (16, "uint32", 1), "uint64": (17, "uint64", 1),
 }  # fmt: skip
 _FIXED = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
+_QUANTIZED_NAMES = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16"}
 _TENSOR_CONTENT = 4
 _STRING_VAL = 8
 
@@ -108,7 +109,7 @@ def _min_stored_bytes(dtype: str) -> int:
     return _FIXED[kind].itemsize * per if kind in _FIXED else 1
 
 
-# -- locating the files -------------------------------------------------------------------------------
+# -- locating the files ------------------------------------------------------------------------
 def is_v1_file(path: str | os.PathLike[str], head: bytes | None = None) -> bool:
     """Whether ``path`` is a V1 checkpoint file: a table whose first record (key ``""``) is a
     ``SavedTensorSlices`` holding a meta. Looks at the first bytes and the footer magic only."""
@@ -234,7 +235,7 @@ def resolve_v1(path: str | os.PathLike[str]) -> tuple[str, list[str], _State | N
         name, files, _ = resolve_v1(_inside(directory, state.latest))
         return name, files, state
     directory = os.path.dirname(p) or "."
-    state = _read_state(directory) if os.path.isfile(os.path.join(directory, "checkpoint")) else None
+    state = _read_state(directory)
     shards = _shard_files(os.path.basename(p))
     if shards:
         m = _SHARD_RE.match(os.path.basename(p))
@@ -249,8 +250,9 @@ def resolve_v1(path: str | os.PathLike[str]) -> tuple[str, list[str], _State | N
     return p, [p], state
 
 
-# -- slices ---------------------------------------------------------------------------------------------
-Extents = tuple[tuple[int, int], ...]  # (start, length) per dimension; length -1 = the whole dimension
+# -- slices ---------------------------------------------------------------------------------------
+#: (start, length) per dimension; length -1 = the whole dimension
+Extents = tuple[tuple[int, int], ...]
 
 
 @dataclass
@@ -304,7 +306,8 @@ def _parse_shape(msg: Message | None, path: str, name: str) -> tuple[int, ...]:
         raise InvalidHeaderError("tensor has unknown rank", path=path, tensor=name)
     dims = tuple(get_int(d, 1) for d in get_messages(msg, 2, path=path))
     if any(d < 0 for d in dims):
-        raise InvalidHeaderError(f"tensor has an unknown dimension {list(dims)}", path=path, tensor=name)
+        raise InvalidHeaderError(f"tensor has an unknown dimension {list(dims)}", path=path,
+                                 tensor=name)
     return dims
 
 
@@ -341,7 +344,8 @@ def _check_cover(t: _Tensor, path: str) -> None:
         raise InvalidOffsetError(f"scalar saved as {len(boxes)} slices", path=path, tensor=t.name)
     if total != numel:
         raise InvalidOffsetError(
-            f"slices hold {total} of the {numel} elements of {list(t.shape)}", path=path, tensor=t.name
+            f"slices hold {total} of the {numel} elements of {list(t.shape)}", path=path,
+            tensor=t.name,
         )
 
 
@@ -364,7 +368,21 @@ def _decode_varints(payload: Any, count: int, path: str, name: str) -> np.ndarra
     return np.bitwise_or.reduceat(parts, starts).view(np.int64)
 
 
-# -- reader ----------------------------------------------------------------------------------------------
+def _typed_values(
+    proto: Message, number: int, kind: str, count: int, file: str, name: str
+) -> np.ndarray:
+    """A TensorProto's typed value field: packed floats/doubles as zero-copy views, packed varints
+    decoded at once; anything else (unpacked, split) through the generic decoder."""
+    values = proto.get(number, [])
+    packed_once = len(values) == 1 and proto.wire_types.get(number) == LEN
+    if packed_once and kind in _FIXED and len(values[0]) % _FIXED[kind].itemsize == 0:
+        return np.frombuffer(values[0], _FIXED[kind])
+    if packed_once and kind not in _FIXED:
+        return _decode_varints(values[0], count, file, name)
+    return get_packed(proto, number, kind, path=file)
+
+
+# -- reader ---------------------------------------------------------------------------------------
 class TFV1Reader(FormatReader):
     format_name = "tf_v1"
 
@@ -409,7 +427,8 @@ class TFV1Reader(FormatReader):
             for entry in get_messages(meta, 1, path=file):
                 self._add_tensor(entry, records, index, file)
         except ProtobufDecodeError as exc:
-            raise InvalidHeaderError(f"bad SavedTensorSliceMeta: {exc.message}", path=file) from None
+            raise InvalidHeaderError(f"bad SavedTensorSliceMeta: {exc.message}",
+                                     path=file) from None
 
     def _read_versions(self, versions: Message | None, file: str) -> None:
         if versions is None:
@@ -464,7 +483,7 @@ class TFV1Reader(FormatReader):
 
     # -- decoding ---------------------------------------------------------------------------------
     def _slice_proto(self, t: _Tensor, s: _Slice) -> Message:
-        """The ``TensorProto`` of one slice, after checking the record names this tensor and slice."""
+        """The ``TensorProto`` of one slice, once its record is seen to name this tensor+slice."""
         file = self.files[s.file]
         try:
             record = get_message(parse(s.value, path=file), 2, path=file)
@@ -483,60 +502,51 @@ class TFV1Reader(FormatReader):
                 )
             return get_message(record, 3, path=file) or Message()
         except ProtobufDecodeError as exc:
-            raise InvalidHeaderError(f"bad SavedSlice: {exc.message}", path=file, tensor=t.name) from None
+            raise InvalidHeaderError(f"bad SavedSlice: {exc.message}", path=file,
+                                     tensor=t.name) from None
 
     def _decode(self, t: _Tensor, s: _Slice, shape: tuple[int, ...]) -> np.ndarray:
         file = self.files[s.file]
         proto = self._slice_proto(t, s)
         n = math.prod(shape)
         dt = DTYPES[t.dtype]
+        content = proto.get(_TENSOR_CONTENT)
+        if content and len(content[-1]):  # not what TF writes, but a valid TensorProto
+            raw = content[-1]
+            if len(raw) != n * dt.itemsize:
+                raise InvalidOffsetError(
+                    f"tensor_content has {len(raw)} bytes, {t.dtype}{list(shape)} needs "
+                    f"{n * dt.itemsize}", path=file, tensor=t.name,
+                )
+            return np.frombuffer(raw, dt).reshape(shape)
+        number, kind, per = _FIELDS[t.dtype]
         try:
-            content = proto.get(_TENSOR_CONTENT)
-            if content and len(content[-1]):
-                raw = content[-1]
-                if len(raw) != n * dt.itemsize:
-                    raise InvalidOffsetError(
-                        f"tensor_content has {len(raw)} bytes, {t.dtype}{list(shape)} needs {n * dt.itemsize}",
-                        path=file, tensor=t.name,
-                    )
-                return np.frombuffer(raw, dt).reshape(shape)
-            number, kind, per = _FIELDS[t.dtype]
-            values = proto.get(number, [])
-            if kind in _FIXED:
-                if len(values) == 1 and proto.wire_types.get(number) == LEN:
-                    flat = np.frombuffer(values[0], _FIXED[kind]) if len(values[0]) % _FIXED[kind].itemsize == 0 else None
-                else:
-                    flat = None
-                if flat is None:
-                    flat = get_packed(proto, number, kind, path=file)
-            elif len(values) == 1 and proto.wire_types.get(number) == LEN:
-                flat = _decode_varints(values[0], n * per, file, t.name)
-            else:
-                flat = get_packed(proto, number, kind, path=file)
+            flat = _typed_values(proto, number, kind, n * per, file, t.name)
         except ProtobufDecodeError as exc:
-            raise InvalidHeaderError(f"bad TensorProto: {exc.message}", path=file, tensor=t.name) from None
+            raise InvalidHeaderError(f"bad TensorProto: {exc.message}", path=file,
+                                     tensor=t.name) from None
         if flat.size != n * per:
             raise InvalidOffsetError(
                 f"slice {list(s.extents)} stores {flat.size // per} values, {t.dtype}{list(shape)} "
                 f"needs {n}", path=file, tensor=t.name,
             )
-        if t.dtype in ("float16", "bfloat16"):
+        if t.dtype in ("float16", "bfloat16"):  # half_val holds the 16-bit patterns
             return flat.astype(np.uint16).view(dt).reshape(shape)
-        if kind in _FIXED:
-            out = flat.view(dt) if per == 2 else flat
-            return (out if out.dtype == dt else out.astype(dt)).reshape(shape)
-        return flat.astype(dt).reshape(shape)
+        if per == 2:  # complex: (re, im) pairs
+            return flat.view(dt).reshape(shape)
+        return (flat if flat.dtype == dt else flat.astype(dt)).reshape(shape)
 
     def _assemble(self, t: _Tensor) -> np.ndarray:
         if len(t.slices) == 1 and all(n < 0 for _, n in t.slices[0].extents):
             return self._decode(t, t.slices[0], t.shape)
         dt = DTYPES[t.dtype]
-        check_expansion(math.prod(t.shape) * dt.itemsize, t.stored_bytes, path=self.name, tensor=t.name,
-                        what="partitioned variable")
+        check_expansion(math.prod(t.shape) * dt.itemsize, t.stored_bytes, path=self.name,
+                        tensor=t.name, what="partitioned variable")
         out = np.empty(t.shape, dt)
         for s in t.slices:
             box = s.bounds(t.shape)
-            out[tuple(slice(a, b) for a, b in box)] = self._decode(t, s, tuple(b - a for a, b in box))
+            shape = tuple(b - a for a, b in box)
+            out[tuple(slice(a, b) for a, b in box)] = self._decode(t, s, shape)
         return out
 
     # -- public API -------------------------------------------------------------------------------
@@ -561,7 +571,7 @@ class TFV1Reader(FormatReader):
         t = self._tensor(name)
         extra: dict[str, Any] = {"file": self.files[t.slices[0].file], "slices": len(t.slices)}
         if t.dtype_code in _QUANTIZED:
-            extra["tf_dtype"] = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16"}[t.dtype_code]
+            extra["tf_dtype"] = _QUANTIZED_NAMES[t.dtype_code]
         return TensorInfo(name, t.dtype, t.shape, extra)
 
     def get(self, name: str) -> np.ndarray:
@@ -569,7 +579,8 @@ class TFV1Reader(FormatReader):
 
     @property
     def skipped(self) -> dict[str, str]:
-        return {k: "DT_STRING tensor (not a weight); read it with get_strings()" for k in self._strings}
+        why = "DT_STRING tensor (not a weight); read it with get_strings()"
+        return dict.fromkeys(self._strings, why)
 
     def string_keys(self) -> list[str]:
         """Names of the DT_STRING tensors (not listed in :meth:`keys`)."""
@@ -633,10 +644,11 @@ class TFV1Reader(FormatReader):
                 full = _inside(state.directory, named)
             except WeightVaultError:
                 full = None
+            current = full is not None and os.path.normpath(full) == os.path.normpath(self.name)
             item: dict[str, Any] = {
                 "prefix": named,
                 "exists": full is not None and _exists(full),
-                "current": full is not None and os.path.normpath(full) == os.path.normpath(self.name),
+                "current": current,
                 "latest": named == state.latest,
             }
             if i < len(state.timestamps):
@@ -677,7 +689,7 @@ class TFV1Reader(FormatReader):
 
 class TFV1Format(Format):
     name = "tf_v1"
-    description = "TensorFlow checkpoint V1 (single model.ckpt table file, TF 1.0-era tf.train.Saver)"
+    description = "TensorFlow checkpoint V1 (one model.ckpt table file, Saver write_version=V1)"
     extensions = ()
     can_write = False
 
@@ -698,7 +710,9 @@ class TFV1Format(Format):
             return False
         if not p.exists():
             return find_v1_checkpoint(p) is not None or _is_v1_target(os.fspath(p))
-        return is_v1_file(p, head)
+        # the first record alone is specific enough, and a truncated V1 file (no footer) should
+        # still reach this reader's errors rather than another format's
+        return _head_is_v1(head)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **options: Any) -> TFV1Reader:
