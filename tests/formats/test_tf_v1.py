@@ -407,3 +407,43 @@ def test_sniff_is_specific(v1: dict[str, Any], fixtures_dir: Path) -> None:
     with weightvault.open(fixtures_dir / "tensorflow" / "tf1_saver") as r:
         assert r.format == "tf_bundle"
 
+
+
+# -- .meta facts: MetaGraphDefs older than TF 1.14 ----------------------------------------------------
+
+
+def test_pre_1_14_meta_trainable_and_dtype_names(tmp_path: Path) -> None:
+    """TF < 1.14 wrote no VariableDef.trainable: the trainable_variables collection says it."""
+    meta_graph_pb2 = pytest.importorskip("tensorflow.core.protobuf.meta_graph_pb2")
+    variable_pb2 = pytest.importorskip("tensorflow.core.framework.variable_pb2")
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.get_variable("dense/kernel", [3, 2], use_resource=False)  # VariableV2, as TF 1.x made
+        tf1.get_variable("dense/bias", [2], use_resource=True)
+        tf1.Variable([b"a", b"b"], name="vocab", trainable=False, use_resource=False)
+        tf1.Variable(0, name="counter", trainable=False, dtype=tf.int64)
+        saver = tf1.train.Saver(write_version=tf1.train.SaverDef.V1)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            prefix = saver.save(sess, str(tmp_path / "model.ckpt"))
+    meta = meta_graph_pb2.MetaGraphDef()
+    meta.ParseFromString(Path(prefix + ".meta").read_bytes())
+    for collection in meta.collection_def.values():
+        values = collection.bytes_list.value
+        for i, raw in enumerate(values):
+            vdef = variable_pb2.VariableDef.FromString(raw)
+            vdef.ClearField("trainable")
+            values[i] = vdef.SerializeToString()
+    meta.meta_info_def.tensorflow_version = "1.10.0"
+    old = tmp_path / "old.meta"
+    old.write_bytes(meta.SerializeToString())
+    for path in (prefix + ".meta", old):
+        with weightvault.open(path) as r:
+            facts = {v["name"]: v for v in r.metadata["variables"]}
+        assert facts["dense/kernel"]["trainable"] is True, path
+        assert facts["dense/bias"]["trainable"] is True, path
+        assert facts["vocab"]["trainable"] is False, path
+        assert facts["counter"]["trainable"] is False, path
+        assert facts["vocab"]["dtype"] == "string", path  # DT_STRING_REF, not "7"
+        assert facts["dense/kernel"]["dtype"] == "float32", path
+        assert facts["counter"]["dtype"] == "int64", path

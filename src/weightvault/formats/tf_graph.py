@@ -12,7 +12,8 @@
 * **MetaGraphDef** (``.meta`` from ``tf.compat.v1.train.Saver``): the variables come from the
   ``variables``/``trainable_variables``/... collections (serialized ``VariableDef``) and from
   ``VariableV2``/``VarHandleOp`` nodes. When the checkpoint sits beside the ``.meta`` (same prefix),
-  ``keys()`` are the tensors the data files hold (read through :class:`TFBundleReader`), and
+  ``keys()`` are the tensors the data files hold (read through :class:`TFBundleReader`, or
+  :class:`~weightvault.formats.tf_v1.TFV1Reader` for a V1 ``PREFIX`` file), and
   ``metadata["graph_only_variables"]`` lists variables with no saved value. Without a checkpoint
   ``keys()`` is empty and ``metadata["variables"]`` still lists every variable with dtype and shape.
 """
