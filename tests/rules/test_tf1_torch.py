@@ -368,3 +368,43 @@ def test_custom_named_gru_cell_is_refused_not_dense(tmp_path: Path) -> None:
         assert "decoder/my_gru/gates/kernel" in r.keys() and r.info("decoder/my_gru/candidate/kernel").shape == (5, 2)
     with pytest.raises(UnsupportedOperationError, match="'decoder/my_gru' is a TF1 GRUCell"):
         weightvault.convert(prefix, tmp_path / "g.safetensors", rules="tf1-to-torch")
+
+
+def _one_cell_ckpt(tmp_path: Path, make_cell, xs: np.ndarray) -> tuple[str, np.ndarray]:
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, *xs.shape[1:]])
+        out, _ = tf1.nn.dynamic_rnn(make_cell(), x, dtype=tf.float32)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            rng = np.random.default_rng(3)
+            for v in tf1.trainable_variables():
+                v.load(rng.normal(0, 0.5, v.shape.as_list()).astype("float32"), sess)
+            expected = sess.run(out, {x: xs})
+            prefix = tf1.train.Saver().save(sess, str(tmp_path / "cell.ckpt"))
+    return prefix, expected
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning")
+def test_lstm_projection_becomes_proj_size(tmp_path: Path) -> None:
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    xs = np.random.default_rng(4).normal(size=(2, 5, 3)).astype("float32")
+    prefix, expected = _one_cell_ckpt(tmp_path, lambda: cells.LSTMCell(6, num_proj=2, name="projected"), xs)
+    dst = tmp_path / "p.safetensors"
+    result = weightvault.convert(prefix, dst, rules="tf1-to-torch")
+    assert any("proj_size=2" in n for n in result.plan.notes)
+    net = torch.nn.LSTM(3, 6, proj_size=2, batch_first=True)
+    net.load_state_dict({k.removeprefix("rnn."): v for k, v in weightvault.load(dst, framework="torch").items()})
+    with torch.no_grad():
+        got, _ = net(torch.from_numpy(xs))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=RTOL, atol=1e-5)
+
+
+def test_peephole_lstm_is_refused(tmp_path: Path) -> None:
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    from weightvault.errors import UnsupportedOperationError
+
+    xs = np.zeros((1, 2, 3), np.float32)
+    prefix, _ = _one_cell_ckpt(tmp_path, lambda: cells.LSTMCell(4, use_peepholes=True, name="peep"), xs)
+    with pytest.raises(UnsupportedOperationError, match="peepholes"):
+        weightvault.convert(prefix, tmp_path / "x.safetensors", rules="tf1-to-torch")

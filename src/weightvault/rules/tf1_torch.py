@@ -145,12 +145,18 @@ class _Scopes:
                 cells[cell] = (gates, candidate)
         return cells
 
-    def lstm_shaped(self, variables: dict[str, str]) -> bool:
+    def projection(self, scope: str) -> str | None:
+        """The projection kernel ``[H, P]`` of an ``LSTMCell(num_proj=P)`` at ``scope``."""
+        return _pick(self.vars.get(f"{scope}/projection", {}), _KERNELS)
+
+    def lstm_shaped(self, scope: str, variables: dict[str, str]) -> bool:
         kernel, bias = _pick(variables, _KERNELS), _pick(variables, _BIASES)
         if kernel is None or len(self.shape(kernel)) != 2:
             return False
         rows, cols = self.shape(kernel)
-        fits = cols % 4 == 0 and cols > 0 and rows > cols // 4
+        projection = self.projection(scope)
+        recurrent = self.shape(projection)[-1] if projection else cols // 4
+        fits = cols % 4 == 0 and cols > 0 and rows > recurrent
         return fits and (bias is None or self.shape(bias) == (cols,))
 
     def kind(self, scope: str, variables: dict[str, str]) -> tuple[str, str]:
@@ -158,7 +164,8 @@ class _Scopes:
         hint = self.hint(scope)
         if hint is not None:
             if hint == "lstm" or hint.startswith("forget_bias:"):
-                if not self.lstm_shaped(variables):
+                _forget_bias(hint, scope, self.reader.path)  # a malformed value fails here
+                if not self.lstm_shaped(scope, variables):
                     raise AmbiguousLayoutError(
                         f"hint {scope}={hint}: the scope's variables "
                         f"{ {v: list(self.shape(s)) for v, s in variables.items()} } are not an "
@@ -177,7 +184,7 @@ class _Scopes:
         if _NAMED_LSTM.search(scope) and _pick(variables, _KERNELS):
             return "lstm", "named lstm_cell"
         outer = scope.split("/")[:-1]
-        if self.lstm_shaped(variables) and any(_RNN_SCOPE.fullmatch(p) for p in outer):
+        if self.lstm_shaped(scope, variables) and any(_RNN_SCOPE.fullmatch(p) for p in outer):
             return "lstm", "LSTM shapes under an RNN scope"
         return "plain", ""
 
@@ -197,6 +204,9 @@ def tf1_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) ->
             kinds[scope] = ("gru", "named gru_cell")
         else:
             kinds[scope] = scopes.kind(scope, variables)
+    for scope, (kind, _) in list(kinds.items()):
+        if kind == "lstm" and scopes.projection(scope):
+            kinds.pop(f"{scope}/projection", None)  # part of the cell (num_proj)
     _check_hints_used(reader, hints, scopes)
     for scope, (kind, why) in kinds.items():
         if kind == "gru":
@@ -208,10 +218,25 @@ def tf1_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) ->
                 tensor=next(iter(gates.values()), None),
             )
         if kind == "lstm":
-            _lstm_cell(plan, reader, scope, scopes.vars[scope], hints, why)
+            projection = scopes.vars.get(f"{scope}/projection", {})
+            _lstm_cell(plan, reader, scope, {**scopes.vars[scope], **_prefixed(projection)}, hints, why)
         elif scope in scopes.vars:
             _plain_scope(plan, reader, scope, scopes.vars[scope])
     return plan
+
+
+def _prefixed(projection: dict[str, str]) -> dict[str, str]:
+    return {f"projection/{k}": v for k, v in projection.items()}
+
+
+def _forget_bias(hint: str, scope: str, path: str) -> float:
+    if not hint.startswith("forget_bias:"):
+        return 1.0
+    try:
+        return float(hint.split(":", 1)[1])
+    except ValueError:
+        raise AmbiguousLayoutError(f"hint {scope}={hint}: forget_bias needs a number",
+                                   path=path) from None
 
 
 def _check_hints_used(reader: FormatReader, hints: Hints, scopes: _Scopes) -> None:
@@ -259,12 +284,13 @@ def _lstm_cell(
     module, sfx = _rnn_target(scope)
     rows, cols = reader.info(kernel).shape
     hidden = cols // 4
-    inputs = rows - hidden
-    hint = hints.get(scope) or ""
-    forget_bias = float(hint.split(":", 1)[1]) if hint.startswith("forget_bias:") else 1.0
+    recurrent = _projection(plan, reader, scope, variables, module + ".weight_hr" + sfx, hidden)
+    inputs = rows - recurrent
+    forget_bias = _forget_bias(hints.get(scope) or "", scope, reader.path)
     gates = ReorderGates("ijfo", "ifjo", 0)
-    plan.steps.append(Step(f"{module}.weight_ih{sfx}", (kernel,), (Split(0, (inputs, hidden), 0), Transpose((1, 0)), gates)))
-    plan.steps.append(Step(f"{module}.weight_hh{sfx}", (kernel,), (Split(0, (inputs, hidden), 1), Transpose((1, 0)), gates)))
+    split = (inputs, recurrent)
+    plan.steps.append(Step(f"{module}.weight_ih{sfx}", (kernel,), (Split(0, split, 0), Transpose((1, 0)), gates)))
+    plan.steps.append(Step(f"{module}.weight_hh{sfx}", (kernel,), (Split(0, split, 1), Transpose((1, 0)), gates)))
     if bias is not None:
         # PyTorch order i,f,g,o: the forget block is rows [H, 2H).
         plan.steps.append(
@@ -277,3 +303,27 @@ def _lstm_cell(
             f"{scope}: recognised as an LSTM cell by its shapes ({rows}x{cols} kernel) under an RNN "
             f"scope; pass --hint {scope}=dense if it is a Dense layer"
         )
+
+
+def _projection(
+    plan: Plan, reader: FormatReader, scope: str, variables: dict[str, str], target: str, hidden: int
+) -> int:
+    """``LSTMCell(num_proj=P)``: ``projection/kernel [H, P]`` -> ``weight_hr [P, H]`` (PyTorch's
+    ``proj_size``); returns the recurrent size (P, or H without a projection)."""
+    kernel = _pick({k.removeprefix("projection/"): v for k, v in variables.items()
+                    if k.startswith("projection/")}, _KERNELS)
+    if kernel is None:
+        return hidden
+    extra = [v for k, v in variables.items() if k.startswith("projection/") and v != kernel]
+    shape = tuple(reader.info(kernel).shape)
+    if extra or len(shape) != 2 or shape[0] != hidden:
+        raise UnsupportedOperationError(
+            f"{scope!r}: projection {shape} with {len(extra)} more variables is not an LSTMCell "
+            f"num_proj projection [H={hidden}, P]", path=reader.path, tensor=kernel,
+        )
+    plan.steps.append(Step(target, (kernel,), (Transpose((1, 0)),), note="num_proj -> proj_size"))
+    plan.notes.append(
+        f"{scope}: num_proj={shape[1]} -> nn.LSTM(proj_size={shape[1]}); cell_clip/proj_clip are "
+        "run-time settings the checkpoint does not record"
+    )
+    return shape[1]
