@@ -447,3 +447,54 @@ def test_pre_1_14_meta_trainable_and_dtype_names(tmp_path: Path) -> None:
         assert facts["vocab"]["dtype"] == "string", path  # DT_STRING_REF, not "7"
         assert facts["dense/kernel"]["dtype"] == "float32", path
         assert facts["counter"]["dtype"] == "int64", path
+
+
+# -- fuzz: any damage is a WeightVaultError, never another exception ------------------------------
+
+
+def _exercise(path: Path) -> None:
+    from weightvault.errors import WeightVaultError
+
+    try:
+        with TFV1Reader(path) as r:
+            for name in r.keys():
+                r.get(name)
+            for name in r.string_keys():
+                r.get_strings(name)
+            r.metadata  # noqa: B018
+            r.verify()
+    except WeightVaultError as exc:
+        assert str(path) in str(exc), exc
+
+
+def test_damaged_records_raise_only_weightvault_errors(tmp_path: Path) -> None:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.get_variable("w", initializer=np.arange(12, dtype=np.float32).reshape(3, 4))
+        tf1.get_variable("n", initializer=np.array([1, -300, 7], np.int64))
+        tf1.get_variable("p", [6, 2], partitioner=tf1.fixed_size_partitioner(2))
+        tf1.Variable([b"ab", b"c"], name="s")
+        saver = tf1.train.Saver(write_version=tf1.train.SaverDef.V1)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            path = saver.save(sess, str(tmp_path / "small.ckpt"))
+    entries = _entries(path)
+    raw = Path(path).read_bytes()
+    rng = np.random.default_rng(7)
+    bad = tmp_path / "bad.ckpt"
+    for i in range(300):
+        if i % 3 == 0:  # damage the file itself: mostly caught by the block CRCs
+            data = bytearray(raw)
+            for _ in range(rng.integers(1, 4)):
+                data[rng.integers(len(data))] = rng.integers(256)
+            bad.write_bytes(bytes(data[: rng.integers(len(data) // 2, len(data) + 1)]))
+        else:  # damage one record and re-table it with valid CRCs: reaches the proto decoding
+            edited = [list(e) for e in entries]
+            k = rng.integers(len(edited))
+            value = bytearray(edited[k][1])
+            for _ in range(rng.integers(1, 4)):
+                if value:
+                    value[rng.integers(len(value))] = rng.integers(256)
+            edited[k][1] = bytes(value[: rng.integers(0, len(value) + 1)] if i % 5 == 0 else value)
+            bad.write_bytes(write_table([(key, val) for key, val in edited]))
+        _exercise(bad)
