@@ -498,3 +498,19 @@ def test_damaged_records_raise_only_weightvault_errors(tmp_path: Path) -> None:
             edited[k][1] = bytes(value[: rng.integers(0, len(value) + 1)] if i % 5 == 0 else value)
             bad.write_bytes(write_table([(key, val) for key, val in edited]))
         _exercise(bad)
+
+
+def test_float_tensors_have_byte_spans(v1: dict[str, Any]) -> None:
+    with TFV1Reader(v1["path"]) as r:
+        data = Path(v1["path"]).read_bytes()
+        spans = {}
+        for name in r.keys():
+            span = r.byte_span(name)
+            if span is None:
+                continue
+            spans[name] = span
+            assert span.path == v1["path"]
+            chunk = data[span.offset : span.offset + span.nbytes]
+            np.testing.assert_array_equal(np.frombuffer(chunk, r.info(name).dtype).reshape(r.info(name).shape),
+                                          v1["values"][name], err_msg=name)
+    assert set(spans) == {"f32", "scope/f64", "c64", "big"}  # not varints, not half, not partitioned

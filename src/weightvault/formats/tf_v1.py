@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.dtypes import DTYPES
 from weightvault.core.limits import check_expansion
 from weightvault.core.protobuf import (
@@ -390,6 +390,7 @@ class TFV1Reader(FormatReader):
         super().__init__(path)
         self.name, self.files, self.state = resolve_v1(path)
         self._maps: list[mmap.mmap | None] = []
+        self._bases: list[int] = []  # address of each map, to turn record views into offsets
         self._handles: list[Any] = []
         self._tensors: dict[str, _Tensor] = {}
         self.producer: int | None = None
@@ -414,6 +415,7 @@ class TFV1Reader(FormatReader):
         size = os.fstat(f.fileno()).st_size
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         self._maps.append(mm)
+        self._bases.append(np.frombuffer(mm, np.uint8, 1).ctypes.data if mm is not None else 0)
         data = memoryview(mm) if mm is not None else memoryview(b"")
         table = read_table(data, path=file)  # checks every block CRC-32C and handle
         if not table or table[0][0] != _META_KEY:
@@ -577,6 +579,26 @@ class TFV1Reader(FormatReader):
     def get(self, name: str) -> np.ndarray:
         return self._assemble(self._tensor(name))
 
+    def byte_span(self, name: str) -> ByteSpan | None:
+        """Where an unpartitioned float/double/complex tensor's packed values lie in the file
+        (they are stored little-endian, exactly as a writer stores them); None otherwise."""
+        t = self._tensor(name)
+        dt = DTYPES[t.dtype]
+        number, kind, _ = _FIELDS[t.dtype]
+        nbytes = math.prod(t.shape) * dt.itemsize
+        if len(t.slices) != 1 or kind not in _FIXED or nbytes == 0:
+            return None
+        s = t.slices[0]
+        if any(n >= 0 for _, n in s.extents):
+            return None
+        proto = self._slice_proto(t, s)
+        content = proto.get(_TENSOR_CONTENT) or []
+        values = [v for v in content if len(v)] or proto.get(number, [])
+        if len(values) != 1 or isinstance(values[0], int) or len(values[0]) != nbytes:
+            return None
+        offset = np.frombuffer(values[0], np.uint8).ctypes.data - self._bases[s.file]
+        return ByteSpan(self.files[s.file], self._handles[s.file].fileno(), offset, nbytes)
+
     @property
     def skipped(self) -> dict[str, str]:
         why = "DT_STRING tensor (not a weight); read it with get_strings()"
@@ -684,6 +706,7 @@ class TFV1Reader(FormatReader):
         for f in self._handles:
             f.close()
         self._maps = []
+        self._bases = []
         self._handles = []
 
 
