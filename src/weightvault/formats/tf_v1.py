@@ -386,7 +386,8 @@ def _typed_values(
 class TFV1Reader(FormatReader):
     format_name = "tf_v1"
 
-    def __init__(self, path: str | os.PathLike[str], *, check_crc: bool = True, **_: Any) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, check_crc: bool = True) -> None:
+        # check_crc is accepted for parity with tf_bundle: V1's block CRCs are always checked
         super().__init__(path)
         self.name, self.files, self.state = resolve_v1(path)
         self._maps: list[mmap.mmap | None] = []
