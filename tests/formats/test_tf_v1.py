@@ -422,6 +422,7 @@ def test_pre_1_14_meta_trainable_and_dtype_names(tmp_path: Path) -> None:
         tf1.get_variable("dense/bias", [2], use_resource=True)
         tf1.Variable([b"a", b"b"], name="vocab", trainable=False, use_resource=False)
         tf1.Variable(0, name="counter", trainable=False, dtype=tf.int64)
+        tf1.get_variable("table", [6, 2], trainable=False, partitioner=tf1.fixed_size_partitioner(2))
         saver = tf1.train.Saver(write_version=tf1.train.SaverDef.V1)
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
@@ -447,6 +448,11 @@ def test_pre_1_14_meta_trainable_and_dtype_names(tmp_path: Path) -> None:
         assert facts["vocab"]["dtype"] == "string", path  # DT_STRING_REF, not "7"
         assert facts["dense/kernel"]["dtype"] == "float32", path
         assert facts["counter"]["dtype"] == "int64", path
+        assert facts["table/part_1"]["trainable"] is False, path
+        assert (facts["table/part_1"]["partition_of"], facts["table/part_1"]["full_shape"]) == ("table", [6, 2])
+    with weightvault.open(prefix + ".meta") as r:
+        assert all(v["in_checkpoint"] for v in r.metadata["variables"])
+        np.testing.assert_array_equal(r.get("table").shape, (6, 2))
 
 
 # -- fuzz: any damage is a WeightVaultError, never another exception ------------------------------

@@ -237,12 +237,12 @@ class TFGraphReader(FormatReader):
                 item = variables.setdefault(var_name, {"name": var_name, "op": None, "dtype": None,
                                                        "shape": None, "collections": []})
                 item["collections"].append(key)
-                if key == "variables":
-                    # VariableDef.trainable exists since TF 1.14; older graphs say it only by
-                    # listing the variable in the trainable_variables collection (below)
-                    item["trainable"] = item.get("trainable", False) or bool(get_int(vdef, 7))
-                elif key == "trainable_variables":
+                if key == "trainable_variables":
+                    # the only record of trainability in graphs older than TF 1.14, which
+                    # had no VariableDef.trainable
                     item["trainable"] = True
+                if key == "variables":
+                    item["trainable"] = item.get("trainable", False) or bool(get_int(vdef, 7))
                     slice_info = get_message(vdef, 4, path=self.path)
                     if slice_info is not None:
                         item["partition_of"] = get_str(slice_info, 1)
@@ -253,7 +253,7 @@ class TFGraphReader(FormatReader):
             self._meta["tensorflow_version"] = get_str(info, 5)
         prefix = self.path[: -len(".meta")]
         v1 = None if os.path.isfile(prefix + ".index") else find_v1_checkpoint(prefix)
-        if v1 is None and os.path.isfile(prefix + ".index"):
+        if os.path.isfile(prefix + ".index"):
             self._bundle = TFBundleReader(prefix)
             self._meta["checkpoint"] = prefix
             self._meta["weights"] = f"read from the V2 checkpoint {prefix}.index"
@@ -263,8 +263,8 @@ class TFGraphReader(FormatReader):
             self._meta["weights"] = f"read from the V1 checkpoint {v1}"
         else:
             self._meta["weights"] = (
-                f"no checkpoint beside this graph (looked for {prefix}.index and the V1 file {prefix}): "
-                "the .meta lists variables only"
+                f"no checkpoint beside this graph (looked for {prefix}.index and the V1 file "
+                f"{prefix}): the .meta lists variables only"
             )
         held = set(self._bundle.keys()) | set(self._bundle.string_keys()) if self._bundle else set()
         for item in variables.values():
