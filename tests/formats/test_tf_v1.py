@@ -170,6 +170,9 @@ def test_sharded_saver(tmp_path: Path) -> None:
             assert sorted(r.keys()) == sorted(NUMERIC)
             for name in NUMERIC:
                 np.testing.assert_array_equal(r.get(name), saved["values"][name], err_msg=name)
+    with weightvault.open(tmp_path / "model.ckpt.meta") as r:  # the .meta finds the shards
+        assert r.metadata["checkpoint"] == saved["path"]
+        np.testing.assert_array_equal(r.get("part"), saved["values"]["part"])
     (tmp_path / shards[1]).unlink()
     with pytest.raises(TruncatedFileError, match="shard is missing"):
         TFV1Reader(saved["path"])
