@@ -167,6 +167,7 @@ def test_sharded_saver(tmp_path: Path) -> None:
     for target in (saved["path"], tmp_path, tmp_path / shards[1], tmp_path / "model.ckpt"):
         with weightvault.open(target) as r:
             assert r.format == "tf_v1" and r.metadata["num_shards"] == 2
+            assert r.metadata["global_step"] == 42 and "step_from_name" not in r.metadata
             assert sorted(r.keys()) == sorted(NUMERIC)
             for name in NUMERIC:
                 np.testing.assert_array_equal(r.get(name), saved["values"][name], err_msg=name)

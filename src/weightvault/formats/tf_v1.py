@@ -651,8 +651,14 @@ class TFV1Reader(FormatReader):
             self._state_metadata(meta, self.state)
         step = self._tensors.get("global_step")
         if step is not None and step.shape == () and step.dtype_code in (3, 9):
-            meta["global_step"] = int(self.get("global_step"))
-        elif m := re.search(r"-(\d+)(-\?{5}-of-\d{5})?$", os.path.basename(self.name)):
+            try:
+                meta["global_step"] = int(self.get("global_step"))
+            except WeightVaultError:
+                pass  # a damaged step must not hide the listing; get() reports it
+        base = os.path.basename(self.name)
+        shard = _SHARD_RE.match(base)
+        m = re.search(r"-(\d+)$", shard.group("prefix") if shard else base)
+        if "global_step" not in meta and m:
             meta["step_from_name"] = int(m.group(1))
         return meta
 
