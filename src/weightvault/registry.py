@@ -8,6 +8,7 @@ by hand: detection walks this table in ``DETECTION_ORDER``.
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 from importlib.metadata import entry_points
@@ -43,6 +44,7 @@ _known: dict[str, dict[str, str]] = {
     "safetensors": {"class": "weightvault.formats.safetensors:SafetensorsFormat", "err": ""},
     "tf_bundle": {"class": "weightvault.formats.tf_bundle:TFBundleFormat", "err": ""},
     "tf_graph": {"class": "weightvault.formats.tf_graph:TFGraphFormat", "err": ""},
+    "tf_v1": {"class": "weightvault.formats.tf_v1:TFV1Format", "err": ""},
 }
 assert list(_known) == sorted(_known), "keep the registry table sorted"
 
@@ -54,6 +56,7 @@ DETECTION_ORDER = (
     "numpy",
     "gguf",
     "keras",
+    "tf_v1",  # before tf_bundle: a run directory's `checkpoint` file may name a V1 file
     "tf_bundle",
     "tf_graph",
     "onnx",
@@ -168,8 +171,15 @@ def detect_format(path: str | os.PathLike[str]) -> type[Format]:
 
 
 def _tf_prefix_exists(p: Path) -> bool:
-    # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000).
-    return p.with_name(p.name + ".index").exists()
+    # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000),
+    # or a sharded V1 checkpoint by its shards' pattern (model.ckpt-?????-of-00002) or prefix.
+    if p.with_name(p.name + ".index").exists():
+        return True
+    if not p.parent.is_dir():
+        return False
+    name = glob.escape(p.name)
+    shards = name.replace("[?]", "?"), name + "-[0-9][0-9][0-9][0-9][0-9]-of-*"
+    return any(any(p.parent.glob(pattern)) for pattern in shards)
 
 
 def format_for_destination(path: str | os.PathLike[str], to: str | None = None) -> type[Format]:

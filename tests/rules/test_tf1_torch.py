@@ -229,3 +229,182 @@ def test_tf1_gru_cell_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperationError, match="GRUCell"):
         weightvault.convert(prefix, tmp_path / "g.safetensors", rules="tf1-to-torch")
     assert not (tmp_path / "g.safetensors").exists()
+
+
+# -- RNN cells under custom names, TF 1.0 variable names, hints --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def custom_cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """LSTMCells named by the user: one in dynamic_rnn's default ``rnn`` scope (found by shape),
+    one under ``scope="encoder"`` (no RNN marker: needs a hint), a stack of two, and a Dense that
+    looks like an LSTM cell under an RNN-ish scope."""
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    d = tmp_path_factory.mktemp("tf1_custom")
+    rng = np.random.default_rng(2)
+    xs = rng.normal(size=(2, 6, 3)).astype("float32")
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 6, 3])
+        plain, _ = tf1.nn.dynamic_rnn(cells.LSTMCell(4, name="my_cell"), x, dtype=tf.float32)
+        encoder, _ = tf1.nn.dynamic_rnn(cells.LSTMCell(5, name="enc_cell"), x, dtype=tf.float32, scope="encoder")
+        stack = cells.MultiRNNCell([cells.LSTMCell(4, name="first"), cells.LSTMCell(4, name="second")])
+        stacked, _ = tf1.nn.dynamic_rnn(stack, x, dtype=tf.float32, scope="stack_rnn")
+        with tf1.variable_scope("head_rnn/proj"):  # what tf.layers.dense(plain, 8) creates
+            kernel = tf1.get_variable("kernel", [4, 8])  # [4, 8]: LSTM-shaped
+            proj = tf.einsum("btc,co->bto", plain, kernel) + tf1.get_variable("bias", [8])
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            for v in tf1.trainable_variables():
+                v.load(rng.normal(0, 0.5, v.shape.as_list()).astype("float32"), sess)
+            outs = sess.run({"plain": plain, "encoder": encoder, "stacked": stacked, "proj": proj}, {x: xs})
+            prefix = tf1.train.Saver().save(sess, str(d / "cells.ckpt"))
+    return {"prefix": prefix, "x": xs, "dir": d, **outs}
+
+
+HINTS = {"encoder/enc_cell": "lstm", "head_rnn/proj": "dense"}
+
+
+class CustomRnns(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = torch.nn.LSTM(3, 4, batch_first=True)
+        self.encoder = torch.nn.LSTM(3, 5, batch_first=True)
+        self.stack_rnn = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True)
+        self.head_rnn = torch.nn.Module()
+        self.head_rnn.proj = torch.nn.Linear(4, 8)
+
+
+def _check_custom(path: Path, expected: dict[str, object]) -> None:
+    net = CustomRnns()
+    net.load_state_dict(weightvault.load(path, framework="torch"), strict=True)
+    x = torch.from_numpy(expected["x"])
+    with torch.no_grad():
+        plain, _ = net.rnn(x)
+        encoder, _ = net.encoder(x)
+        stacked, _ = net.stack_rnn(x)
+        proj = net.head_rnn.proj(plain)
+    np.testing.assert_allclose(plain.numpy(), expected["plain"], rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(encoder.numpy(), expected["encoder"], rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(stacked.numpy(), expected["stacked"], rtol=RTOL, atol=1e-5)
+    np.testing.assert_allclose(proj.numpy(), expected["proj"], rtol=RTOL, atol=1e-5)
+
+
+def test_custom_named_lstm_cells_match_torch(cli_run, custom_cells, tmp_path: Path) -> None:
+    dst = tmp_path / "cells.safetensors"
+    hints = [a for pattern, kind in HINTS.items() for a in ("--hint", f"{pattern}={kind}")]
+    code, out, _ = cli_run("convert", custom_cells["prefix"], dst, "--rules", "tf1-to-torch", *hints)
+    assert code == 0, out
+    _check_custom(dst, custom_cells)
+
+
+def test_without_hints_the_rnn_scope_decides(custom_cells, tmp_path: Path) -> None:
+    result = weightvault.convert(custom_cells["prefix"], tmp_path / "x", rules="tf1-to-torch", dry_run=True)
+    targets = {s.target for s in result.plan.steps}
+    assert {"rnn.weight_ih_l0", "stack_rnn.weight_hh_l1"} <= targets  # found by shape under rnn scopes
+    assert "encoder.enc_cell.weight" in targets  # no RNN marker, no hint: a Dense, as the file says
+    assert "head_rnn.weight_ih_l0" in targets  # the look-alike ...
+    assert any("--hint head_rnn/proj=dense" in n for n in result.plan.notes)  # ... and how to fix it
+
+
+def test_tf_1_0_variable_names(custom_cells, tmp_path: Path) -> None:
+    """TF 1.0-1.2 called the cell variables weights/biases and saved V1 files: rename them in a
+    TF-written V1 checkpoint and convert to the same PyTorch weights."""
+    reader = tf.train.load_checkpoint(custom_cells["prefix"])
+    graph = tf.Graph()
+    with graph.as_default():
+        old = {}
+        for name in reader.get_variable_to_shape_map():
+            new = name.rsplit("/", 1)[0] + {"kernel": "/weights", "bias": "/biases"}.get(name.rsplit("/", 1)[1], "")
+            if new.endswith("/"):
+                continue
+            old[new] = tf1.Variable(reader.get_tensor(name), name=new)
+        saver = tf1.train.Saver(old, write_version=tf1.train.SaverDef.V1)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            path = saver.save(sess, str(tmp_path / "old.ckpt"))
+    with weightvault.open(path) as r:
+        assert r.format == "tf_v1" and "rnn/my_cell/weights" in r.keys() and "rnn/my_cell/kernel" not in r.keys()
+    dst = tmp_path / "old.safetensors"
+    weightvault.convert(path, dst, rules="tf1-to-torch", hints=HINTS)
+    _check_custom(dst, custom_cells)
+
+
+def test_hint_matching_nothing_is_an_error(custom_cells, tmp_path: Path) -> None:
+    from weightvault.errors import WeightVaultError
+
+    with pytest.raises(WeightVaultError, match=r"hint decoder/\*=lstm matches no variable scope"):
+        weightvault.convert(custom_cells["prefix"], tmp_path / "y.safetensors", rules="tf1-to-torch",
+                            hints={"decoder/*": "lstm", "rnn/my_cell": "lstm"})
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_lstm_hint_on_a_non_lstm_scope_is_refused(mnist_ckpt, tmp_path: Path) -> None:
+    from weightvault.rules import AmbiguousLayoutError
+
+    with pytest.raises(AmbiguousLayoutError, match=r"hint layer2=lstm: .* are not an LSTM cell's"):
+        weightvault.convert(mnist_ckpt["prefix"], tmp_path / "z", rules="tf1-to-torch", dry_run=True,
+                            hints={"layer2": "lstm"})  # kernel [500, 10]: 10 is not 4H
+    with pytest.raises(AmbiguousLayoutError, match="unknown kind") as info:
+        weightvault.convert(mnist_ckpt["prefix"], tmp_path / "z", rules="tf1-to-torch", dry_run=True,
+                            hints={"layer*": "conv"})
+    assert "lstm, gru, dense" in (info.value.hint or "")
+
+
+def test_custom_named_gru_cell_is_refused_not_dense(tmp_path: Path) -> None:
+    """A GRUCell under any name is recognised by its gates/candidate shapes. PyTorch's GRU applies
+    the reset gate after the recurrent matmul, TF1's before, so no torch.nn.GRU matches it: refused."""
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    from weightvault.errors import UnsupportedOperationError
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, 4, 3])
+        tf1.nn.dynamic_rnn(cells.GRUCell(2, name="my_gru"), x, dtype=tf.float32, scope="decoder")
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            prefix = tf1.train.Saver().save(sess, str(tmp_path / "gru.ckpt"))
+    with weightvault.open(prefix) as r:
+        assert "decoder/my_gru/gates/kernel" in r.keys() and r.info("decoder/my_gru/candidate/kernel").shape == (5, 2)
+    with pytest.raises(UnsupportedOperationError, match="'decoder/my_gru' is a TF1 GRUCell"):
+        weightvault.convert(prefix, tmp_path / "g.safetensors", rules="tf1-to-torch")
+
+
+def _one_cell_ckpt(tmp_path: Path, make_cell, xs: np.ndarray) -> tuple[str, np.ndarray]:
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf1.placeholder(tf.float32, [None, *xs.shape[1:]])
+        out, _ = tf1.nn.dynamic_rnn(make_cell(), x, dtype=tf.float32)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            rng = np.random.default_rng(3)
+            for v in tf1.trainable_variables():
+                v.load(rng.normal(0, 0.5, v.shape.as_list()).astype("float32"), sess)
+            expected = sess.run(out, {x: xs})
+            prefix = tf1.train.Saver().save(sess, str(tmp_path / "cell.ckpt"))
+    return prefix, expected
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning")
+def test_lstm_projection_becomes_proj_size(tmp_path: Path) -> None:
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    xs = np.random.default_rng(4).normal(size=(2, 5, 3)).astype("float32")
+    prefix, expected = _one_cell_ckpt(tmp_path, lambda: cells.LSTMCell(6, num_proj=2, name="projected"), xs)
+    dst = tmp_path / "p.safetensors"
+    result = weightvault.convert(prefix, dst, rules="tf1-to-torch")
+    assert any("proj_size=2" in n for n in result.plan.notes)
+    net = torch.nn.LSTM(3, 6, proj_size=2, batch_first=True)
+    net.load_state_dict({k.removeprefix("rnn."): v for k, v in weightvault.load(dst, framework="torch").items()})
+    with torch.no_grad():
+        got, _ = net(torch.from_numpy(xs))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=RTOL, atol=1e-5)
+
+
+def test_peephole_lstm_is_refused(tmp_path: Path) -> None:
+    cells = pytest.importorskip("tf_keras.src.layers.rnn.legacy_cells")
+    from weightvault.errors import UnsupportedOperationError
+
+    xs = np.zeros((1, 2, 3), np.float32)
+    prefix, _ = _one_cell_ckpt(tmp_path, lambda: cells.LSTMCell(4, use_peepholes=True, name="peep"), xs)
+    with pytest.raises(UnsupportedOperationError, match="peepholes"):
+        weightvault.convert(prefix, tmp_path / "x.safetensors", rules="tf1-to-torch")

@@ -12,7 +12,8 @@
 * **MetaGraphDef** (``.meta`` from ``tf.compat.v1.train.Saver``): the variables come from the
   ``variables``/``trainable_variables``/... collections (serialized ``VariableDef``) and from
   ``VariableV2``/``VarHandleOp`` nodes. When the checkpoint sits beside the ``.meta`` (same prefix),
-  ``keys()`` are the tensors the data files hold (read through :class:`TFBundleReader`), and
+  ``keys()`` are the tensors the data files hold (read through :class:`TFBundleReader`, or
+  :class:`~weightvault.formats.tf_v1.TFV1Reader` for a V1 ``PREFIX`` file), and
   ``metadata["graph_only_variables"]`` lists variables with no saved value. Without a checkpoint
   ``keys()`` is empty and ``metadata["variables"]`` still lists every variable with dtype and shape.
 """
@@ -53,10 +54,12 @@ from weightvault.errors import (
     UnknownDtypeError,
     UnsupportedOperationError,
 )
-from weightvault.formats.tf_bundle import DT_STRING, TF_CODES, TF_DTYPES, TFBundleReader
+from weightvault.formats.tf_bundle import _TF_DTYPE_NAMES, DT_STRING, TF_CODES, TF_DTYPES, TFBundleReader
+from weightvault.formats.tf_v1 import TFV1Reader, find_v1_checkpoint
 
 __all__ = ["TFGraphFormat", "TFGraphReader", "decode_tensor_proto", "encode_tensor_proto"]
 
+_QUANTIZED_NAMES = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16"}
 _VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp", "VariableV3"}
 _COLLECTIONS = ("variables", "trainable_variables", "model_variables", "local_variables",
                 "moving_average_variables")  # fmt: skip
@@ -80,6 +83,11 @@ def _shape(msg: Message | None, path: Any, name: str) -> tuple[int, ...] | None:
     if any(d < 0 for d in dims):
         return None
     return dims
+
+
+def _dtype_label(code: int) -> str:
+    """A DataType enum as TF names it in a ``.meta`` listing (string, resource, ... included)."""
+    return TF_DTYPES.get(code) or _TF_DTYPE_NAMES.get(code) or _QUANTIZED_NAMES.get(code) or str(code)
 
 
 def _dtype(code: int, *, path: Any, tensor: str) -> str:
@@ -184,7 +192,7 @@ class TFGraphReader(FormatReader):
         super().__init__(path)
         with open(self.path, "rb") as f:
             self._data = memoryview(f.read())
-        self._bundle: TFBundleReader | None = None
+        self._bundle: TFBundleReader | TFV1Reader | None = None
         self._consts: dict[str, Any] = {}  # name -> TensorProto bytes
         self._infos: dict[str, TensorInfo] = {}
         self._meta: dict[str, Any] = {}
@@ -238,7 +246,7 @@ class TFGraphReader(FormatReader):
             shape = _shape(get_message(attrs["shape"], 7, path=self.path), self.path, name) if "shape" in attrs else None
             variables[name] = {
                 "name": name, "op": op,
-                "dtype": TF_DTYPES.get(code % 100, str(code)),  # _REF types are 100 + base
+                "dtype": _dtype_label(code % 100),  # _REF types are 100 + base
                 "shape": list(shape) if shape is not None else None, "collections": [],
             }
         for entry in get_messages(meta, 4, path=self.path):
@@ -253,8 +261,12 @@ class TFGraphReader(FormatReader):
                 item = variables.setdefault(var_name, {"name": var_name, "op": None, "dtype": None,
                                                        "shape": None, "collections": []})
                 item["collections"].append(key)
+                if key == "trainable_variables":
+                    # the only record of trainability in graphs older than TF 1.14, which
+                    # had no VariableDef.trainable
+                    item["trainable"] = True
                 if key == "variables":
-                    item["trainable"] = bool(get_int(vdef, 7))
+                    item["trainable"] = item.get("trainable", False) or bool(get_int(vdef, 7))
                     slice_info = get_message(vdef, 4, path=self.path)
                     if slice_info is not None:
                         item["partition_of"] = get_str(slice_info, 1)
@@ -264,9 +276,20 @@ class TFGraphReader(FormatReader):
         if info is not None and get_str(info, 5):
             self._meta["tensorflow_version"] = get_str(info, 5)
         prefix = self.path[: -len(".meta")]
+        v1 = None if os.path.isfile(prefix + ".index") else find_v1_checkpoint(prefix)
         if os.path.isfile(prefix + ".index"):
             self._bundle = TFBundleReader(prefix)
             self._meta["checkpoint"] = prefix
+            self._meta["weights"] = f"read from the V2 checkpoint {prefix}.index"
+        elif v1 is not None:
+            self._bundle = TFV1Reader(v1)
+            self._meta["checkpoint"] = v1
+            self._meta["weights"] = f"read from the V1 checkpoint {v1}"
+        else:
+            self._meta["weights"] = (
+                f"no checkpoint beside this graph (looked for {prefix}.index and the V1 file "
+                f"{prefix}): the .meta lists variables only"
+            )
         held = set(self._bundle.keys()) | set(self._bundle.string_keys()) if self._bundle else set()
         for item in variables.values():
             name = item.get("partition_of") or item["name"]
