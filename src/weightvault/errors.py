@@ -15,7 +15,9 @@ __all__ = [
     "AliasError",
     "CheckpointExistsError",
     "CheckpointLockedError",
+    "CheckpointDeletedError",
     "CheckpointNotFoundError",
+    "CheckpointPolicyError",
     "CheckpointSaveError",
     "ChecksumMismatchError",
     "CorruptFileError",
@@ -138,6 +140,15 @@ class TensorNotFoundError(WeightVaultError, KeyError):
 
 class CheckpointNotFoundError(WeightVaultError, FileNotFoundError):
     """No checkpoint (or no committed checkpoint) at the path."""
+
+
+class CheckpointDeletedError(CheckpointNotFoundError):
+    """A run's checkpoint was deleted by retention before it could be (fully) read."""
+
+
+class CheckpointPolicyError(WeightVaultError, ValueError):
+    """A run reopened with another retention policy than the stored one, or a save that lacks
+    the metric its ``best=`` policy ranks by (either would make retention delete silently)."""
 
 
 class CheckpointExistsError(WeightVaultError, FileExistsError):

@@ -68,6 +68,7 @@ from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
 from weightvault.errors import (
     CheckpointExistsError,
     CheckpointNotFoundError,
+    CheckpointPolicyError,
     CheckpointSaveError,
     CorruptFileError,
     UnsupportedOperationError,
@@ -290,6 +291,11 @@ class CheckpointManager:
         policy: a retention policy from :mod:`weightvault.checkpoint.policies`; replaces the
             four retention arguments above (``best`` still names the metric for :meth:`best`).
         read_only: list and restore without taking the writer lock (never blocks, never blocked).
+        allow_policy_change: reopening a run with other retention settings than the ones stored
+            in it (``max_to_keep``, ``keep_every_n_steps``, ``keep_period_hours``, ``best``,
+            ``policy``) raises :class:`~weightvault.errors.CheckpointPolicyError`, because the
+            next save would delete by the new rules (a typo in ``best=`` deletes the best step).
+            ``True`` adopts the new settings; they are stored in the run from then on.
         fsync: flush files and directories to disk at commit (turn off only for tests).
         shard_size: largest shard of each checkpoint, in bytes.
 
@@ -313,6 +319,7 @@ class CheckpointManager:
         *,
         policy: RetentionPolicy | None = None,
         read_only: bool = False,
+        allow_policy_change: bool = False,
         fsync: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
@@ -355,6 +362,8 @@ class CheckpointManager:
         try:
             self.cleaned_up = self._remove_leftovers()
             state = read_state(self.directory)
+            if not allow_policy_change:
+                _check_same_policy(state, self._settings, self.directory)
             self.run_id = state.get("run_id") or uuid.uuid4().hex
             self._created = state.get("created") or _stamp()
             self._write_state(scan_run(self.directory))
@@ -492,6 +501,7 @@ class CheckpointManager:
                     hint="save each step once; delete the directory by hand to save it again",
                 )
             clean = _clean_metrics(metrics)
+            self._check_ranked_metrics(step, clean)
             meta = dict(metadata or {})
             if METADATA_KEY in meta:
                 raise ValueError(f"metadata key {METADATA_KEY!r} is reserved for the manager")
@@ -509,6 +519,24 @@ class CheckpointManager:
             self._inflight_step = step
             self._future = self._executor.submit(self._write, job)
             return final
+
+    def _check_ranked_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Refuse a save that lacks a metric a best-K policy ranks by.
+
+        Without it the step can never be "best", and a misspelt metric name (in ``best=`` or in
+        the save) would let retention delete the real best checkpoint without a word. A step
+        that was deliberately not evaluated says so with ``metrics={name: None}``.
+        """
+        absent = [m for m in _ranked_metrics(self.policy, self._best) if m not in metrics]
+        if absent:
+            given = ", ".join(sorted(metrics)) or "none"
+            raise CheckpointPolicyError(
+                f"save of step {step} lacks the metric {', '.join(map(repr, absent))} that the "
+                f"retention policy keeps the best checkpoints by (metrics given: {given})",
+                path=self.directory,
+                hint=f"pass metrics={{{absent[0]!r}: value}}, or {{{absent[0]!r}: None}} for a step "
+                "that was not evaluated; check the spelling of best=",
+            )
 
     def wait_until_finished(self) -> None:
         """Block until the save in flight (if any) has committed; re-raise its failure."""
@@ -677,6 +705,48 @@ def _best_from_state(state: dict[str, Any]) -> KeepBestK | None:
         with contextlib.suppress(TypeError, ValueError):
             return KeepBestK(best["metric"], best.get("mode", "max"), int(best.get("k", 1)))
     return None
+
+
+def _ranked_metrics(policy: Any, best: KeepBestK | None) -> list[str]:
+    """Metric names that best-K policies (inside ``policy`` or ``best=``) rank by."""
+    found: list[str] = [] if best is None else [best.metric]
+    stack = [policy]
+    while stack:
+        p = stack.pop()
+        if isinstance(p, KeepBestK) and p.metric not in found:
+            found.append(p.metric)
+        stack.extend(getattr(p, "policies", ()) if isinstance(p, AnyOf) else ())
+    return found
+
+
+# Settings that decide what retention deletes (async_save does not).
+_POLICY_SETTINGS = ("max_to_keep", "keep_every_n_steps", "keep_period_hours", "best", "custom_policy")
+
+
+def _check_same_policy(state: dict[str, Any], settings: dict[str, Any], directory: Path) -> None:
+    """Refuse to reopen a run whose stored retention settings differ from the given ones."""
+    stored = state.get("settings")
+    if not isinstance(stored, dict):
+        return  # a new run, or one written before settings were stored
+    changed = [
+        f"{key}: stored {_show_setting(stored.get(key))}, given {_show_setting(settings.get(key))}"
+        for key in _POLICY_SETTINGS
+        if stored.get(key) != settings.get(key)
+    ]
+    if changed:
+        raise CheckpointPolicyError(
+            "the run was created with other retention settings; the next save would delete "
+            "checkpoints by the new ones (" + "; ".join(changed) + ")",
+            path=directory,
+            hint="reopen with the stored settings (`weightvault runs DIR --json` shows them), or pass "
+            "allow_policy_change=True to adopt the new ones",
+        )
+
+
+def _show_setting(value: Any) -> str:
+    if isinstance(value, dict) and "metric" in value:
+        return f"({value['metric']!r}, {value.get('mode')!r}, {value.get('k')})"
+    return repr(value)
 
 
 def _hint_for(exc: OSError) -> str | None:
