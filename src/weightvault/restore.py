@@ -765,32 +765,63 @@ def restore(
     name = "<memory>" if isinstance(path, Mapping) else os.fspath(path)
     source = _open_source(path)
     try:
-        if module and (dtype is not None or device is not None):
-            model.to(device=device, dtype=_torch_dtype(dtype))
-        target = _module_spec(model) if module else _dict_spec(model)
-        result = plan(
-            source,
-            target,
-            strict=strict,
-            include=include,
-            exclude=exclude,
-            rename=rename,
-            strip_prefixes=strip_prefixes,
-            use_ema=use_ema,
-            source_key=source_key,
-            source_name=name,
-        )
-        _check(result.report, allow_shape_mismatch, name)
-        if module:
-            _load_into_module(model, source, result.pairs)
-        else:
-            _load_into_dict(model, source, result.pairs, dtype)
-        if dtype is not None and not module:
-            for row in result.report.loaded:
-                row["dtype"] = _dtype_name(model[row["name"]])
-        return result.report
+        return _restore_from(
+            model, module, source, name, strict, include, exclude, rename, strip_prefixes,
+            dtype, device, use_ema, allow_shape_mismatch, source_key,
+        )  # fmt: skip
+    except (WeightVaultError, OSError) as exc:
+        if not isinstance(path, Mapping):
+            from weightvault.checkpoint.manager import deleted_step_error
+
+            deleted = deleted_step_error(path)  # a run's step deleted by retention mid-read
+            if deleted is not None:
+                raise deleted from exc
+        raise
     finally:
         source.close()
+
+
+def _restore_from(
+    model: Any,
+    module: bool,
+    source: Any,
+    name: str,
+    strict: bool,
+    include: Sequence[str] | str | None,
+    exclude: Sequence[str] | str | None,
+    rename: Rename,
+    strip_prefixes: Sequence[str],
+    dtype: Any,
+    device: Any,
+    use_ema: bool,
+    allow_shape_mismatch: bool,
+    source_key: str | None,
+) -> RestoreReport:
+    """The body of :func:`restore` once the source is open."""
+    if module and (dtype is not None or device is not None):
+        model.to(device=device, dtype=_torch_dtype(dtype))
+    target = _module_spec(model) if module else _dict_spec(model)
+    result = plan(
+        source,
+        target,
+        strict=strict,
+        include=include,
+        exclude=exclude,
+        rename=rename,
+        strip_prefixes=strip_prefixes,
+        use_ema=use_ema,
+        source_key=source_key,
+        source_name=name,
+    )
+    _check(result.report, allow_shape_mismatch, name)
+    if module:
+        _load_into_module(model, source, result.pairs)
+    else:
+        _load_into_dict(model, source, result.pairs, dtype)
+    if dtype is not None and not module:
+        for row in result.report.loaded:
+            row["dtype"] = _dtype_name(model[row["name"]])
+    return result.report
 
 
 def _check(report: RestoreReport, allow_shape_mismatch: bool, path: str) -> None:

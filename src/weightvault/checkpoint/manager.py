@@ -66,28 +66,37 @@ from weightvault.checkpoint.policies import (
 from weightvault.checkpoint.snapshot import SnapshotCache, take_snapshot
 from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
 from weightvault.errors import (
+    CheckpointDeletedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     CheckpointPolicyError,
     CheckpointSaveError,
     CorruptFileError,
     UnsupportedOperationError,
+    WeightVaultError,
     WeightVaultUserWarning,
 )
 from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE, save_native
 
 __all__ = [
+    "CONSUMERS_DIR",
     "RECORD_FILE",
     "STATE_FILE",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointSaveError",
+    "deleted_step_error",
+    "read_consumers",
     "scan_run",
     "step_dir_name",
 ]
 
 STATE_FILE = "weightvault-run.json"
 RECORD_FILE = "checkpoint.json"
+# Progress of registered readers (weightvault.watch(..., consumer=NAME)): one JSON file each.
+CONSUMERS_DIR = ".weightvault-consumers"
+CONSUMER_FORMAT = "weightvault-consumer"
+CONSUMER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUN_FORMAT = "weightvault-run"
 RECORD_FORMAT = "weightvault-checkpoint"
 METADATA_KEY = "weightvault.checkpoint"
@@ -200,6 +209,76 @@ def _info_from_record(path: Path, record: dict[str, Any], kept_because: list[str
     )
 
 
+def deleted_step_error(path: str | os.PathLike[str]) -> CheckpointDeletedError | None:
+    """The error to raise when reading a run's step directory failed because it is gone.
+
+    A step directory is renamed away and deleted by the writer's retention; a reader that found
+    it in a listing a moment earlier then fails on whatever file it opens next ("shard ... is
+    missing"), which blames the wrong thing. None when ``path`` is not a vanished run step.
+    """
+    step_dir = Path(path)
+    m = STEP_RE.match(step_dir.name)
+    if m is None or not (step_dir.parent / STATE_FILE).is_file():
+        return None
+    step = int(m.group(1))
+    if _read_record(step_dir, step) is not None:
+        return None  # still committed: the failure is something else
+    return CheckpointDeletedError(
+        f"step {step} was deleted by retention before it could be read",
+        path=step_dir,
+        hint="the writer's retention does not wait for readers: watch(dir, consumer=NAME) makes it "
+        "keep each step until NAME has read it, or keep more checkpoints (max_to_keep)",
+    )
+
+
+def consumer_file(directory: str | os.PathLike[str], name: str) -> Path:
+    if not isinstance(name, str) or not CONSUMER_NAME_RE.match(name):
+        raise ValueError(f"a consumer name is 1-64 letters, digits, '_', '.', '-', not {name!r}")
+    return Path(directory) / CONSUMERS_DIR / f"{name}.json"
+
+
+def read_consumers(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``{name: progress}`` of the registered consumers of a run (unreadable files are ignored)."""
+    root = Path(directory) / CONSUMERS_DIR
+    try:
+        names = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {}
+    for file_name in names:
+        name, ext = os.path.splitext(file_name)
+        if ext != ".json" or not CONSUMER_NAME_RE.match(name):
+            continue
+        try:
+            data = json.loads((root / file_name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("format") == CONSUMER_FORMAT:
+            found[name] = data
+    return found
+
+
+def consumer_holds(
+    directory: Path, steps: list[int], timeout: float | None, max_pending: int, now: float
+) -> dict[int, list[str]]:
+    """Steps that live consumers have not finished yet: ``{step: [reason]}``.
+
+    A consumer holds the steps above its ``done`` step, at most ``max_pending`` of them (the
+    lowest: those it reads next), while its heartbeat is younger than ``timeout`` seconds; so a
+    consumer that died or fell far behind cannot fill the disk.
+    """
+    if timeout is None or max_pending < 1:
+        return {}
+    holds: dict[int, list[str]] = {}
+    for name, progress in read_consumers(directory).items():
+        done, beat = progress.get("done"), progress.get("heartbeat")
+        if not isinstance(done, int) or not isinstance(beat, (int, float)) or now - beat > timeout:
+            continue
+        for step in [s for s in sorted(steps) if s > done][:max_pending]:
+            holds.setdefault(step, []).append(f"not yet read by consumer {name!r}")
+    return holds
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
@@ -296,6 +375,10 @@ class CheckpointManager:
             ``policy``) raises :class:`~weightvault.errors.CheckpointPolicyError`, because the
             next save would delete by the new rules (a typo in ``best=`` deletes the best step).
             ``True`` adopts the new settings; they are stored in the run from then on.
+        consumer_timeout: seconds after its last sign of life that a reader registered with
+            ``watch(dir, consumer=NAME)`` stops holding steps it has not read yet (None: readers
+            never hold steps).
+        consumer_max_pending: most steps one registered reader can hold beyond the policy.
         fsync: flush files and directories to disk at commit (turn off only for tests).
         shard_size: largest shard of each checkpoint, in bytes.
 
@@ -320,6 +403,8 @@ class CheckpointManager:
         policy: RetentionPolicy | None = None,
         read_only: bool = False,
         allow_policy_change: bool = False,
+        consumer_timeout: float | None = 3600.0,
+        consumer_max_pending: int = 16,
         fsync: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
@@ -328,6 +413,8 @@ class CheckpointManager:
         self.async_save = async_save
         self.fsync = fsync
         self.shard_size = shard_size
+        self.consumer_timeout = consumer_timeout
+        self.consumer_max_pending = consumer_max_pending
         self._best = _parse_best(best)
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
@@ -455,15 +542,13 @@ class CheckpointManager:
                 try the next older one (never silently: a :class:`WeightVaultUserWarning` names
                 the bad checkpoint).
         """
-        from weightvault.api import load
-
         target = self._resolve(step)
         candidates = [target]
         if fallback and step == "latest":
             candidates += [s for s in reversed(self.steps()) if s < target]
         for i, candidate in enumerate(candidates):
             try:
-                return load(self.path(candidate), framework=framework, device=device, verify=verify)
+                return _load_step(self.path(candidate), framework, device, verify)
             except (CorruptFileError, CheckpointNotFoundError) as exc:
                 if i == len(candidates) - 1:
                     raise
@@ -605,6 +690,12 @@ class CheckpointManager:
         with self._state_lock:
             found = scan_run(self.directory)
             keep = self.policy.keep([c.record for c in found]) if found else {}
+            held = consumer_holds(
+                self.directory, [c.step for c in found], self.consumer_timeout,
+                self.consumer_max_pending, time.time(),
+            )  # fmt: skip
+            for step, reasons in held.items():
+                keep.setdefault(step, []).extend(reasons)
             if found and found[-1].step not in keep:
                 keep[found[-1].step] = ["newest"]  # the newest committed checkpoint is never deleted
             kept = [_with_reasons(c, keep[c.step]) for c in found if c.step in keep]
@@ -693,6 +784,19 @@ class CheckpointManager:
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else ("async" if self.async_save else "sync")
         return f"CheckpointManager({os.fspath(self.directory)!r}, {mode}, policy={self.policy!r})"
+
+
+def _load_step(path: Path, framework: str, device: Any, verify: bool) -> Any:
+    """Load a committed step; a step deleted while it was read says so (not "shard missing")."""
+    from weightvault.api import load
+
+    try:
+        return load(path, framework=framework, device=device, verify=verify)
+    except (WeightVaultError, OSError) as exc:
+        deleted = deleted_step_error(path)
+        if deleted is not None:
+            raise deleted from exc
+        raise
 
 
 def _with_reasons(c: CheckpointInfo, reasons: list[str]) -> CheckpointInfo:
