@@ -63,7 +63,7 @@ from weightvault.checkpoint.policies import (
     KeepPeriod,
     RetentionPolicy,
 )
-from weightvault.checkpoint.snapshot import SnapshotCache, take_snapshot
+from weightvault.checkpoint.snapshot import SnapshotCache, prepare_snapshot, take_snapshot
 from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
 from weightvault.errors import (
     CheckpointDeletedError,
@@ -379,6 +379,9 @@ class CheckpointManager:
             ``watch(dir, consumer=NAME)`` stops holding steps it has not read yet (None: readers
             never hold steps).
         consumer_max_pending: most steps one registered reader can hold beyond the policy.
+        state_template: with ``async_save``, a state shaped like the ones to be saved (the
+            training state itself is fine): its snapshot buffers are allocated now on a helper
+            thread (see :meth:`prepare`), so the first save stalls no longer than later ones.
         fsync: flush files and directories to disk at commit (turn off only for tests).
         shard_size: largest shard of each checkpoint, in bytes.
 
@@ -405,6 +408,7 @@ class CheckpointManager:
         allow_policy_change: bool = False,
         consumer_timeout: float | None = 3600.0,
         consumer_max_pending: int = 16,
+        state_template: Any = None,
         fsync: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
@@ -436,6 +440,8 @@ class CheckpointManager:
         self._inflight_step: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._cache = SnapshotCache()
+        self._prepare_thread: threading.Thread | None = None
+        self.prepared_bytes = 0
         self._closed = False
         self.run_id: str | None = None
         self.cleaned_up: list[str] = []
@@ -458,6 +464,8 @@ class CheckpointManager:
             self._lock.release()
             raise
         atexit.register(_report_unobserved, weakref.ref(self))
+        if state_template is not None:
+            self.prepare(state_template)
 
     # -- listing ----------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -596,6 +604,7 @@ class CheckpointManager:
             if not self.async_save:
                 self._write(job)
                 return final
+            self._join_prepare()
             job.state = take_snapshot(state, self._cache)
             job.stall = time.perf_counter() - started
             meta[METADATA_KEY]["stall_seconds"] = job.stall
@@ -604,6 +613,38 @@ class CheckpointManager:
             self._inflight_step = step
             self._future = self._executor.submit(self._write, job)
             return final
+
+    def prepare(self, state: Any) -> None:
+        """Allocate and touch the async snapshot buffers for ``state`` on a helper thread.
+
+        The first async save otherwise allocates them while training waits, and fresh memory
+        costs 2-4x the copy itself (a page fault and kernel zeroing per page; page-locked
+        memory for CUDA tensors is slower still). Only shapes and dtypes are read, so training
+        may go on meanwhile; a save waits for the preparation to finish. Tensors that appear
+        later (e.g. optimizer moments after the first step) get buffers at their first save.
+        Does nothing for a synchronous manager.
+        """
+        self._check_writable()
+        if not self.async_save:
+            return
+        with self._save_lock:
+            self._join_prepare()
+            thread = threading.Thread(
+                target=self._prepare_worker, args=(state,), name="weightvault-prepare", daemon=True
+            )
+            self._prepare_thread = thread
+            thread.start()
+
+    def _prepare_worker(self, state: Any) -> None:
+        # A failure here is not fatal: the snapshot then allocates its buffers itself (and
+        # raises there, in the caller's thread, if it really cannot).
+        with contextlib.suppress(Exception):
+            self.prepared_bytes += prepare_snapshot(state, self._cache)
+
+    def _join_prepare(self) -> None:
+        thread, self._prepare_thread = self._prepare_thread, None
+        if thread is not None:
+            thread.join()
 
     def _check_ranked_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """Refuse a save that lacks a metric a best-K policy ranks by.
@@ -764,6 +805,7 @@ class CheckpointManager:
             self.wait_until_finished()
         finally:
             self._closed = True
+            self._join_prepare()
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
