@@ -13,9 +13,9 @@ from typing import Any
 
 __all__ = [
     "AliasError",
+    "CheckpointDeletedError",
     "CheckpointExistsError",
     "CheckpointLockedError",
-    "CheckpointDeletedError",
     "CheckpointNotFoundError",
     "CheckpointPolicyError",
     "CheckpointSaveError",

@@ -107,6 +107,19 @@ def test_a_save_without_the_best_metric_is_an_error(tmp_path: Path, async_save: 
         assert mgr.steps() == [1, 4] and mgr.best() == 1
 
 
+class _OddsOnly:  # a user policy without a dataclass repr ("<... object at 0x...>")
+    def keep(self, checkpoints):
+        return {c.step: ["odd"] for c in checkpoints if c.step % 2}
+
+
+def test_a_custom_policy_reopens_as_itself(tmp_path: Path) -> None:
+    with CheckpointManager(tmp_path, policy=_OddsOnly(), fsync=False) as mgr:
+        mgr.save(1, _Trainer().train())
+    CheckpointManager(tmp_path, policy=_OddsOnly(), fsync=False).close()  # a new instance: same
+    with pytest.raises(CheckpointPolicyError, match="custom_policy"):
+        CheckpointManager(tmp_path, policy=KeepLastN(2), fsync=False)
+
+
 def test_best_k_inside_a_custom_policy_needs_its_metric_too(tmp_path: Path) -> None:
     policy = AnyOf(KeepLastN(1), KeepBestK("loss", "min", 1))
     with CheckpointManager(tmp_path, policy=policy, fsync=False) as mgr:

@@ -428,7 +428,7 @@ class CheckpointManager:
             "keep_period_hours": keep_period_hours,
             "best": None if self._best is None else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
             "async_save": async_save,
-            "custom_policy": None if policy is None else repr(policy),
+            "custom_policy": None if policy is None else _policy_id(policy),
         }
         self.policy: RetentionPolicy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
@@ -887,6 +887,12 @@ def _check_same_policy(state: dict[str, Any], settings: dict[str, Any], director
             hint="reopen with the stored settings (`weightvault runs DIR --json` shows them), or pass "
             "allow_policy_change=True to adopt the new ones",
         )
+
+
+def _policy_id(policy: Any) -> str:
+    """A custom policy as stored in the run: its repr, without memory addresses (a class
+    without a dataclass repr would otherwise look changed in every process)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(policy))
 
 
 def _show_setting(value: Any) -> str:
