@@ -660,8 +660,8 @@ class CheckpointManager:
                 f"save of step {step} lacks the metric {', '.join(map(repr, absent))} that the "
                 f"retention policy keeps the best checkpoints by (metrics given: {given})",
                 path=self.directory,
-                hint=f"pass metrics={{{absent[0]!r}: value}}, or {{{absent[0]!r}: None}} for a step "
-                "that was not evaluated; check the spelling of best=",
+                hint=f"pass metrics={{{absent[0]!r}: value}}, or {{{absent[0]!r}: None}} for a "
+                "step that was not evaluated; check the spelling of best=",
             )
 
     def wait_until_finished(self) -> None:
@@ -866,7 +866,9 @@ def _ranked_metrics(policy: Any, best: KeepBestK | None) -> list[str]:
 
 
 # Settings that decide what retention deletes (async_save does not).
-_POLICY_SETTINGS = ("max_to_keep", "keep_every_n_steps", "keep_period_hours", "best", "custom_policy")
+_POLICY_SETTINGS = (
+    "max_to_keep", "keep_every_n_steps", "keep_period_hours", "best", "custom_policy",
+)  # fmt: skip
 
 
 def _check_same_policy(state: dict[str, Any], settings: dict[str, Any], directory: Path) -> None:
@@ -884,8 +886,8 @@ def _check_same_policy(state: dict[str, Any], settings: dict[str, Any], director
             "the run was created with other retention settings; the next save would delete "
             "checkpoints by the new ones (" + "; ".join(changed) + ")",
             path=directory,
-            hint="reopen with the stored settings (`weightvault runs DIR --json` shows them), or pass "
-            "allow_policy_change=True to adopt the new ones",
+            hint="reopen with the stored settings (`weightvault runs DIR --json` shows them), "
+            "or pass allow_policy_change=True to adopt the new ones",
         )
 
 
