@@ -126,7 +126,12 @@ class EMA:
 
         from weightvault.torch import to_torch
 
-        shadow = state[_SHADOW]
+        from weightvault.restore import match_names
+
+        saved = state[_SHADOW]
+        # Shadows of a compiled / DDP-wrapped model ("_orig_mod.x") load into a bare one's EMA.
+        names = match_names(saved, self.shadow)
+        shadow = {names.get(k, k): v for k, v in saved.items()}
         missing = sorted(set(self.shadow) - set(shadow))
         if missing:
             raise KeyError(
@@ -219,11 +224,9 @@ def ema_source_names(keys: Iterable[str]) -> tuple[dict[str, str], str | None]:
         "tensorflow" if any("ExponentialMovingAverage" in v for v in mapping.values()) else "timm"
     )
     # timm's ModelEmaV2 wraps the model: "model_ema.module.x" / "state_dict_ema/module.x".
-    return {_strip_module(raw): shadow for raw, shadow in mapping.items()}, convention
+    from weightvault.restore import strip_wrappers
 
-
-def _strip_module(name: str) -> str:
-    return name.removeprefix("module.")
+    return {strip_wrappers(raw): shadow for raw, shadow in mapping.items()}, convention
 
 
 def _fallback_ema_names(keys: Iterable[str]) -> dict[str, str]:

@@ -13,9 +13,11 @@ from typing import Any
 
 __all__ = [
     "AliasError",
+    "CheckpointDeletedError",
     "CheckpointExistsError",
     "CheckpointLockedError",
     "CheckpointNotFoundError",
+    "CheckpointPolicyError",
     "CheckpointSaveError",
     "ChecksumMismatchError",
     "CorruptFileError",
@@ -144,6 +146,15 @@ class TensorNotFoundError(WeightVaultError, KeyError):
 
 class CheckpointNotFoundError(WeightVaultError, FileNotFoundError):
     """No checkpoint (or no committed checkpoint) at the path."""
+
+
+class CheckpointDeletedError(CheckpointNotFoundError):
+    """A run's checkpoint was deleted by retention before it could be (fully) read."""
+
+
+class CheckpointPolicyError(WeightVaultError, ValueError):
+    """A run reopened with another retention policy than the stored one, or a save that lacks
+    the metric its ``best=`` policy ranks by (either would make retention delete silently)."""
 
 
 class CheckpointExistsError(WeightVaultError, FileExistsError):

@@ -51,10 +51,12 @@ __all__ = [
     "StrictRestoreError",
     "compare",
     "load_rename_file",
+    "match_names",
     "plan",
     "read_target_spec",
     "restore",
     "select",
+    "strip_wrappers",
 ]
 
 DEFAULT_STRIP_PREFIXES = ("module.", "_orig_mod.")
@@ -302,8 +304,15 @@ def _parse_rename(rename: Rename) -> tuple[dict[str, str], list[tuple[str, str]]
     return {}, rules
 
 
-def _strip(name: str, prefixes: Sequence[str], keep: Iterable[str] = ()) -> str:
-    """Strip decorations repeatedly (``_orig_mod.module.x`` and ``module._orig_mod.x`` both -> ``x``)."""
+def strip_wrappers(
+    name: str, prefixes: Sequence[str] = DEFAULT_STRIP_PREFIXES, keep: Iterable[str] = ()
+) -> str:
+    """``name`` without wrapper decorations: DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``.
+
+    Stripped repeatedly (``_orig_mod.module.x`` and ``module._orig_mod.x`` both give ``x``); a
+    name in ``keep`` is left as it is. The one prefix stripper of restore, ``weightvault.torch``
+    and the EMA name mapping, so they all agree on what a checkpoint name means.
+    """
     keep_set = set(keep)
     changed = True
     while changed and name not in keep_set:
@@ -313,6 +322,35 @@ def _strip(name: str, prefixes: Sequence[str], keep: Iterable[str] = ()) -> str:
                 name = name[len(p) :]
                 changed = True
     return name
+
+
+def match_names(
+    saved: Iterable[str], wanted: Iterable[str], prefixes: Sequence[str] = DEFAULT_STRIP_PREFIXES
+) -> dict[str, str]:
+    """``{saved name: wanted name}``: exact names first, then equal after :func:`strip_wrappers`.
+
+    Saved names with no counterpart are absent from the result (the caller reports them).
+    """
+    wanted_list = list(wanted)
+    direct = set(wanted_list)
+    by_stripped: dict[str, str] = {}
+    for name in wanted_list:
+        by_stripped.setdefault(strip_wrappers(name, prefixes), name)
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    saved_list = list(saved)
+    for name in saved_list:  # exact matches claim their names before any stripped one
+        if name in direct:
+            out[name] = name
+            taken.add(name)
+    for name in saved_list:
+        if name in out:
+            continue
+        target = by_stripped.get(strip_wrappers(name, prefixes))
+        if target is not None and target not in taken:
+            out[name] = target
+            taken.add(target)
+    return out
 
 
 # -- sources ------------------------------------------------------------------------------------------
@@ -452,6 +490,7 @@ def plan(
 
     # 1. which file keys are candidates, under which (relative) names
     skipped_shadows: list[str] = []
+    beside: list[str] = []
     if use_ema:
         if not ema_map:
             raise TensorNotFoundError(
@@ -468,6 +507,7 @@ def plan(
         candidates, report.source_key = _choose_group(
             keys, shadow_keys, target, source_key, strip_prefixes, exact, rules, report.source
         )
+        beside = _beside_group(keys, candidates, shadow_keys, report.source_key, source_key)
         # In-place shadows (TF "w/ExponentialMovingAverage", timm "model_ema.*" inside a model)
         # are not the model's raw weights: skip them, visibly.
         for rel, key in list(candidates.items()):
@@ -479,7 +519,7 @@ def plan(
     target_names = list(target)
     norm_target: dict[str, str] = {}
     for name in target_names:
-        norm = _strip(name, strip_prefixes, keep=())
+        norm = strip_wrappers(name, strip_prefixes, keep=())
         # Two model names that normalise alike (rare): the first keeps the normalised form, the
         # other is matched by its raw name only.
         norm_target.setdefault(norm, name)
@@ -487,12 +527,14 @@ def plan(
 
     matched: dict[str, str] = {}  # model name -> source key
     relative: dict[str, str] = {}  # source key -> its name inside the chosen group
-    for rel, key in candidates.items():
-        name = rel if rel in direct else _strip(rel, strip_prefixes, keep=direct)
+    # Exact names first: of "module.x" and "x" in one checkpoint, "x" is the one for model "x".
+    for rel, key in sorted(candidates.items(), key=lambda item: item[0] not in direct):
+        name = rel if rel in direct else strip_wrappers(rel, strip_prefixes, keep=direct)
         name = exact.get(rel, exact.get(name, name))
         for pattern, repl in rules:
             name = re.sub(pattern, repl, name)
-        model_name = name if name in direct else norm_target.get(_strip(name, strip_prefixes))
+        stripped = strip_wrappers(name, strip_prefixes)
+        model_name = name if name in direct else norm_target.get(stripped)
         shown = model_name or name
         if keep is not None and not keep(shown):
             report.skipped.append(
@@ -503,17 +545,27 @@ def plan(
             report.unexpected.append({"name": name, "source": key, "shape": source.shape(key)})
             continue
         if model_name in matched:
-            report.skipped.append(
+            # Two checkpoint tensors for one model name ("module.x" and "x"): which one is meant
+            # is a guess, so the second is left over like torch's unexpected keys.
+            report.unexpected.append(
                 {
-                    "name": model_name,
+                    "name": key,
                     "source": key,
-                    "reason": f"duplicate of {matched[model_name]}",
                     "shape": source.shape(key),
+                    "reason": f"also maps to {model_name!r}, loaded from {matched[model_name]!r}",
                 }
             )
             continue
         matched[model_name] = key
         relative[key] = rel
+
+    for key in beside:
+        row = {"name": key, "source": key, "shape": source.shape(key)}
+        if keep is not None and not keep(key):
+            report.skipped.append({**row, "reason": "not selected"})
+        else:
+            reason = f"beside the model weights under {report.source_key!r}"
+            report.unexpected.append({**row, "reason": reason})
 
     for key in skipped_shadows:
         report.skipped.append(
@@ -560,6 +612,28 @@ def plan(
     return _Plan(report, pairs)
 
 
+def _beside_group(
+    keys: list[str],
+    candidates: Mapping[str, str],
+    shadow_keys: set[str],
+    group: str | None,
+    source_key: str | None,
+) -> list[str]:
+    """Tensors of the same flat state dict as an automatically chosen ``model.`` name prefix.
+
+    A ``/`` group is a nested entry of a training state (what lies outside it is optimizer
+    state, counters...), but a ``.`` prefix is only part of the names of one flat state dict:
+    ``{"model.x", "lm_head.weight"}`` restored into the inner model leaves ``lm_head.weight``
+    over, which torch's strict loading refuses too. Naming ``source_key`` says it is meant.
+    """
+    if group is None or source_key is not None:
+        return []
+    chosen = set(candidates.values())
+    if not any(k.startswith(group + ".") for k in chosen):
+        return []
+    return [k for k in keys if k not in chosen and k not in shadow_keys]
+
+
 def _choose_group(
     keys: list[str],
     shadow_keys: set[str],
@@ -590,15 +664,15 @@ def _choose_group(
     # Pick the group whose names match the model best; a group beats the whole file on a tie (a
     # training state's model group is what a user means), but a model whose own names start with
     # "model." keeps matching directly.
-    norm_target = {_strip(n, strip_prefixes) for n in target} | set(target)
+    norm_target = {strip_wrappers(n, strip_prefixes) for n in target} | set(target)
 
     def score(cands: Mapping[str, str]) -> int:
         hits = 0
         for rel in cands:
-            name = exact.get(rel, _strip(rel, strip_prefixes))
+            name = exact.get(rel, strip_wrappers(rel, strip_prefixes))
             for pattern, repl in rules:
                 name = re.sub(pattern, repl, name)
-            hits += name in norm_target or _strip(name, strip_prefixes) in norm_target
+            hits += name in norm_target or strip_wrappers(name, strip_prefixes) in norm_target
         return hits
 
     best: tuple[int, dict[str, str], str | None] = (score(everything), everything, None)
@@ -691,32 +765,63 @@ def restore(
     name = "<memory>" if isinstance(path, Mapping) else os.fspath(path)
     source = _open_source(path)
     try:
-        if module and (dtype is not None or device is not None):
-            model.to(device=device, dtype=_torch_dtype(dtype))
-        target = _module_spec(model) if module else _dict_spec(model)
-        result = plan(
-            source,
-            target,
-            strict=strict,
-            include=include,
-            exclude=exclude,
-            rename=rename,
-            strip_prefixes=strip_prefixes,
-            use_ema=use_ema,
-            source_key=source_key,
-            source_name=name,
-        )
-        _check(result.report, allow_shape_mismatch, name)
-        if module:
-            _load_into_module(model, source, result.pairs)
-        else:
-            _load_into_dict(model, source, result.pairs, dtype)
-        if dtype is not None and not module:
-            for row in result.report.loaded:
-                row["dtype"] = _dtype_name(model[row["name"]])
-        return result.report
+        return _restore_from(
+            model, module, source, name, strict, include, exclude, rename, strip_prefixes,
+            dtype, device, use_ema, allow_shape_mismatch, source_key,
+        )  # fmt: skip
+    except (WeightVaultError, OSError) as exc:
+        if not isinstance(path, Mapping):
+            from weightvault.checkpoint.manager import deleted_step_error
+
+            deleted = deleted_step_error(path)  # a run's step deleted by retention mid-read
+            if deleted is not None:
+                raise deleted from exc
+        raise
     finally:
         source.close()
+
+
+def _restore_from(
+    model: Any,
+    module: bool,
+    source: Any,
+    name: str,
+    strict: bool,
+    include: Sequence[str] | str | None,
+    exclude: Sequence[str] | str | None,
+    rename: Rename,
+    strip_prefixes: Sequence[str],
+    dtype: Any,
+    device: Any,
+    use_ema: bool,
+    allow_shape_mismatch: bool,
+    source_key: str | None,
+) -> RestoreReport:
+    """The body of :func:`restore` once the source is open."""
+    if module and (dtype is not None or device is not None):
+        model.to(device=device, dtype=_torch_dtype(dtype))
+    target = _module_spec(model) if module else _dict_spec(model)
+    result = plan(
+        source,
+        target,
+        strict=strict,
+        include=include,
+        exclude=exclude,
+        rename=rename,
+        strip_prefixes=strip_prefixes,
+        use_ema=use_ema,
+        source_key=source_key,
+        source_name=name,
+    )
+    _check(result.report, allow_shape_mismatch, name)
+    if module:
+        _load_into_module(model, source, result.pairs)
+    else:
+        _load_into_dict(model, source, result.pairs, dtype)
+    if dtype is not None and not module:
+        for row in result.report.loaded:
+            row["dtype"] = _dtype_name(model[row["name"]])
+    return result.report
 
 
 def _check(report: RestoreReport, allow_shape_mismatch: bool, path: str) -> None:
@@ -740,16 +845,20 @@ def _check(report: RestoreReport, allow_shape_mismatch: bool, path: str) -> None
         if report.missing:
             parts.append(f"missing in checkpoint: {_short(report.missing)}")
         if report.unexpected:
-            parts.append(
-                f"unexpected in checkpoint: {_short([u['name'] for u in report.unexpected])}"
-            )
+            unexpected = [_why(u) for u in report.unexpected]
+            parts.append(f"unexpected in checkpoint: {_short(unexpected)}")
         err2 = StrictRestoreError(
             "; ".join(parts),
             path=path,
-            hint="strict=False loads what matches; rename=/strip_prefixes=/include=/exclude= map or select names",
+            hint="strict=False loads what matches; rename=/strip_prefixes=/include=/exclude= map "
+            "or select names; source_key= names the part of a training state holding the model",
         )
         err2.report = report
         raise err2
+
+
+def _why(row: Mapping[str, Any]) -> str:
+    return f"{row['name']} ({row['reason']})" if row.get("reason") else str(row["name"])
 
 
 def _short(names: Sequence[str], n: int = 8) -> str:

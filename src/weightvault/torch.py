@@ -285,7 +285,7 @@ def apply(
                 f"the training state has no {name!r} entry (it has: {', '.join(map(str, state))})"
             )
     if model is not None:
-        model.load_state_dict(to_torch(state["model"]), strict=strict)
+        model.load_state_dict(_for_module(to_torch(state["model"]), model), strict=strict)
     if optimizer is not None:
         # Optimizer.load_state_dict moves the state to each parameter's device and dtype itself.
         optimizer.load_state_dict(to_torch(state["optimizer"]))
@@ -304,6 +304,20 @@ def apply(
                 raise KeyError(f"the training state has no generator {name!r}")
             g.set_state(_as_torch(saved[name]).to(torch.uint8).cpu())
     return {key: state.get(key) for key in ("epoch", "step", "metrics", "extra")}
+
+
+def _for_module(saved: Mapping[str, Any], module: torch.nn.Module) -> dict[str, Any]:
+    """``saved`` under the module's own names where they differ only by wrapper prefixes.
+
+    A state captured from a ``torch.compile``d model (``_orig_mod.x``) or a DDP one
+    (``module.x``) loads into the bare model and the other way round, exactly as
+    :func:`weightvault.restore` matches them (the same :func:`~weightvault.restore.match_names`).
+    Names without a counterpart are passed on unchanged, so ``strict`` still reports them.
+    """
+    from weightvault.restore import match_names
+
+    names = match_names(saved, module.state_dict())
+    return {names.get(k, k): v for k, v in saved.items()}
 
 
 def _plain(tree: Any) -> Any:

@@ -45,6 +45,12 @@ def main() -> None:
             for step in range(1, count + 1):
                 mgr.save(step, state_for(step, 10_000), metrics={"acc": step / count})
                 time.sleep(delay)
+    elif mode == "churn":  # keeps only the newest step: readers race with retention
+        count, delay = int(sys.argv[3]), float(sys.argv[4])
+        with CheckpointManager(directory, max_to_keep=1, fsync=False) as mgr:
+            for step in range(1, count + 1):
+                mgr.save(step, state_for(step, 10_000), metrics={"acc": step / count})
+                time.sleep(delay)
     elif mode == "hold":
         CheckpointManager(directory)
         print("ready", flush=True)

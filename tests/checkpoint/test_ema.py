@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 import weightvault
 import weightvault.torch as wvt
 from weightvault.ema import ema_source_names
-from weightvault.errors import TensorNotFoundError, WeightVaultError
+from weightvault.errors import TensorNotFoundError
 from weightvault.restore import restore
 
 
@@ -162,11 +162,8 @@ def test_ema_source_names_conventions() -> None:
 
 def test_tensorflow_exponential_moving_average(fixtures_dir: Path) -> None:
     ckpt = fixtures_dir / "tensorflow" / "tf1_saver"
-    try:
-        with weightvault.open(ckpt) as reader:
-            keys = list(reader.keys())
-    except (WeightVaultError, ImportError) as exc:  # the TF reader is another area's
-        pytest.skip(f"TensorFlow checkpoints not readable yet: {exc}")
+    with weightvault.open(ckpt) as reader:
+        keys = list(reader.keys())
     expected = np.load(
         fixtures_dir / "tensorflow" / "expected" / "tf1_saver.npz", allow_pickle=False
     )

@@ -92,10 +92,10 @@ def test_best_ignores_missing_and_nan_metrics(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path, max_to_keep=1, best=("acc", "max", 1), fsync=False) as mgr:
         mgr.save(1, _state(1), metrics={"acc": 0.5})
         mgr.save(2, _state(2), metrics={"acc": float("nan")})
-        mgr.save(3, _state(3), metrics={"loss": 1.0})
+        mgr.save(3, _state(3), metrics={"acc": None, "loss": 1.0})  # explicitly not evaluated
         assert mgr.steps() == [1, 3]
         assert mgr.best() == 1
-        assert mgr.info(1).metrics == {"acc": 0.5} and mgr.info(3).metrics == {"loss": 1.0}
+        assert mgr.info(1).metrics == {"acc": 0.5} and mgr.info(3).metrics == {"acc": None, "loss": 1.0}
 
 
 def test_keep_every_n_steps_with_last_n(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_restore_latest_best_and_step(tmp_path: Path) -> None:
             mgr.restore(4)
         with pytest.raises(ValueError):
             mgr.restore("newest")
-    with CheckpointManager(tmp_path, fsync=False) as plain, pytest.raises(ValueError, match="best"):
+    with CheckpointManager(tmp_path / "plain", fsync=False) as plain, pytest.raises(ValueError, match="best"):
         plain.best()
 
 
@@ -238,7 +238,7 @@ def test_run_directory_can_be_moved_and_copied(tmp_path: Path) -> None:
             assert mgr.best() == 1 and mgr.restore("best")["step"] == 1
             assert mgr.path(3) == run / "step-00000003"
             weightvault.verify(mgr.path(3))
-            mgr.save(4, _state(4))  # the copy is a fully working run of its own
+            mgr.save(4, _state(4), metrics={"acc": 0.0})  # the copy is a fully working run of its own
             assert mgr.steps() == [1, 3, 4]
     with CheckpointManager(moved, read_only=True) as reader:
         assert reader.steps() == [1, 3, 4] and reader.best() == 1  # best= read from the run state

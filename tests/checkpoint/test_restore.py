@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import weightvault
-from weightvault.errors import FormatNotFoundError, ShapeMismatchError, TensorNotFoundError
+from weightvault.errors import ShapeMismatchError, TensorNotFoundError
 from weightvault.restore import RestoreReport, StrictRestoreError, compare, restore, select
 
 
@@ -286,11 +286,8 @@ def test_callable_module(flat: Path) -> None:
 
 def test_ddp_prefixed_fixture(fixtures_dir: Path) -> None:
     path = fixtures_dir / "pytorch" / "ddp_prefixed.pt"
-    try:
-        with weightvault.open(path) as reader:
-            keys = list(reader.keys())
-    except FormatNotFoundError:
-        pytest.skip("the PyTorch .pt reader has not landed yet")
+    with weightvault.open(path) as reader:
+        keys = list(reader.keys())
     expected = torch.load(path, weights_only=True)
     expected = expected.get("state_dict", expected) if isinstance(expected, dict) else expected
     assert all(k.startswith("module.") for k in expected)
@@ -382,9 +379,130 @@ def test_compare_against_shapes_mapping(flat: Path) -> None:
 
 def test_torch_saved_training_checkpoint_fixture(fixtures_dir: Path) -> None:
     ckpt = fixtures_dir / "pytorch" / "train_checkpoint.pth"
-    try:
-        report = compare(ckpt, fixtures_dir / "pytorch" / "net_state_dict.pt")
-    except FormatNotFoundError:
-        pytest.skip("the PyTorch .pt reader has not landed yet")
+    report = compare(ckpt, fixtures_dir / "pytorch" / "net_state_dict.pt")
     # the model group of a torch.save'd {"model", "optimizer", "scheduler", ...} is found by itself
     assert report.source_key == "model" and report.ok and len(report.loaded) > 10
+
+
+# -- strict refuses what torch's strict refuses (#13.15) -----------------------------------------
+
+
+def test_strict_refuses_unexpected_tensors_like_torch(tmp_path: Path, src: Net) -> None:
+    extra = {**src.state_dict(), "extra.weight": torch.ones(3)}
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        Net().load_state_dict(extra, strict=True)  # what torch does
+    torch.save(extra, tmp_path / "extra.pt")
+    paths = [weightvault.save(extra, tmp_path / "extra.safetensors"), tmp_path / "extra.pt"]
+    for path in paths:
+        net = Net()
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        with pytest.raises(StrictRestoreError, match=r"unexpected in checkpoint: extra\.w") as e:
+            restore(net, path)
+        info = e
+        assert [u["name"] for u in info.value.report.unexpected] == ["extra.weight"]
+        assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # untouched
+        report = restore(net, path, strict=False)  # loads what matches, lists the rest
+        assert [u["name"] for u in report.unexpected] == ["extra.weight"] and not report.ok
+        assert _same(net, src, list(src.state_dict()))
+
+
+def test_strict_refuses_tensors_beside_a_model_name_prefix(tmp_path: Path, src: Net) -> None:
+    """A flat state dict with ``model.*`` names: what is beside them is unexpected, not ignored."""
+    flat = {f"model.{k}": v for k, v in src.state_dict().items()}
+    flat["lm_head.weight"] = torch.ones(4, 8)
+    path = weightvault.save(flat, tmp_path / "outer.safetensors")
+    net = Net()
+    beside = r"lm_head\.weight \(beside the model weights under 'model'\)"
+    with pytest.raises(StrictRestoreError, match=beside):
+        restore(net, path)
+    assert not torch.equal(net.head.weight, src.head.weight)  # nothing loaded
+    report = restore(net, path, strict=False)
+    assert report.source_key == "model"
+    assert [u["name"] for u in report.unexpected] == ["lm_head.weight"]
+    assert _same(net, src, list(src.state_dict()))
+    # naming the group says the rest is meant to stay behind; so does excluding it
+    assert restore(Net(), path, source_key="model").ok
+    assert restore(Net(), path, exclude=["lm_head.*"]).ok
+    # a nested training state's other entries (optimizer, counters) are not the model's: no error
+    opt = torch.optim.SGD(src.parameters(), lr=0.1, momentum=0.9)
+    for p in src.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()  # momentum buffers: real optimizer state beside the model
+    state = {"model": src.state_dict(), "optimizer": opt.state_dict()}
+    state = weightvault.save(state, tmp_path / "st")
+    assert restore(Net(), state).ok
+
+
+def test_two_checkpoint_tensors_for_one_model_name_are_unexpected(tmp_path: Path, src: Net) -> None:
+    other = _trained(seed=1)
+    # "_orig_mod.*" sorts before the bare names in the file: the order must not decide
+    both = {**{f"_orig_mod.{k}": v for k, v in other.state_dict().items()}, **src.state_dict()}
+    path = weightvault.save(both, tmp_path / "both.safetensors")
+    dup = r"_orig_mod\.head\.weight \(also maps to 'head\.weight'"
+    with pytest.raises(StrictRestoreError, match=dup):
+        restore(Net(), path)
+    for source in (path, both):
+        net = Net()
+        report = restore(net, source, strict=False)
+        assert _same(net, src, list(src.state_dict()))  # the exact names win over the stripped ones
+        left = sorted(u["name"] for u in report.unexpected)
+        assert left == sorted(f"_orig_mod.{k}" for k in src.state_dict())
+
+
+# -- torch.compile's _orig_mod. prefix: restore and weightvault.torch.apply agree (#13.12) ---------
+
+
+def _compile(module: torch.nn.Module) -> torch.nn.Module:
+    return torch.compile(module, backend="eager")
+
+
+@pytest.fixture(scope="module")
+def compiled_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A real ``torch.compile`` wrapper (OptimizedModule; compiled lazily, so never run here)."""
+    src = _trained()
+    compiled = torch.compile(src, backend="eager")  # the wrapper is the same for every backend
+    assert type(compiled).__name__ == "OptimizedModule"
+    return src, compiled
+
+
+def test_compiled_and_plain_states_load_both_ways_alike(tmp_path: Path, compiled_pair) -> None:
+    import weightvault.torch as wvt
+
+    src, compiled = compiled_pair
+    names = list(src.state_dict())
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    captured = {
+        "compiled": wvt.capture(model=compiled, ema=weightvault.EMA(compiled), rng=False),
+        "plain": wvt.capture(model=src, ema=weightvault.EMA(src), rng=False),
+    }
+    for label, state in captured.items():
+        path = weightvault.save(state, tmp_path / label)
+        loaded = weightvault.load(path, framework="torch")
+        for target_kind in ("plain", "compiled"):
+            via_apply, via_restore = Net(), Net()
+            wrap = _compile if target_kind == "compiled" else (lambda m: m)
+            ema = weightvault.EMA(wrap(Net()))
+            wvt.apply(loaded, model=wrap(via_apply), ema=ema, rng=False)
+            report = restore(wrap(via_restore), path)
+            assert report.ok, (label, target_kind)
+            assert _same(via_apply, src, names), (label, target_kind)
+            assert _same(via_restore, src, names), (label, target_kind)
+            shadows = {wvt_name.removeprefix("_orig_mod."): v for wvt_name, v in ema.shadow.items()}
+            assert all(torch.equal(shadows[n], src.state_dict()[n]) for n in names)
+    # a name that is really different is still refused by apply's strict loading
+    bad = dict(captured["plain"]["model"])
+    bad["nothere.weight"] = bad.pop("head.weight")
+    with pytest.raises(RuntimeError, match="nothere.weight"):
+        wvt.apply({"model": bad}, model=_compile(Net()), rng=False)
+
+
+def test_one_prefix_stripper() -> None:
+    from weightvault import ema, restore as restore_module
+    from weightvault.restore import match_names, strip_wrappers
+
+    assert strip_wrappers("_orig_mod.module.a.b") == strip_wrappers("module._orig_mod.a.b") == "a.b"
+    matched = match_names(["_orig_mod.x", "y", "module.y"], ["x", "y"])
+    assert matched == {"_orig_mod.x": "x", "y": "y"}
+    key = "model_ema.module._orig_mod.w"
+    assert ema.ema_source_names([key])[0] == {"w": key}
+    assert not hasattr(restore_module, "_strip") and not hasattr(ema, "_strip_module")

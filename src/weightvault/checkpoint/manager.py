@@ -63,30 +63,40 @@ from weightvault.checkpoint.policies import (
     KeepPeriod,
     RetentionPolicy,
 )
-from weightvault.checkpoint.snapshot import SnapshotCache, take_snapshot
+from weightvault.checkpoint.snapshot import SnapshotCache, prepare_snapshot, take_snapshot
 from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
 from weightvault.errors import (
+    CheckpointDeletedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
+    CheckpointPolicyError,
     CheckpointSaveError,
     CorruptFileError,
     UnsupportedOperationError,
+    WeightVaultError,
     WeightVaultUserWarning,
 )
 from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE, save_native
 
 __all__ = [
+    "CONSUMERS_DIR",
     "RECORD_FILE",
     "STATE_FILE",
     "CheckpointInfo",
     "CheckpointManager",
     "CheckpointSaveError",
+    "deleted_step_error",
+    "read_consumers",
     "scan_run",
     "step_dir_name",
 ]
 
 STATE_FILE = "weightvault-run.json"
 RECORD_FILE = "checkpoint.json"
+# Progress of registered readers (weightvault.watch(..., consumer=NAME)): one JSON file each.
+CONSUMERS_DIR = ".weightvault-consumers"
+CONSUMER_FORMAT = "weightvault-consumer"
+CONSUMER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RUN_FORMAT = "weightvault-run"
 RECORD_FORMAT = "weightvault-checkpoint"
 METADATA_KEY = "weightvault.checkpoint"
@@ -199,6 +209,76 @@ def _info_from_record(path: Path, record: dict[str, Any], kept_because: list[str
     )
 
 
+def deleted_step_error(path: str | os.PathLike[str]) -> CheckpointDeletedError | None:
+    """The error to raise when reading a run's step directory failed because it is gone.
+
+    A step directory is renamed away and deleted by the writer's retention; a reader that found
+    it in a listing a moment earlier then fails on whatever file it opens next ("shard ... is
+    missing"), which blames the wrong thing. None when ``path`` is not a vanished run step.
+    """
+    step_dir = Path(path)
+    m = STEP_RE.match(step_dir.name)
+    if m is None or not (step_dir.parent / STATE_FILE).is_file():
+        return None
+    step = int(m.group(1))
+    if _read_record(step_dir, step) is not None:
+        return None  # still committed: the failure is something else
+    return CheckpointDeletedError(
+        f"step {step} was deleted by retention before it could be read",
+        path=step_dir,
+        hint="the writer's retention does not wait for readers: watch(dir, consumer=NAME) makes it "
+        "keep each step until NAME has read it, or keep more checkpoints (max_to_keep)",
+    )
+
+
+def consumer_file(directory: str | os.PathLike[str], name: str) -> Path:
+    if not isinstance(name, str) or not CONSUMER_NAME_RE.match(name):
+        raise ValueError(f"a consumer name is 1-64 letters, digits, '_', '.', '-', not {name!r}")
+    return Path(directory) / CONSUMERS_DIR / f"{name}.json"
+
+
+def read_consumers(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``{name: progress}`` of the registered consumers of a run (unreadable files are ignored)."""
+    root = Path(directory) / CONSUMERS_DIR
+    try:
+        names = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found = {}
+    for file_name in names:
+        name, ext = os.path.splitext(file_name)
+        if ext != ".json" or not CONSUMER_NAME_RE.match(name):
+            continue
+        try:
+            data = json.loads((root / file_name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("format") == CONSUMER_FORMAT:
+            found[name] = data
+    return found
+
+
+def consumer_holds(
+    directory: Path, steps: list[int], timeout: float | None, max_pending: int, now: float
+) -> dict[int, list[str]]:
+    """Steps that live consumers have not finished yet: ``{step: [reason]}``.
+
+    A consumer holds the steps above its ``done`` step, at most ``max_pending`` of them (the
+    lowest: those it reads next), while its heartbeat is younger than ``timeout`` seconds; so a
+    consumer that died or fell far behind cannot fill the disk.
+    """
+    if timeout is None or max_pending < 1:
+        return {}
+    holds: dict[int, list[str]] = {}
+    for name, progress in read_consumers(directory).items():
+        done, beat = progress.get("done"), progress.get("heartbeat")
+        if not isinstance(done, int) or not isinstance(beat, (int, float)) or now - beat > timeout:
+            continue
+        for step in [s for s in sorted(steps) if s > done][:max_pending]:
+            holds.setdefault(step, []).append(f"not yet read by consumer {name!r}")
+    return holds
+
+
 # -- helpers ------------------------------------------------------------------------------------------
 
 
@@ -290,6 +370,18 @@ class CheckpointManager:
         policy: a retention policy from :mod:`weightvault.checkpoint.policies`; replaces the
             four retention arguments above (``best`` still names the metric for :meth:`best`).
         read_only: list and restore without taking the writer lock (never blocks, never blocked).
+        allow_policy_change: reopening a run with other retention settings than the ones stored
+            in it (``max_to_keep``, ``keep_every_n_steps``, ``keep_period_hours``, ``best``,
+            ``policy``) raises :class:`~weightvault.errors.CheckpointPolicyError`, because the
+            next save would delete by the new rules (a typo in ``best=`` deletes the best step).
+            ``True`` adopts the new settings; they are stored in the run from then on.
+        consumer_timeout: seconds after its last sign of life that a reader registered with
+            ``watch(dir, consumer=NAME)`` stops holding steps it has not read yet (None: readers
+            never hold steps).
+        consumer_max_pending: most steps one registered reader can hold beyond the policy.
+        state_template: with ``async_save``, a state shaped like the ones to be saved (the
+            training state itself is fine): its snapshot buffers are allocated now on a helper
+            thread (see :meth:`prepare`), so the first save stalls no longer than later ones.
         fsync: flush files and directories to disk at commit (turn off only for tests).
         shard_size: largest shard of each checkpoint, in bytes.
 
@@ -313,6 +405,10 @@ class CheckpointManager:
         *,
         policy: RetentionPolicy | None = None,
         read_only: bool = False,
+        allow_policy_change: bool = False,
+        consumer_timeout: float | None = 3600.0,
+        consumer_max_pending: int = 16,
+        state_template: Any = None,
         fsync: bool = True,
         shard_size: int = DEFAULT_SHARD_SIZE,
     ) -> None:
@@ -321,6 +417,8 @@ class CheckpointManager:
         self.async_save = async_save
         self.fsync = fsync
         self.shard_size = shard_size
+        self.consumer_timeout = consumer_timeout
+        self.consumer_max_pending = consumer_max_pending
         self._best = _parse_best(best)
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
@@ -330,7 +428,7 @@ class CheckpointManager:
             "keep_period_hours": keep_period_hours,
             "best": None if self._best is None else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
             "async_save": async_save,
-            "custom_policy": None if policy is None else repr(policy),
+            "custom_policy": None if policy is None else _policy_id(policy),
         }
         self.policy: RetentionPolicy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
@@ -342,6 +440,8 @@ class CheckpointManager:
         self._inflight_step: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._cache = SnapshotCache()
+        self._prepare_thread: threading.Thread | None = None
+        self.prepared_bytes = 0
         self._closed = False
         self.run_id: str | None = None
         self.cleaned_up: list[str] = []
@@ -355,6 +455,8 @@ class CheckpointManager:
         try:
             self.cleaned_up = self._remove_leftovers()
             state = read_state(self.directory)
+            if not allow_policy_change:
+                _check_same_policy(state, self._settings, self.directory)
             self.run_id = state.get("run_id") or uuid.uuid4().hex
             self._created = state.get("created") or _stamp()
             self._write_state(scan_run(self.directory))
@@ -362,6 +464,8 @@ class CheckpointManager:
             self._lock.release()
             raise
         atexit.register(_report_unobserved, weakref.ref(self))
+        if state_template is not None:
+            self.prepare(state_template)
 
     # -- listing ----------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -446,15 +550,13 @@ class CheckpointManager:
                 try the next older one (never silently: a :class:`WeightVaultUserWarning` names
                 the bad checkpoint).
         """
-        from weightvault.api import load
-
         target = self._resolve(step)
         candidates = [target]
         if fallback and step == "latest":
             candidates += [s for s in reversed(self.steps()) if s < target]
         for i, candidate in enumerate(candidates):
             try:
-                return load(self.path(candidate), framework=framework, device=device, verify=verify)
+                return _load_step(self.path(candidate), framework, device, verify)
             except (CorruptFileError, CheckpointNotFoundError) as exc:
                 if i == len(candidates) - 1:
                     raise
@@ -492,6 +594,7 @@ class CheckpointManager:
                     hint="save each step once; delete the directory by hand to save it again",
                 )
             clean = _clean_metrics(metrics)
+            self._check_ranked_metrics(step, clean)
             meta = dict(metadata or {})
             if METADATA_KEY in meta:
                 raise ValueError(f"metadata key {METADATA_KEY!r} is reserved for the manager")
@@ -501,6 +604,7 @@ class CheckpointManager:
             if not self.async_save:
                 self._write(job)
                 return final
+            self._join_prepare()
             job.state = take_snapshot(state, self._cache)
             job.stall = time.perf_counter() - started
             meta[METADATA_KEY]["stall_seconds"] = job.stall
@@ -509,6 +613,56 @@ class CheckpointManager:
             self._inflight_step = step
             self._future = self._executor.submit(self._write, job)
             return final
+
+    def prepare(self, state: Any) -> None:
+        """Allocate and touch the async snapshot buffers for ``state`` on a helper thread.
+
+        The first async save otherwise allocates them while training waits, and fresh memory
+        costs 2-4x the copy itself (a page fault and kernel zeroing per page; page-locked
+        memory for CUDA tensors is slower still). Only shapes and dtypes are read, so training
+        may go on meanwhile; a save waits for the preparation to finish. Tensors that appear
+        later (e.g. optimizer moments after the first step) get buffers at their first save.
+        Does nothing for a synchronous manager.
+        """
+        self._check_writable()
+        if not self.async_save:
+            return
+        with self._save_lock:
+            self._join_prepare()
+            thread = threading.Thread(
+                target=self._prepare_worker, args=(state,), name="weightvault-prepare", daemon=True
+            )
+            self._prepare_thread = thread
+            thread.start()
+
+    def _prepare_worker(self, state: Any) -> None:
+        # A failure here is not fatal: the snapshot then allocates its buffers itself (and
+        # raises there, in the caller's thread, if it really cannot).
+        with contextlib.suppress(Exception):
+            self.prepared_bytes += prepare_snapshot(state, self._cache)
+
+    def _join_prepare(self) -> None:
+        thread, self._prepare_thread = self._prepare_thread, None
+        if thread is not None:
+            thread.join()
+
+    def _check_ranked_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """Refuse a save that lacks a metric a best-K policy ranks by.
+
+        Without it the step can never be "best", and a misspelt metric name (in ``best=`` or in
+        the save) would let retention delete the real best checkpoint without a word. A step
+        that was deliberately not evaluated says so with ``metrics={name: None}``.
+        """
+        absent = [m for m in _ranked_metrics(self.policy, self._best) if m not in metrics]
+        if absent:
+            given = ", ".join(sorted(metrics)) or "none"
+            raise CheckpointPolicyError(
+                f"save of step {step} lacks the metric {', '.join(map(repr, absent))} that the "
+                f"retention policy keeps the best checkpoints by (metrics given: {given})",
+                path=self.directory,
+                hint=f"pass metrics={{{absent[0]!r}: value}}, or {{{absent[0]!r}: None}} for a "
+                "step that was not evaluated; check the spelling of best=",
+            )
 
     def wait_until_finished(self) -> None:
         """Block until the save in flight (if any) has committed; re-raise its failure."""
@@ -577,6 +731,12 @@ class CheckpointManager:
         with self._state_lock:
             found = scan_run(self.directory)
             keep = self.policy.keep([c.record for c in found]) if found else {}
+            held = consumer_holds(
+                self.directory, [c.step for c in found], self.consumer_timeout,
+                self.consumer_max_pending, time.time(),
+            )  # fmt: skip
+            for step, reasons in held.items():
+                keep.setdefault(step, []).extend(reasons)
             if found and found[-1].step not in keep:
                 keep[found[-1].step] = ["newest"]  # the newest committed checkpoint is never deleted
             kept = [_with_reasons(c, keep[c.step]) for c in found if c.step in keep]
@@ -645,6 +805,7 @@ class CheckpointManager:
             self.wait_until_finished()
         finally:
             self._closed = True
+            self._join_prepare()
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
@@ -667,6 +828,19 @@ class CheckpointManager:
         return f"CheckpointManager({os.fspath(self.directory)!r}, {mode}, policy={self.policy!r})"
 
 
+def _load_step(path: Path, framework: str, device: Any, verify: bool) -> Any:
+    """Load a committed step; a step deleted while it was read says so (not "shard missing")."""
+    from weightvault.api import load
+
+    try:
+        return load(path, framework=framework, device=device, verify=verify)
+    except (WeightVaultError, OSError) as exc:
+        deleted = deleted_step_error(path)
+        if deleted is not None:
+            raise deleted from exc
+        raise
+
+
 def _with_reasons(c: CheckpointInfo, reasons: list[str]) -> CheckpointInfo:
     return CheckpointInfo(**{**c.__dict__, "kept_because": list(reasons)})
 
@@ -677,6 +851,56 @@ def _best_from_state(state: dict[str, Any]) -> KeepBestK | None:
         with contextlib.suppress(TypeError, ValueError):
             return KeepBestK(best["metric"], best.get("mode", "max"), int(best.get("k", 1)))
     return None
+
+
+def _ranked_metrics(policy: Any, best: KeepBestK | None) -> list[str]:
+    """Metric names that best-K policies (inside ``policy`` or ``best=``) rank by."""
+    found: list[str] = [] if best is None else [best.metric]
+    stack = [policy]
+    while stack:
+        p = stack.pop()
+        if isinstance(p, KeepBestK) and p.metric not in found:
+            found.append(p.metric)
+        stack.extend(getattr(p, "policies", ()) if isinstance(p, AnyOf) else ())
+    return found
+
+
+# Settings that decide what retention deletes (async_save does not).
+_POLICY_SETTINGS = (
+    "max_to_keep", "keep_every_n_steps", "keep_period_hours", "best", "custom_policy",
+)  # fmt: skip
+
+
+def _check_same_policy(state: dict[str, Any], settings: dict[str, Any], directory: Path) -> None:
+    """Refuse to reopen a run whose stored retention settings differ from the given ones."""
+    stored = state.get("settings")
+    if not isinstance(stored, dict):
+        return  # a new run, or one written before settings were stored
+    changed = [
+        f"{key}: stored {_show_setting(stored.get(key))}, given {_show_setting(settings.get(key))}"
+        for key in _POLICY_SETTINGS
+        if stored.get(key) != settings.get(key)
+    ]
+    if changed:
+        raise CheckpointPolicyError(
+            "the run was created with other retention settings; the next save would delete "
+            "checkpoints by the new ones (" + "; ".join(changed) + ")",
+            path=directory,
+            hint="reopen with the stored settings (`weightvault runs DIR --json` shows them), "
+            "or pass allow_policy_change=True to adopt the new ones",
+        )
+
+
+def _policy_id(policy: Any) -> str:
+    """A custom policy as stored in the run: its repr, without memory addresses (a class
+    without a dataclass repr would otherwise look changed in every process)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(policy))
+
+
+def _show_setting(value: Any) -> str:
+    if isinstance(value, dict) and "metric" in value:
+        return f"({value['metric']!r}, {value.get('mode')!r}, {value.get('k')})"
+    return repr(value)
 
 
 def _hint_for(exc: OSError) -> str | None:

@@ -12,8 +12,11 @@ snapshot is the only part the training thread waits for, so it is kept to plain 
 
 Buffers are cached by tensor name, dtype and shape and reused by the next snapshot (the manager
 allows one save in flight, so the previous write is finished before they are overwritten). Fresh
-page-locked or even pageable allocations cost more than the copy itself on large states; reuse
-makes every snapshot after the first a pure memcpy. Tied tensors are copied once and stay tied.
+page-locked or even pageable allocations cost more than the copy itself on large states (every
+new page faults and is zeroed by the kernel: 2-4x the memcpy); reuse makes every snapshot after
+the first a pure memcpy. :func:`prepare_snapshot` allocates and touches the buffers for a state
+*ahead* of the first snapshot (on a helper thread, while training goes on), so the first save
+stalls no longer than the later ones. Tied tensors are copied once and stay tied.
 
 torch is imported only when a torch tensor is actually seen.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from weightvault.core.tensors import describe, to_numpy
 from weightvault.core.tree import flatten, unflatten
 
-__all__ = ["SnapshotCache", "take_snapshot"]
+__all__ = ["SnapshotCache", "prepare_snapshot", "take_snapshot"]
 
 
 class SnapshotCache:
@@ -43,6 +46,14 @@ class SnapshotCache:
         if buf is None:
             buf = make()
             self._buffers[key] = buf
+        return buf
+
+    def create(self, key: tuple[Any, ...], make: Any) -> Any:
+        """A new buffer for ``key``; None if one exists (it may be in use by a write)."""
+        self._used.add(key)
+        if key in self._buffers:
+            return None
+        buf = self._buffers[key] = make()
         return buf
 
     def prune(self) -> None:
@@ -66,20 +77,30 @@ def _nbytes(buf: Any) -> int:
     return int(buf.numel() * buf.element_size())
 
 
-def take_snapshot(state: Any, cache: SnapshotCache | None = None) -> Any:
-    """A deep copy of ``state`` whose tensors live in host memory owned by the snapshot."""
-    spec, found = flatten(state)
-    copies: dict[str, Any] = {}
+def _unique_tensors(found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({name: tensor} copied once each, {tied name: the name it shares storage with})``."""
+    unique: dict[str, Any] = {}
+    tied: dict[str, str] = {}
     first_by_identity: dict[tuple[Any, ...], str] = {}
-    cuda_devices: set[Any] = set()
     for name, obj in found.items():
         identity = describe(obj, name=name).identity
         if identity is not None and identity in first_by_identity:
-            copies[name] = copies[first_by_identity[identity]]
+            tied[name] = first_by_identity[identity]
             continue
         if identity is not None:
             first_by_identity[identity] = name
-        copies[name] = _copy(name, obj, cache, cuda_devices)
+        unique[name] = obj
+    return unique, tied
+
+
+def take_snapshot(state: Any, cache: SnapshotCache | None = None) -> Any:
+    """A deep copy of ``state`` whose tensors live in host memory owned by the snapshot."""
+    spec, found = flatten(state)
+    unique, tied = _unique_tensors(found)
+    cuda_devices: set[Any] = set()
+    copies = {name: _copy(name, obj, cache, cuda_devices) for name, obj in unique.items()}
+    for name, first in tied.items():
+        copies[name] = copies[first]
     if cuda_devices:
         _sync_cuda(cuda_devices)
     if cache is not None:
@@ -87,17 +108,77 @@ def take_snapshot(state: Any, cache: SnapshotCache | None = None) -> Any:
     return unflatten(spec, copies.__getitem__)
 
 
+def prepare_snapshot(state: Any, cache: SnapshotCache) -> int:
+    """Allocate and touch the buffers a snapshot of ``state`` will use; copies no values.
+
+    Touching every page now (a fill) is what makes the first snapshot a plain memcpy: the page
+    faults and kernel zeroing of fresh memory otherwise happen inside the copy, while training
+    waits. Returns the bytes prepared. Safe to run on a helper thread while the state changes
+    (only shapes and dtypes are read).
+    """
+    _, found = flatten(state)
+    unique, _ = _unique_tensors(found)
+    prepared = 0
+    for name, obj in unique.items():
+        made = _new_staging_buffer(name, obj, cache)
+        if made is not None:
+            _touch(made)
+            prepared += _nbytes(made)
+    return prepared
+
+
+def _touch(buf: Any) -> None:
+    if isinstance(buf, np.ndarray):
+        buf.fill(0)
+    else:
+        buf.zero_()
+
+
+def _new_staging_buffer(name: str, obj: Any, cache: SnapshotCache) -> Any:
+    """A new cached buffer a snapshot of ``obj`` will copy into; None if it exists already
+    (never touch those: the write in flight may be reading them) or is not staged (jax...)."""
+    if isinstance(obj, np.ndarray):
+        return cache.create(_np_key(name, obj), lambda: np.empty(obj.shape, obj.dtype))
+    if type(obj).__module__.partition(".")[0] == "torch":
+        key, make = _torch_buffer_key(name, obj)
+        return None if key is None else cache.create(key, make)
+    return None
+
+
+def _np_key(name: str, obj: np.ndarray) -> tuple[Any, ...]:
+    return ("np", name, obj.dtype.str, obj.shape)
+
+
+def _np_buffer(name: str, obj: np.ndarray, cache: SnapshotCache) -> np.ndarray:
+    return cache.get(_np_key(name, obj), lambda: np.empty(obj.shape, obj.dtype))
+
+
 def _copy(name: str, obj: Any, cache: SnapshotCache | None, cuda_devices: set[Any]) -> Any:
     if isinstance(obj, np.ndarray):
         if cache is None:
             return np.array(obj, copy=True)
-        buf = cache.get(("np", name, obj.dtype.str, obj.shape), lambda: np.empty(obj.shape, obj.dtype))
+        buf = _np_buffer(name, obj, cache)
         np.copyto(buf, obj)
         return buf
     if type(obj).__module__.partition(".")[0] == "torch":
         return _copy_torch(name, obj, cache, cuda_devices)
     # jax / TensorFlow: the adapter hands over host bytes; copy them so the snapshot owns them.
     return np.array(to_numpy(obj), copy=True)
+
+
+def _torch_buffer_key(name: str, t: Any) -> tuple[Any, Any]:
+    """Cache key and allocator of the host buffer for a torch tensor (None for other devices)."""
+    import torch
+
+    if t.device.type not in ("cpu", "cuda"):
+        return None, None
+    pinned = t.device.type == "cuda"
+    key = ("torch-pinned" if pinned else "torch", name, str(t.dtype), tuple(t.shape))
+
+    def make() -> Any:
+        return torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=pinned)
+
+    return key, make
 
 
 def _copy_torch(name: str, t: Any, cache: SnapshotCache | None, cuda_devices: set[Any]) -> Any:
@@ -111,14 +192,10 @@ def _copy_torch(name: str, t: Any, cache: SnapshotCache | None, cuda_devices: se
     if t.is_neg():
         t = t.resolve_neg()
     device = t.device
-    if device.type not in ("cpu", "cuda"):
+    key, make = _torch_buffer_key(name, t)
+    if key is None:
         return t.to("cpu", copy=True)
     pinned = device.type == "cuda"
-    key = ("torch-pinned" if pinned else "torch", name, str(t.dtype), tuple(t.shape))
-
-    def make() -> Any:
-        return torch.empty(t.shape, dtype=t.dtype, pin_memory=pinned)
-
     buf = cache.get(key, make) if cache is not None else make()
     buf.copy_(t, non_blocking=pinned)
     if pinned:
