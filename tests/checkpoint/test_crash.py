@@ -81,7 +81,6 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path: Path) 
     assert committed_any
     # The kills really landed inside saves (a temp directory was left behind), not only between them.
     assert interrupted_writes >= 5, f"only {interrupted_writes} of {KILLS} kills interrupted a write"
-    assert elapsed < 120
 
 
 def _disk_full(run: Path, use_async: bool) -> dict:
