@@ -95,7 +95,7 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         target = reader.aliases.get(name, name)
         if target in made:
             continue
-        info = reader.info(target)
+        info = reader.checked_info(target)  # the shard holds these bytes: safe to allocate
         if pinned:
             from weightvault.frameworks.torch import empty_like_info
 

@@ -30,25 +30,29 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.dtypes import DTYPES, dtype_from_name
 from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
     SafetensorsFile,
     TensorDigest,
     TensorSource,
+    check_shape,
+    load_json,
     write_safetensors,
 )
 from weightvault.core.tensors import describe, to_numpy
-from weightvault.core.tree import flatten, name_filter, tensor_names, unflatten
+from weightvault.core.tree import check_spec, flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (
     AliasError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
+    HeaderTooLargeError,
     InvalidHeaderError,
     TensorNotFoundError,
+    UnknownDtypeError,
 )
-from weightvault.formats._common import span_of
+from weightvault.formats._common import safe_relative, span_of
 
 __all__ = [
     "COMMIT_MARKER",
@@ -67,6 +71,8 @@ MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "model.safetensors.index.json"
 COMMIT_MARKER = "COMMITTED"
 DEFAULT_SHARD_SIZE = 2 * 1024**3
+#: largest manifest.json read (the safetensors header cap; a manifest is a few bytes per tensor)
+MAX_MANIFEST_BYTES = 100_000_000
 
 # dtypes stored through a same-bytes view that safetensors can name
 _STORED_AS = {"complex128": ("float64", 2)}
@@ -279,15 +285,29 @@ def _write_json(path: Path, obj: Any, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
-def _parse_manifest(raw: str, path: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidHeaderError(f"manifest is not valid JSON: {exc}", path=path) from None
+def _check_row(name: str, row: Any, path: str) -> None:
+    """One manifest row, checked field by field so that no later lookup can fail foreignly."""
+    if not isinstance(row, dict):
+        raise InvalidHeaderError("manifest row is not an object", path=path, tensor=name)
+    dtype = row.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise UnknownDtypeError(f"manifest dtype {dtype!r} is not a known dtype", path=path, tensor=name)
+    check_shape(row.get("shape"), path=path, tensor=name)
+    for key in ("file", "checksum"):
+        if key in row and not isinstance(row[key], str):
+            raise InvalidHeaderError(f"manifest {key} {row[key]!r} is not a string", path=path, tensor=name)
+    if "stored_as" in row and row["stored_as"] != _STORED_AS.get(dtype, (None,))[0]:
+        raise InvalidHeaderError(
+            f"manifest stores {dtype} as {row['stored_as']!r}, which is not its carrier", path=path, tensor=name
+        )
+
+
+def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
+    manifest = load_json(raw, path=path, what="manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise InvalidHeaderError("manifest does not describe a weightvault checkpoint", path=path)
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise InvalidHeaderError(
             f"manifest format_version {version!r} is newer than this library reads ({FORMAT_VERSION})",
             path=path,
@@ -296,7 +316,33 @@ def _parse_manifest(raw: str, path: str) -> dict[str, Any]:
     for key in ("tensors", "aliases", "tree"):
         if not isinstance(manifest.get(key), dict):
             raise InvalidHeaderError(f"manifest has no valid {key!r}", path=path)
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise InvalidHeaderError("manifest metadata is not an object", path=path)
+    rows = manifest["tensors"]
+    for name, row in rows.items():
+        _check_row(name, row, path)
+    for alias, target in manifest["aliases"].items():
+        if not isinstance(target, str) or target not in rows:
+            raise AliasError(f"alias points at missing tensor {target!r}", path=path, tensor=alias)
+    check_spec(manifest["tree"], path=path)
+    for name in tensor_names(manifest["tree"]):
+        if name not in rows and name not in manifest["aliases"]:
+            raise InvalidHeaderError("the tree spec names a tensor the manifest does not list", path=path, tensor=name)
     return manifest
+
+
+def _read_manifest_file(root: Path) -> bytes:
+    """``manifest.json`` of a directory checkpoint: a regular file inside it, of bounded size."""
+    full = Path(safe_relative(root, MANIFEST_FILE, path=root))
+    try:
+        size = full.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise HeaderTooLargeError(
+                f"{MANIFEST_FILE} is {size} bytes, over the {MAX_MANIFEST_BYTES} cap", path=full
+            )
+        return full.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=root) from None
 
 
 class NativeReader(FormatReader):
@@ -315,27 +361,22 @@ class NativeReader(FormatReader):
                     f"incomplete checkpoint: no {COMMIT_MARKER} marker (an interrupted save?)",
                     path=p,
                 )
-            try:
-                raw = (p / MANIFEST_FILE).read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=p) from None
-            except UnicodeDecodeError:
-                raise InvalidHeaderError(f"{MANIFEST_FILE} is not UTF-8", path=p) from None
-            self.manifest = _parse_manifest(raw, os.fspath(p / MANIFEST_FILE))
+            self._single: str | None = None
+            self.manifest = _parse_manifest(_read_manifest_file(p), os.fspath(p / MANIFEST_FILE))
         else:
             self.root = p.parent
             st = SafetensorsFile(p)
             self._shards[p.name] = st
-            if MANIFEST_KEY not in st.metadata:
+            self._single = p.name  # the one file, whatever name the manifest recorded for it
+            try:
+                if MANIFEST_KEY not in st.metadata:
+                    raise InvalidHeaderError("safetensors file carries no weightvault manifest", path=p)
+                self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
+            except BaseException:
                 st.close()
-                raise InvalidHeaderError("safetensors file carries no weightvault manifest", path=p)
-            self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
-            self._single = p.name
+                raise
         self._rows: dict[str, dict[str, Any]] = self.manifest["tensors"]
         self._aliases: dict[str, str] = self.manifest["aliases"]
-        for alias, target in self._aliases.items():
-            if target not in self._rows:
-                raise AliasError(f"alias points at missing tensor {target!r}", path=self.path, tensor=alias)
         self._names = [n for n in tensor_names(self.manifest["tree"]) if n in self._rows or n in self._aliases]
         seen = set(self._names)
         self._names += [n for n in self._rows if n not in seen]
@@ -348,11 +389,14 @@ class NativeReader(FormatReader):
         return self._rows[target]
 
     def _shard(self, file: str, tensor: str) -> SafetensorsFile:
+        if self._single is not None:
+            return self._shards[self._single]
         if "/" in file or "\\" in file or file in ("", ".", ".."):
             raise InvalidHeaderError(f"shard name {file!r} leaves the checkpoint", path=self.path, tensor=tensor)
         if file not in self._shards:
-            shard_path = self.root / file
-            if not shard_path.exists():
+            # resolves links: a shard that is a symlink to a file outside the directory is refused
+            shard_path = safe_relative(self.root, file, path=self.path, tensor=tensor)
+            if not os.path.isfile(shard_path):
                 raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
             self._shards[file] = SafetensorsFile(shard_path)
         return self._shards[file]
@@ -363,7 +407,7 @@ class NativeReader(FormatReader):
         shard = self._shard(row.get("file", ""), target)
         entry = shard.entries.get(target)
         if entry is None:
-            raise InvalidHeaderError(f"manifest lists the tensor in {row['file']} but it is not there", path=shard.path, tensor=target)
+            raise InvalidHeaderError(f"manifest lists the tensor in {row.get('file')} but it is not there", path=shard.path, tensor=target)
         stored_dtype = row.get("stored_as", row["dtype"])
         expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
         if entry.dtype != stored_dtype or entry.shape != expected_shape:
@@ -384,6 +428,12 @@ class NativeReader(FormatReader):
         if name in self._aliases:
             extra["alias_of"] = self._aliases[name]
         return TensorInfo(name, row["dtype"], tuple(row["shape"]), extra)
+
+    def checked_info(self, name: str) -> TensorInfo:
+        """``info(name)`` after checking the manifest row against the shard's own header, so a
+        caller may allocate ``nbytes`` (the shard's bytes are there)."""
+        self._entry_checked(name)
+        return self.info(name)
 
     def get(self, name: str) -> np.ndarray:
         shard, target, row = self._entry_checked(name)
