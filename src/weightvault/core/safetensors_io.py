@@ -37,6 +37,7 @@ from weightvault.errors import (
     InvalidOffsetError,
     TruncatedFileError,
     UnknownDtypeError,
+    UnsupportedOperationError,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 MAX_HEADER = 100_000_000  # the reference reader's cap
+#: the header key safetensors reserves for its string metadata: no tensor may be called this
+METADATA_KEY = "__metadata__"
 #: numpy's limit on dimensions (NPY_MAXDIMS); a header claiming more cannot be viewed
 MAX_DIMS = 64
 #: largest dimension numpy can index (npy_intp)
@@ -373,6 +376,21 @@ class SafetensorsFile:
         self._file.close()
 
 
+def check_tensor_names(sources: Iterable[TensorSource], *, path: str | os.PathLike[str] | None) -> None:
+    """Refuse names a safetensors file cannot hold: ``__metadata__`` would be read back as the
+    metadata block, and the file could not be opened again."""
+    for src in sources:
+        if src.name == METADATA_KEY:
+            raise UnsupportedOperationError(
+                f"a tensor cannot be named {METADATA_KEY!r} in a safetensors file: safetensors "
+                "keeps the file's metadata under that name",
+                path=path,
+                tensor=src.name,
+                hint="rename the tensor, or nest it ({'x': {'__metadata__': t}} is stored as "
+                "x/__metadata__)",
+            )
+
+
 def _alignment_key(src: TensorSource) -> int:
     return -dtype_from_name(src.dtype).itemsize
 
@@ -427,6 +445,7 @@ def write_safetensors(
     offsets: dict[str, tuple[int, int]] = {}
     pos = 0
     for src in ordered:
+        check_tensor_names([src], path=None)
         end = pos + src.nbytes
         entries[src.name] = {
             "dtype": ST_CODES[src.dtype],

@@ -38,6 +38,7 @@ from weightvault.core.safetensors_io import (
     TensorDigest,
     TensorSource,
     check_shape,
+    check_tensor_names,
     load_json,
     write_safetensors,
 )
@@ -228,6 +229,7 @@ def save_native(
     else:
         spec, found = flatten(obj, keep=name_filter(include, exclude))
         sources, rows, aliases = plan_tensors(found)
+    check_tensor_names(sources, path=path)
     manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
     total = sum(s.nbytes for s in sources)
     with progress_bar(f"saving {path.name}", total, enabled=progress) as advance:

@@ -38,6 +38,7 @@ from weightvault.core.safetensors_io import (
     SafetensorsFile,
     TensorDigest,
     TensorSource,
+    check_tensor_names,
     write_safetensors,
 )
 from weightvault.errors import (
@@ -245,6 +246,7 @@ class SafetensorsFormat(Format):
                 )
             sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name),
                                         span_of(tensors, name)))
+        check_tensor_names(sources, path=path)
         shard_size = options.get("shard_size")
         total = sum(src.nbytes for src in sources)
         with progress_bar(f"writing {Path(path).name}", total, enabled=options.get("progress")) as advance:
