@@ -400,3 +400,30 @@ def test_atomic_directory_write_syncs_every_file_before_the_rename(
     assert events[rename - 1] == ("fsync_dir", os.path.realpath(tmp_dir)), "the new directory's entries first"
     assert events[rename + 1:] == [("fsync_dir", os.path.realpath(tmp_path))], "then the parent's"
     assert kinds.count("rename") == 1
+
+
+@pytest.mark.parametrize("name", ["x.pt", "model.bin", "w.npz", "m.onnx", "k.weights.h5", "ckpt.index", "X.PTH"])
+def test_save_never_writes_under_another_formats_extension(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsupportedOperationError, match="will not write") as exc:
+        weightvault.save({"w": np.ones(2)}, tmp_path / name)
+    assert "weightvault convert" in (exc.value.hint or "")
+    assert str(tmp_path / name) in str(exc.value)
+    assert list(tmp_path.iterdir()) == [], "no file or directory was created"
+
+
+def test_foreign_extensions_cover_every_other_writable_or_readable_format() -> None:
+    from weightvault.formats.native import FOREIGN_EXTENSIONS
+    from weightvault.registry import available_formats
+
+    endings = {e for fmt in available_formats().values() for e in fmt.extensions} - {".safetensors"}
+    assert endings <= set(FOREIGN_EXTENSIONS)
+
+
+def test_the_tip_names_a_conversion_that_works(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(UnsupportedOperationError) as exc:
+        weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "x.pt")
+    assert "x.safetensors" in (exc.value.hint or "")
+    weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "x.safetensors")
+    weightvault.convert(tmp_path / "x.safetensors", tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt")["w"].tolist() == [1.0, 1.0]

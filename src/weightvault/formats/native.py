@@ -52,6 +52,7 @@ from weightvault.errors import (
     InvalidHeaderError,
     TensorNotFoundError,
     UnknownDtypeError,
+    UnsupportedOperationError,
 )
 from weightvault.formats._common import safe_relative, span_of
 
@@ -74,6 +75,30 @@ COMMIT_MARKER = "COMMITTED"
 DEFAULT_SHARD_SIZE = 2 * 1024**3
 #: largest manifest.json read (the safetensors header cap; a manifest is a few bytes per tensor)
 MAX_MANIFEST_BYTES = 100_000_000
+
+#: endings of the other built-in formats (see ``Format.extensions``; a test keeps this in step with
+#: the registry). A native checkpoint is never written under one: ``save(sd, "x.pt")`` would make a
+#: directory named ``x.pt`` that ``torch.load`` cannot open. Kept here so a save imports no format.
+FOREIGN_EXTENSIONS = (
+    ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb", ".meta",
+    ".weights.h5", ".keras", ".h5", ".hdf5",
+)  # fmt: skip
+
+
+def _refuse_foreign_extension(path: Path) -> None:
+    name = path.name.lower()
+    ending = next((e for e in FOREIGN_EXTENSIONS if name.endswith(e)), None)
+    if ending is None:
+        return
+    raise UnsupportedOperationError(
+        f"will not write a weightvault checkpoint under a {ending} name: save() writes the native "
+        "format (a .safetensors file, or a directory for any other name), which tools expecting "
+        f"a {ending} file cannot read",
+        path=path,
+        hint=f"save to {path.name[: len(path.name) - len(ending)] or 'model'}.safetensors, then "
+        f"`weightvault convert <that file> {path.name}` to get a {ending} file",
+    )
+
 
 # dtypes stored through a same-bytes view that safetensors can name
 _STORED_AS = {"complex128": ("float64", 2)}
@@ -221,6 +246,7 @@ def save_native(
     ``exclude`` are glob patterns over tensor names (``model/encoder.*``) for a partial save.
     """
     path = Path(path)
+    _refuse_foreign_extension(path)
     if single_file is None:
         single_file = path.suffix == ".safetensors"
     if _is_lazy(obj):
