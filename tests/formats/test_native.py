@@ -427,3 +427,20 @@ def test_the_tip_names_a_conversion_that_works(tmp_path: Path) -> None:
     weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "x.safetensors")
     weightvault.convert(tmp_path / "x.safetensors", tmp_path / "x.pt")
     assert torch.load(tmp_path / "x.pt")["w"].tolist() == [1.0, 1.0]
+
+
+def test_single_file_carries_format_pt_for_transformers(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = weightvault.save({"w": np.arange(4, dtype=np.float32), "step": 3}, tmp_path / "m.safetensors")
+    with safe_open(p, "pt") as f:
+        assert f.metadata()["format"] == "pt"  # transformers refuses the file without it
+    assert load_file(p)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with weightvault.open(p) as r:  # our own manifest is intact, and not mixed into user metadata
+        assert r.format == "native" and r.metadata == {} and r.verify().ok
+    assert weightvault.load(p)["step"] == 3
+    shard = next(weightvault.save({"w": np.ones(1)}, tmp_path / "d").glob("model-*.safetensors"))
+    with safe_open(shard, "pt") as f:
+        assert f.metadata()["format"] == "pt"

@@ -266,7 +266,8 @@ def save_native(
                 row["checksum"] = PLACEHOLDER
 
             def final_meta() -> dict[str, str]:
-                return {MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False, allow_nan=False)}
+                # "format": "pt" is what transformers checks before it loads a safetensors file
+                return {"format": "pt", MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False, allow_nan=False)}
 
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
