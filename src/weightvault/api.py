@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from weightvault.abc.format import FormatReader, VerifyResult
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.tree import unflatten
 from weightvault.errors import ChecksumMismatchError
 from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
@@ -85,6 +85,7 @@ def open(path: PathLike, *, format: str | None = None, **options: Any) -> Format
 def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
     """Allocate every tensor, then fill them with parallel preads, then rebuild the tree."""
     made: dict[str, Any] = {}
+    strings: dict[str, np.ndarray] = {}  # no framework has string tensors: they stay numpy
     jobs: list[Any] = []
     pinned = False
     if framework == "torch":
@@ -96,6 +97,9 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         if target in made:
             continue
         info = reader.checked_info(target)  # the shard holds these bytes: safe to allocate
+        if info.dtype == STRING:
+            strings[target] = reader.get(target)
+            continue
         if pinned:
             from weightvault.frameworks.torch import empty_like_info
 
@@ -116,6 +120,7 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         from weightvault.frameworks.torch import to_device
 
         made = to_device(made, device)
+    made.update(strings)
     return unflatten(reader.manifest["tree"], lambda name: made[reader.aliases.get(name, name)])
 
 
@@ -171,7 +176,7 @@ def _materialise(tree: Any, framework: str, device: Any) -> Any:
     """Copy every array out of the file (so it can be closed) and convert for the framework."""
     if isinstance(tree, np.ndarray):
         arr = np.array(tree)
-        if framework == "torch":
+        if framework == "torch" and arr.dtype.kind != "O":  # string tensors stay numpy
             from weightvault.frameworks.torch import from_numpy
 
             return from_numpy(arr, device)

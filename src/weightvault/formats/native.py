@@ -15,12 +15,18 @@ file and checksum, tied-tensor aliases, the user's metadata and the tree spec (s
 
 dtypes stock safetensors cannot name (complex128) are stored as a float64 ``[..., 2]`` view and
 the manifest records the real dtype; every file stays loadable by the safetensors library.
+
+String tensors (dtype ``"string"``, object arrays of ``bytes``) are stored as one 1-D ``uint8``
+tensor: ``n + 1`` little-endian uint64 offsets (``n`` = number of elements, the first offset 0,
+the last the total length), then the concatenated bytes of the elements in C order. The manifest
+row says ``"dtype": "string"``, the real shape and ``"stored_as": "uint8"``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +36,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
-from weightvault.core.dtypes import DTYPES, dtype_from_name
+from weightvault.core.dtypes import DTYPES, STRING, as_string_array, dtype_from_name, is_string_array
 from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
@@ -50,6 +56,7 @@ from weightvault.errors import (
     ChecksumMismatchError,
     HeaderTooLargeError,
     InvalidHeaderError,
+    InvalidOffsetError,
     TensorNotFoundError,
     UnknownDtypeError,
     UnsupportedOperationError,
@@ -104,6 +111,45 @@ def _refuse_foreign_extension(path: Path) -> None:
 _STORED_AS = {"complex128": ("float64", 2)}
 
 
+def encode_strings(values: np.ndarray) -> np.ndarray:
+    """A string tensor as its stored ``uint8`` tensor: (n+1) u64le offsets, then the bytes."""
+    items = as_string_array(values).reshape(-1).tolist()
+    ends = np.cumsum([len(b) for b in items], dtype="<u8") if items else np.zeros(0, "<u8")
+    offsets = np.concatenate([np.zeros(1, "<u8"), ends]).astype("<u8")
+    return np.frombuffer(offsets.tobytes() + b"".join(items), np.uint8)
+
+
+def decode_strings(stored: np.ndarray, shape: tuple[int, ...], *, path: str, tensor: str) -> np.ndarray:
+    """The object array of ``bytes`` a stored ``uint8`` tensor encodes, every offset checked
+    against the bytes present before anything is allocated."""
+    count = math.prod(shape)
+    head = 8 * (count + 1)
+    if stored.ndim != 1 or head > stored.size:
+        raise InvalidOffsetError(
+            f"string tensor of {count} elements needs {head} bytes of offsets, the file holds {stored.size}",
+            path=path,
+            tensor=tensor,
+        )
+    offsets = np.frombuffer(stored[:head].tobytes(), "<u8")
+    data = stored[head:].tobytes()
+    if offsets[0] != 0 or offsets[-1] != len(data) or bool(np.any(offsets[1:] < offsets[:-1])):
+        raise InvalidOffsetError(
+            f"string offsets are not increasing from 0 to the {len(data)} bytes stored", path=path, tensor=tensor
+        )
+    out = np.empty(count, dtype=object)
+    bounds = offsets.tolist()
+    for i in range(count):
+        out[i] = data[bounds[i] : bounds[i + 1]]
+    return out.reshape(shape)
+
+
+def _string_source(name: str, values: np.ndarray) -> TensorSource:
+    # Encoded now: the header needs the stored length before the data is written (string
+    # tensors are vocabularies and tags, small next to the weights).
+    stored = encode_strings(values)
+    return TensorSource(name, "uint8", (stored.size,), lambda: stored)
+
+
 def _library_version() -> str:
     from weightvault import __version__
 
@@ -126,6 +172,8 @@ def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
     row: dict[str, Any] = {"dtype": dtype, "shape": list(shape)}
     if dtype in _STORED_AS:
         row["stored_as"] = _STORED_AS[dtype][0]
+    elif dtype == STRING:
+        row["stored_as"] = "uint8"
     return row
 
 
@@ -142,9 +190,12 @@ def plan_lazy(
     sources, rows = [], {}
     for name in tensors:
         info = tensors.info(name)  # type: ignore[attr-defined]
+        rows[name] = _row_for(info.dtype, info.shape)
+        if info.dtype == STRING:
+            sources.append(_string_source(name, np.asarray(tensors[name])))
+            continue
         fetch = (lambda n: lambda: to_numpy(np.asarray(tensors[n])))(name)
         sources.append(_source_for(name, fetch, info.dtype, info.shape, span_of(tensors, name)))
-        rows[name] = _row_for(info.dtype, info.shape)
     return spec, sources, rows
 
 
@@ -157,6 +208,10 @@ def plan_tensors(
     aliases: dict[str, str] = {}
     first_by_identity: dict[tuple[Any, ...], str] = {}
     for name, obj in found.items():
+        if is_string_array(obj):
+            sources.append(_string_source(name, obj))
+            rows[name] = _row_for(STRING, tuple(obj.shape))
+            continue
         desc = describe(obj, name=name)
         if desc.identity is not None:
             if desc.identity in first_by_identity:
@@ -319,13 +374,15 @@ def _check_row(name: str, row: Any, path: str) -> None:
     if not isinstance(row, dict):
         raise InvalidHeaderError("manifest row is not an object", path=path, tensor=name)
     dtype = row.get("dtype")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
+    if not isinstance(dtype, str) or (dtype not in DTYPES and dtype != STRING):
         raise UnknownDtypeError(f"manifest dtype {dtype!r} is not a known dtype", path=path, tensor=name)
     check_shape(row.get("shape"), path=path, tensor=name)
     for key in ("file", "checksum"):
         if key in row and not isinstance(row[key], str):
             raise InvalidHeaderError(f"manifest {key} {row[key]!r} is not a string", path=path, tensor=name)
-    if "stored_as" in row and row["stored_as"] != _STORED_AS.get(dtype, (None,))[0]:
+    if dtype == STRING and row.get("stored_as") != "uint8":
+        raise InvalidHeaderError("a string tensor must be stored_as uint8", path=path, tensor=name)
+    if dtype != STRING and "stored_as" in row and row["stored_as"] != _STORED_AS.get(dtype, (None,))[0]:
         raise InvalidHeaderError(
             f"manifest stores {dtype} as {row['stored_as']!r}, which is not its carrier", path=path, tensor=name
         )
@@ -438,7 +495,10 @@ class NativeReader(FormatReader):
         if entry is None:
             raise InvalidHeaderError(f"manifest lists the tensor in {row.get('file')} but it is not there", path=shard.path, tensor=target)
         stored_dtype = row.get("stored_as", row["dtype"])
-        expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
+        if row["dtype"] == STRING:  # offsets + bytes: any length, checked when decoded
+            expected_shape = entry.shape if len(entry.shape) == 1 else (-1,)
+        else:
+            expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
         if entry.dtype != stored_dtype or entry.shape != expected_shape:
             raise InvalidHeaderError(
                 f"manifest says {row['dtype']} {row['shape']} but the shard holds {entry.dtype} {list(entry.shape)}",
@@ -453,9 +513,12 @@ class NativeReader(FormatReader):
 
     def info(self, name: str) -> TensorInfo:
         row = self._row(name)
-        extra = {"file": row.get("file"), "checksum": row.get("checksum")}
+        extra: dict[str, Any] = {"file": row.get("file"), "checksum": row.get("checksum")}
         if name in self._aliases:
             extra["alias_of"] = self._aliases[name]
+        if row["dtype"] == STRING:
+            shard, target, _ = self._entry_checked(name)
+            extra["nbytes"] = shard.entries[target].end - shard.entries[target].start
         return TensorInfo(name, row["dtype"], tuple(row["shape"]), extra)
 
     def checked_info(self, name: str) -> TensorInfo:
@@ -467,13 +530,15 @@ class NativeReader(FormatReader):
     def get(self, name: str) -> np.ndarray:
         shard, target, row = self._entry_checked(name)
         arr = shard.view(target)
+        if row["dtype"] == STRING:
+            return decode_strings(arr, tuple(row["shape"]), path=shard.path, tensor=target)
         if "stored_as" in row:
             arr = arr.view(dtype_from_name(row["dtype"])).reshape(tuple(row["shape"]))
         return arr
 
     def byte_span(self, name: str) -> ByteSpan | None:
-        shard, target, _ = self._entry_checked(name)
-        return shard.span(target)
+        shard, target, row = self._entry_checked(name)
+        return None if row["dtype"] == STRING else shard.span(target)
 
     def read(self, name: str, out: np.ndarray) -> None:
         """Copy the tensor into ``out`` (an array of the right dtype and shape) with one read."""
@@ -481,8 +546,11 @@ class NativeReader(FormatReader):
             job()
 
     def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
-        """Independent reads that together fill ``out``; safe to run on a thread pool."""
-        shard, target, _ = self._entry_checked(name)
+        """Independent reads that together fill ``out``; safe to run on a thread pool. Not for
+        string tensors (``get`` decodes those)."""
+        shard, target, row = self._entry_checked(name)
+        if row["dtype"] == STRING:
+            raise UnsupportedOperationError("a string tensor is read with get()", path=self.path, tensor=name)
         return shard.read_jobs(target, out)
 
     @property
@@ -532,6 +600,7 @@ class NativeFormat(Format):
     description = "weightvault checkpoint: safetensors file or sharded directory with a manifest"
     extensions = (".safetensors",)
     can_write = True
+    can_write_strings = True
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
