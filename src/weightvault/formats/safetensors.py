@@ -239,6 +239,12 @@ class SafetensorsFormat(Format):
                 from weightvault.core.dtypes import dtype_name
 
                 dtype, shape = dtype_name(arr.dtype, tensor=name), tuple(arr.shape)
+            if dtype == "string":
+                raise UnsupportedOperationError(
+                    "safetensors cannot hold string tensors", path=path, tensor=name,
+                    hint="write the native format (it keeps them), or convert with --skip-unsupported "
+                    "(skip_unsupported=True) to leave them out",
+                )
             if dtype not in ST_CODES:
                 raise UnsupportedOperationError(
                     f"safetensors has no dtype for {dtype}", path=path, tensor=name,
