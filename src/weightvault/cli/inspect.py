@@ -31,9 +31,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
     """List the tensors of PATH: name, dtype, shape, size, and total parameters."""
     with _open(path, fmt, options, names) as reader:
         infos = reader.infos()
-        total_params = sum(i.numel for i in infos)
+        total_params = sum(i.numel for i in infos if i.dtype != "string")  # strings are not parameters
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
+        skipped = reader.skipped
         if as_json:
             emit_json(
                 {
@@ -43,6 +44,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                     "total_parameters": total_params,
                     "total_bytes": total_bytes,
                     "metadata": metadata,
+                    "skipped": skipped,
                 }
             )
             return
@@ -61,6 +63,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
         )
         for line in _checkpoint_list(metadata):
             click.echo(line)
+        if skipped:  # entries no reader call returns: never hidden
+            click.echo(f"{len(skipped)} entries not readable as tensors:")
+            for name, why in skipped.items():
+                click.echo(f"  {name}: {why}")
 
 
 def _checkpoint_list(metadata: dict[str, Any]) -> list[str]:
