@@ -234,3 +234,16 @@ def test_a_string_row_must_be_stored_as_uint8(tmp_path: Path) -> None:
 def test_encode_strings_layout_is_stable() -> None:
     assert encode_strings(np.array([b"hi", b""], dtype=object)).tobytes() == _offsets(0, 2, 2) + b"hi"
     assert encode_strings(np.empty(0, dtype=object)).tobytes() == _offsets(0)
+
+
+def test_stats_show_and_diff_handle_string_tensors(cli_run: Any, tmp_path: Path) -> None:
+    a = weightvault.save({"vocab": np.array([b"a", b"b"], dtype=object), "w": np.ones(2)}, tmp_path / "a.safetensors")
+    b = weightvault.save({"vocab": np.array([b"a", b"c"], dtype=object), "w": np.ones(2)}, tmp_path / "b.safetensors")
+    code, out, _ = cli_run("stats", a)
+    assert code == 0 and next(li for li in out.splitlines() if li.startswith("vocab")).split()[1] == "string"
+    code, out, _ = cli_run("show", a, "vocab")
+    assert code == 0 and "b'a', b'b'" in out
+    code, out, _ = cli_run("diff", a, b)
+    assert code == 1 and "1/2 differ" in out and "1 equal, 1 changed" in out  # 1: they differ
+    code, out, _ = cli_run("diff", a, a)
+    assert code == 0 and "2 equal, 0 changed" in out

@@ -220,7 +220,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             (
                 "value",
                 d["name"],
-                f"max abs {d['max_abs']:.6g}, max rel {d['max_rel']:.6g}, {d['changed']}/{d['numel']} differ",
+                f"max abs {_fmt_num(d['max_abs'])}, max rel {_fmt_num(d['max_rel'])}, {d['changed']}/{d['numel']} differ",
             )
             for d in report.value_changed
         ]
