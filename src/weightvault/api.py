@@ -298,13 +298,14 @@ def _unsupported_entries(reader: FormatReader, plan: Any, fmt: Any) -> dict[str,
 
 def _refuse_unsupported(skipped: Mapping[str, str], src: PathLike, target: str) -> None:
     first, why = next(iter(skipped.items()))
-    more = f" (and {len(skipped) - 1} more: {', '.join(list(skipped)[1:6])})" if len(skipped) > 1 else ""
+    others = list(skipped)[1:]
+    more = f" (and {len(others)} more: {', '.join(others[:5])})" if others else ""
     raise UnsupportedOperationError(
         f"cannot convert to {target}: {why}{more}",
         path=src,
         tensor=first,
-        hint="pass --skip-unsupported (skip_unsupported=True in Python) to leave these out and list "
-        "them in the report, or convert to the native format, which keeps string tensors",
+        hint="pass --skip-unsupported (skip_unsupported=True in Python) to leave these out and "
+        "list them in the report, or convert to the native format, which keeps string tensors",
     )
 
 
@@ -313,7 +314,8 @@ def _without_targets(plan: Any, skipped: Mapping[str, str]) -> Any:
         return plan
     from weightvault.transforms.plan import Plan
 
-    return Plan(plan.rules, [s for s in plan.steps if s.target not in skipped], plan.dropped, plan.notes)
+    steps = [s for s in plan.steps if s.target not in skipped]
+    return Plan(plan.rules, steps, plan.dropped, plan.notes)
 
 
 class ConversionReport:

@@ -32,7 +32,8 @@ def _as_numeric(arr: np.ndarray) -> np.ndarray:
 def tensor_stats(arr: np.ndarray) -> dict[str, Any]:
     """min, max, mean, std, zeros, NaN and Inf counts of a tensor (complex: of its magnitude)."""
     if np.asarray(arr).dtype.kind in "OSU":  # a string tensor: no numbers to summarise
-        return dict.fromkeys(("zeros", "nan", "inf", "min", "max", "mean", "std"), None) | {"numel": int(np.asarray(arr).size)}
+        empty = dict.fromkeys(("zeros", "nan", "inf", "min", "max", "mean", "std"))
+        return {"numel": int(np.asarray(arr).size), **empty}
     flat = _as_numeric(np.asarray(arr))
     n = int(flat.size)
     out: dict[str, Any] = {"numel": n, "zeros": 0, "nan": 0, "inf": 0}
@@ -98,8 +99,11 @@ class DiffReport:
 def _compare_values(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, Any] | None:
     """None when equal within tolerance, else the max absolute and relative difference."""
     if np.asarray(a).dtype.kind in "OSU" or np.asarray(b).dtype.kind in "OSU":  # string tensors
-        changed = sum(x != y for x, y in zip(np.asarray(a).reshape(-1).tolist(), np.asarray(b).reshape(-1).tolist()))
-        return None if not changed else {"max_abs": None, "max_rel": None, "changed": changed, "numel": int(np.asarray(a).size)}
+        pairs = zip(np.asarray(a).reshape(-1).tolist(), np.asarray(b).reshape(-1).tolist())
+        changed = sum(x != y for x, y in pairs)
+        if not changed:
+            return None
+        return {"max_abs": None, "max_rel": None, "changed": changed, "numel": int(np.asarray(a).size)}
     fa = _as_float(a)
     fb = _as_float(b)
     both_nan = np.isnan(fa) & np.isnan(fb)

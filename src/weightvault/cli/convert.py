@@ -36,7 +36,7 @@ def _shape(shape: list[int]) -> str:
 @click.option(
     "--skip-unsupported",
     is_flag=True,
-    help="Leave out what the target cannot hold (string tensors, unreadable entries) and list them.",
+    help="Leave out what the target cannot hold (string tensors, unreadable entries); list them.",
 )
 @click.option("--template", default=None, help="Existing model whose weights are replaced (onnx, frozen .pb).")
 @click.option(

@@ -31,7 +31,8 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
     """List the tensors of PATH: name, dtype, shape, size, and total parameters."""
     with _open(path, fmt, options, names) as reader:
         infos = reader.infos()
-        total_params = sum(i.numel for i in infos if i.dtype != "string")  # strings are not parameters
+        # string tensors are not parameters
+        total_params = sum(i.numel for i in infos if i.dtype != "string")
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
         skipped = reader.skipped

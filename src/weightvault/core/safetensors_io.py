@@ -160,10 +160,14 @@ def check_shape(shape: Any, *, path: str | os.PathLike[str], tensor: str | None)
         )
     if len(shape) > MAX_DIMS:
         raise InvalidHeaderError(
-            f"shape has {len(shape)} dimensions, more than numpy's {MAX_DIMS}", path=path, tensor=tensor
+            f"shape has {len(shape)} dimensions, more than numpy's {MAX_DIMS}",
+            path=path,
+            tensor=tensor,
         )
     if math.prod(d for d in shape if d) > MAX_ELEMENTS:
-        raise InvalidHeaderError(f"shape {shape} has more elements than numpy can index", path=path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"shape {shape} has more elements than numpy can index", path=path, tensor=tensor
+        )
     return tuple(shape)
 
 
@@ -219,7 +223,8 @@ def load_json(
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     check_depth(json_depth(data), path=path, what=f"the JSON {what}")
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=object_pairs_hook, parse_constant=_no_constant)
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=object_pairs_hook, parse_constant=_no_constant)
     except CorruptFileError:
         raise
     except UnicodeDecodeError as exc:
@@ -236,7 +241,9 @@ class SafetensorsFile:
         try:
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap, see close()
         except IsADirectoryError:
-            raise InvalidHeaderError("is a directory, not a safetensors file", path=self.path) from None
+            raise InvalidHeaderError(
+                "is a directory, not a safetensors file", path=self.path
+            ) from None
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self.metadata, self.entries, self.header_len = self._read_header()
@@ -376,7 +383,9 @@ class SafetensorsFile:
         self._file.close()
 
 
-def check_tensor_names(sources: Iterable[TensorSource], *, path: str | os.PathLike[str] | None) -> None:
+def check_tensor_names(
+    sources: Iterable[TensorSource], *, path: str | os.PathLike[str] | None
+) -> None:
     """Refuse names a safetensors file cannot hold: ``__metadata__`` would be read back as the
     metadata block, and the file could not be opened again."""
     for src in sources:

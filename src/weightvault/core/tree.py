@@ -78,7 +78,9 @@ _KEY_KINDS: dict[str, tuple[type | tuple[type, ...], Callable[[Any], Any]]] = {
 
 
 def _decode_key(enc: Any) -> Any:
-    if not isinstance(enc, list) or len(enc) != 2 or not isinstance(enc[0], str) or enc[0] not in _KEY_KINDS:
+    if not (isinstance(enc, list) and len(enc) == 2 and isinstance(enc[0], str)) or (
+        enc[0] not in _KEY_KINDS
+    ):
         raise _BadSpec(f"dict key {enc!r} is not one of [kind, value] with kind in b, i, s, f, n")
     kind, value = enc
     want, decode = _KEY_KINDS[kind]
@@ -116,7 +118,9 @@ def _check_node(node: Any) -> None:
     for field, want in _NODE_FIELDS[node["t"]].items():
         value = node.get(field)
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise _BadSpec(f"{node['t']} node needs {field!r} of type {want.__name__}, got {value!r}")
+            raise _BadSpec(
+                f"{node['t']} node needs {field!r} of type {want.__name__}, got {value!r}"
+            )
     if node["t"] == "float":
         _decode_float(node["v"])
 

@@ -36,7 +36,13 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
-from weightvault.core.dtypes import DTYPES, STRING, as_string_array, dtype_from_name, is_string_array
+from weightvault.core.dtypes import (
+    DTYPES,
+    STRING,
+    as_string_array,
+    dtype_from_name,
+    is_string_array,
+)
 from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
@@ -87,8 +93,8 @@ MAX_MANIFEST_BYTES = 100_000_000
 #: the registry). A native checkpoint is never written under one: ``save(sd, "x.pt")`` would make a
 #: directory named ``x.pt`` that ``torch.load`` cannot open. Kept here so a save imports no format.
 FOREIGN_EXTENSIONS = (
-    ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb", ".meta",
-    ".weights.h5", ".keras", ".h5", ".hdf5",
+    ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb",
+    ".meta", ".weights.h5", ".keras", ".h5", ".hdf5",
 )  # fmt: skip
 
 
@@ -119,14 +125,17 @@ def encode_strings(values: np.ndarray) -> np.ndarray:
     return np.frombuffer(offsets.tobytes() + b"".join(items), np.uint8)
 
 
-def decode_strings(stored: np.ndarray, shape: tuple[int, ...], *, path: str, tensor: str) -> np.ndarray:
+def decode_strings(
+    stored: np.ndarray, shape: tuple[int, ...], *, path: str, tensor: str
+) -> np.ndarray:
     """The object array of ``bytes`` a stored ``uint8`` tensor encodes, every offset checked
     against the bytes present before anything is allocated."""
     count = math.prod(shape)
     head = 8 * (count + 1)
     if stored.ndim != 1 or head > stored.size:
         raise InvalidOffsetError(
-            f"string tensor of {count} elements needs {head} bytes of offsets, the file holds {stored.size}",
+            f"string tensor of {count} elements needs {head} bytes of offsets, the file holds "
+            f"{stored.size}",
             path=path,
             tensor=tensor,
         )
@@ -134,7 +143,9 @@ def decode_strings(stored: np.ndarray, shape: tuple[int, ...], *, path: str, ten
     data = stored[head:].tobytes()
     if offsets[0] != 0 or offsets[-1] != len(data) or bool(np.any(offsets[1:] < offsets[:-1])):
         raise InvalidOffsetError(
-            f"string offsets are not increasing from 0 to the {len(data)} bytes stored", path=path, tensor=tensor
+            f"string offsets are not increasing from 0 to the {len(data)} bytes stored",
+            path=path,
+            tensor=tensor,
         )
     out = np.empty(count, dtype=object)
     bounds = offsets.tolist()
@@ -322,7 +333,8 @@ def save_native(
 
             def final_meta() -> dict[str, str]:
                 # "format": "pt" is what transformers checks before it loads a safetensors file
-                return {"format": "pt", MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False, allow_nan=False)}
+                text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
+                return {"format": "pt", MANIFEST_KEY: text}
 
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
@@ -375,16 +387,23 @@ def _check_row(name: str, row: Any, path: str) -> None:
         raise InvalidHeaderError("manifest row is not an object", path=path, tensor=name)
     dtype = row.get("dtype")
     if not isinstance(dtype, str) or (dtype not in DTYPES and dtype != STRING):
-        raise UnknownDtypeError(f"manifest dtype {dtype!r} is not a known dtype", path=path, tensor=name)
+        raise UnknownDtypeError(
+            f"manifest dtype {dtype!r} is not a known dtype", path=path, tensor=name
+        )
     check_shape(row.get("shape"), path=path, tensor=name)
     for key in ("file", "checksum"):
         if key in row and not isinstance(row[key], str):
-            raise InvalidHeaderError(f"manifest {key} {row[key]!r} is not a string", path=path, tensor=name)
+            raise InvalidHeaderError(
+                f"manifest {key} {row[key]!r} is not a string", path=path, tensor=name
+            )
     if dtype == STRING and row.get("stored_as") != "uint8":
         raise InvalidHeaderError("a string tensor must be stored_as uint8", path=path, tensor=name)
-    if dtype != STRING and "stored_as" in row and row["stored_as"] != _STORED_AS.get(dtype, (None,))[0]:
+    carrier = _STORED_AS.get(dtype, (None,))[0]
+    if dtype != STRING and "stored_as" in row and row["stored_as"] != carrier:
         raise InvalidHeaderError(
-            f"manifest stores {dtype} as {row['stored_as']!r}, which is not its carrier", path=path, tensor=name
+            f"manifest stores {dtype} as {row['stored_as']!r}, which is not its carrier",
+            path=path,
+            tensor=name,
         )
 
 
@@ -413,7 +432,9 @@ def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
     check_spec(manifest["tree"], path=path)
     for name in tensor_names(manifest["tree"]):
         if name not in rows and name not in manifest["aliases"]:
-            raise InvalidHeaderError("the tree spec names a tensor the manifest does not list", path=path, tensor=name)
+            raise InvalidHeaderError(
+                "the tree spec names a tensor the manifest does not list", path=path, tensor=name
+            )
     return manifest
 
 
@@ -456,7 +477,9 @@ class NativeReader(FormatReader):
             self._single = p.name  # the one file, whatever name the manifest recorded for it
             try:
                 if MANIFEST_KEY not in st.metadata:
-                    raise InvalidHeaderError("safetensors file carries no weightvault manifest", path=p)
+                    raise InvalidHeaderError(
+                        "safetensors file carries no weightvault manifest", path=p
+                    )
                 self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
             except BaseException:
                 st.close()
@@ -550,7 +573,9 @@ class NativeReader(FormatReader):
         string tensors (``get`` decodes those)."""
         shard, target, row = self._entry_checked(name)
         if row["dtype"] == STRING:
-            raise UnsupportedOperationError("a string tensor is read with get()", path=self.path, tensor=name)
+            raise UnsupportedOperationError(
+                "a string tensor is read with get()", path=self.path, tensor=name
+            )
         return shard.read_jobs(target, out)
 
     @property

@@ -242,8 +242,8 @@ class SafetensorsFormat(Format):
             if dtype == "string":
                 raise UnsupportedOperationError(
                     "safetensors cannot hold string tensors", path=path, tensor=name,
-                    hint="write the native format (it keeps them), or convert with --skip-unsupported "
-                    "(skip_unsupported=True) to leave them out",
+                    hint="write the native format (it keeps them), or convert with "
+                    "--skip-unsupported (skip_unsupported=True) to leave them out",
                 )
             if dtype not in ST_CODES:
                 raise UnsupportedOperationError(
