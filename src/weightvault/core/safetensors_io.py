@@ -150,6 +150,15 @@ class ProgressDigest:
 def check_shape(shape: Any, *, path: str | os.PathLike[str], tensor: str | None) -> tuple[int, ...]:
     """A shape read from a file: a list of at most 64 ints, each in 0 .. 2**63-1 (what numpy can
     hold), else :class:`InvalidHeaderError`. Returns it as a tuple."""
+    # fast path for the common case (this runs once per tensor of every file opened)
+    if type(shape) is list and len(shape) <= MAX_DIMS:
+        for d in shape:
+            if type(d) is not int or d < 0:
+                break
+        else:
+            n = math.prod(shape)
+            if n <= MAX_ELEMENTS and (n or math.prod(d for d in shape if d) <= MAX_ELEMENTS):
+                return tuple(shape)
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.core.limits import check_depth
+from weightvault.core.limits import MAX_NESTING, check_depth
 from weightvault.core.tensors import is_tensor
 from weightvault.errors import InvalidHeaderError, UnsupportedObjectError
 
@@ -110,14 +110,14 @@ _NODE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 
 def _check_node(node: Any) -> None:
-    if not isinstance(node, dict):
+    if type(node) is not dict:
         raise _BadSpec(f"node is a JSON {type(node).__name__}, not an object")
     kind = node.get("t")
-    if not isinstance(kind, str) or kind not in _NODE_FIELDS:
+    if type(kind) is not str or kind not in _NODE_FIELDS:
         raise _BadSpec(f"unknown tree-spec node type {kind!r}")
-    for field, want in _NODE_FIELDS[node["t"]].items():
+    for field, want in _NODE_FIELDS[kind].items():
         value = node.get(field)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        if type(value) is not want:  # exact JSON types: a bool is not an int here
             raise _BadSpec(
                 f"{node['t']} node needs {field!r} of type {want.__name__}, got {value!r}"
             )
@@ -133,21 +133,40 @@ def check_spec(spec: Any, *, path: str | None = None) -> None:
     :func:`unflatten` and :func:`tensor_names` cannot fail on a hostile file. Raises
     :class:`InvalidHeaderError` (or ``ResourceLimitError`` for depth) naming the node's place.
     """
-    stack: list[tuple[Any, str, int]] = [(spec, "<root>", 0)]
+    # Each stack entry carries its place as a linked list (key, parent's place), turned into a
+    # "<root>/a/0" string only for an error: this runs on every open.
+    Trail = tuple[Any, Any] | None
+    stack: list[tuple[Any, int, Trail]] = [(spec, 0, None)]
+
+    def where(trail: Trail) -> str:
+        keys = []
+        while trail is not None:
+            key, trail = trail
+            keys.append(str(key))
+        return "/".join(["<root>", *reversed(keys)])
+
     while stack:  # iterative, so depth is checked before Python's own stack could run out
-        node, where, depth = stack.pop()
-        check_depth(depth, path=path, what=f"the tree spec at {where}")
+        node, depth, trail = stack.pop()
+        if depth > MAX_NESTING:
+            check_depth(depth, path=path, what=f"the tree spec at {where(trail)}")
+        if type(node) is dict and node.get("t") == "tensor" and type(node.get("name")) is str:
+            continue  # the common leaf, checked inline
         try:
             _check_node(node)
-            if node["t"] == "dict":
+            kind = node["t"]
+            if kind == "dict":
                 for i, item in enumerate(node["items"]):
-                    if not isinstance(item, list) or len(item) != 2:
+                    if type(item) is not list or len(item) != 2:
                         raise _BadSpec(f"dict item {i} is not a [key, node] pair")
-                    stack.append((item[1], f"{where}/{_decode_key(item[0])}", depth + 1))
-            elif node["t"] in ("list", "tuple"):
-                stack.extend((v, f"{where}/{i}", depth + 1) for i, v in enumerate(node["items"]))
+                    key = item[0]
+                    plain = type(key) is list and len(key) == 2 and key[0] == "s"
+                    if not (plain and type(key[1]) is str):
+                        key = [None, _decode_key(key)]  # the other kinds, checked in full
+                    stack.append((item[1], depth + 1, (key[1], trail)))
+            elif kind == "list" or kind == "tuple":
+                stack.extend((v, depth + 1, (i, trail)) for i, v in enumerate(node["items"]))
         except _BadSpec as exc:
-            raise InvalidHeaderError(f"tree spec at {where}: {exc}", path=path) from None
+            raise InvalidHeaderError(f"tree spec at {where(trail)}: {exc}", path=path) from None
 
 
 def name_filter(
