@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weightvault.abc.format import FormatReader, VerifyResult
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.abc.format import FormatReader, LazyTensors, VerifyResult
+from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.tree import unflatten
-from weightvault.errors import ChecksumMismatchError
+from weightvault.errors import ChecksumMismatchError, UnsupportedOperationError
 from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
 from weightvault.registry import detect_format, format_for_destination, get_format
 
@@ -85,6 +85,7 @@ def open(path: PathLike, *, format: str | None = None, **options: Any) -> Format
 def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
     """Allocate every tensor, then fill them with parallel preads, then rebuild the tree."""
     made: dict[str, Any] = {}
+    strings: dict[str, np.ndarray] = {}  # no framework has string tensors: they stay numpy
     jobs: list[Any] = []
     pinned = False
     if framework == "torch":
@@ -95,7 +96,10 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         target = reader.aliases.get(name, name)
         if target in made:
             continue
-        info = reader.info(target)
+        info = reader.checked_info(target)  # the shard holds these bytes: safe to allocate
+        if info.dtype == STRING:
+            strings[target] = reader.get(target)
+            continue
         if pinned:
             from weightvault.frameworks.torch import empty_like_info
 
@@ -116,6 +120,7 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         from weightvault.frameworks.torch import to_device
 
         made = to_device(made, device)
+    made.update(strings)
     return unflatten(reader.manifest["tree"], lambda name: made[reader.aliases.get(name, name)])
 
 
@@ -171,7 +176,7 @@ def _materialise(tree: Any, framework: str, device: Any) -> Any:
     """Copy every array out of the file (so it can be closed) and convert for the framework."""
     if isinstance(tree, np.ndarray):
         arr = np.array(tree)
-        if framework == "torch":
+        if framework == "torch" and arr.dtype.kind != "O":  # string tensors stay numpy
             from weightvault.frameworks.torch import from_numpy
 
             return from_numpy(arr, device)
@@ -217,6 +222,7 @@ def convert(
     name_map: Mapping[str, str] | PathLike | None = None,
     rule_options: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    skip_unsupported: bool = False,
 ) -> ConversionReport:
     """Convert a weight file from any readable format to any writable one, tensor by tensor.
 
@@ -232,9 +238,14 @@ def convert(
         rename: ``[(regex, replacement), ...]`` applied to target names.
         name_map: ``{name: new_name}`` or a JSON/YAML file holding one.
         dry_run: plan and report without writing anything.
+        skip_unsupported: leave out what the conversion cannot carry (string tensors for a target
+            that cannot hold them, entries the source reader cannot return, see
+            :attr:`FormatReader.skipped`) and list them in ``report.skipped``. Without it such
+            entries are refused with :class:`UnsupportedOperationError` naming them: nothing is
+            dropped silently.
 
     Returns:
-        A :class:`ConversionReport` (per target tensor: sources, transforms, shapes).
+        A :class:`ConversionReport` (per target tensor: sources, transforms, shapes; ``skipped``).
     """
     from weightvault.rules import build_plan, load_name_map
 
@@ -245,8 +256,13 @@ def convert(
         plan = build_plan(
             reader, rules, hints=hints, rename=rename, name_map=name_map, options=rule_options
         )
+        skipped = _unsupported_entries(reader, plan, fmt)
+        if skipped and not skip_unsupported:
+            _refuse_unsupported(skipped, src, fmt.name)
+        plan = _without_targets(plan, skipped)
         tensors = plan.apply(reader)
         report = ConversionReport(os.fspath(src), os.fspath(dst), reader.format, fmt.name, plan, tensors, reader)
+        report.skipped = skipped
         if dry_run:
             report.compute_shapes()
             return report
@@ -257,14 +273,54 @@ def convert(
             if rules is not None or rename or name_map:
                 extra["transforms"] = plan.to_dict()
             options.setdefault("extra_manifest", extra)
-        source: Mapping[str, Any] = reader.as_mapping() if plan.rules == "rename" and not (rename or name_map) else tensors
+        source: Mapping[str, Any] = (
+            LazyTensors(reader, [step.target for step in plan.steps])
+            if plan.rules == "rename" and not (rename or name_map)
+            else tensors
+        )
         fmt.write(dst, source, metadata=metadata, **options)
         report.compute_shapes()
     return report
 
 
+def _unsupported_entries(reader: FormatReader, plan: Any, fmt: Any) -> dict[str, str]:
+    """What the conversion cannot carry, by name, with why: entries the reader cannot return, and
+    string tensors (as sources of a target tensor) when the target format cannot hold them."""
+    out = {name: f"not readable as a tensor: {why}" for name, why in reader.skipped.items()}
+    if fmt.can_write_strings:
+        return out
+    for step in plan.steps:
+        strings = [s for s in step.sources if reader.info(s).dtype == STRING]
+        if strings:
+            out[step.target] = f"string tensor; the {fmt.name} format cannot hold strings"
+    return out
+
+
+def _refuse_unsupported(skipped: Mapping[str, str], src: PathLike, target: str) -> None:
+    first, why = next(iter(skipped.items()))
+    others = list(skipped)[1:]
+    more = f" (and {len(others)} more: {', '.join(others[:5])})" if others else ""
+    raise UnsupportedOperationError(
+        f"cannot convert to {target}: {why}{more}",
+        path=src,
+        tensor=first,
+        hint="pass --skip-unsupported (skip_unsupported=True in Python) to leave these out and "
+        "list them in the report, or convert to the native format, which keeps string tensors",
+    )
+
+
+def _without_targets(plan: Any, skipped: Mapping[str, str]) -> Any:
+    if not skipped:
+        return plan
+    from weightvault.transforms.plan import Plan
+
+    steps = [s for s in plan.steps if s.target not in skipped]
+    return Plan(plan.rules, steps, plan.dropped, plan.notes)
+
+
 class ConversionReport:
-    """What a conversion did: for each target tensor, its sources, transforms and shapes."""
+    """What a conversion did: for each target tensor, its sources, transforms and shapes;
+    ``skipped`` maps what was left out with ``skip_unsupported`` to why."""
 
     def __init__(self, src: str, dst: str, src_format: str, dst_format: str, plan: Any, tensors: Any, reader: FormatReader) -> None:
         self.src, self.dst = src, dst
@@ -273,6 +329,7 @@ class ConversionReport:
         self._tensors = tensors
         self._reader = reader
         self.rows: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
 
     def compute_shapes(self) -> None:
         rows = []
@@ -303,5 +360,6 @@ class ConversionReport:
             "rules": self.plan.rules,
             "tensors": self.rows,
             "dropped": self.plan.dropped,
+            "skipped": dict(self.skipped),
             "notes": self.plan.notes,
         }

@@ -131,6 +131,8 @@ def count_by_role(infos: Iterable[Any]) -> dict[str, int]:
     """Elements per role (see :func:`tensor_role`) of ``TensorInfo``-like objects."""
     counts = dict.fromkeys(ROLES, 0)
     for info in infos:
+        if info.dtype == "string":  # string tensors hold text, not parameters
+            continue
         counts[tensor_role(info.name, info.dtype, info.shape)] += int(info.numel)
     return counts
 
@@ -148,6 +150,9 @@ def tensor_stats(arr: np.ndarray) -> dict[str, Any]:
     min, max, mean and std are over the finite values only (None when there is none); NaN and Inf
     are counted apart.
     """
+    if np.asarray(arr).dtype.kind in "OSU":  # a string tensor: no numbers to summarise
+        empty = dict.fromkeys(("zeros", "nan", "inf", "min", "max", "mean", "std"))
+        return {"numel": int(np.asarray(arr).size), **empty}
     flat = _as_numeric(np.asarray(arr))
 
     def chunks() -> Iterator[np.ndarray]:
@@ -239,6 +244,12 @@ class DiffReport:
 
 def _compare_values(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> dict[str, Any] | None:
     """None when equal within tolerance, else the max absolute and relative difference."""
+    if np.asarray(a).dtype.kind in "OSU" or np.asarray(b).dtype.kind in "OSU":  # string tensors
+        pairs = zip(np.asarray(a).reshape(-1).tolist(), np.asarray(b).reshape(-1).tolist())
+        changed = sum(x != y for x, y in pairs)
+        if not changed:
+            return None
+        return {"max_abs": None, "max_rel": None, "changed": changed, "numel": int(np.asarray(a).size)}
     fa = _as_float(a)
     fb = _as_float(b)
     both_nan = np.isnan(fa) & np.isnan(fb)
@@ -312,7 +323,7 @@ def format_values(
     ``sci=None`` lets numpy choose; True forces scientific notation; False forbids it.
     """
     arr = np.asarray(arr)
-    if arr.dtype.kind not in "biufc":  # ml_dtypes kinds (bfloat16, float8) print via float32
+    if arr.dtype.kind not in "biufcOSU":  # ml_dtypes kinds (bfloat16, float8) print via float32
         arr = arr.astype(np.float32)
     kwargs: dict[str, Any] = {
         "precision": precision,

@@ -97,7 +97,7 @@ def test_spans_hold_exactly_the_tensor_bytes(tmp_path: Path, kind: str, fixtures
         for name in r.keys():
             arr = np.asarray(r.get(name))
             span = r.byte_span(name)
-            if arr.size == 0 or not arr.flags.c_contiguous:
+            if arr.size == 0 or not arr.flags.c_contiguous or r.info(name).dtype == "string":
                 assert span is None, name  # nothing to copy, or not a contiguous run of bytes
                 continue
             assert span is not None, name
@@ -306,14 +306,16 @@ def test_any_span_source_to_any_span_target_matches_the_plain_path(
     fmt = {"out.npz": "numpy", "out.pt": "pytorch", "out.safetensors": "safetensors"}[target]
     (tmp_path / "spans").mkdir()
     (tmp_path / "plain").mkdir()
-    weightvault.convert(src, tmp_path / "spans" / target, to=fmt)
+    skip = source == "tf1-saver"  # its string tensor has no place in these formats
+    weightvault.convert(src, tmp_path / "spans" / target, to=fmt, skip_unsupported=skip)
     with monkeypatch.context() as m:
         _no_spans(m)
-        weightvault.convert(src, tmp_path / "plain" / target, to=fmt)
+        weightvault.convert(src, tmp_path / "plain" / target, to=fmt, skip_unsupported=skip)
     assert (tmp_path / "spans" / target).read_bytes() == (tmp_path / "plain" / target).read_bytes()
     with weightvault.open(src) as a, weightvault.open(tmp_path / "spans" / target) as b:
-        assert sorted(a.keys()) == sorted(b.keys())
-        for name in a.keys():
+        names = [n for n in a.keys() if a.info(n).dtype != "string"]
+        assert sorted(names) == sorted(b.keys())
+        for name in names:
             assert np.array_equal(a.get(name), b.get(name)) and a.get(name).dtype == b.get(name).dtype, name
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import weightvault
 from weightvault.core.dtypes import DTYPES
-from weightvault.errors import UnsupportedObjectError
+from weightvault.errors import UnsupportedObjectError, UnsupportedOperationError
 from weightvault.formats.native import COMMIT_MARKER, MANIFEST_FILE
 from weightvault.testing.formats import FormatTests, sample_tensors
 
@@ -243,7 +245,7 @@ dtype_strategy = st.sampled_from([DTYPES[d] for d in ("float32", "float16", "int
 @settings(max_examples=40, deadline=None)
 @given(
     arrays=st.dictionaries(
-        st.text(min_size=1, max_size=12),
+        st.text(min_size=1, max_size=12).filter(lambda name: name != "__metadata__"),
         hnp.arrays(dtype_strategy, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)),
         max_size=5,
     )
@@ -272,3 +274,170 @@ def test_partial_save_with_include_and_exclude(tmp_path: Path) -> None:
     assert back["step"] == 7  # non-tensor leaves are always kept
     p2 = weightvault.save(state, tmp_path / "q.safetensors", exclude=["opt/*"])
     assert weightvault.load(p2)["opt"] == [None, 3]  # a left-out list item keeps its position
+
+
+def test_dict_keys_of_every_kind_round_trip_with_their_types(tmp_path: Path) -> None:
+    # bool is a subclass of int: encoded as an int, True would come back as 1
+    state = {True: "t", False: "f", 2: "i", 2.5: "x", "s": "s", None: "n", float("inf"): "inf",
+             -1.5: "z", "nested": {True: np.ones(1), 7: np.zeros(1)}, "leaf": -0.0}  # fmt: skip
+    for path in (tmp_path / "f.safetensors", tmp_path / "d"):
+        back = weightvault.load(weightvault.save(state, path, fsync=False))
+        assert [(type(k), k) for k in back] == [(type(k), k) for k in state]
+        assert [type(k) for k in back["nested"]] == [bool, int]
+        assert back[True] == "t" and back[False] == "f" and back[2] == "i"
+        assert str(back["leaf"]) == "-0.0"
+
+
+_KEYS = st.one_of(st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5), st.none())
+_LEAVES = st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=5), st.booleans(), st.none())
+_STATES = st.recursive(
+    _LEAVES, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_KEYS, kids, max_size=3), max_leaves=12
+)
+
+
+def _typed(obj: Any) -> Any:
+    """The object with every key and leaf tagged by its type (so 1 != True != 1.0), NaN-safe."""
+    if isinstance(obj, dict):
+        return [(type(k).__name__, repr(k), _typed(v)) for k, v in obj.items()]
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, [_typed(v) for v in obj])
+    return (type(obj).__name__, repr(obj))
+
+
+@settings(max_examples=60, deadline=None)
+@given(tree=_STATES)
+@example(tree={True: 1, 2: 2, "__metadata__": 3})
+def test_tree_spec_round_trips_keys_and_leaves_exactly(tmp_path_factory: pytest.TempPathFactory, tree: Any) -> None:
+    p = tmp_path_factory.mktemp("tree") / "t.safetensors"
+    state = {"tree": tree, "w": np.ones(2, np.float32)}
+    back = weightvault.load(weightvault.save(state, p, fsync=False))
+    assert _typed(back["tree"]) == _typed(tree)
+
+
+def test_a_tensor_named_metadata_is_refused_at_save(tmp_path: Path) -> None:
+    # safetensors keeps its metadata under this header key: the file would not open again
+    for path in (tmp_path / "f.safetensors", tmp_path / "d"):
+        with pytest.raises(UnsupportedOperationError, match="__metadata__") as exc:
+            weightvault.save({"__metadata__": np.ones(2), "w": np.ones(1)}, path, fsync=False)
+        assert exc.value.tensor == "__metadata__" and exc.value.hint
+        assert str(path) in str(exc.value)
+        assert list(tmp_path.iterdir()) == [], "nothing is left behind"
+    # nested, the name is x/__metadata__: fine
+    back = weightvault.load(weightvault.save({"x": {"__metadata__": np.ones(2)}}, tmp_path / "n.safetensors"))
+    assert back["x"]["__metadata__"].tolist() == [1.0, 1.0]
+
+
+def _record_durability_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record fsync / close / rename / directory-fsync, in order, with the path each touches."""
+    import weightvault.core.io as wio
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace, real_rename, real_fsync_dir = os.fsync, os.replace, os.rename, wio.fsync_dir
+    real_close = wio._WriteBehindFile.close
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if not os.path.isdir(target):  # a directory's fsync is recorded as fsync_dir
+            events.append(("fsync", target))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("rename", os.fspath(src)))
+        real_replace(src, dst)
+
+    def rename(src: Any, dst: Any) -> None:
+        events.append(("rename", os.fspath(src)))
+        real_rename(src, dst)
+
+    def fsync_dir(path: Any) -> None:
+        events.append(("fsync_dir", os.path.realpath(path)))
+        real_fsync_dir(path)
+
+    def close(self: Any) -> None:
+        if not self.closed:
+            events.append(("close", os.path.realpath(self.name)))
+        real_close(self)
+
+    monkeypatch.setattr(wio, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(wio._WriteBehindFile, "close", close)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+def test_atomic_file_write_is_fsync_close_rename_then_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_durability_calls(monkeypatch)
+    weightvault.save({"w": np.ones(3)}, tmp_path / "m.safetensors")
+    tmp = events[0][1]
+    assert ".wvtmp-" in tmp
+    assert events == [
+        ("fsync", tmp),  # the data is on disk ...
+        ("close", tmp),  # ... and the file complete ...
+        ("rename", tmp),  # ... before it takes the final name ...
+        ("fsync_dir", os.path.realpath(tmp_path)),  # ... and the rename itself is made durable
+    ]
+
+
+def test_atomic_directory_write_syncs_every_file_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_durability_calls(monkeypatch)
+    final = weightvault.save({"a": np.ones(3), "b": np.ones(3)}, tmp_path / "d", shard_size=8)
+    kinds = [kind for kind, _ in events]
+    rename = kinds.index("rename")
+    tmp_dir = events[rename][1]
+    files = {f.name for f in final.iterdir()}
+    synced = {os.path.basename(p) for kind, p in events[:rename] if kind == "fsync"}
+    assert files == synced, "every file is fsynced before the directory is renamed into place"
+    for shard in (p for kind, p in events if kind == "fsync" and p.endswith(".safetensors")):
+        assert events.index(("fsync", shard)) < events.index(("close", shard)) < rename
+    assert events[rename - 1] == ("fsync_dir", os.path.realpath(tmp_dir)), "the new directory's entries first"
+    assert events[rename + 1:] == [("fsync_dir", os.path.realpath(tmp_path))], "then the parent's"
+    assert kinds.count("rename") == 1
+
+
+@pytest.mark.parametrize("name", ["x.pt", "model.bin", "w.npz", "m.onnx", "k.weights.h5", "ckpt.index", "X.PTH"])
+def test_save_never_writes_under_another_formats_extension(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsupportedOperationError, match="will not write") as exc:
+        weightvault.save({"w": np.ones(2)}, tmp_path / name)
+    assert "weightvault convert" in (exc.value.hint or "")
+    assert str(tmp_path / name) in str(exc.value)
+    assert list(tmp_path.iterdir()) == [], "no file or directory was created"
+
+
+def test_foreign_extensions_cover_every_other_writable_or_readable_format() -> None:
+    from weightvault.formats.native import FOREIGN_EXTENSIONS
+    from weightvault.registry import available_formats
+
+    endings = {e for fmt in available_formats().values() for e in fmt.extensions} - {".safetensors"}
+    assert endings <= set(FOREIGN_EXTENSIONS)
+
+
+def test_the_tip_names_a_conversion_that_works(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(UnsupportedOperationError) as exc:
+        weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "x.pt")
+    assert "x.safetensors" in (exc.value.hint or "")
+    weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "x.safetensors")
+    weightvault.convert(tmp_path / "x.safetensors", tmp_path / "x.pt")
+    assert torch.load(tmp_path / "x.pt")["w"].tolist() == [1.0, 1.0]
+
+
+def test_single_file_carries_format_pt_for_transformers(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = weightvault.save({"w": np.arange(4, dtype=np.float32), "step": 3}, tmp_path / "m.safetensors")
+    with safe_open(p, "pt") as f:
+        assert f.metadata()["format"] == "pt"  # transformers refuses the file without it
+    assert load_file(p)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with weightvault.open(p) as r:  # our own manifest is intact, and not mixed into user metadata
+        assert r.format == "native" and r.metadata == {} and r.verify().ok
+    assert weightvault.load(p)["step"] == 3
+    shard = next(weightvault.save({"w": np.ones(1)}, tmp_path / "d").glob("model-*.safetensors"))
+    with safe_open(shard, "pt") as f:
+        assert f.metadata()["format"] == "pt"

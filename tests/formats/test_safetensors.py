@@ -180,6 +180,26 @@ def test_truncated_shard_in_repository(tmp_path: Path) -> None:
     assert "model-00002-of-00002" in str(exc.value)
 
 
+def test_span_longer_than_shape_times_itemsize_is_refused(tmp_path: Path) -> None:
+    # 12 bytes for a [2] float32 (8 bytes): contiguous, ends at the file's end, but 4 bytes too long
+    raw = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}'
+    p = tmp_path / "long.safetensors"
+    p.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 12)
+    with pytest.raises(InvalidOffsetError, match="does not match shape") as exc:
+        SafetensorsFormat.open(p)
+    assert exc.value.tensor == "a"
+
+
+def test_a_tensor_named_metadata_cannot_be_written(tmp_path: Path) -> None:
+    from weightvault.errors import UnsupportedOperationError
+
+    for dst in (tmp_path / "x.safetensors", tmp_path / "repo"):
+        with pytest.raises(UnsupportedOperationError, match="__metadata__") as exc:
+            SafetensorsFormat.write(dst, {"__metadata__": np.ones(2, np.float32)})
+        assert exc.value.tensor == "__metadata__"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("content", "error"),
     [

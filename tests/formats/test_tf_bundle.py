@@ -38,10 +38,11 @@ def test_tf1_saver_fixture_matches_expected(fixtures_dir: Path) -> None:
     expected = _expected(fixtures_dir, "tf1_saver")
     with weightvault.open(fixtures_dir / "tensorflow" / "tf1_saver") as r:
         assert r.format == "tf_bundle"
-        assert sorted(r.keys()) == sorted(k for k in expected if k != "misc/strings")
+        assert sorted(r.keys()) == sorted(expected)  # string tensors are listed too (dtype "string")
         for name, want in expected.items():
             if name == "misc/strings":
-                assert list(r.get_strings(name)) == list(want)
+                assert r.info(name).dtype == "string"
+                assert list(r.get_strings(name)) == list(r.get(name)) == list(want)
                 continue
             got = r.get(name)
             assert got.shape == want.shape, name
@@ -133,13 +134,15 @@ def test_tf1_saver_output_reads_identically(tf: Any, tmp_path: Path) -> None:
         assert r.metadata["step_from_name"] == 7
         assert r.metadata["checkpoints"][0]["prefix"].endswith("model.ckpt-7")  # TF writes absolute paths
         assert r.metadata["checkpoints"][0]["exists"]
-        assert sorted(r.keys()) == sorted(values)
+        assert sorted(r.keys()) == sorted([*values, "misc/strings"])
         for name, want in values.items():
             got = r.get(name)
             assert got.dtype == want.dtype and got.shape == want.shape, name
             np.testing.assert_array_equal(got, want, err_msg=name)
         assert r.info("part").extra == {"slices": 3}
         assert list(r.get_strings("misc/strings")) == [b"a", b"\x00\xffz", b""]
+        strings = r.get("misc/strings")
+        assert strings.dtype == object and strings.shape == (3,) and list(strings) == [b"a", b"\x00\xffz", b""]
         assert r.verify().ok
 
 

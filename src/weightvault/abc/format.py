@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from weightvault.abc.guard import guard_format, guard_reader
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
 __all__ = ["ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
@@ -38,7 +38,8 @@ class TensorInfo:
     """What a reader knows about a tensor without reading its data."""
 
     name: str
-    dtype: str  # canonical dtype name, see weightvault.core.dtypes
+    #: canonical dtype name, see weightvault.core.dtypes; ``"string"`` for a string tensor
+    dtype: str
     shape: tuple[int, ...]
     #: format-specific facts worth showing (offsets, shard, layout, quantization type, ...)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -49,7 +50,15 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of data; for a string tensor, the stored bytes when the reader knows them
+        (``extra["nbytes"]``), else 0."""
+        if self.dtype == STRING:
+            return int(self.extra.get("nbytes", 0))
         return self.numel * dtype_from_name(self.dtype).itemsize
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == STRING
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,7 +125,8 @@ class FormatReader(ABC):
 
     @abstractmethod
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a numpy array (a read-only mmap view where the format allows)."""
+        """The tensor as a numpy array (a read-only mmap view where the format allows); a string
+        tensor (dtype ``"string"``) as an object array of ``bytes``."""
 
     # -- optional hooks with defaults --------------------------------------------------------------
     @property
@@ -245,6 +255,9 @@ class Format(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`write` is implemented
     can_write: ClassVar[bool] = False
+    #: whether :meth:`write` stores string tensors (dtype ``"string"``); ``convert`` refuses to
+    #: write them to other formats unless told to skip them
+    can_write_strings: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -33,6 +33,11 @@ def _shape(shape: list[int]) -> str:
 @click.option("--map", "name_map", default=None, type=click.Path(exists=True, dir_okay=False), help="JSON/YAML {name: new_name} file.")
 @click.option("--ema", is_flag=True, help="Take EMA shadow weights in place of the raw ones (tf1-to-torch).")
 @click.option("--dry-run", is_flag=True, help="Print the plan without writing anything.")
+@click.option(
+    "--skip-unsupported",
+    is_flag=True,
+    help="Leave out what the target cannot hold (string tensors, unreadable entries); list them.",
+)
 @click.option("--template", default=None, help="Existing model whose weights are replaced (onnx, frozen .pb).")
 @click.option(
     "-w",
@@ -54,6 +59,7 @@ def convert(
     name_map: str | None,
     ema: bool,
     dry_run: bool,
+    skip_unsupported: bool,
     template: str | None,
     write_opts: tuple[str, ...],
     fmt: str | None,
@@ -80,6 +86,7 @@ def convert(
         name_map=name_map,
         rule_options={"use_ema": ema},
         dry_run=dry_run,
+        skip_unsupported=skip_unsupported,
     )
     doc = report.to_dict()
     if as_json:
@@ -99,5 +106,7 @@ def convert(
             click.echo(f"dropped {name}: {why}")
         for note in doc["notes"]:
             click.echo(f"note: {note}")
+    for name, why in doc["skipped"].items():
+        click.echo(f"skipped {name}: {why}")
     verb = "would write" if dry_run else "wrote"
     click.echo(f"{verb} {dst} ({doc['dst_format']}, {len(doc['tensors'])} tensors)")

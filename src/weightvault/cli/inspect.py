@@ -37,6 +37,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
         roles = count_by_role(infos)
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
+        skipped = reader.skipped
         if as_json:
             emit_json(
                 {
@@ -48,6 +49,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                     "total_elements": sum(roles.values()),
                     "total_bytes": total_bytes,
                     "metadata": metadata,
+                    "skipped": skipped,
                 }
             )
             return
@@ -67,6 +69,10 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
         )
         for line in _checkpoint_list(metadata):
             click.echo(line)
+        if skipped:  # entries no reader call returns: never hidden
+            click.echo(f"{len(skipped)} entries not readable as tensors:")
+            for name, why in skipped.items():
+                click.echo(f"  {name}: {why}")
 
 
 def _checkpoint_list(metadata: dict[str, Any]) -> list[str]:
@@ -224,7 +230,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             (
                 "value",
                 d["name"],
-                f"max abs {d['max_abs']:.6g}, max rel {d['max_rel']:.6g}, {d['changed']}/{d['numel']} differ",
+                f"max abs {_fmt_num(d['max_abs'])}, max rel {_fmt_num(d['max_rel'])}, {d['changed']}/{d['numel']} differ",
             )
             for d in report.value_changed
         ]

@@ -3,6 +3,12 @@
 Everywhere inside weightvault a dtype is a ``numpy.dtype`` (ml_dtypes supplies bfloat16 and the
 float8 kinds) and its canonical *name* is the numpy name (``"float32"``, ``"bfloat16"``,
 ``"float8_e4m3fn"``). Formats translate their own codes to and from these names in one table each.
+
+String tensors (TensorFlow's DT_STRING: vocabularies, file names, a step's tag) have the canonical
+dtype name ``"string"`` (:data:`STRING`). They are not numbers, so they are not in :data:`DTYPES`:
+a reader returns them as numpy *object* arrays of ``bytes`` with the tensor's shape, and only
+formats that can hold them (native, TF bundle) write them; the others refuse them by name (see
+``Format.can_write_strings``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,19 @@ import numpy as np
 
 from weightvault.errors import UnknownDtypeError
 
-__all__ = ["DTYPES", "dtype_from_name", "dtype_name", "is_float", "itemsize"]
+__all__ = [
+    "DTYPES",
+    "STRING",
+    "as_string_array",
+    "dtype_from_name",
+    "dtype_name",
+    "is_float",
+    "is_string_array",
+    "itemsize",
+]
+
+#: canonical dtype name of string tensors (object arrays of ``bytes``)
+STRING = "string"
 
 #: Every dtype weightvault can hold, by canonical name. Byte order is always little-endian on disk.
 DTYPES: dict[str, np.dtype] = {
@@ -49,6 +67,26 @@ def dtype_from_name(name: str, *, path: str | None = None, tensor: str | None = 
         raise UnknownDtypeError(
             f"unknown dtype {name!r}; known: {', '.join(DTYPES)}", path=path, tensor=tensor
         ) from None
+
+
+def is_string_array(value: object) -> bool:
+    """A numpy array of byte strings: dtype ``S`` (fixed width) or an object array of ``bytes``."""
+    if not isinstance(value, np.ndarray):
+        return False
+    if value.dtype.kind == "S":
+        return True
+    return value.dtype.kind == "O" and all(isinstance(v, bytes) for v in value.reshape(-1).tolist())
+
+
+def as_string_array(value: np.ndarray) -> np.ndarray:
+    """An object array of ``bytes`` (what readers return for :data:`STRING`), same shape.
+
+    ``S`` arrays drop trailing NULs (numpy's own rule), so store object arrays when they matter."""
+    if value.dtype.kind == "O":
+        return value
+    out = np.empty(value.shape, dtype=object)
+    out.reshape(-1)[:] = value.reshape(-1).tolist()
+    return out
 
 
 def dtype_name(dtype: np.dtype | type, *, tensor: str | None = None) -> str:

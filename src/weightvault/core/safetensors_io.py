@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 import mmap
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -28,13 +28,16 @@ import numpy as np
 
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import write_span
+from weightvault.core.limits import check_depth
 from weightvault.errors import (
+    CorruptFileError,
     DuplicateTensorError,
     HeaderTooLargeError,
     InvalidHeaderError,
     InvalidOffsetError,
     TruncatedFileError,
     UnknownDtypeError,
+    UnsupportedOperationError,
 )
 
 if TYPE_CHECKING:
@@ -47,10 +50,20 @@ __all__ = [
     "StEntry",
     "TensorDigest",
     "TensorSource",
+    "load_json",
     "write_safetensors",
 ]
 
 MAX_HEADER = 100_000_000  # the reference reader's cap
+#: the header key safetensors reserves for its string metadata: no tensor may be called this
+METADATA_KEY = "__metadata__"
+#: numpy's limit on dimensions (NPY_MAXDIMS); a header claiming more cannot be viewed
+MAX_DIMS = 64
+#: largest dimension numpy can index (npy_intp)
+MAX_DIM = 2**63 - 1
+#: most elements in a shape: numpy needs elements x itemsize (up to 16) below 2**63, even for an
+#: empty array (it multiplies the non-zero dimensions)
+MAX_ELEMENTS = MAX_DIM // 16
 
 # canonical dtype name <-> safetensors dtype code
 ST_CODES = {
@@ -134,6 +147,39 @@ class ProgressDigest:
         return lambda src: digest
 
 
+def check_shape(shape: Any, *, path: str | os.PathLike[str], tensor: str | None) -> tuple[int, ...]:
+    """A shape read from a file: a list of at most 64 ints, each in 0 .. 2**63-1 (what numpy can
+    hold), else :class:`InvalidHeaderError`. Returns it as a tuple."""
+    # fast path for the common case (this runs once per tensor of every file opened)
+    if type(shape) is list and len(shape) <= MAX_DIMS:
+        for d in shape:
+            if type(d) is not int or d < 0:
+                break
+        else:
+            n = math.prod(shape)
+            if n <= MAX_ELEMENTS and (n or math.prod(d for d in shape if d) <= MAX_ELEMENTS):
+                return tuple(shape)
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+    ):
+        raise InvalidHeaderError(
+            f"shape {str(shape)[:200]} is not a list of non-negative ints (each below 2**63)",
+            path=path,
+            tensor=tensor,
+        )
+    if len(shape) > MAX_DIMS:
+        raise InvalidHeaderError(
+            f"shape has {len(shape)} dimensions, more than numpy's {MAX_DIMS}",
+            path=path,
+            tensor=tensor,
+        )
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidHeaderError(
+            f"shape {shape} has more elements than numpy can index", path=path, tensor=tensor
+        )
+    return tuple(shape)
+
+
 def _no_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
     def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -146,12 +192,67 @@ def _no_duplicates(path: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any
     return hook
 
 
+_IDENTITY = bytes(range(256))
+_NOT_STRUCTURAL = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+
+def json_depth(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, found without recursion (strings are skipped).
+
+    Vectorised, so a 100 MB header costs milliseconds: escaped backslashes and quotes are
+    removed first, then a quote count tells which brackets lie inside strings.
+    """
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    chars = np.frombuffer(raw.translate(_IDENTITY, _NOT_STRUCTURAL), np.uint8)
+    outside = (np.cumsum(chars == ord('"')) & 1) == 0
+    opens = outside & ((chars == ord("[")) | (chars == ord("{")))
+    closes = outside & ((chars == ord("]")) | (chars == ord("}")))
+    if not opens.any():
+        return 0
+    return int(np.cumsum(opens.astype(np.int64) - closes).max())
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(
+    raw: bytes | str,
+    *,
+    path: str | os.PathLike[str],
+    what: str = "header",
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+) -> Any:
+    """Parse JSON read from a file: UTF-8, no NaN/Infinity, nesting at most ``MAX_NESTING``.
+
+    The depth is measured before parsing, so a file of ten thousand ``[`` cannot drive the parser
+    into a ``RecursionError``; every failure is a :class:`CorruptFileError` naming the file.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    check_depth(json_depth(data), path=path, what=f"the JSON {what}")
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, object_pairs_hook=object_pairs_hook, parse_constant=_no_constant)
+    except CorruptFileError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InvalidHeaderError(f"{what} is not UTF-8: {exc}", path=path) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, NaN, ints over 4300 digits
+        raise InvalidHeaderError(f"{what} is not valid JSON: {exc}", path=path) from None
+
+
 class SafetensorsFile:
     """A validated, mmapped safetensors file. ``view(name)`` is zero-copy and read-only."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap, see close()
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open for the mmap, see close()
+        except IsADirectoryError:
+            raise InvalidHeaderError(
+                "is a directory, not a safetensors file", path=self.path
+            ) from None
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self.metadata, self.entries, self.header_len = self._read_header()
@@ -175,10 +276,7 @@ class SafetensorsFile:
                 path=path,
             )
         raw = self._file.read(n)
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(path))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidHeaderError(f"header is not valid UTF-8 JSON: {exc}", path=path) from None
+        header = load_json(raw, path=path, what="header", object_pairs_hook=_no_duplicates(path))
         if not isinstance(header, dict):
             raise InvalidHeaderError("header is not a JSON object", path=path)
         metadata = header.pop("__metadata__", None) or {}
@@ -196,12 +294,9 @@ class SafetensorsFile:
         if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
             raise InvalidHeaderError("entry needs dtype, shape and data_offsets", path=path, tensor=name)
         code, shape, offs = spec["dtype"], spec["shape"], spec["data_offsets"]
-        if code not in ST_NAMES:
+        if not isinstance(code, str) or code not in ST_NAMES:
             raise UnknownDtypeError(f"unknown safetensors dtype {code!r}", path=path, tensor=name)
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InvalidHeaderError(f"shape {shape!r} is not a list of non-negative ints", path=path, tensor=name)
+        check_shape(shape, path=path, tensor=name)
         if (
             not isinstance(offs, list)
             or len(offs) != 2
@@ -210,7 +305,7 @@ class SafetensorsFile:
         ):
             raise InvalidOffsetError(f"data_offsets {offs!r} are not [begin, end]", path=path, tensor=name)
         dtype = ST_NAMES[code]
-        expected = math.prod(shape) * dtype_from_name(dtype).itemsize
+        expected = math.prod(shape) * dtype_from_name(dtype).itemsize  # exact: Python ints
         if offs[1] - offs[0] != expected:
             raise InvalidOffsetError(
                 f"byte span {offs[1] - offs[0]} does not match shape {shape} x {dtype} = {expected}",
@@ -297,6 +392,23 @@ class SafetensorsFile:
         self._file.close()
 
 
+def check_tensor_names(
+    sources: Iterable[TensorSource], *, path: str | os.PathLike[str] | None
+) -> None:
+    """Refuse names a safetensors file cannot hold: ``__metadata__`` would be read back as the
+    metadata block, and the file could not be opened again."""
+    for src in sources:
+        if src.name == METADATA_KEY:
+            raise UnsupportedOperationError(
+                f"a tensor cannot be named {METADATA_KEY!r} in a safetensors file: safetensors "
+                "keeps the file's metadata under that name",
+                path=path,
+                tensor=src.name,
+                hint="rename the tensor, or nest it ({'x': {'__metadata__': t}} is stored as "
+                "x/__metadata__)",
+            )
+
+
 def _alignment_key(src: TensorSource) -> int:
     return -dtype_from_name(src.dtype).itemsize
 
@@ -351,6 +463,7 @@ def write_safetensors(
     offsets: dict[str, tuple[int, int]] = {}
     pos = 0
     for src in ordered:
+        check_tensor_names([src], path=None)
         end = pos + src.nbytes
         entries[src.name] = {
             "dtype": ST_CODES[src.dtype],

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from weightvault.core.limits import MAX_NESTING, check_depth
 from weightvault.core.tensors import is_tensor
-from weightvault.errors import UnsupportedObjectError
+from weightvault.errors import InvalidHeaderError, UnsupportedObjectError
 
-__all__ = ["flatten", "name_filter", "tensor_names", "unflatten"]
+__all__ = ["check_spec", "flatten", "name_filter", "tensor_names", "unflatten"]
 
 SEP = "/"
 
@@ -51,14 +52,121 @@ def _encode_key(key: Any, where: str) -> list[Any]:
     )
 
 
-def _decode_key(enc: list[Any]) -> Any:
+class _BadSpec(ValueError):
+    """A spec node that does not decode; :func:`check_spec` adds the file and the node's place."""
+
+
+def _decode_float(text: Any) -> float:
+    if not isinstance(text, str):
+        raise _BadSpec(f"float value {text!r} is not a string")
+    if text in ("nan", "inf", "-inf"):
+        return float(text)
+    try:
+        return float.fromhex(text)
+    except (ValueError, OverflowError):
+        raise _BadSpec(f"float value {text!r} is not a hex float") from None
+
+
+# key kind -> (type the JSON value must have, decoder); bool is not an int here
+_KEY_KINDS: dict[str, tuple[type | tuple[type, ...], Callable[[Any], Any]]] = {
+    "b": (bool, bool),
+    "i": (int, int),
+    "s": (str, str),
+    "f": (str, _decode_float),
+    "n": (type(None), lambda _: None),
+}
+
+
+def _decode_key(enc: Any) -> Any:
+    if not (isinstance(enc, list) and len(enc) == 2 and isinstance(enc[0], str)) or (
+        enc[0] not in _KEY_KINDS
+    ):
+        raise _BadSpec(f"dict key {enc!r} is not one of [kind, value] with kind in b, i, s, f, n")
     kind, value = enc
-    return {"b": bool, "i": int, "s": str, "f": float.fromhex, "n": lambda _: None}[kind](value)
+    want, decode = _KEY_KINDS[kind]
+    if not isinstance(value, want) or (kind == "i" and isinstance(value, bool)):
+        raise _BadSpec(f"dict key {enc!r}: value is not of kind {kind!r}")
+    return decode(value)
 
 
 def _float_leaf(x: float) -> dict[str, Any]:
     # float.hex keeps every bit, including nan/inf which plain JSON cannot carry.
     return {"t": "float", "v": float(x).hex() if math.isfinite(x) else repr(float(x))}
+
+
+# node type -> {field: required JSON type}
+_NODE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "tensor": {"name": str},
+    "npscalar": {"name": str},
+    "dict": {"items": list},
+    "list": {"items": list},
+    "tuple": {"items": list},
+    "int": {"v": int},
+    "float": {"v": str},
+    "str": {"v": str},
+    "bool": {"v": bool},
+    "none": {},
+}
+
+
+def _check_node(node: Any) -> None:
+    if type(node) is not dict:
+        raise _BadSpec(f"node is a JSON {type(node).__name__}, not an object")
+    kind = node.get("t")
+    if type(kind) is not str or kind not in _NODE_FIELDS:
+        raise _BadSpec(f"unknown tree-spec node type {kind!r}")
+    for field, want in _NODE_FIELDS[kind].items():
+        value = node.get(field)
+        if type(value) is not want:  # exact JSON types: a bool is not an int here
+            raise _BadSpec(
+                f"{node['t']} node needs {field!r} of type {want.__name__}, got {value!r}"
+            )
+    if node["t"] == "float":
+        _decode_float(node["v"])
+
+
+def check_spec(spec: Any, *, path: str | None = None) -> None:
+    """Validate a spec read from a file before anything walks it.
+
+    Every node must have a known type and fields of the right JSON types, every dict key must
+    decode, and nesting is bounded by :data:`~weightvault.core.limits.MAX_NESTING`, so that
+    :func:`unflatten` and :func:`tensor_names` cannot fail on a hostile file. Raises
+    :class:`InvalidHeaderError` (or ``ResourceLimitError`` for depth) naming the node's place.
+    """
+    # Each stack entry carries its place as a linked list (key, parent's place), turned into a
+    # "<root>/a/0" string only for an error: this runs on every open.
+    Trail = tuple[Any, Any] | None
+    stack: list[tuple[Any, int, Trail]] = [(spec, 0, None)]
+
+    def where(trail: Trail) -> str:
+        keys = []
+        while trail is not None:
+            key, trail = trail
+            keys.append(str(key))
+        return "/".join(["<root>", *reversed(keys)])
+
+    while stack:  # iterative, so depth is checked before Python's own stack could run out
+        node, depth, trail = stack.pop()
+        if depth > MAX_NESTING:
+            check_depth(depth, path=path, what=f"the tree spec at {where(trail)}")
+        if type(node) is dict and node.get("t") == "tensor" and type(node.get("name")) is str:
+            continue  # the common leaf, checked inline
+        try:
+            _check_node(node)
+            kind = node["t"]
+            if kind == "dict":
+                for i, item in enumerate(node["items"]):
+                    if type(item) is not list or len(item) != 2:
+                        raise _BadSpec(f"dict item {i} is not a [key, node] pair")
+                    key = item[0]
+                    plain = type(key) is list and len(key) == 2 and key[0] == "s"
+                    if not (plain and type(key[1]) is str):
+                        key = [None, _decode_key(key)]  # the other kinds, checked in full
+                    stack.append((item[1], depth + 1, (key[1], trail)))
+            elif kind == "list" or kind == "tuple":
+                stack.extend((v, depth + 1, (i, trail)) for i, v in enumerate(node["items"]))
+        except _BadSpec as exc:
+            raise InvalidHeaderError(f"tree spec at {where(trail)}: {exc}", path=path) from None
 
 
 def name_filter(
@@ -178,7 +286,9 @@ def flatten(
 
 
 def unflatten(spec: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
-    """Rebuild the object described by ``spec``; ``fetch(name)`` returns each stored tensor."""
+    """Rebuild the object described by ``spec``; ``fetch(name)`` returns each stored tensor.
+
+    A spec read from a file must pass :func:`check_spec` first."""
     t = spec["t"]
     if t == "tensor":
         return fetch(spec["name"])
@@ -193,15 +303,14 @@ def unflatten(spec: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
     if t == "int":
         return int(spec["v"])
     if t == "float":
-        v = spec["v"]
-        return float(v) if v in ("nan", "inf", "-inf") else float.fromhex(v)
+        return _decode_float(spec["v"])
     if t == "str":
         return str(spec["v"])
     if t == "bool":
         return bool(spec["v"])
     if t == "none":
         return None
-    raise ValueError(f"unknown tree-spec node type {t!r}")
+    raise _BadSpec(f"unknown tree-spec node type {t!r}")
 
 
 def tensor_names(spec: dict[str, Any]) -> list[str]:

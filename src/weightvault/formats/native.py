@@ -15,12 +15,18 @@ file and checksum, tied-tensor aliases, the user's metadata and the tree spec (s
 
 dtypes stock safetensors cannot name (complex128) are stored as a float64 ``[..., 2]`` view and
 the manifest records the real dtype; every file stays loadable by the safetensors library.
+
+String tensors (dtype ``"string"``, object arrays of ``bytes``) are stored as one 1-D ``uint8``
+tensor: ``n + 1`` little-endian uint64 offsets (``n`` = number of elements, the first offset 0,
+the last the total length), then the concatenated bytes of the elements in C order. The manifest
+row says ``"dtype": "string"``, the real shape and ``"stored_as": "uint8"``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,25 +36,38 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.dtypes import (
+    DTYPES,
+    STRING,
+    as_string_array,
+    dtype_from_name,
+    is_string_array,
+)
 from weightvault.core.io import atomic_dir, atomic_write, create_file
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
     SafetensorsFile,
     TensorDigest,
     TensorSource,
+    check_shape,
+    check_tensor_names,
+    load_json,
     write_safetensors,
 )
 from weightvault.core.tensors import describe, to_numpy
-from weightvault.core.tree import flatten, name_filter, tensor_names, unflatten
+from weightvault.core.tree import check_spec, flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (
     AliasError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
+    HeaderTooLargeError,
     InvalidHeaderError,
+    InvalidOffsetError,
     TensorNotFoundError,
+    UnknownDtypeError,
+    UnsupportedOperationError,
 )
-from weightvault.formats._common import span_of
+from weightvault.formats._common import safe_relative, span_of
 
 __all__ = [
     "COMMIT_MARKER",
@@ -67,9 +86,79 @@ MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "model.safetensors.index.json"
 COMMIT_MARKER = "COMMITTED"
 DEFAULT_SHARD_SIZE = 2 * 1024**3
+#: largest manifest.json read (the safetensors header cap; a manifest is a few bytes per tensor)
+MAX_MANIFEST_BYTES = 100_000_000
+
+#: endings of the other built-in formats (see ``Format.extensions``; a test keeps this in step with
+#: the registry). A native checkpoint is never written under one: ``save(sd, "x.pt")`` would make a
+#: directory named ``x.pt`` that ``torch.load`` cannot open. Kept here so a save imports no format.
+FOREIGN_EXTENSIONS = (
+    ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb",
+    ".meta", ".weights.h5", ".keras", ".h5", ".hdf5",
+)  # fmt: skip
+
+
+def _refuse_foreign_extension(path: Path) -> None:
+    name = path.name.lower()
+    ending = next((e for e in FOREIGN_EXTENSIONS if name.endswith(e)), None)
+    if ending is None:
+        return
+    raise UnsupportedOperationError(
+        f"will not write a weightvault checkpoint under a {ending} name: save() writes the native "
+        "format (a .safetensors file, or a directory for any other name), which tools expecting "
+        f"a {ending} file cannot read",
+        path=path,
+        hint=f"save to {path.name[: len(path.name) - len(ending)] or 'model'}.safetensors, then "
+        f"`weightvault convert <that file> {path.name}` to get a {ending} file",
+    )
+
 
 # dtypes stored through a same-bytes view that safetensors can name
 _STORED_AS = {"complex128": ("float64", 2)}
+
+
+def encode_strings(values: np.ndarray) -> np.ndarray:
+    """A string tensor as its stored ``uint8`` tensor: (n+1) u64le offsets, then the bytes."""
+    items = as_string_array(values).reshape(-1).tolist()
+    ends = np.cumsum([len(b) for b in items], dtype="<u8") if items else np.zeros(0, "<u8")
+    offsets = np.concatenate([np.zeros(1, "<u8"), ends]).astype("<u8")
+    return np.frombuffer(offsets.tobytes() + b"".join(items), np.uint8)
+
+
+def decode_strings(
+    stored: np.ndarray, shape: tuple[int, ...], *, path: str, tensor: str
+) -> np.ndarray:
+    """The object array of ``bytes`` a stored ``uint8`` tensor encodes, every offset checked
+    against the bytes present before anything is allocated."""
+    count = math.prod(shape)
+    head = 8 * (count + 1)
+    if stored.ndim != 1 or head > stored.size:
+        raise InvalidOffsetError(
+            f"string tensor of {count} elements needs {head} bytes of offsets, the file holds "
+            f"{stored.size}",
+            path=path,
+            tensor=tensor,
+        )
+    offsets = np.frombuffer(stored[:head].tobytes(), "<u8")
+    data = stored[head:].tobytes()
+    if offsets[0] != 0 or offsets[-1] != len(data) or bool(np.any(offsets[1:] < offsets[:-1])):
+        raise InvalidOffsetError(
+            f"string offsets are not increasing from 0 to the {len(data)} bytes stored",
+            path=path,
+            tensor=tensor,
+        )
+    out = np.empty(count, dtype=object)
+    bounds = offsets.tolist()
+    for i in range(count):
+        out[i] = data[bounds[i] : bounds[i + 1]]
+    return out.reshape(shape)
+
+
+def _string_source(name: str, values: np.ndarray) -> TensorSource:
+    # Encoded now: the header needs the stored length before the data is written (string
+    # tensors are vocabularies and tags, small next to the weights).
+    stored = encode_strings(values)
+    return TensorSource(name, "uint8", (stored.size,), lambda: stored)
 
 
 def _library_version() -> str:
@@ -94,6 +183,8 @@ def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
     row: dict[str, Any] = {"dtype": dtype, "shape": list(shape)}
     if dtype in _STORED_AS:
         row["stored_as"] = _STORED_AS[dtype][0]
+    elif dtype == STRING:
+        row["stored_as"] = "uint8"
     return row
 
 
@@ -110,9 +201,12 @@ def plan_lazy(
     sources, rows = [], {}
     for name in tensors:
         info = tensors.info(name)  # type: ignore[attr-defined]
+        rows[name] = _row_for(info.dtype, info.shape)
+        if info.dtype == STRING:
+            sources.append(_string_source(name, np.asarray(tensors[name])))
+            continue
         fetch = (lambda n: lambda: to_numpy(np.asarray(tensors[n])))(name)
         sources.append(_source_for(name, fetch, info.dtype, info.shape, span_of(tensors, name)))
-        rows[name] = _row_for(info.dtype, info.shape)
     return spec, sources, rows
 
 
@@ -125,6 +219,10 @@ def plan_tensors(
     aliases: dict[str, str] = {}
     first_by_identity: dict[tuple[Any, ...], str] = {}
     for name, obj in found.items():
+        if is_string_array(obj):
+            sources.append(_string_source(name, obj))
+            rows[name] = _row_for(STRING, tuple(obj.shape))
+            continue
         desc = describe(obj, name=name)
         if desc.identity is not None:
             if desc.identity in first_by_identity:
@@ -214,6 +312,7 @@ def save_native(
     ``exclude`` are glob patterns over tensor names (``model/encoder.*``) for a partial save.
     """
     path = Path(path)
+    _refuse_foreign_extension(path)
     if single_file is None:
         single_file = path.suffix == ".safetensors"
     if _is_lazy(obj):
@@ -222,6 +321,7 @@ def save_native(
     else:
         spec, found = flatten(obj, keep=name_filter(include, exclude))
         sources, rows, aliases = plan_tensors(found)
+    check_tensor_names(sources, path=path)
     manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
     total = sum(s.nbytes for s in sources)
     with progress_bar(f"saving {path.name}", total, enabled=progress) as advance:
@@ -232,7 +332,9 @@ def save_native(
                 row["checksum"] = PLACEHOLDER
 
             def final_meta() -> dict[str, str]:
-                return {MANIFEST_KEY: json.dumps(manifest, ensure_ascii=False, allow_nan=False)}
+                # "format": "pt" is what transformers checks before it loads a safetensors file
+                text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
+                return {"format": "pt", MANIFEST_KEY: text}
 
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
@@ -279,15 +381,38 @@ def _write_json(path: Path, obj: Any, fsync: bool) -> None:
             os.fsync(f.fileno())
 
 
-def _parse_manifest(raw: str, path: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidHeaderError(f"manifest is not valid JSON: {exc}", path=path) from None
+def _check_row(name: str, row: Any, path: str) -> None:
+    """One manifest row, checked field by field so that no later lookup can fail foreignly."""
+    if not isinstance(row, dict):
+        raise InvalidHeaderError("manifest row is not an object", path=path, tensor=name)
+    dtype = row.get("dtype")
+    if not isinstance(dtype, str) or (dtype not in DTYPES and dtype != STRING):
+        raise UnknownDtypeError(
+            f"manifest dtype {dtype!r} is not a known dtype", path=path, tensor=name
+        )
+    check_shape(row.get("shape"), path=path, tensor=name)
+    for key in ("file", "checksum"):
+        if key in row and not isinstance(row[key], str):
+            raise InvalidHeaderError(
+                f"manifest {key} {row[key]!r} is not a string", path=path, tensor=name
+            )
+    if dtype == STRING and row.get("stored_as") != "uint8":
+        raise InvalidHeaderError("a string tensor must be stored_as uint8", path=path, tensor=name)
+    carrier = _STORED_AS.get(dtype, (None,))[0]
+    if dtype != STRING and "stored_as" in row and row["stored_as"] != carrier:
+        raise InvalidHeaderError(
+            f"manifest stores {dtype} as {row['stored_as']!r}, which is not its carrier",
+            path=path,
+            tensor=name,
+        )
+
+
+def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
+    manifest = load_json(raw, path=path, what="manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise InvalidHeaderError("manifest does not describe a weightvault checkpoint", path=path)
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise InvalidHeaderError(
             f"manifest format_version {version!r} is newer than this library reads ({FORMAT_VERSION})",
             path=path,
@@ -296,7 +421,35 @@ def _parse_manifest(raw: str, path: str) -> dict[str, Any]:
     for key in ("tensors", "aliases", "tree"):
         if not isinstance(manifest.get(key), dict):
             raise InvalidHeaderError(f"manifest has no valid {key!r}", path=path)
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise InvalidHeaderError("manifest metadata is not an object", path=path)
+    rows = manifest["tensors"]
+    for name, row in rows.items():
+        _check_row(name, row, path)
+    for alias, target in manifest["aliases"].items():
+        if not isinstance(target, str) or target not in rows:
+            raise AliasError(f"alias points at missing tensor {target!r}", path=path, tensor=alias)
+    check_spec(manifest["tree"], path=path)
+    for name in tensor_names(manifest["tree"]):
+        if name not in rows and name not in manifest["aliases"]:
+            raise InvalidHeaderError(
+                "the tree spec names a tensor the manifest does not list", path=path, tensor=name
+            )
     return manifest
+
+
+def _read_manifest_file(root: Path) -> bytes:
+    """``manifest.json`` of a directory checkpoint: a regular file inside it, of bounded size."""
+    full = Path(safe_relative(root, MANIFEST_FILE, path=root))
+    try:
+        size = full.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise HeaderTooLargeError(
+                f"{MANIFEST_FILE} is {size} bytes, over the {MAX_MANIFEST_BYTES} cap", path=full
+            )
+        return full.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=root) from None
 
 
 class NativeReader(FormatReader):
@@ -315,27 +468,24 @@ class NativeReader(FormatReader):
                     f"incomplete checkpoint: no {COMMIT_MARKER} marker (an interrupted save?)",
                     path=p,
                 )
-            try:
-                raw = (p / MANIFEST_FILE).read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=p) from None
-            except UnicodeDecodeError:
-                raise InvalidHeaderError(f"{MANIFEST_FILE} is not UTF-8", path=p) from None
-            self.manifest = _parse_manifest(raw, os.fspath(p / MANIFEST_FILE))
+            self._single: str | None = None
+            self.manifest = _parse_manifest(_read_manifest_file(p), os.fspath(p / MANIFEST_FILE))
         else:
             self.root = p.parent
             st = SafetensorsFile(p)
             self._shards[p.name] = st
-            if MANIFEST_KEY not in st.metadata:
+            self._single = p.name  # the one file, whatever name the manifest recorded for it
+            try:
+                if MANIFEST_KEY not in st.metadata:
+                    raise InvalidHeaderError(
+                        "safetensors file carries no weightvault manifest", path=p
+                    )
+                self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
+            except BaseException:
                 st.close()
-                raise InvalidHeaderError("safetensors file carries no weightvault manifest", path=p)
-            self.manifest = _parse_manifest(st.metadata[MANIFEST_KEY], self.path)
-            self._single = p.name
+                raise
         self._rows: dict[str, dict[str, Any]] = self.manifest["tensors"]
         self._aliases: dict[str, str] = self.manifest["aliases"]
-        for alias, target in self._aliases.items():
-            if target not in self._rows:
-                raise AliasError(f"alias points at missing tensor {target!r}", path=self.path, tensor=alias)
         self._names = [n for n in tensor_names(self.manifest["tree"]) if n in self._rows or n in self._aliases]
         seen = set(self._names)
         self._names += [n for n in self._rows if n not in seen]
@@ -348,11 +498,14 @@ class NativeReader(FormatReader):
         return self._rows[target]
 
     def _shard(self, file: str, tensor: str) -> SafetensorsFile:
+        if self._single is not None:
+            return self._shards[self._single]
         if "/" in file or "\\" in file or file in ("", ".", ".."):
             raise InvalidHeaderError(f"shard name {file!r} leaves the checkpoint", path=self.path, tensor=tensor)
         if file not in self._shards:
-            shard_path = self.root / file
-            if not shard_path.exists():
+            # resolves links: a shard that is a symlink to a file outside the directory is refused
+            shard_path = safe_relative(self.root, file, path=self.path, tensor=tensor)
+            if not os.path.isfile(shard_path):
                 raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
             self._shards[file] = SafetensorsFile(shard_path)
         return self._shards[file]
@@ -363,9 +516,12 @@ class NativeReader(FormatReader):
         shard = self._shard(row.get("file", ""), target)
         entry = shard.entries.get(target)
         if entry is None:
-            raise InvalidHeaderError(f"manifest lists the tensor in {row['file']} but it is not there", path=shard.path, tensor=target)
+            raise InvalidHeaderError(f"manifest lists the tensor in {row.get('file')} but it is not there", path=shard.path, tensor=target)
         stored_dtype = row.get("stored_as", row["dtype"])
-        expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
+        if row["dtype"] == STRING:  # offsets + bytes: any length, checked when decoded
+            expected_shape = entry.shape if len(entry.shape) == 1 else (-1,)
+        else:
+            expected_shape = tuple(row["shape"]) + ((_STORED_AS[row["dtype"]][1],) if "stored_as" in row else ())
         if entry.dtype != stored_dtype or entry.shape != expected_shape:
             raise InvalidHeaderError(
                 f"manifest says {row['dtype']} {row['shape']} but the shard holds {entry.dtype} {list(entry.shape)}",
@@ -380,21 +536,32 @@ class NativeReader(FormatReader):
 
     def info(self, name: str) -> TensorInfo:
         row = self._row(name)
-        extra = {"file": row.get("file"), "checksum": row.get("checksum")}
+        extra: dict[str, Any] = {"file": row.get("file"), "checksum": row.get("checksum")}
         if name in self._aliases:
             extra["alias_of"] = self._aliases[name]
+        if row["dtype"] == STRING:
+            shard, target, _ = self._entry_checked(name)
+            extra["nbytes"] = shard.entries[target].end - shard.entries[target].start
         return TensorInfo(name, row["dtype"], tuple(row["shape"]), extra)
+
+    def checked_info(self, name: str) -> TensorInfo:
+        """``info(name)`` after checking the manifest row against the shard's own header, so a
+        caller may allocate ``nbytes`` (the shard's bytes are there)."""
+        self._entry_checked(name)
+        return self.info(name)
 
     def get(self, name: str) -> np.ndarray:
         shard, target, row = self._entry_checked(name)
         arr = shard.view(target)
+        if row["dtype"] == STRING:
+            return decode_strings(arr, tuple(row["shape"]), path=shard.path, tensor=target)
         if "stored_as" in row:
             arr = arr.view(dtype_from_name(row["dtype"])).reshape(tuple(row["shape"]))
         return arr
 
     def byte_span(self, name: str) -> ByteSpan | None:
-        shard, target, _ = self._entry_checked(name)
-        return shard.span(target)
+        shard, target, row = self._entry_checked(name)
+        return None if row["dtype"] == STRING else shard.span(target)
 
     def read(self, name: str, out: np.ndarray) -> None:
         """Copy the tensor into ``out`` (an array of the right dtype and shape) with one read."""
@@ -402,8 +569,13 @@ class NativeReader(FormatReader):
             job()
 
     def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
-        """Independent reads that together fill ``out``; safe to run on a thread pool."""
-        shard, target, _ = self._entry_checked(name)
+        """Independent reads that together fill ``out``; safe to run on a thread pool. Not for
+        string tensors (``get`` decodes those)."""
+        shard, target, row = self._entry_checked(name)
+        if row["dtype"] == STRING:
+            raise UnsupportedOperationError(
+                "a string tensor is read with get()", path=self.path, tensor=name
+            )
         return shard.read_jobs(target, out)
 
     @property
@@ -453,6 +625,7 @@ class NativeFormat(Format):
     description = "weightvault checkpoint: safetensors file or sharded directory with a manifest"
     extensions = (".safetensors",)
     can_write = True
+    can_write_strings = True
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -38,6 +38,7 @@ from weightvault.core.safetensors_io import (
     SafetensorsFile,
     TensorDigest,
     TensorSource,
+    check_tensor_names,
     write_safetensors,
 )
 from weightvault.errors import (
@@ -238,6 +239,12 @@ class SafetensorsFormat(Format):
                 from weightvault.core.dtypes import dtype_name
 
                 dtype, shape = dtype_name(arr.dtype, tensor=name), tuple(arr.shape)
+            if dtype == "string":
+                raise UnsupportedOperationError(
+                    "safetensors cannot hold string tensors", path=path, tensor=name,
+                    hint="write the native format (it keeps them), or convert with "
+                    "--skip-unsupported (skip_unsupported=True) to leave them out",
+                )
             if dtype not in ST_CODES:
                 raise UnsupportedOperationError(
                     f"safetensors has no dtype for {dtype}", path=path, tensor=name,
@@ -245,6 +252,7 @@ class SafetensorsFormat(Format):
                 )
             sources.append(TensorSource(name, dtype, shape, (lambda n: lambda: fetch_array(tensors, n))(name),
                                         span_of(tensors, name)))
+        check_tensor_names(sources, path=path)
         shard_size = options.get("shard_size")
         total = sum(src.nbytes for src in sources)
         with progress_bar(f"writing {Path(path).name}", total, enabled=options.get("progress")) as advance:

@@ -11,10 +11,11 @@ Reading (pure Python + numpy, see ``research/formats.md`` §1):
 * Numeric tensors are mmapped read-only views of the data shard; big-endian bundles are
   byte-swapped copies. Partitioned (sliced) variables are reassembled into the full tensor; their
   slice entries (keys starting with ``\\x00``) are not listed.
-* **String tensors** (DT_STRING) are not weights and have no numpy dtype in our table, so they are
-  left out of ``keys()`` (which keeps ``TensorInfo.nbytes``, stats and convert sound). They are
-  listed in ``metadata["string_tensors"]`` and read with :meth:`TFBundleReader.get_strings` (an
-  object array of ``bytes``). ``_CHECKPOINTABLE_OBJECT_GRAPH`` is one of them.
+* **String tensors** (DT_STRING) are listed by ``keys()`` with dtype ``"string"``; ``get`` returns
+  them as object arrays of ``bytes`` (also :meth:`TFBundleReader.get_strings`), and
+  ``metadata["string_tensors"]`` lists them. ``_CHECKPOINTABLE_OBJECT_GRAPH``, the TF2 object
+  graph, is the bundle's own bookkeeping, not a variable: it is not in ``keys()`` (see
+  :attr:`~TFBundleReader.object_graph`).
 * CRC-32C of the data is checked by :meth:`~TFBundleReader.verify` (or on every ``get`` with
   ``check_crc=True``) with the C implementation from google_crc32c, without copying tensors.
 * TF2 object-based checkpoints: ``names="readable"`` renames
@@ -386,7 +387,7 @@ class TFBundleReader(FormatReader):
         self._check_shards()
         self._names_mode = names
         self._to_key: dict[str, str] = {}
-        self._display: dict[str, str] = {k: k for k in self._numeric}
+        self._display: dict[str, str] = {k: k for k in self._listed}
         if names == "readable":
             self._apply_readable_names()
 
@@ -434,6 +435,7 @@ class TFBundleReader(FormatReader):
             self._entries[key] = _parse_entry(key, value, self.index_path)
         self._numeric = [k for k, e in self._entries.items() if e.dtype_code != DT_STRING]
         self._strings = [k for k, e in self._entries.items() if e.dtype_code == DT_STRING]
+        self._listed = [k for k in self._entries if k != OBJECT_GRAPH_KEY]  # what keys() shows
         for key in self._numeric:
             entry = self._entries[key]
             try:
@@ -506,11 +508,11 @@ class TFBundleReader(FormatReader):
             raise InvalidHeaderError(f"bad object graph: {exc.message}", path=self.index_path,
                                      tensor=OBJECT_GRAPH_KEY) from None
         taken: dict[str, int] = {}
-        for key in self._numeric:
+        for key in self._listed:
             name = mapping.get(key)
             if name:
                 taken[name] = taken.get(name, 0) + 1
-        for key in self._numeric:
+        for key in self._listed:
             name = mapping.get(key)
             if not name or taken[name] > 1 or (name in self._entries and name != key):
                 name = key[: -len(_ATTR_SUFFIX)] if key.endswith(_ATTR_SUFFIX) else key
@@ -565,20 +567,20 @@ class TFBundleReader(FormatReader):
     # -- public API -----------------------------------------------------------------------------
     def _key(self, name: str) -> str:
         key = self._to_key.get(name, name)
-        if key not in self._entries or self._entries[key].dtype_code == DT_STRING:
+        if key not in self._entries or key == OBJECT_GRAPH_KEY:
             raise TensorNotFoundError(
-                f"no such tensor; the checkpoint has {len(self._numeric)} tensors "
+                f"no such tensor; the checkpoint has {len(self._listed)} tensors "
                 f"(first: {', '.join(self.keys()[:5]) or 'none'})",
                 path=self.prefix, tensor=name,
             )
         return key
 
     def keys(self) -> list[str]:
-        return [self._display[k] for k in self._numeric]
+        return [self._display[k] for k in self._listed]
 
     def __contains__(self, name: object) -> bool:
         key = self._to_key.get(name, name) if isinstance(name, str) else name
-        return key in self._entries and self._entries[key].dtype_code != DT_STRING  # type: ignore[index]
+        return key in self._entries and key != OBJECT_GRAPH_KEY
 
     def info(self, name: str) -> TensorInfo:
         key = self._key(name)
@@ -589,6 +591,8 @@ class TFBundleReader(FormatReader):
             extra = {"slices": len(e.slices)}
         if key != name or self._display[key] != key:
             extra["checkpoint_key"] = key
+        if e.dtype_code == DT_STRING:
+            extra["nbytes"] = e.size  # varint lengths + CRC + bytes, as stored
         if e.dtype_code in _QUANTIZED:
             extra["tf_dtype"] = {11: "qint8", 12: "quint8", 13: "qint32", 15: "qint16", 16: "quint16"}[e.dtype_code]
         return TensorInfo(self._display[key], e.dtype, e.shape, extra)
@@ -596,6 +600,8 @@ class TFBundleReader(FormatReader):
     def get(self, name: str) -> np.ndarray:
         key = self._key(name)
         entry = self._entries[key]
+        if entry.dtype_code == DT_STRING:
+            return self.get_strings(key)
         if entry.slices:
             return self._assemble(entry)
         return self._numeric_array(entry, entry.shape)
@@ -604,6 +610,8 @@ class TFBundleReader(FormatReader):
         """An unpartitioned little-endian tensor's bytes in its data shard (None with
         ``check_crc``: a span copy would skip the check ``get`` promises)."""
         entry = self._entries[self._key(name)]
+        if entry.dtype_code == DT_STRING:
+            return None
         itemsize = DTYPES[entry.dtype].itemsize
         if entry.slices or entry.size == 0 or self.check_crc or (self.big_endian and itemsize > 1):
             return None
@@ -669,7 +677,7 @@ class TFBundleReader(FormatReader):
         return out
 
     def string_keys(self) -> list[str]:
-        """Names of the DT_STRING tensors (not listed in :meth:`keys`)."""
+        """Keys of the DT_STRING tensors (also in :meth:`keys`, apart from the object graph)."""
         return list(self._strings)
 
     def get_strings(self, name: str) -> np.ndarray:
@@ -877,6 +885,7 @@ class TFBundleFormat(Format):
     description = "TensorFlow checkpoint V2 (.index + .data-*, tf.train.Saver / tf.train.Checkpoint)"
     extensions = (".index",)
     can_write = True
+    can_write_strings = True
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
@@ -931,6 +940,9 @@ class TFBundleFormat(Format):
                 plan.append((name, "string", tuple(value.shape), 0))
                 continue
             dtype, shape = describe_entry(tensors, name)
+            if dtype == "string":  # a reader's string tensor (object array of bytes)
+                plan.append((name, "string", shape, 0))
+                continue
             if dtype not in TF_CODES:
                 raise UnsupportedOperationError(f"TensorFlow checkpoints have no {dtype} dtype", path=path, tensor=name)
             plan.append((name, dtype, shape, math.prod(shape) * DTYPES[dtype].itemsize))
