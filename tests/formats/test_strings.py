@@ -153,7 +153,7 @@ def test_ls_shows_string_tensors(cli_run: Any, tf1_ckpt: Path, tmp_path: Path) -
         assert code == 0
         line = next(li for li in out.splitlines() if li.startswith("vocab"))
         assert "string" in line and "[2]" in line
-        assert "6 parameters" in out  # strings are not parameters
+        assert "6 model parameters" in out  # strings are not parameters
         code, out, _ = cli_run("ls", path, "--json")
         doc = json.loads(out)
         vocab = next(t for t in doc["tensors"] if t["name"] == "vocab")

@@ -26,6 +26,7 @@ from weightvault.errors import (
     TensorNotFoundError,
     TruncatedFileError,
     UnknownDtypeError,
+    UnsupportedOperationError,
 )
 from weightvault.formats.tf_bundle import encode_tensor_name_slice
 from weightvault.formats.tf_v1 import TFV1Format, TFV1Reader
@@ -85,7 +86,7 @@ def _expect(values: dict[str, Any], name: str) -> np.ndarray:
 def test_reads_every_dtype_and_partition(v1: dict[str, Any]) -> None:
     with weightvault.open(v1["path"]) as r:
         assert r.format == "tf_v1"
-        assert sorted(r.keys()) == sorted(NUMERIC)
+        assert sorted(r.keys()) == sorted((*NUMERIC, "names"))
         for name in NUMERIC:
             got = r.get(name)
             expected = _expect(v1["values"], name)
@@ -96,8 +97,9 @@ def test_reads_every_dtype_and_partition(v1: dict[str, Any]) -> None:
         assert r.info("cols").extra["slices"] == 2
         assert r.info("big").extra["slices"] == 1
         assert r.info("i32").shape == ()
-        assert r.skipped == {"names": "DT_STRING tensor (not a weight); read it with get_strings()"}
-        assert list(r.get_strings("names")) == [b"hello", b"", b"\xff\x00"]
+        assert r.skipped == {}
+        assert r.info("names").dtype == "string" and r.info("names").shape == (3,)
+        assert list(r.get("names")) == list(r.get_strings("names")) == [b"hello", b"", b"\xff\x00"]
         meta = r.metadata
         assert meta["checkpoint_version"] == "V1"
         assert meta["global_step"] == 42
@@ -110,14 +112,15 @@ def test_matches_tf_load_checkpoint(v1: dict[str, Any]) -> None:
     ckpt = tf.train.load_checkpoint(v1["path"])
     compared, refused = set(), set()
     with TFV1Reader(v1["path"]) as r:
-        assert set(ckpt.get_variable_to_shape_map()) == set(r.keys()) | set(r.string_keys())
+        assert set(ckpt.get_variable_to_shape_map()) == set(r.keys())
+        assert r.string_keys() == ["names"]
         for name, dtype in ckpt.get_variable_to_dtype_map().items():
             try:
                 theirs = ckpt.get_tensor(name)
             except tf.errors.UnimplementedError:
                 refused.add(name)
                 continue
-            ours = r.get_strings(name) if dtype == tf.string else r.get(name)
+            ours = r.get(name)
             np.testing.assert_array_equal(ours, theirs, err_msg=name)
             compared.add(name)
     assert {"f32", "scope/f64", "i32", "i64", "flag", "big", "names"} <= compared
@@ -168,7 +171,7 @@ def test_sharded_saver(tmp_path: Path) -> None:
         with weightvault.open(target) as r:
             assert r.format == "tf_v1" and r.metadata["num_shards"] == 2
             assert r.metadata["global_step"] == 42 and "step_from_name" not in r.metadata
-            assert sorted(r.keys()) == sorted(NUMERIC)
+            assert sorted(r.keys()) == sorted((*NUMERIC, "names"))
             for name in NUMERIC:
                 np.testing.assert_array_equal(r.get(name), saved["values"][name], err_msg=name)
     with weightvault.open(tmp_path / "model.ckpt.meta") as r:  # the .meta finds the shards
@@ -185,7 +188,7 @@ def test_ls_and_meta_cli(cli_run, v1: dict[str, Any]) -> None:
     assert "(tf_v1)" in out and "part" in out and "[10, 4]" in out
     code, out, _ = cli_run("ls", v1["path"] + ".meta")
     assert code == 0, out
-    assert f"{len(NUMERIC)} tensors" in out and "[300, 1000]" in out
+    assert f"{len(NUMERIC) + 1} tensors" in out and "[300, 1000]" in out
     with weightvault.open(v1["path"] + ".meta") as r:
         assert r.metadata["checkpoint"] == v1["path"]
         assert r.metadata["weights"] == f"read from the V1 checkpoint {v1['path']}"
@@ -200,14 +203,23 @@ def test_meta_without_checkpoint_says_so(v1: dict[str, Any], tmp_path: Path) -> 
         assert "no checkpoint beside this graph" in r.metadata["weights"]
 
 
-@pytest.mark.parametrize("dest", ["out.safetensors", "native_out"])
-def test_convert(v1: dict[str, Any], tmp_path: Path, dest: str) -> None:
+@pytest.mark.parametrize(("dest", "to"), [("out.safetensors", None), ("native_out", None),
+                                         ("plain.safetensors", "safetensors")])
+def test_convert(v1: dict[str, Any], tmp_path: Path, dest: str, to: str | None) -> None:
     dst = tmp_path / dest
-    weightvault.convert(v1["path"], dst)
+    keeps_strings = to is None  # the native format (file or directory) keeps string tensors
+    if not keeps_strings:  # plain safetensors has no strings: refused, naming the tensor, unless skipped
+        with pytest.raises(UnsupportedOperationError, match="names") as err:
+            weightvault.convert(v1["path"], dst, to=to)
+        assert "--skip-unsupported" in err.value.hint and not dst.exists()
+    report = weightvault.convert(v1["path"], dst, to=to, skip_unsupported=not keeps_strings)
+    assert list(report.skipped) == ([] if keeps_strings else ["names"])
     got = weightvault.load(dst)
-    assert sorted(got) == sorted(NUMERIC)
+    assert sorted(got) == sorted(NUMERIC + (("names",) if keeps_strings else ()))
     for name in NUMERIC:
         np.testing.assert_array_equal(got[name], v1["values"][name], err_msg=name)
+    if keeps_strings:
+        assert list(got["names"]) == [b"hello", b"", b"\xff\x00"]
 
 
 def test_tf_cannot_save_bfloat16_in_v1(tmp_path: Path) -> None:
@@ -398,8 +410,6 @@ def test_unknown_tensor(v1: dict[str, Any]) -> None:
     with TFV1Reader(v1["path"]) as r:
         with pytest.raises(TensorNotFoundError, match="nope"):
             r.get("nope")
-        with pytest.raises(TensorNotFoundError):
-            r.get("names")  # a string tensor is not a numeric one
 
 
 def test_sniff_is_specific(v1: dict[str, Any], fixtures_dir: Path) -> None:

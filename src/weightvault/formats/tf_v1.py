@@ -28,8 +28,9 @@ double values are zero-copy views. ``checkpoint`` state files may name absolute 
 them); a path outside the run directory is replaced by the same file name inside it, so nothing
 outside the named directory is read.
 
-DT_STRING tensors are not weights: left out of ``keys()``, listed in ``skipped`` and
-``metadata["string_tensors"]``, read with :meth:`TFV1Reader.get_strings`.
+DT_STRING tensors are part of the training state: listed by ``keys()`` with dtype ``"string"``,
+returned by ``get()`` as object arrays of ``bytes`` (as the TF bundle reader does), and also
+named in ``metadata["string_tensors"]``.
 """
 
 from __future__ import annotations
@@ -403,7 +404,6 @@ class TFV1Reader(FormatReader):
         except BaseException:
             self.close()
             raise
-        self._numeric = [k for k, t in self._tensors.items() if t.dtype_code != DT_STRING]
         self._strings = [k for k, t in self._tensors.items() if t.dtype_code == DT_STRING]
 
     # -- loading ----------------------------------------------------------------------------------
@@ -555,35 +555,40 @@ class TFV1Reader(FormatReader):
     # -- public API -------------------------------------------------------------------------------
     def _tensor(self, name: str) -> _Tensor:
         t = self._tensors.get(name)
-        if t is None or t.dtype_code == DT_STRING:
+        if t is None:
             raise TensorNotFoundError(
-                f"no such tensor; the checkpoint has {len(self._numeric)} tensors "
-                f"(first: {', '.join(self._numeric[:5]) or 'none'})",
+                f"no such tensor; the checkpoint has {len(self._tensors)} tensors "
+                f"(first: {', '.join(list(self._tensors)[:5]) or 'none'})",
                 path=self.name, tensor=name,
             )
         return t
 
     def keys(self) -> list[str]:
-        return list(self._numeric)
+        return list(self._tensors)
 
     def __contains__(self, name: object) -> bool:
-        t = self._tensors.get(name) if isinstance(name, str) else None
-        return t is not None and t.dtype_code != DT_STRING
+        return isinstance(name, str) and name in self._tensors
 
     def info(self, name: str) -> TensorInfo:
         t = self._tensor(name)
         extra: dict[str, Any] = {"file": self.files[t.slices[0].file], "slices": len(t.slices)}
         if t.dtype_code in _QUANTIZED:
             extra["tf_dtype"] = _QUANTIZED_NAMES[t.dtype_code]
+        if t.dtype_code == DT_STRING:
+            extra["nbytes"] = t.stored_bytes  # as stored: tags, lengths and bytes
         return TensorInfo(name, t.dtype, t.shape, extra)
 
     def get(self, name: str) -> np.ndarray:
-        return self._assemble(self._tensor(name))
+        """The tensor; a DT_STRING tensor is an object array of ``bytes`` (dtype ``"string"``)."""
+        t = self._tensor(name)
+        return self.get_strings(name) if t.dtype_code == DT_STRING else self._assemble(t)
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """Where an unpartitioned float/double/complex tensor's packed values lie in the file
         (they are stored little-endian, exactly as a writer stores them); None otherwise."""
         t = self._tensor(name)
+        if t.dtype_code == DT_STRING:
+            return None
         dt = DTYPES[t.dtype]
         number, kind, _ = _FIELDS[t.dtype]
         nbytes = math.prod(t.shape) * dt.itemsize
@@ -600,13 +605,8 @@ class TFV1Reader(FormatReader):
         offset = np.frombuffer(values[0], np.uint8).ctypes.data - self._bases[s.file]
         return ByteSpan(self.files[s.file], self._handles[s.file].fileno(), offset, nbytes)
 
-    @property
-    def skipped(self) -> dict[str, str]:
-        why = "DT_STRING tensor (not a weight); read it with get_strings()"
-        return dict.fromkeys(self._strings, why)
-
     def string_keys(self) -> list[str]:
-        """Names of the DT_STRING tensors (not listed in :meth:`keys`)."""
+        """Names of the DT_STRING tensors (also in :meth:`keys`, with dtype ``"string"``)."""
         return list(self._strings)
 
     def get_strings(self, name: str) -> np.ndarray:
@@ -694,9 +694,9 @@ class TFV1Reader(FormatReader):
                 read_table(memoryview(mm) if mm is not None else b"", path=self.files[index])
             except WeightVaultError as exc:
                 result.failures.append(str(exc))
-        for name in list(self._numeric) + list(self._strings):
+        for name in self._tensors:
             try:
-                self.get(name) if name in self._numeric else self.get_strings(name)
+                self.get(name)
                 result.checked += 1
             except WeightVaultError as exc:
                 result.failures.append(str(exc))
