@@ -75,7 +75,9 @@ def test_roundtrip_affine_per_channel(tmp_path: Path, fmt: str, symmetric: bool)
     with weightvault.open(tmp_path / "o", values="codes") as reader:
         assert reader.format == "hwexport"
         for name, x in src.items():
-            q = quantize(x, "int8", axis=0, symmetric=symmetric)
+            # 1-D tensors and scalars get one scale (the report notes it), the others one per row
+            axis = 0 if x.ndim >= 2 else None
+            q = quantize(x, "int8", axis=axis, symmetric=symmetric)
             assert reader.get(name).dtype == np.int8
             assert np.array_equal(reader.get(name), q.codes)
             extra = reader.info(name).extra["number"]
@@ -156,7 +158,11 @@ def test_named_split_transpose_reshape(tmp_path: Path) -> None:
 
 
 def test_bad_split_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(ShapeMismatchError, match="not divisible into 3"):
+    bad = r"shape \[4, 2\] has 4 entries, not divisible into 3"
+    with pytest.raises(ShapeMismatchError, match=bad):
+        weightvault.export_hw({"w": np.zeros((4, 2), np.float32)}, tmp_path / "o", split=["w:0:3"])
+    bad = r"preset 'gru'.*shape \[4, 2\].*not a multiple of 3"
+    with pytest.raises(ShapeMismatchError, match=bad):
         weightvault.export_hw(
             {"w": np.zeros((4, 2), np.float32)}, tmp_path / "o", split=["w:0:gru"]
         )

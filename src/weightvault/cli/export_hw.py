@@ -166,6 +166,8 @@ def export_hw(
         report = run_export(reader, outdir, format=file_format, **kwargs)
     for line in report.warnings:
         warn(line)
+    for line in report.notes:
+        click.echo(f"NOTE {line}", err=True)
     if as_json:
         emit_json(report.to_dict())
         return
