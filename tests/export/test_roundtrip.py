@@ -114,7 +114,7 @@ def test_gru_split_matches_torch_gate_slicing(tmp_path: Path) -> None:
         number="float32",
         split=["gru.*:0:gru", "lstm.weight_*:0:lstm"],
     )
-    back = weightvault.import_hw(tmp_path / "o")
+    back = weightvault.import_hw(tmp_path / "o", layout="exported")
     w_ir, w_iz, w_in = gru.weight_ih_l0.detach().chunk(3, 0)  # PyTorch documents (W_ir|W_iz|W_in)
     np.testing.assert_array_equal(back["gru.weight_ih_l0.r"], w_ir.numpy())
     np.testing.assert_array_equal(back["gru.weight_ih_l0.z"], w_iz.numpy())
@@ -149,9 +149,13 @@ def test_named_split_transpose_reshape(tmp_path: Path) -> None:
         transpose=["w.*:1,0"],
         reshape=["w.bottom:2,-1"],
     )
-    back = weightvault.import_hw(tmp_path / "o")
+    back = weightvault.import_hw(tmp_path / "o", layout="exported")
     np.testing.assert_array_equal(back["w.top"], w[:3].T)
     np.testing.assert_array_equal(back["w.bottom"], w[3:].T.reshape(2, -1))
+    # the default layout undoes reshape, transpose and split: the source tensor again
+    whole = weightvault.import_hw(tmp_path / "o")
+    assert list(whole) == ["w"]
+    np.testing.assert_array_equal(whole["w"], w)
     t = {d["name"]: d for d in rep.tensors}
     assert t["w.top"]["split"] == {"axis": 0, "parts": ["top", "bottom"], "part": "top"}
     assert t["w.top"]["transpose"] == [1, 0] and t["w.bottom"]["reshape"] == [2, -1]

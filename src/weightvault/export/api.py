@@ -816,15 +816,40 @@ def _npy_array(mem: L.Memory, members: list[ExportItem], typed: bool) -> np.ndar
 
 
 # -- import ---------------------------------------------------------------------------------------
-def import_hw(path: PathLike, *, values: str = "dequantized") -> dict[str, np.ndarray]:
+def import_hw(
+    path: PathLike, *, values: str = "dequantized", layout: str | None = None
+) -> dict[str, np.ndarray]:
     """Read an export folder (or one file inside it) back into ``{name: array}``.
 
-    ``values="dequantized"`` gives float32 values (what the codes stand for); ``"codes"`` gives
-    the integer codes exactly as stored (signed, in the smallest integer dtype; IEEE bit patterns
-    as unsigned integers for float formats).
+    ``values="dequantized"`` gives the values the codes stand for; ``"codes"`` gives the integer
+    codes exactly as stored (signed, in the smallest integer dtype; IEEE bit patterns as unsigned
+    integers for float formats).
+
+    ``layout="source"`` (the default for values) undoes the export's split, transpose and reshape
+    and casts to the source dtype: split parts are concatenated back under the source name and
+    shape, so ``weightvault diff source imported --atol A`` is clean with ``A`` the export's
+    error (the returned dict's ``bounds`` holds it per tensor). ``layout="exported"`` (the only
+    layout for codes, which belong to the memories) returns the exported tensors as float32.
     """
     from weightvault.export.reader import HWExportReader
+    from weightvault.export.rejoin import restore_source_layout
 
+    if values not in ("dequantized", "codes"):
+        raise UnsupportedOperationError(
+            f"values must be 'dequantized' or 'codes', not {values!r}", path=path
+        )
+    layout = layout or ("source" if values == "dequantized" else "exported")
+    if layout not in ("source", "exported"):
+        raise UnsupportedOperationError(
+            f"layout must be 'source' or 'exported', not {layout!r}", path=path
+        )
+    if layout == "source" and values == "codes":
+        raise UnsupportedOperationError(
+            "integer codes are read as exported (each part keeps its own scale); "
+            "layout='source' rebuilds values only",
+            path=path,
+            hint="drop --codes, or add --as-exported",
+        )
     p = Path(path)
     only_file = None
     if p.is_file():
@@ -835,4 +860,11 @@ def import_hw(path: PathLike, *, values: str = "dequantized") -> dict[str, np.nd
             raise UnsupportedOperationError(
                 f"export.json lists no tensor in {only_file}", path=path
             )
-        return {n: np.array(reader.get(n)) for n in names}
+        if layout == "exported":
+            return {n: np.array(reader.get(n)) for n in names}
+        return restore_source_layout(
+            [reader.entry(n) for n in names],
+            reader.dequantized,
+            path=p / SIDECAR,
+            only_file=only_file,
+        )

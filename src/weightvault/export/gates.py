@@ -33,8 +33,10 @@ __all__ = ["GateLayout", "check_preset_split", "gate_layout"]
 ShapeOf = Callable[[str], "tuple[int, ...] | None"]
 
 _KIND_BY_GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}
+# Gate orders in PyTorch's names (r,z,n / i,f,g,o), so that equal gates compare equal: Keras
+# calls n 'h' (GRU) and g 'c' (LSTM); TF1 calls g 'j' and z 'u'.
 _TORCH_ORDER = {3: ("r", "z", "n"), 4: ("i", "f", "g", "o")}
-_KERAS_ORDER = {3: ("z", "r", "h"), 4: ("i", "f", "c", "o")}
+_KERAS_ORDER = {3: ("z", "r", "n"), 4: ("i", "f", "g", "o")}
 
 _TORCH_NAME = re.compile(
     r"^(?P<prefix>.*?)(?:weight|bias)_(?:ih|hh)(?P<suffix>(?:_l\d+)?(?:_reverse)?)$"
@@ -124,14 +126,14 @@ def _keras_layout(name: str, shape: tuple[int, ...], shape_of: ShapeOf) -> GateL
 def _tf1_layout(name: str, shape: tuple[int, ...]) -> GateLayout | None:
     last = len(shape) - 1
     if _TF1_LSTM.search(name):
-        order = ("i", "j", "f", "o")
+        order = ("i", "g", "f", "o")  # TF1's i,j,f,o
         return GateLayout("TF1", "LSTM", 4, last, None, order, "the TF1 'lstm_cell' scope")
     m = _TF1_GRU.search(name)
     if m is None:
         return None
     scope = f"the TF1 'gru_cell/{m['part']}' scope"
     if m["part"] == "gates":
-        return GateLayout("TF1", "GRUCell gates (r,u)", 2, last, None, ("r", "u"), scope)
+        return GateLayout("TF1", "GRUCell gates (r,u)", 2, last, None, ("r", "z"), scope)
     return GateLayout("TF1", "GRUCell candidate", 1, last, None, None, scope)
 
 
@@ -183,7 +185,7 @@ def check_preset_split(
     if not spec.named and layout.order is not None and tuple(parts) != layout.order:
         raise ShapeMismatchError(
             f"{what} names PyTorch's gate order, but this {told} stores its gates in the order "
-            f"{','.join(layout.order)}; the parts would be mislabelled",
+            f"{','.join(layout.order)} (in PyTorch's names); the parts would be mislabelled",
             tensor=name,
             hint=_fix_hint(layout),
         )
