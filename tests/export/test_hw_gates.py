@@ -17,10 +17,10 @@ from weightvault.errors import ShapeMismatchError
 torch = pytest.importorskip("torch")
 
 
-def _save_torch(tmp_path: Path, **modules: object) -> Path:
+def _save_torch(tmp_path: Path, **modules: torch.nn.Module) -> Path:
     sd = {}
     for prefix, module in modules.items():
-        sd |= {f"{prefix}.{k}": v for k, v in module.state_dict().items()}  # type: ignore[attr-defined]
+        sd |= {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
     path = tmp_path / "rnn.pt"
     torch.save(sd, path)
     return path

@@ -41,31 +41,39 @@ def restore_source_layout(
     for e in entries:
         source = e.get("source")
         if not isinstance(source, str) or not source:
-            raise InvalidHeaderError("export.json tensor lacks its 'source' name", path=path,
-                                     tensor=str(e.get("name")))
+            raise InvalidHeaderError(
+                "export.json tensor lacks its 'source' name", path=path, tensor=str(e.get("name"))
+            )
         groups.setdefault(source, []).append(e)
     out = Restored()
     out.bounds = {}
     for source, members in groups.items():
         whole = _rejoin(source, members, values, path, only_file)
-        restored, moved = _cast(whole, _source_dtype(members[0], path), source, path)
+        restored, moved = _cast(whole, _source_dtype(members[0], path))
         out[source] = restored
-        err = max(float(m.get("error", {}).get("max_abs") or 0.0) for m in members)
-        out.bounds[source] = err + moved
+        out.bounds[source] = max(_max_abs(m) for m in members) + moved
     return out
+
+
+def _max_abs(e: dict[str, Any]) -> float:
+    err = e.get("error")
+    value = err.get("max_abs") if isinstance(err, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _int_list(value: Any, what: str, path: Path, tensor: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        raise InvalidHeaderError(f"export.json '{what}' is not a list of integers", path=path,
-                                 tensor=tensor)
+        raise InvalidHeaderError(
+            f"export.json '{what}' is not a list of integers", path=path, tensor=tensor
+        )
     return tuple(value)
 
 
-def _unshape(e: dict[str, Any], arr: np.ndarray, piece_shape: tuple[int, ...], path: Path
-             ) -> np.ndarray:
+def _unshape(
+    e: dict[str, Any], arr: np.ndarray, piece_shape: tuple[int, ...], path: Path
+) -> np.ndarray:
     """Exported tensor -> the (split part of the) source tensor: undo reshape, then transpose."""
     name = str(e["name"])
     perm = e.get("transpose")
@@ -75,12 +83,18 @@ def _unshape(e: dict[str, Any], arr: np.ndarray, piece_shape: tuple[int, ...], p
         if sorted(perm_t) != list(range(len(piece_shape))):
             raise InvalidHeaderError(
                 f"export.json transpose {list(perm_t)} does not permute the axes of "
-                f"{list(piece_shape)}", path=path, tensor=name)
+                f"{list(piece_shape)}",
+                path=path,
+                tensor=name,
+            )
         transposed_shape = tuple(piece_shape[i] for i in perm_t)
     if arr.size != math.prod(transposed_shape):
         raise InvalidHeaderError(
-            f"export.json shape {list(arr.shape)} does not hold the {math.prod(transposed_shape)} "
-            f"values of source shape {list(piece_shape)}", path=path, tensor=name)
+            f"export.json shape {list(arr.shape)} does not hold the "
+            f"{math.prod(transposed_shape)} values of source shape {list(piece_shape)}",
+            path=path,
+            tensor=name,
+        )
     arr = arr.reshape(transposed_shape)  # reshape was applied in C order, after transpose
     if perm is not None:
         arr = np.transpose(arr, np.argsort(perm_t))
@@ -95,9 +109,14 @@ def _rejoin(
     only_file: str | None,
 ) -> np.ndarray:
     source_shape = _int_list(members[0].get("source_shape"), "source_shape", path, source)
+    if any(d < 0 for d in source_shape):
+        raise InvalidHeaderError(
+            f"export.json source shape {list(source_shape)} is negative", path=path, tensor=source
+        )
     if any(m.get("source_shape") != list(source_shape) for m in members):
-        raise InvalidHeaderError("export.json parts disagree on the source shape", path=path,
-                                 tensor=source)
+        raise InvalidHeaderError(
+            "export.json parts disagree on the source shape", path=path, tensor=source
+        )
     split = members[0].get("split")
     if split is None:
         if len(members) != 1:
@@ -112,23 +131,30 @@ def _rejoin(
     if (
         not isinstance(parts, list)
         or not parts
-        or len(set(map(str, parts))) != len(parts)
+        or not all(isinstance(p, str) for p in parts)
+        or len(set(parts)) != len(parts)
         or not source_shape
         or not -len(source_shape) <= axis < len(source_shape)
         or source_shape[axis] % len(parts)
     ):
         raise InvalidHeaderError(
             f"export.json split {split} does not fit source shape {list(source_shape)}",
-            path=path, tensor=source)
+            path=path,
+            tensor=source,
+        )
     by_part: dict[str, dict[str, Any]] = {}
     for m in members:
         s = m.get("split")
         if not isinstance(s, dict) or s.get("axis") != axis or s.get("parts") != parts:
-            raise InvalidHeaderError("export.json parts disagree on the split", path=path,
-                                     tensor=source)
+            raise InvalidHeaderError(
+                "export.json parts disagree on the split", path=path, tensor=source
+            )
         if s.get("part") not in parts or s["part"] in by_part:
-            raise InvalidHeaderError(f"export.json split part {s.get('part')!r} is unknown or "
-                                     "repeated", path=path, tensor=source)
+            raise InvalidHeaderError(
+                f"export.json split part {s.get('part')!r} is unknown or repeated",
+                path=path,
+                tensor=source,
+            )
         by_part[s["part"]] = m
     missing = [p for p in parts if p not in by_part]
     if missing:
@@ -137,12 +163,15 @@ def _rejoin(
             f"only {len(by_part)} of the {len(parts)} split parts are{where} "
             f"(missing {', '.join(f'{source}.{p}' for p in missing)}), so the source tensor "
             "cannot be rebuilt",
-            path=path, tensor=source,
-            hint="read the parts as exported: import-hw --as-exported (layout='exported')")
+            path=path,
+            tensor=source,
+            hint="read the parts as exported: import-hw --as-exported (layout='exported')",
+        )
     piece_shape = list(source_shape)
     piece_shape[axis] //= len(parts)
-    pieces = [_unshape(by_part[p], values(by_part[p]["name"]), tuple(piece_shape), path)
-              for p in parts]
+    pieces = [
+        _unshape(by_part[p], values(by_part[p]["name"]), tuple(piece_shape), path) for p in parts
+    ]
     return np.concatenate(pieces, axis=axis)
 
 
@@ -153,12 +182,13 @@ def _source_dtype(e: dict[str, Any], path: Path) -> np.dtype:
     if name == "bool":
         return np.dtype(bool)
     if not isinstance(name, str):
-        raise InvalidHeaderError("export.json tensor lacks its source dtype", path=path,
-                                 tensor=str(e.get("source")))
+        raise InvalidHeaderError(
+            "export.json tensor lacks its source dtype", path=path, tensor=str(e.get("source"))
+        )
     return dtype_from_name(name, path=str(path), tensor=str(e.get("source")))
 
 
-def _cast(arr: np.ndarray, dtype: np.dtype, name: str, path: Path) -> tuple[np.ndarray, float]:
+def _cast(arr: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
     """``arr`` (float64) in the source dtype, and the largest change the cast made."""
     vals = np.asarray(arr, np.float64)
     if dtype.kind == "b":
