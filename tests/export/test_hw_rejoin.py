@@ -1,6 +1,6 @@
 """``import-hw`` rebuilds the source tensors, so ``diff source imported`` is clean (issue 14,
-item 7): split parts are concatenated back under the source name, transposes and reshapes undone, the
-source dtype restored; differences stay within the export's quantization error."""
+item 7): split parts are concatenated back under the source name, transposes and reshapes
+undone, the source dtype restored; differences stay within the export's quantization error."""
 
 from __future__ import annotations
 
@@ -78,22 +78,26 @@ def test_quantized_export_is_within_the_printed_tolerance(
 
 def test_rejoined_values_match_the_source_layout(tmp_path: Path) -> None:
     w = np.arange(48, dtype=np.float32).reshape(6, 8) / 64
+    k = np.arange(48, dtype=np.float32).reshape(2, 3, 8) / 64  # a conv-like 3-D tensor
     weightvault.export_hw(
-        {"w": w, "v": w[:2]},
+        {"w": w, "v": w[:2], "k": k},
         tmp_path / "o",
         number="Q4.12",
-        split=["w:1:4:a,b,c,d"],
-        transpose=["w.b:1,0", "v:1,0"],
-        reshape=["w.c:-1", "w.d:3,2,2"],
+        split=["w:1:4:a,b,c,d", "k:2:2"],
+        # (1, 2, 0) is not its own inverse: undoing it needs the inverse permutation
+        transpose=["w.b:1,0", "v:1,0", "k.*:1,2,0"],
+        reshape=["w.c:-1", "w.d:3,2,2", "k.1:4,-1"],
     )
     back = weightvault.import_hw(tmp_path / "o")
-    assert list(back) == ["w", "v"]
+    assert list(back) == ["w", "v", "k"]
     np.testing.assert_array_equal(back["w"], w)  # multiples of 1/64 are exact in Q4.12
     np.testing.assert_array_equal(back["v"], w[:2])
-    assert back.bounds == {"w": 0.0, "v": 0.0}  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(back["k"], k)
+    assert back.bounds == {"w": 0.0, "v": 0.0, "k": 0.0}  # type: ignore[attr-defined]
     parts = weightvault.import_hw(tmp_path / "o", layout="exported")
-    assert list(parts) == ["w.a", "w.b", "w.c", "w.d", "v"]
+    assert list(parts) == ["w.a", "w.b", "w.c", "w.d", "v", "k.0", "k.1"]
     assert parts["w.d"].shape == (3, 2, 2) and parts["v"].shape == (8, 2)
+    assert parts["k.0"].shape == (3, 4, 2) and parts["k.1"].shape == (4, 6)
 
 
 @pytest.mark.parametrize(
