@@ -159,5 +159,6 @@ def test_cli_reports_the_mismatch_in_one_line(tmp_path: Path, cli_run) -> None:
     )
     assert code in (1, 2)  # input error: 1 today, 2 once issue 14 item 6 lands
     assert err.startswith("ERROR") and "TIP use the 'gru' preset" in err
+    assert "rnn.pt: tensor 'gru.weight_ih_l0': --split preset 'lstm'" in err  # file and tensor
     assert "gru.weight_hh_l0" in err and "preset 'lstm'" in err and "[12, 4]" in err
     assert "Traceback" not in err + out

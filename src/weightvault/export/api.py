@@ -29,6 +29,7 @@ from weightvault.errors import (
     CheckpointExistsError,
     ShapeMismatchError,
     UnsupportedOperationError,
+    WeightVaultError,
 )
 from weightvault.export import layout as L
 from weightvault.export.gates import check_preset_split
@@ -333,6 +334,11 @@ def export_hw(
             lanes,
             lane_order,
         )
+    except WeightVaultError as exc:
+        # Shape and split errors know the tensor; the message should name the file too.
+        if exc.path is None and not isinstance(reader, _MappingSource):
+            exc.path = source
+        raise
     finally:
         if owned:
             reader.close()
