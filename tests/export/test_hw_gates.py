@@ -30,7 +30,10 @@ def test_gru_split_with_lstm_preset_divisible_but_wrong(tmp_path: Path) -> None:
     # H = 4: weight_ih is [12, 6], divisible by 4, so only the checkpoint can tell it is a GRU
     ckpt = _save_torch(tmp_path, gru=torch.nn.GRU(6, 4))
     with pytest.raises(ShapeMismatchError) as err:
-        weightvault.export_hw(ckpt, tmp_path / "o", split=["gru.weight_ih_l0:0:lstm"])
+        # weight_hh_l0 is not exported, yet it is what tells
+        weightvault.export_hw(
+            ckpt, tmp_path / "o", include=["gru.weight_ih_l0"], split=["gru.*:0:lstm"]
+        )
     msg = str(err.value)
     assert "tensor 'gru.weight_ih_l0'" in msg
     assert "preset 'lstm' (4 gates i,f,g,o)" in msg

@@ -514,8 +514,6 @@ def _collect(
 
 def _shape_lookup(reader: Any) -> Any:
     """``name -> shape`` of any tensor in the checkpoint (None if absent), without reading data."""
-    from weightvault.errors import WeightVaultError
-
     keys = set(reader.keys())
     cache: dict[str, tuple[int, ...] | None] = {}
 

@@ -86,9 +86,10 @@ def _torch_layout(name: str, shape: tuple[int, ...], shape_of: ShapeOf) -> GateL
     hr_name = f"{prefix}weight_hr{suffix}"
     hr = shape_of(hr_name)
     # With projections (LSTM proj_size) weight_hh is [4H, P] and weight_hr [P, H].
-    hidden, evidence = (hr[1], f"{hh_name} {list(hh)} and {hr_name} {list(hr)}") if (
-        hr is not None and len(hr) == 2 and hr[1] > 0
-    ) else (hh[1], f"{hh_name} {list(hh)}")
+    if hr is not None and len(hr) == 2 and hr[1] > 0:
+        hidden, evidence = hr[1], f"{hh_name} {list(hh)} and {hr_name} {list(hr)}"
+    else:
+        hidden, evidence = hh[1], f"{hh_name} {list(hh)}"
     if hh[0] % hidden:
         return None
     gates = hh[0] // hidden
