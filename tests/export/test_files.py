@@ -276,8 +276,14 @@ def _compile_and_run(tmp_path: Path, header: Path, body: str, std: str = "") -> 
 @pytest.mark.parametrize("number", ["Q1.15", "ap_fixed<12,3>", "int8", "int4", "UQ4.4", "float16"])
 def test_c_header_compiles_and_holds_codes(tmp_path: Path, number: str) -> None:
     x = {"fc.weight": _tensors()["fc.weight"] * 3}
+    affine = number.startswith("int")  # --per-channel is refused for fixed and float formats
     weightvault.export_hw(
-        x, tmp_path / "o", format="c", number=number, per_channel=0, c_typedefs=True
+        x,
+        tmp_path / "o",
+        format="c",
+        number=number,
+        per_channel=0 if affine else None,
+        c_typedefs=True,
     )
     header = tmp_path / "o" / "fc.weight.h"
     subprocess.run(

@@ -75,7 +75,9 @@ def test_roundtrip_affine_per_channel(tmp_path: Path, fmt: str, symmetric: bool)
     with weightvault.open(tmp_path / "o", values="codes") as reader:
         assert reader.format == "hwexport"
         for name, x in src.items():
-            q = quantize(x, "int8", axis=0, symmetric=symmetric)
+            # 1-D tensors and scalars get one scale (the report notes it), the others one per row
+            axis = 0 if x.ndim >= 2 else None
+            q = quantize(x, "int8", axis=axis, symmetric=symmetric)
             assert reader.get(name).dtype == np.int8
             assert np.array_equal(reader.get(name), q.codes)
             extra = reader.info(name).extra["number"]
@@ -112,7 +114,7 @@ def test_gru_split_matches_torch_gate_slicing(tmp_path: Path) -> None:
         number="float32",
         split=["gru.*:0:gru", "lstm.weight_*:0:lstm"],
     )
-    back = weightvault.import_hw(tmp_path / "o")
+    back = weightvault.import_hw(tmp_path / "o", layout="exported")
     w_ir, w_iz, w_in = gru.weight_ih_l0.detach().chunk(3, 0)  # PyTorch documents (W_ir|W_iz|W_in)
     np.testing.assert_array_equal(back["gru.weight_ih_l0.r"], w_ir.numpy())
     np.testing.assert_array_equal(back["gru.weight_ih_l0.z"], w_iz.numpy())
@@ -147,16 +149,24 @@ def test_named_split_transpose_reshape(tmp_path: Path) -> None:
         transpose=["w.*:1,0"],
         reshape=["w.bottom:2,-1"],
     )
-    back = weightvault.import_hw(tmp_path / "o")
+    back = weightvault.import_hw(tmp_path / "o", layout="exported")
     np.testing.assert_array_equal(back["w.top"], w[:3].T)
     np.testing.assert_array_equal(back["w.bottom"], w[3:].T.reshape(2, -1))
+    # the default layout undoes reshape, transpose and split: the source tensor again
+    whole = weightvault.import_hw(tmp_path / "o")
+    assert list(whole) == ["w"]
+    np.testing.assert_array_equal(whole["w"], w)
     t = {d["name"]: d for d in rep.tensors}
     assert t["w.top"]["split"] == {"axis": 0, "parts": ["top", "bottom"], "part": "top"}
     assert t["w.top"]["transpose"] == [1, 0] and t["w.bottom"]["reshape"] == [2, -1]
 
 
 def test_bad_split_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(ShapeMismatchError, match="not divisible into 3"):
+    bad = r"shape \[4, 2\] has 4 entries, not divisible into 3"
+    with pytest.raises(ShapeMismatchError, match=bad):
+        weightvault.export_hw({"w": np.zeros((4, 2), np.float32)}, tmp_path / "o", split=["w:0:3"])
+    bad = r"preset 'gru'.*shape \[4, 2\].*not a multiple of 3"
+    with pytest.raises(ShapeMismatchError, match=bad):
         weightvault.export_hw(
             {"w": np.zeros((4, 2), np.float32)}, tmp_path / "o", split=["w:0:gru"]
         )

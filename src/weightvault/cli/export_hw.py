@@ -166,6 +166,8 @@ def export_hw(
         report = run_export(reader, outdir, format=file_format, **kwargs)
     for line in report.warnings:
         warn(line)
+    for line in report.notes:
+        click.echo(f"NOTE {line}", err=True)
     if as_json:
         emit_json(report.to_dict())
         return
@@ -183,25 +185,63 @@ def export_hw(
 @click.command("import-hw")
 @click.argument("export_dir")
 @click.argument("out")
-@click.option("--codes", is_flag=True, help="Store the integer codes instead of float32 values.")
+@click.option(
+    "--codes",
+    is_flag=True,
+    help="Store the integer codes of the exported tensors (implies --as-exported).",
+)
+@click.option(
+    "--as-exported",
+    is_flag=True,
+    help="Keep split parts, transposes and reshapes as exported (float32 values); by default "
+    "the source tensors are rebuilt under their names, shapes and dtypes.",
+)
 @json_option
-def import_hw(export_dir: str, out: str, codes: bool, as_json: bool) -> None:
+def import_hw(export_dir: str, out: str, codes: bool, as_exported: bool, as_json: bool) -> None:
     """Read an export-hw folder (or one file in it) back and save the tensors to OUT."""
     import weightvault
     from weightvault.export.api import import_hw as run_import
 
-    tensors = run_import(export_dir, values="codes" if codes else "dequantized")
+    layout = "exported" if codes or as_exported else "source"
+    tensors = run_import(export_dir, values="codes" if codes else "dequantized", layout=layout)
     weightvault.save(tensors, out)
-    rows = [[n, str(a.dtype), "x".join(map(str, a.shape)) or "scalar"] for n, a in tensors.items()]
+    bounds: dict[str, float] = getattr(tensors, "bounds", {})
+    atol = _atol_for(bounds.values()) if bounds else None
     if as_json:
         emit_json(
             {
                 "source": export_dir,
                 "out": out,
+                "layout": layout,
+                "atol": atol,
                 "tensors": [
-                    {"name": r[0], "dtype": r[1], "shape": list(tensors[r[0]].shape)} for r in rows
+                    {
+                        "name": n,
+                        "dtype": str(a.dtype),
+                        "shape": list(a.shape),
+                        **({"max_abs_err": bounds[n]} if n in bounds else {}),
+                    }
+                    for n, a in tensors.items()
                 ],
             }
         )
         return
-    print_table(("name", "dtype", "shape"), rows, footer=f"wrote {len(rows)} tensors to {out}", fold=("name",))
+    rows = [[n, str(a.dtype), "x".join(map(str, a.shape)) or "scalar"] for n, a in tensors.items()]
+    footer = f"wrote {len(rows)} tensors to {out}"
+    if atol is not None:
+        footer += (
+            f"\nsource layout rebuilt; values are within {atol:.3g} of the source "
+            f"(check: weightvault diff SOURCE {out} --atol {atol:.3g})"
+        )
+    print_table(("name", "dtype", "shape"), rows, footer=footer, fold=("name",))
+
+
+def _atol_for(bounds: Any) -> float:
+    """A tolerance ``diff --atol`` accepts for every tensor, printed with 3 digits: round up."""
+    import math
+
+    worst = max(bounds, default=0.0)
+    if worst <= 0 or not math.isfinite(worst):
+        return worst
+    digits = 10 ** (math.floor(math.log10(worst)) - 2)
+    return math.ceil(worst * (1 + 1e-9) / digits) * digits

@@ -27,9 +27,12 @@ from weightvault.abc.format import FormatReader
 from weightvault.core.io import atomic_dir
 from weightvault.errors import (
     CheckpointExistsError,
+    ShapeMismatchError,
     UnsupportedOperationError,
+    WeightVaultError,
 )
 from weightvault.export import layout as L
+from weightvault.export.gates import check_preset_split
 from weightvault.export.numbers import (
     NumberFormat,
     Quantized,
@@ -126,6 +129,7 @@ class ExportReport:
     tensors: list[dict[str, Any]]
     memories: list[dict[str, Any]]
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # decisions worth knowing, not problems
 
     @property
     def saturated(self) -> int:
@@ -138,6 +142,7 @@ class ExportReport:
             "tensors": self.tensors,
             "memories": self.memories,
             "warnings": self.warnings,
+            "notes": self.notes,
         }
 
     COLUMNS = (
@@ -160,7 +165,7 @@ class ExportReport:
                 [
                     t["name"],
                     "x".join(map(str, t["shape"])) or "scalar",
-                    t["number"]["name"],
+                    t["number"]["name"] + _scale_suffix(t),
                     f"{e['max_abs']:.3g}",
                     f"{e['rms']:.3g}",
                     e["saturated"],
@@ -170,6 +175,13 @@ class ExportReport:
                 ]
             )
         return out
+
+
+def _scale_suffix(entry: dict[str, Any]) -> str:
+    scope = entry.get("scales")
+    if scope is None:
+        return ""
+    return f" ({scope})"
 
 
 # -- source ---------------------------------------------------------------------------------------
@@ -185,6 +197,10 @@ class _MappingSource:
         from weightvault.core.tensors import to_numpy
 
         return np.asarray(to_numpy(self.tensors[name]))
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        value = self.tensors[name]
+        return tuple(getattr(value, "shape", None) or np.shape(value))
 
     def close(self) -> None:
         pass
@@ -282,6 +298,11 @@ def export_hw(
             "format (coe, mif, mem, hex, c, npy)"
         )
     nf = parse_number_format(number)
+    if per_channel is not None and nf.kind != "affine":
+        raise UnsupportedOperationError(
+            f"--per-channel gives each channel its own scale, but {nf.name} has one fixed scale; "
+            "use an integer format (int8, int4, uint8 ...) or drop --per-channel"
+        )
     radix = _check_radix(fmt_name, radix)
     if lanes is None:
         lanes = max(1, word_width // nf.bits) if word_width else 1
@@ -313,11 +334,17 @@ def export_hw(
             lanes,
             lane_order,
         )
+    except WeightVaultError as exc:
+        # Shape and split errors know the tensor; the message should name the file too.
+        if exc.path is None and not isinstance(reader, _MappingSource):
+            exc.path = source
+        raise
     finally:
         if owned:
             reader.close()
     memories = _place(items, fmt_name, nf, width, lanes, lane_order, one_memory, align, bram_depth)
     warnings = _warnings(items)
+    notes = _notes(items, per_channel)
     sidecar = _sidecar(
         source,
         fmt_name,
@@ -332,6 +359,7 @@ def export_hw(
         items,
         memories,
         warnings,
+        notes,
     )
     out = Path(outdir)
     _check_outdir(out)
@@ -348,7 +376,7 @@ def export_hw(
     with atomic_dir(out) as tmp:
         _write_files(tmp, fmt_name, radix, memories, items, source, options, sidecar)
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
-    return ExportReport(out, fmt_name, sidecar["tensors"], sidecar["memories"], warnings)
+    return ExportReport(out, fmt_name, sidecar["tensors"], sidecar["memories"], warnings, notes)
 
 
 def _check_radix(fmt_name: str, radix: int | None) -> int:
@@ -415,7 +443,14 @@ def _collect(
         )
     items: list[ExportItem] = []
     seen: set[str] = set()
+    shape_of = _shape_lookup(reader)
     for name in names:
+        spec = next((s for s in splits if s.matches(name)), None)
+        if spec is not None and spec.preset:
+            # Before reading the data: the checkpoint may say this preset cannot be right.
+            known = shape_of(name)
+            if known is not None:
+                check_preset_split(name, known, spec, shape_of)
         arr = np.asarray(reader.get(name))
         if (
             arr.dtype.kind not in "biuf"
@@ -423,7 +458,8 @@ def _collect(
             and not arr.dtype.name.startswith("float8")
         ):
             raise UnsupportedOperationError(f"dtype {arr.dtype} cannot be exported", tensor=name)
-        spec = next((s for s in splits if s.matches(name)), None)
+        if spec is not None and spec.preset:
+            check_preset_split(name, tuple(arr.shape), spec, shape_of)
         parts: list[tuple[str, np.ndarray, dict[str, Any] | None]]
         if spec is None:
             parts = [(name, arr, None)]
@@ -443,14 +479,18 @@ def _collect(
             new_shape = _first_match(pname, reshapes)
             if new_shape is not None:
                 shaped = L.apply_reshape(pname, shaped, new_shape)
+            axis = _channel_axis(pname, tuple(shaped.shape), per_channel)
             q = quantize(
                 shaped,
                 nf,
                 rounding=rounding,
                 overflow=overflow,
-                axis=per_channel,
+                axis=axis,
                 symmetric=symmetric,
             )
+            scales: dict[str, Any] = {}
+            if nf.kind == "affine":
+                scales["scales"] = "per-tensor" if axis is None else f"per-channel axis {axis}"
             items.append(
                 ExportItem(
                     name=pname,
@@ -466,9 +506,49 @@ def _collect(
                     split=split_info,
                     transpose=perm,
                     reshape=new_shape,
+                    extra=scales,
                 )
             )
     return items
+
+
+def _shape_lookup(reader: Any) -> Any:
+    """``name -> shape`` of any tensor in the checkpoint (None if absent), without reading data."""
+    keys = set(reader.keys())
+    cache: dict[str, tuple[int, ...] | None] = {}
+
+    def shape_of(name: str) -> tuple[int, ...] | None:
+        if name not in keys:
+            return None
+        if name not in cache:
+            try:
+                shape = reader.shape(name) if hasattr(reader, "shape") else reader.info(name).shape
+                cache[name] = tuple(int(d) for d in shape)
+            except (WeightVaultError, TypeError, ValueError):
+                cache[name] = None
+        return cache[name]
+
+    return shape_of
+
+
+def _channel_axis(name: str, shape: tuple[int, ...], per_channel: int | None) -> int | None:
+    """The per-channel axis for this tensor, or None for one scale (scalars and 1-D tensors).
+
+    A 1-D tensor (a bias, a norm scale) along its only axis would get one scale per value, which
+    stores nothing but the values themselves in the scales: such tensors are quantized per tensor
+    and :func:`_notes` says so. On a tensor of 2+ dims an axis it does not have is a mistake.
+    """
+    if per_channel is None or len(shape) < 2:
+        return None
+    if not -len(shape) <= per_channel < len(shape):
+        raise ShapeMismatchError(
+            f"--per-channel {per_channel}: the exported tensor has shape {list(shape)} "
+            f"({len(shape)} axes)",
+            tensor=name,
+            hint="choose an axis every selected tensor has (0 = output channels in PyTorch, "
+            "-1 = output channels in Keras/TF), or select tensors with --include/--exclude",
+        )
+    return per_channel % len(shape)
 
 
 def _place(
@@ -502,7 +582,14 @@ def _place(
             mem = L.Memory(item.name, width)
             mem.file = _unique(_file_stem(item.name), taken_files) + ext
             memories.append(mem)
-        seg = mem.place(item.name, words, item.shape, nf.name, align if one_memory else 1)
+        seg = mem.place(
+            item.name,
+            words,
+            item.shape,
+            nf.name,
+            align if one_memory else 1,
+            scales=item.extra.get("scales"),
+        )
         item.memory, item.file, item.base, item.words = mem.name, mem.file, seg.base, seg.words
     for mem in memories:
         mem.check_depth(bram_depth)
@@ -530,6 +617,21 @@ def _warnings(items: list[ExportItem]) -> list[str]:
     return out
 
 
+def _notes(items: list[ExportItem], per_channel: int | None) -> list[str]:
+    """Decisions the user did not spell out but should know about."""
+    if per_channel is None:
+        return []
+    flat = [it.name for it in items if len(it.shape) < 2]
+    if not flat:
+        return []
+    shown = ", ".join(flat[:4]) + (f" and {len(flat) - 4} more" if len(flat) > 4 else "")
+    return [
+        f"--per-channel {per_channel}: {len(flat)} tensor(s) with fewer than 2 dimensions "
+        f"({shown}) quantized per tensor, one scale each (a scale per value would store the "
+        "values themselves); see 'scales' in export.json"
+    ]
+
+
 def _value_range(q: Quantized) -> tuple[float, float]:
     if q.fmt.kind == "fixed":
         return q.fmt.code_min * 2.0**-q.fmt.frac_bits, q.fmt.code_max * 2.0**-q.fmt.frac_bits
@@ -553,6 +655,7 @@ def _sidecar(
     items: list[ExportItem],
     memories: list[L.Memory],
     warnings: list[str],
+    notes: list[str],
 ) -> dict[str, Any]:
     from weightvault import __version__
     from weightvault.export.c_header import is_typed
@@ -589,6 +692,7 @@ def _sidecar(
         "tensors": [it.describe() for it in items],
         "memories": mems,
         "warnings": warnings,
+        "notes": notes,
     }
 
 
@@ -716,15 +820,40 @@ def _npy_array(mem: L.Memory, members: list[ExportItem], typed: bool) -> np.ndar
 
 
 # -- import ---------------------------------------------------------------------------------------
-def import_hw(path: PathLike, *, values: str = "dequantized") -> dict[str, np.ndarray]:
+def import_hw(
+    path: PathLike, *, values: str = "dequantized", layout: str | None = None
+) -> dict[str, np.ndarray]:
     """Read an export folder (or one file inside it) back into ``{name: array}``.
 
-    ``values="dequantized"`` gives float32 values (what the codes stand for); ``"codes"`` gives
-    the integer codes exactly as stored (signed, in the smallest integer dtype; IEEE bit patterns
-    as unsigned integers for float formats).
+    ``values="dequantized"`` gives the values the codes stand for; ``"codes"`` gives the integer
+    codes exactly as stored (signed, in the smallest integer dtype; IEEE bit patterns as unsigned
+    integers for float formats).
+
+    ``layout="source"`` (the default for values) undoes the export's split, transpose and reshape
+    and casts to the source dtype: split parts are concatenated back under the source name and
+    shape, so ``weightvault diff source imported --atol A`` is clean with ``A`` the export's
+    error (the returned dict's ``bounds`` holds it per tensor). ``layout="exported"`` (the only
+    layout for codes, which belong to the memories) returns the exported tensors as float32.
     """
     from weightvault.export.reader import HWExportReader
+    from weightvault.export.rejoin import restore_source_layout
 
+    if values not in ("dequantized", "codes"):
+        raise UnsupportedOperationError(
+            f"values must be 'dequantized' or 'codes', not {values!r}", path=path
+        )
+    layout = layout or ("source" if values == "dequantized" else "exported")
+    if layout not in ("source", "exported"):
+        raise UnsupportedOperationError(
+            f"layout must be 'source' or 'exported', not {layout!r}", path=path
+        )
+    if layout == "source" and values == "codes":
+        raise UnsupportedOperationError(
+            "integer codes are read as exported (each part keeps its own scale); "
+            "layout='source' rebuilds values only",
+            path=path,
+            hint="drop --codes, or add --as-exported",
+        )
     p = Path(path)
     only_file = None
     if p.is_file():
@@ -735,4 +864,11 @@ def import_hw(path: PathLike, *, values: str = "dequantized") -> dict[str, np.nd
             raise UnsupportedOperationError(
                 f"export.json lists no tensor in {only_file}", path=path
             )
-        return {n: np.array(reader.get(n)) for n in names}
+        if layout == "exported":
+            return {n: np.array(reader.get(n)) for n in names}
+        return restore_source_layout(
+            [reader.entry(n) for n in names],
+            reader.dequantized,
+            path=p / SIDECAR,
+            only_file=only_file,
+        )

@@ -60,12 +60,23 @@ class SplitSpec:
     pattern: str
     axis: int
     parts: tuple[str, ...]
+    preset: str | None = None  # "gru" / "lstm" when PARTS named a preset
+    named: bool = False  # the user gave the part names
 
     def matches(self, name: str) -> bool:
         return fnmatch.fnmatchcase(name, self.pattern)
 
     def describe(self) -> dict[str, Any]:
-        return {"axis": self.axis, "parts": list(self.parts)}
+        out: dict[str, Any] = {"axis": self.axis, "parts": list(self.parts)}
+        if self.preset:
+            out["preset"] = self.preset
+        return out
+
+    def what(self) -> str:
+        """How the split reads in a message: ``preset 'gru'`` or ``3 parts``."""
+        if self.preset:
+            return f"preset '{self.preset}' ({len(self.parts)} gates {','.join(self.parts)})"
+        return f"{len(self.parts)} parts"
 
 
 def parse_split(text: str | SplitSpec) -> SplitSpec:
@@ -82,8 +93,9 @@ def parse_split(text: str | SplitSpec) -> SplitSpec:
     names_s = bits[3] if len(bits) == 4 else None
     if not _is_int(axis_s):
         raise UnsupportedOperationError(f"--split {text!r}: AXIS must be an integer")
-    if parts_s.lower() in SPLIT_PRESETS:
-        parts = SPLIT_PRESETS[parts_s.lower()]
+    preset = parts_s.lower() if parts_s.lower() in SPLIT_PRESETS else None
+    if preset:
+        parts = SPLIT_PRESETS[preset]
     elif _is_int(parts_s) and int(parts_s) > 0:
         parts = tuple(str(i) for i in range(int(parts_s)))
     else:
@@ -97,7 +109,7 @@ def parse_split(text: str | SplitSpec) -> SplitSpec:
                 f"--split {text!r}: give {len(parts)} distinct part names, not {names_s!r}"
             )
         parts = given
-    return SplitSpec(name, int(axis_s), parts)
+    return SplitSpec(name, int(axis_s), parts, preset, bool(names_s))
 
 
 def _is_int(s: str) -> bool:
@@ -112,13 +124,14 @@ def split_tensor(name: str, arr: np.ndarray, spec: SplitSpec) -> list[tuple[str,
     """Equal parts along ``spec.axis`` (``np.split`` semantics, as ``torch.chunk`` for gates)."""
     if arr.ndim == 0 or not -arr.ndim <= spec.axis < arr.ndim:
         raise ShapeMismatchError(
-            f"cannot split along axis {spec.axis} of a tensor of shape {tuple(arr.shape)}",
+            f"--split {spec.what()}: cannot split axis {spec.axis} of shape {list(arr.shape)}",
             tensor=name,
         )
     size = arr.shape[spec.axis]
     if size % len(spec.parts):
         raise ShapeMismatchError(
-            f"axis {spec.axis} has {size} entries, not divisible into {len(spec.parts)} parts",
+            f"--split {spec.what()}: axis {spec.axis} of shape {list(arr.shape)} has {size} "
+            f"entries, not divisible into {len(spec.parts)} parts",
             tensor=name,
         )
     pieces = np.split(arr, len(spec.parts), axis=spec.axis)
@@ -236,15 +249,19 @@ class Segment:
     words: int
     shape: tuple[int, ...]
     number: str
+    scales: str | None = None  # affine formats: "per-tensor" or "per-channel axis N"
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "base": self.base,
             "words": self.words,
             "shape": list(self.shape),
             "format": self.number,
         }
+        if self.scales:
+            out["scales"] = self.scales
+        return out
 
 
 @dataclass
@@ -263,7 +280,13 @@ class Memory:
         return self.depth if self.depth is not None else len(self.words)
 
     def place(
-        self, seg_name: str, words: list[int], shape: tuple[int, ...], number: str, align: int = 1
+        self,
+        seg_name: str,
+        words: list[int],
+        shape: tuple[int, ...],
+        number: str,
+        align: int = 1,
+        scales: str | None = None,
     ) -> Segment:
         """Append ``words`` at the next address that is a multiple of ``align``."""
         base = len(self.words)
@@ -272,7 +295,7 @@ class Memory:
             self.words.extend([0] * pad)
             base += pad
         self.words.extend(words)
-        seg = Segment(seg_name, base, len(words), tuple(shape), number)
+        seg = Segment(seg_name, base, len(words), tuple(shape), number, scales)
         self.segments.append(seg)
         return seg
 
