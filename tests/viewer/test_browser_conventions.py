@@ -210,6 +210,13 @@ def test_tree_has_column_headers_and_shapes_are_never_cut(misc_page: Any) -> Non
         "xs => xs.filter(x => x.scrollWidth > x.clientWidth + 0.5).map(x => x.textContent)",
     )
     assert cut == []
+    # and every column is inside the visible tree, not scrolled off to the right
+    hidden = misc_page.eval_on_selector_all(
+        ".tree-head span, .tensor-row .shape, .tensor-row .bytes",
+        "xs => { const box = document.querySelector('#tree').getBoundingClientRect();"
+        " return xs.filter(x => x.getBoundingClientRect().right > box.right + 0.5).map(x => x.textContent); }",
+    )
+    assert hidden == []
     shape = misc_page.locator(f'.tensor-row[data-name="{LONG_SHAPE}"] .shape').inner_text()
     assert shape == "[12 × 4 × 3 × 3 × 7 × 5 × 1000]"
     # the columns line up with their header at every depth
@@ -217,6 +224,12 @@ def test_tree_has_column_headers_and_shapes_are_never_cut(misc_page: Any) -> Non
         ".tree-head .shape, .tensor-row .shape", "xs => xs.map(x => Math.round(x.getBoundingClientRect().left))"
     )
     assert len(set(lefts)) == 1, lefts
+    # depth is shown by indenting the name (not the row): a tensor sits right of its group's name
+    indent = misc_page.eval_on_selector_all(
+        f'#tree summary .label, .tensor-row[data-name="{TALL}"] .label',
+        "xs => xs.map(x => parseFloat(getComputedStyle(x).paddingLeft))",
+    )
+    assert indent[-1] > indent[0] + 10
     screenshot(misc_page, "conv-tree")
 
 

@@ -40,6 +40,7 @@ function applyProps(node, props) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v;  // CSSOM: the page's CSP refuses style attributes
     else if (k === "dataset") Object.assign(node.dataset, v);
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k in node && typeof v !== "string") node[k] = v;
@@ -251,10 +252,21 @@ function renderTree() {
 function sizeTreeColumns(container, tensors, root) {
   const widest = (texts, header) => Math.max(header.length, ...texts.map((t) => t.length)) + 1;
   const ok = tensors.filter((t) => !t.error);
-  container.style.setProperty("--dtype-w", `${widest(ok.map((t) => t.dtype), "dtype")}ch`);
-  container.style.setProperty("--shape-w", `${widest(ok.map((t) => shapeText(t.shape)), "shape")}ch`);
-  container.style.setProperty("--params-w", `${widest([fmtInt(root.params)], "params")}ch`);
-  container.style.setProperty("--bytes-w", `${widest([fmtBytes(root.bytes), "1023.9 KiB"], "bytes")}ch`);
+  const cols = {
+    "--dtype-w": widest(ok.map((t) => t.dtype), "dtype"),
+    "--shape-w": widest(ok.map((t) => shapeText(t.shape)), "shape"),
+    "--params-w": widest([fmtInt(root.params)], "params"),
+    "--bytes-w": widest([fmtBytes(root.bytes), "1023.9 KiB"], "bytes"),
+  };
+  for (const [k, v] of Object.entries(cols)) container.style.setProperty(k, `${v}ch`);
+  // Widen the sidebar (up to 65% of the page) so that all columns fit beside 24ch of names.
+  const probe = el("span", { text: "0".repeat(100), style: "position:absolute;visibility:hidden;white-space:pre" });
+  container.append(probe);
+  const ch = probe.getBoundingClientRect().width / 100;
+  probe.remove();
+  const chars = 24 + Object.values(cols).reduce((a, b) => a + b, 0);
+  const need = Math.ceil(chars * ch + 4 * 6 + 8 + 22 + 16);  // gaps, row padding, sidebar box, scrollbar
+  $("#view-tensors").style.gridTemplateColumns = `minmax(min(${need}px, 65%), 40%) minmax(0, 1fr)`;
 }
 
 function renderNode(node, expandAll, depth) {
