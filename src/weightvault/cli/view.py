@@ -35,7 +35,7 @@ def view(paths: tuple[str, ...], port: int, host: str, no_browser: bool) -> None
     """Browse weight files in a local web page: tree, statistics, histograms, compare, runs.
 
     PATH may be any weight file or directory weightvault reads, or a training-run directory;
-    with PATH2, the Compare tab shows what changed between the two.
+    with PATH2, the page opens on the Compare tab with what changed between the two.
     """
     from weightvault.viewer import ViewerServer
 

@@ -38,6 +38,7 @@ __all__ = ["ApiError", "Entry", "LRUCache", "ViewerData", "jsonable"]
 _CHUNK = 1 << 22
 MAX_BINS = 512
 MAX_GRID = 256
+MIN_SIDE = 16  # a heat-map keeps at least this many cells a side (when the tensor has them)
 MAX_VALUES = 10_000
 MAX_PRECISION = 16
 _MAX_INDEX_DIGITS = 9
@@ -126,6 +127,8 @@ class Entry:
     step: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[int] = field(default_factory=list)  # for runs: checkpoint entry indices
+    kept_because: list[str] = field(default_factory=list)  # for checkpoints: the manager's reasons
+    best: tuple[str, str] | None = None  # for runs: (metric, "min"|"max") of the manager's best=
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     reader: FormatReader | None = field(default=None, repr=False)
 
@@ -141,8 +144,28 @@ class Entry:
 # -- discovering runs -------------------------------------------------------------------------------
 
 
-def _scan_run(path: Path) -> list[tuple[int | None, Path, dict[str, Any]]]:
-    """(step, directory, metrics) of each checkpoint in a run directory, or [] if it is not one."""
+@dataclass
+class _Found:
+    """One checkpoint of a run directory, as the scan found it."""
+
+    step: int | None
+    path: Path
+    metrics: dict[str, Any]
+    kept_because: list[str] = field(default_factory=list)
+
+
+def _run_best(path: Path) -> tuple[str, str] | None:
+    """(metric, mode) of the ``best=`` setting a CheckpointManager recorded for the run, if any."""
+    from weightvault.checkpoint.manager import read_state
+
+    best = (read_state(path).get("settings") or {}).get("best")
+    if isinstance(best, dict) and isinstance(best.get("metric"), str) and best.get("mode") in ("min", "max"):
+        return best["metric"], best["mode"]
+    return None
+
+
+def _scan_run(path: Path) -> list[_Found]:
+    """Each checkpoint in a run directory (step order), or [] if it is not one."""
     if not path.is_dir():
         return []
     try:
@@ -152,11 +175,11 @@ def _scan_run(path: Path) -> list[tuple[int | None, Path, dict[str, Any]]]:
     if scan_run is not None:
         found = scan_run(path)
         if found:
-            return [(c.step, c.path, dict(c.metrics)) for c in found]
+            return [_Found(c.step, c.path, dict(c.metrics), list(c.kept_because)) for c in found]
     # Any directory whose children are native checkpoints counts as a run (no manager record).
     from weightvault.formats.native import NativeFormat
 
-    out: list[tuple[int | None, Path, dict[str, Any]]] = []
+    out: list[_Found] = []
     try:
         children = sorted(path.iterdir())
     except OSError:
@@ -164,8 +187,8 @@ def _scan_run(path: Path) -> list[tuple[int | None, Path, dict[str, Any]]]:
     for child in children:
         if child.is_dir() and NativeFormat.sniff(child, b""):
             digits = "".join(ch for ch in child.name if ch.isdigit())
-            out.append((int(digits) if digits else None, child, {}))
-    out.sort(key=lambda t: (t[0] is None, t[0] or 0, t[1].name))
+            out.append(_Found(int(digits) if digits else None, child, {}))
+    out.sort(key=lambda f: (f.step is None, f.step or 0, f.path.name))
     return out
 
 
@@ -233,13 +256,24 @@ def histogram(
     return {"edges": edges.tolist(), "counts": counts.tolist(), "total": int(counts.sum())}
 
 
-def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | None:
-    """Block means of a 2-D view (ndim > 2: first axis by the rest), at most ``grid`` per side.
+def _heat_grid(rows: int, cols: int, grid: int) -> tuple[int, int]:
+    """Cells per side: one scale for both axes (the picture keeps the tensor's aspect ratio),
+    except that neither side drops below ``min(side, MIN_SIDE)``: a [50000, 8] tensor becomes
+    96 x 8 blocks, not a 96 x 1 stripe that shows nothing."""
+    factor = max(rows, cols) / grid if max(rows, cols) > grid else 1.0
+    out_r = min(rows, grid, max(1, round(rows / factor), min(rows, MIN_SIDE)))
+    out_c = min(cols, grid, max(1, round(cols / factor), min(cols, MIN_SIDE)))
+    return out_r, out_c
 
-    Blocks cover whole rows/columns (edges from ``linspace``), so every element counts once;
-    NaN/Inf are left out of a block's mean and a block with no finite value is ``None``. Sums run
-    on values divided by ``scale`` (a power of two near the largest magnitude), so blocks of values
-    near the float64 limit do not overflow.
+
+def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | None:
+    """Block means and block max-|x| of a 2-D view (ndim > 2: first axis by the rest).
+
+    At most ``grid`` cells a side (see :func:`_heat_grid`). Blocks cover whole rows/columns (edges
+    from ``linspace``), so every element counts once; NaN/Inf are left out of a block's mean and
+    max and a block with no finite value is ``None``. Sums run on values divided by ``scale`` (a
+    power of two near the largest magnitude), so blocks of values near the float64 limit do not
+    overflow. The max-|x| picture shows a lone outlier that a block mean would average away.
     """
     if arr.ndim < 2 or arr.size == 0:
         return None
@@ -248,14 +282,12 @@ def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | 
     rows = arr.shape[0]
     mat = arr.reshape(rows, -1)
     cols = mat.shape[1]
-    # One scale for both axes, so the picture keeps the tensor's aspect ratio.
-    factor = max(rows, cols) / grid if max(rows, cols) > grid else 1.0
-    out_r = min(rows, grid, max(1, round(rows / factor)))
-    out_c = min(cols, grid, max(1, round(cols / factor)))
+    out_r, out_c = _heat_grid(rows, cols, grid)
     row_edges = np.linspace(0, rows, out_r + 1).astype(np.int64)
     col_starts = np.linspace(0, cols, out_c + 1).astype(np.int64)[:-1]
     sums = np.zeros((out_r, out_c))
     counts = np.zeros((out_r, out_c))
+    peaks = np.full((out_r, out_c), -1.0)  # -1: no finite value in the block
     # One band of rows at a time: memory stays at one band in float64 whatever the tensor's size.
     for i in range(out_r):
         band = mat[row_edges[i] : row_edges[i + 1]]
@@ -267,19 +299,27 @@ def heatmap(arr: np.ndarray, grid: int, scale: float = 1.0) -> dict[str, Any] | 
         values = np.where(finite, values, 0.0) / scale
         sums[i] = np.add.reduceat(values.sum(axis=0), col_starts)
         counts[i] = np.add.reduceat(finite.sum(axis=0), col_starts)
+        magnitude = np.where(finite, np.abs(values), -1.0)
+        peaks[i] = np.maximum.reduceat(magnitude.max(axis=0), col_starts)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan) * scale
+        peaks = np.where(peaks >= 0, peaks * scale, np.nan)
     finite_means = means[np.isfinite(means)]
+    finite_peaks = peaks[np.isfinite(peaks)]
     return {
         "rows": int(out_r),
         "cols": int(out_c),
         "source_shape": [int(rows), int(cols)],
         "reshaped": arr.ndim > 2,
         "downsampled": out_r < rows or out_c < cols,
+        # elements per block along each axis (largest block), for the page's label
+        "block": [int(np.diff(row_edges).max()), int(np.diff(np.append(col_starts, cols)).max())],
         "min": float(finite_means.min()) if finite_means.size else None,
         "max": float(finite_means.max()) if finite_means.size else None,
         # row-major; null where a block had no finite value
         "values": [None if not math.isfinite(v) else v for v in means.reshape(-1).tolist()],
+        "max_abs": [None if not math.isfinite(v) else v for v in peaks.reshape(-1).tolist()],
+        "max_abs_max": float(finite_peaks.max()) if finite_peaks.size else None,
     }
 
 
@@ -302,6 +342,14 @@ def format_head(arr: np.ndarray, precision: int, count: int) -> dict[str, Any]:
 
 
 # -- the viewer's state -----------------------------------------------------------------------------
+
+
+def _with_role(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its ``role`` (weightvault.inspect.tensor_role): model, buffer, optimizer..."""
+    from weightvault.inspect import tensor_role
+
+    row["role"] = tensor_role(row["name"], row["dtype"], row["shape"])
+    return row
 
 
 def _info_dict(info: TensorInfo) -> dict[str, Any]:
@@ -338,17 +386,18 @@ class ViewerData:
         if not run:
             self.entries.append(Entry(len(self.entries), path, label, "file"))
             return
-        run_entry = Entry(len(self.entries), path, label, "run")
+        run_entry = Entry(len(self.entries), path, label, "run", best=_run_best(path))
         self.entries.append(run_entry)
-        for step, ckpt_dir, metrics in run:
+        for found in run:
             entry = Entry(
                 len(self.entries),
-                ckpt_dir,
-                f"{label.rstrip('/')}/{ckpt_dir.name}",
+                found.path,
+                f"{label.rstrip('/')}/{found.path.name}",
                 "checkpoint",
                 run=run_entry.index,
-                step=step,
-                metrics=metrics,
+                step=found.step,
+                metrics=found.metrics,
+                kept_because=found.kept_because,
             )
             self.entries.append(entry)
             run_entry.checkpoints.append(entry.index)
@@ -511,8 +560,20 @@ class ViewerData:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in metric_names:
                     metric_names.append(key)
-            checkpoints.append({"file": ck.index, "step": ck.step, "label": ck.label, "metrics": metrics})
-        return {"file": entry.index, "label": entry.label, "checkpoints": checkpoints, "metric_names": metric_names}
+            checkpoints.append(
+                {"file": ck.index, "step": ck.step, "label": ck.label, "metrics": metrics, "kept_because": list(ck.kept_because)}
+            )
+        best = _best_checkpoint(checkpoints, entry.best, metric_names)
+        for i, ck in enumerate(checkpoints):
+            ck["latest"] = i == len(checkpoints) - 1
+            ck["best"] = best is not None and ck["file"] == best["file"]
+        return {
+            "file": entry.index,
+            "label": entry.label,
+            "checkpoints": checkpoints,
+            "metric_names": metric_names,
+            "best": best,
+        }
 
     def _metrics_from_file(self, ck: Entry) -> dict[str, Any]:
         try:
@@ -541,8 +602,11 @@ class ViewerData:
         with _both_locked(a, b):
             ra, rb = self.reader(a), self.reader(b)
             report = diff_readers(ra, rb, atol=atol, rtol=rtol).to_dict()
-            report["added"] = [_info_dict(rb.info(n)) for n in report["added"]]
-            report["removed"] = [_info_dict(ra.info(n)) for n in report["removed"]]
+            report["added"] = [_with_role(_info_dict(rb.info(n))) for n in report["added"]]
+            report["removed"] = [_with_role(_info_dict(ra.info(n))) for n in report["removed"]]
+            for kind in ("value_changed", "shape_changed", "dtype_changed"):
+                for row in report[kind]:
+                    row["role"] = _with_role(_info_dict(rb.info(row["name"])))["role"]
         result = {"a": a.index, "b": b.index, "atol": atol, "rtol": rtol, **jsonable(report)}
         self._diffs.put(key, result)
         return result
@@ -572,6 +636,35 @@ class ViewerData:
         result = {"a": a.index, "b": b.index, "name": name, "stats": jsonable(stats), "histogram": hist}
         self._summaries.put(key, result)
         return result
+
+
+def _best_checkpoint(
+    checkpoints: list[dict[str, Any]], setting: tuple[str, str] | None, metric_names: list[str]
+) -> dict[str, Any] | None:
+    """The best checkpoint: by the manager's ``best=`` metric, else by the lowest ``*loss*``.
+
+    ``{"file", "step", "metric", "mode", "source"}``; None when no checkpoint has a usable metric.
+    Ties go to the earlier step, as in the manager's ranking.
+    """
+    if setting is not None:
+        metric, mode = setting
+        source = "the run's best= setting"
+    else:
+        losses = [n for n in metric_names if "loss" in n.lower()]
+        if not losses:
+            return None
+        metric, mode = losses[0], "min"
+        source = "lowest loss (the run has no best= setting)"
+    scored = [
+        (value, ck)
+        for ck in checkpoints
+        if isinstance(value := ck["metrics"].get(metric), (int, float)) and not isinstance(value, bool)
+    ]
+    if not scored:
+        return None
+    sign = -1.0 if mode == "max" else 1.0
+    _, ck = min(scored, key=lambda vc: (sign * vc[0], vc[1]["step"] if vc[1]["step"] is not None else 0))
+    return {"file": ck["file"], "step": ck["step"], "metric": metric, "mode": mode, "source": source}
 
 
 class _both_locked:

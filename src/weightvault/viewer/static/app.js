@@ -40,6 +40,7 @@ function applyProps(node, props) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v;  // CSSOM: the page's CSP refuses style attributes
     else if (k === "dataset") Object.assign(node.dataset, v);
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k in node && typeof v !== "string") node[k] = v;
@@ -104,12 +105,12 @@ async function guarded(fn) {
 
 // -- files and views --------------------------------------------------------------------------------
 function fileLabel(f) {
-  if (f.kind === "run") return `${f.label}  (run, ${f.checkpoints.length} checkpoints)`;
+  if (f.kind === "run") return `${f.label}  (whole run, ${f.checkpoints.length} checkpoints: shows the latest)`;
   if (f.kind === "checkpoint") return `   └ step ${f.step ?? "?"}  ${f.label}`;
   return f.label;
 }
 
-function fillFileSelect(select, files, selected, includeRuns) {
+function fillFileSelect(select, files, selected, includeRuns) {  // includeRuns: a run as a whole
   clear(select);
   for (const f of files) {
     if (!includeRuns && f.kind === "run") continue;
@@ -117,7 +118,8 @@ function fillFileSelect(select, files, selected, includeRuns) {
   }
 }
 
-function tensorFiles() { return state.files.filter((f) => f.kind !== "run"); }
+// The paths the viewer was started with (a run counts once, not once per checkpoint).
+function givenPaths() { return state.files.filter((f) => f.kind !== "checkpoint"); }
 
 function setView(view) {
   state.view = view;
@@ -134,6 +136,13 @@ async function selectFile(index) {
   clear($("#tree"));
   $("#totals").textContent = "";
   clear($("#tensor-panel")).append(el("p", { class: "placeholder muted", text: "Select a tensor in the tree." }));
+  const f = state.files[index];
+  const runNote = $("#run-note");
+  runNote.hidden = !(f && f.kind === "run");
+  if (f && f.kind === "run") {
+    const latest = state.files[f.checkpoints[f.checkpoints.length - 1]];
+    runNote.textContent = latest ? `Run ${f.label}: showing its latest checkpoint (step ${latest.step ?? "?"}); the Runs tab has them all.` : `Run ${f.label} has no checkpoints.`;
+  }
   if (state.view === "meta") await guarded(loadMeta);
   await guarded(loadTree);
 }
@@ -228,31 +237,59 @@ function renderTree() {
   const root = buildTree(rows);
   const expandAll = rows.length <= 300 || $("#filter").value.trim() !== "";
   const container = clear($("#tree"));
+  sizeTreeColumns(container, tree.tensors, root);
+  container.append(el("div", { class: "tree-head", role: "presentation" },
+    el("span", { class: "label", text: "name" }), el("span", { class: "dtype", text: "dtype" }),
+    el("span", { class: "shape", text: "shape" }), el("span", { class: "params", text: "params" }),
+    el("span", { class: "bytes", text: "bytes" })));
   if (!rows.length) container.append(el("p", { class: "muted", text: "no tensor matches the filter" }));
   for (const child of root.children.values()) container.append(renderNode(child, expandAll, 0));
 }
 
+// Every column as wide as its longest text (the tree is monospace, so "ch" is exact): a shape
+// is never cut, and the columns line up at every depth. The names take the rest, and the tree
+// scrolls sideways when even that is too narrow.
+function sizeTreeColumns(container, tensors, root) {
+  const widest = (texts, header) => Math.max(header.length, ...texts.map((t) => t.length)) + 1;
+  const ok = tensors.filter((t) => !t.error);
+  const cols = {
+    "--dtype-w": widest(ok.map((t) => t.dtype), "dtype"),
+    "--shape-w": widest(ok.map((t) => shapeText(t.shape)), "shape"),
+    "--params-w": widest([fmtInt(root.params)], "params"),
+    "--bytes-w": widest([fmtBytes(root.bytes), "1023.9 KiB"], "bytes"),
+  };
+  for (const [k, v] of Object.entries(cols)) container.style.setProperty(k, `${v}ch`);
+  // Widen the sidebar (up to 65% of the page) so that all columns fit beside 24ch of names.
+  const probe = el("span", { text: "0".repeat(100), style: "position:absolute;visibility:hidden;white-space:pre" });
+  container.append(probe);
+  const ch = probe.getBoundingClientRect().width / 100;
+  probe.remove();
+  const chars = 24 + Object.values(cols).reduce((a, b) => a + b, 0);
+  const need = Math.ceil(chars * ch + 4 * 6 + 8 + 22 + 16);  // gaps, row padding, sidebar box, scrollbar
+  $("#view-tensors").style.gridTemplateColumns = `minmax(min(${need}px, 65%), 40%) minmax(0, 1fr)`;
+}
+
 function renderNode(node, expandAll, depth) {
-  if (node.tensor && node.children.size === 0) return tensorRow(node.label, node.tensor);
+  if (node.tensor && node.children.size === 0) return tensorRow(node.label, node.tensor, depth);
   const summary = el("summary", { class: "group" },
-    el("span", { class: "label", text: node.label }),
-    el("span", { class: "count muted", text: `${node.count}` }),
+    el("span", { class: "label", style: `padding-left: ${depth * 12}px`, title: node.label, text: node.label }),
+    el("span", { class: "count muted", text: `${node.count} tensor${node.count === 1 ? "" : "s"}` }),
     el("span", { class: "params", text: fmtInt(node.params) }),
     el("span", { class: "bytes muted", text: fmtBytes(node.bytes) }),
   );
   const details = el("details", { open: expandAll || depth === 0 }, summary);
-  if (node.tensor) details.append(tensorRow("(self)", node.tensor));
+  if (node.tensor) details.append(tensorRow("(self)", node.tensor, depth + 1));
   for (const child of node.children.values()) details.append(renderNode(child, expandAll, depth + 1));
   return details;
 }
 
-function tensorRow(label, t) {
+function tensorRow(label, t, depth) {
   const row = el("button", {
     class: "tensor-row" + (t.name === state.tensor ? " selected" : "") + (t.error ? " broken" : ""),
     role: "treeitem", title: t.name, dataset: { name: t.name },
     onclick: () => guarded(() => selectTensor(t.name)),
   },
-  el("span", { class: "label", text: label }),
+  el("span", { class: "label", style: `padding-left: ${(depth || 0) * 12 + 14}px`, text: label }),
   el("span", { class: "dtype", text: t.error ? "error" : t.dtype }),
   el("span", { class: "shape", title: t.error ? t.error : shapeText(t.shape), text: t.error ? "" : shapeText(t.shape) }),
   el("span", { class: "params", text: t.error ? "" : fmtInt(t.numel) }),
@@ -307,12 +344,13 @@ function renderTensor(data) {
     const h = data.heatmap;
     const notes = [];
     if (h.reshaped) notes.push(`shown as ${h.source_shape[0]} × ${h.source_shape[1]} (first axis × the rest)`);
-    if (h.downsampled) notes.push(`block means, ${h.source_shape[0]} × ${h.source_shape[1]} → ${h.rows} × ${h.cols}`);
-    panel.append(el("h3", { text: "Heat-map" }));
-    if (notes.length) panel.append(el("p", { class: "muted small", text: notes.join("; ") }));
     const wrap = el("div", { id: "heatmap" });
-    panel.append(wrap);
-    drawHeatmap(wrap, h);
+    const modeSelect = el("select", { id: "heatmap-mode", onchange: (e) => { state.heatMode = e.target.value; drawHeatmap(wrap, h, state.heatMode); label.textContent = heatLabel(h, notes, state.heatMode); } },
+      el("option", { value: "mean", text: "block mean", selected: state.heatMode !== "max_abs" }),
+      el("option", { value: "max_abs", text: "block max |x|", selected: state.heatMode === "max_abs" }));
+    const label = el("p", { id: "heatmap-label", class: "muted small", text: heatLabel(h, notes, state.heatMode) });
+    panel.append(el("h3", {}, "Heat-map ", h.downsampled ? el("label", { class: "small muted" }, "show ", modeSelect) : null), label, wrap);
+    drawHeatmap(wrap, h, state.heatMode);
   }
   const precision = el("input", { id: "precision", type: "number", min: "0", max: "16", value: String(state.precision ?? 4), onchange: () => guarded(loadValues) });
   const count = el("input", { id: "value-count", type: "number", min: "1", max: "10000", value: String(state.count ?? 100), onchange: () => guarded(loadValues) });
@@ -383,17 +421,42 @@ function colorFor(v, lo, hi, diverging) {
   return lerpStops(SEQ, hi > lo ? (v - lo) / (hi - lo) : 0.5);
 }
 
-function drawHeatmap(container, h) {
+// What the picture shows: "block means of 521 × 1 elements: 50,000 × 8 → 96 × 8 (rows downsampled)".
+function heatLabel(h, notes, mode) {
+  const parts = [...notes];
+  if (h.downsampled) {
+    const [br, bc] = h.block || [1, 1];
+    const what = mode === "max_abs" ? "largest |x| of each block" : "mean of each block";
+    const axes = [h.rows < h.source_shape[0] ? "rows" : null, h.cols < h.source_shape[1] ? "columns" : null].filter(Boolean).join(" and ");
+    parts.push(`${axes} downsampled to the picture: ${fmtInt(h.source_shape[0])} × ${fmtInt(h.source_shape[1])} → ${h.rows} × ${h.cols}, each cell the ${what} of up to ${fmtInt(br)} × ${fmtInt(bc)} elements`);
+  }
+  if (stretched(h)) parts.push("cells drawn wider than tall so a narrow tensor stays readable (aspect not kept)");
+  return parts.join("; ");
+}
+
+// A very tall or very wide picture (a [50000, 8] embedding is 96 × 8 cells) would be a stripe a
+// few pixels across: stretch the short side to at least MIN_PX.
+const HEAT_PX = 480, MIN_PX = 240;
+function stretched(h) { return Math.min(h.rows, h.cols) * Math.max(1, Math.floor(HEAT_PX / Math.max(h.cols, h.rows))) < Math.min(MIN_PX, 16 * Math.min(h.rows, h.cols)); }
+
+function drawHeatmap(container, h, mode) {
   clear(container);
-  const lo = h.min ?? 0, hi = h.max ?? 0;
+  const maxAbs = mode === "max_abs";
+  const cells = maxAbs ? h.max_abs : h.values;
+  const lo = maxAbs ? 0 : (h.min ?? 0), hi = maxAbs ? (h.max_abs_max ?? 0) : (h.max ?? 0);
   const diverging = lo < 0 && hi > 0;
   const canvas = el("canvas", { width: h.cols, height: h.rows, class: "heat" });
-  const scale = Math.max(1, Math.floor(480 / Math.max(h.cols, h.rows)));
-  canvas.style.width = `${h.cols * scale}px`;
-  canvas.style.height = `${h.rows * scale}px`;
+  const scale = Math.max(1, Math.floor(HEAT_PX / Math.max(h.cols, h.rows)));
+  let sx = scale, sy = scale;
+  if (stretched(h)) {
+    if (h.cols < h.rows) sx = Math.max(scale, Math.floor(Math.min(MIN_PX, 16 * h.cols) / h.cols));
+    else sy = Math.max(scale, Math.floor(Math.min(MIN_PX, 16 * h.rows) / h.rows));
+  }
+  canvas.style.width = `${h.cols * sx}px`;
+  canvas.style.height = `${h.rows * sy}px`;
   const ctx = canvas.getContext("2d");
   const img = ctx.createImageData(h.cols, h.rows);
-  h.values.forEach((v, i) => {
+  cells.forEach((v, i) => {
     const [r, g, b] = colorFor(v, lo, hi, diverging);
     img.data.set([r, g, b, 255], i * 4);
   });
@@ -405,7 +468,7 @@ function drawHeatmap(container, h) {
     const r = Math.floor(((e.clientY - rect.top) / rect.height) * h.rows);
     if (r < 0 || c < 0 || r >= h.rows || c >= h.cols) return;
     const rs = Math.floor((r * h.source_shape[0]) / h.rows), cs = Math.floor((c * h.source_shape[1]) / h.cols);
-    tip.textContent = `${h.downsampled ? "block at " : ""}[${rs}, ${cs}]: ${fmtNum(h.values[r * h.cols + c], 5)}`;
+    tip.textContent = `${h.downsampled ? "block at " : ""}[${rs}, ${cs}]: ${maxAbs ? "max |x| " : ""}${fmtNum(cells[r * h.cols + c], 5)}`;
     tip.style.left = `${e.pageX + 12}px`; tip.style.top = `${e.pageY + 12}px`;
     tip.hidden = false;
   });
@@ -458,36 +521,86 @@ function section(title, count, body) {
   return el("section", { class: "diff-section" }, el("h3", {}, `${title} `, el("span", { class: "badge", text: String(count) })), body);
 }
 
+// Compare groups tensors by what they are (weightvault.inspect.tensor_role), so a step counter
+// that moved by 100 or RNG bytes that moved by 255 neither hide nor flatten the weights' changes.
+const COMPARE_GROUPS = [
+  { id: "model", title: "Model", roles: ["model", "buffer", "ema"] },
+  { id: "optimizer", title: "Optimizer state", roles: ["optimizer"] },
+  { id: "other", title: "Other state (counters, RNG, learning rates)", roles: ["other"] },
+];
+function groupOf(role) { return (COMPARE_GROUPS.find((g) => g.roles.includes(role)) || COMPARE_GROUPS[0]).id; }
+
+const SORTS = {
+  max_abs: { label: "max |Δ| (largest first)", key: (v) => -(typeof v.max_abs === "number" ? v.max_abs : Infinity) },
+  max_rel: { label: "max rel (largest first)", key: (v) => -(typeof v.max_rel === "number" ? v.max_rel : Infinity) },
+  changed: { label: "changed fraction", key: (v) => -(v.numel ? v.changed / v.numel : 0) },
+  name: { label: "name", key: (v) => v.name },
+};
+function sortRows(rows, by) {
+  const key = (SORTS[by] || SORTS.max_abs).key;
+  return [...rows].sort((x, y) => { const a = key(x), b = key(y); return a < b ? -1 : a > b ? 1 : (x.name < y.name ? -1 : 1); });
+}
+
 function renderCompare(r) {
   const out = clear($("#compare-result"));
   out.append(el("p", { id: "compare-summary", class: r.identical ? "ok" : "changed",
     text: r.identical ? `identical (${r.equal} tensors equal)` :
       `${r.value_changed.length} changed · ${r.added.length} added · ${r.removed.length} removed · ${r.shape_changed.length} shape changed · ${r.dtype_changed.length} dtype changed · ${r.equal} equal` }));
-  const maxAbs = Math.max(...r.value_changed.map((v) => (typeof v.max_abs === "number" ? v.max_abs : 0)), 1e-300);
-  const diffHist = el("div", { id: "diff-histogram" });
+  const filter = el("input", { id: "compare-filter", type: "search", placeholder: "filter (substring or /regex/)", value: state.compareFilter || "",
+    oninput: (e) => { state.compareFilter = e.target.value; renderCompareLists(r); } });
+  const sort = el("select", { id: "compare-sort", onchange: (e) => { state.compareSort = e.target.value; renderCompareLists(r); } },
+    Object.entries(SORTS).map(([k, v]) => el("option", { value: k, text: v.label, selected: k === (state.compareSort || "max_abs") })));
+  out.append(el("div", { class: "toolbar compare-tools" }, el("label", {}, "filter ", filter), el("label", {}, "sort by ", sort)));
+  // Lists on the left; B − A of the selected tensor on the right, sticky, so it is always on screen.
+  out.append(el("div", { class: "compare-body" }, el("div", { id: "compare-lists" }), el("aside", { id: "diff-histogram", class: "diff-panel" },
+    el("p", { class: "muted", text: r.value_changed.length ? "click a changed tensor for the histogram of its differences (B − A)" : "no tensor changed its values" }))));
+  renderCompareLists(r);
   if (r.value_changed.length) {
-    const table = el("table", { class: "grid", id: "changed-table" },
+    const first = sortRows(r.value_changed.filter((v) => groupOf(v.role) === "model"), state.compareSort)[0] || sortRows(r.value_changed, state.compareSort)[0];
+    guarded(() => loadDiffTensor(r, first.name));
+  }
+}
+
+function renderCompareLists(r) {
+  const out = clear($("#compare-lists"));
+  const match = matcher(state.compareFilter || "");
+  const changed = r.value_changed.filter((v) => match(v.name));
+  const shown = [...changed, ...r.added, ...r.removed, ...r.shape_changed, ...r.dtype_changed].filter((t) => match(t.name)).length;
+  const total = r.value_changed.length + r.added.length + r.removed.length + r.shape_changed.length + r.dtype_changed.length;
+  if (shown !== total) out.append(el("p", { class: "muted small showing", text: `showing ${shown} of ${total}` }));
+  for (const g of COMPARE_GROUPS) {
+    const rows = sortRows(changed.filter((v) => groupOf(v.role) === g.id), state.compareSort);
+    if (!rows.length) continue;
+    // Bars are scaled within the group: its largest max |Δ| is a full bar.
+    const maxAbs = Math.max(...rows.map((v) => (typeof v.max_abs === "number" ? v.max_abs : 0)), 1e-300);
+    const table = el("table", { class: "grid changed-table", id: g.id === "model" ? "changed-table" : `changed-table-${g.id}`, dataset: { group: g.id } },
       el("tr", {}, ["tensor", "changed", "max |Δ|", "", "max rel"].map((h) => el("th", { text: h }))),
-      r.value_changed.map((v) => el("tr", { class: "clickable", dataset: { name: v.name }, onclick: () => guarded(() => loadDiffTensor(r, v.name)) },
-        el("td", { class: "name", text: v.name }),
+      rows.map((v) => el("tr", { class: "clickable", dataset: { name: v.name, role: v.role }, onclick: () => guarded(() => loadDiffTensor(r, v.name)) },
+        el("td", { class: "name" }, v.name, v.role !== "model" && g.id === "model" ? el("span", { class: "role-tag", text: v.role }) : null),
         el("td", { text: `${fmtInt(v.changed)} / ${fmtInt(v.numel)}` }),
         el("td", { text: fmtNum(v.max_abs, 4) }),
-        el("td", { class: "barcell" }, el("span", { class: "hbar", style: null, dataset: { w: String(typeof v.max_abs === "number" ? v.max_abs / maxAbs : 1) } })),
+        el("td", { class: "barcell" }, el("span", { class: "hbar", dataset: { w: String(typeof v.max_abs === "number" ? v.max_abs / maxAbs : 1) } })),
         el("td", { text: fmtNum(v.max_rel, 4) }))));
     for (const bar of table.querySelectorAll(".hbar")) bar.style.width = `${Math.max(2, Number(bar.dataset.w) * 120)}px`;
-    out.append(section("Changed values", r.value_changed.length, el("div", {}, table, el("p", { class: "muted small", text: "click a row for the histogram of its differences (B − A)" }), diffHist)));
+    out.append(section(`Changed values: ${g.title}`, rows.length, el("div", {}, table,
+      el("p", { class: "muted small", text: `bars: max |Δ| relative to this group's largest (${fmtNum(maxAbs, 4)})` }))));
   }
-  const list = (rows, fmt) => el("ul", { class: "names" }, rows.map((x) => el("li", {}, ...fmt(x))));
-  if (r.added.length) out.append(section("Added (only in B)", r.added.length, list(r.added, (t) => [el("span", { class: "name", text: t.name }), ` ${t.dtype} ${shapeText(t.shape)}`])));
-  if (r.removed.length) out.append(section("Removed (only in A)", r.removed.length, list(r.removed, (t) => [el("span", { class: "name", text: t.name }), ` ${t.dtype} ${shapeText(t.shape)}`])));
-  if (r.shape_changed.length) out.append(section("Shape changed", r.shape_changed.length, list(r.shape_changed, (t) => [el("span", { class: "name", text: t.name }), ` ${shapeText(t.a)} → ${shapeText(t.b)}`])));
-  if (r.dtype_changed.length) out.append(section("Dtype changed", r.dtype_changed.length, list(r.dtype_changed, (t) => [el("span", { class: "name", text: t.name }), ` ${t.a} → ${t.b}`])));
-  if (r.value_changed.length) guarded(() => loadDiffTensor(r, r.value_changed[0].name));
+  const list = (rows, fmt) => el("ul", { class: "names" }, rows.map((x) => el("li", {}, ...fmt(x), x.role && x.role !== "model" ? el("span", { class: "role-tag", text: x.role }) : null)));
+  const pick = (rows) => rows.filter((t) => match(t.name));
+  const added = pick(r.added), removed = pick(r.removed), shapes = pick(r.shape_changed), dtypes = pick(r.dtype_changed);
+  if (added.length) out.append(section("Added (only in B)", added.length, list(added, (t) => [el("span", { class: "name", text: t.name }), ` ${t.dtype} ${shapeText(t.shape)}`])));
+  if (removed.length) out.append(section("Removed (only in A)", removed.length, list(removed, (t) => [el("span", { class: "name", text: t.name }), ` ${t.dtype} ${shapeText(t.shape)}`])));
+  if (shapes.length) out.append(section("Shape changed", shapes.length, list(shapes, (t) => [el("span", { class: "name", text: t.name }), ` ${shapeText(t.a)} → ${shapeText(t.b)}`])));
+  if (dtypes.length) out.append(section("Dtype changed", dtypes.length, list(dtypes, (t) => [el("span", { class: "name", text: t.name }), ` ${t.a} → ${t.b}`])));
+  if (!shown && total) out.append(el("p", { class: "muted", text: "nothing matches the filter" }));
+  if (state.diffName) for (const tr of document.querySelectorAll(".changed-table tr")) tr.classList.toggle("selected", tr.dataset.name === state.diffName);
 }
 
 async function loadDiffTensor(report, name) {
-  for (const tr of document.querySelectorAll("#changed-table tr")) tr.classList.toggle("selected", tr.dataset.name === name);
+  state.diffName = name;
+  for (const tr of document.querySelectorAll(".changed-table tr")) tr.classList.toggle("selected", tr.dataset.name === name);
   const data = await api("diff_tensor", { a: report.a, b: report.b, name });
+  if (state.diffName !== name) return;
   const wrap = clear($("#diff-histogram"));
   const s = data.stats;
   wrap.append(el("h4", { text: `Differences B − A of ${name}` }),
@@ -496,6 +609,7 @@ async function loadDiffTensor(report, name) {
   const chart = el("div");
   wrap.append(chart);
   drawHistogram(chart, data.histogram, state.logHist, { label: "histogram of differences" });
+  wrap.scrollIntoView({ block: "nearest" });  // on a narrow screen the panel sits below the lists
 }
 
 // -- metadata ---------------------------------------------------------------------------------------
@@ -561,13 +675,19 @@ async function loadRuns() {
     const points = (metric) => run.checkpoints.map((c) => ({ x: c.step, y: c.metrics[metric], file: c.file }));
     const select = el("select", { class: "metric-select", onchange: (e) => drawLineChart(chart, points(e.target.value), e.target.value, pick) },
       names.map((n) => el("option", { value: n, text: n })));
-    panel.append(el("h2", { text: run.label }), el("p", { class: "muted", text: `${run.checkpoints.length} checkpoints` }));
+    const best = run.best;
+    panel.append(el("h2", { text: run.label }), el("p", { class: "muted" }, `${run.checkpoints.length} checkpoints`,
+      best ? ` · best: step ${best.step} by ${best.metric} (${best.mode}; ${best.source})` : " · no best checkpoint (no best= metric and no loss recorded)"));
     if (names.length) { panel.append(el("label", {}, "metric ", select), chart); drawLineChart(chart, points(names[0]), names[0], pick); }
     panel.append(el("table", { class: "grid runs-table" },
-      el("tr", {}, ["step", ...names, ""].map((h) => el("th", { text: h }))),
-      run.checkpoints.map((c) => el("tr", {},
+      el("tr", {}, ["step", "", ...names, "kept because", ""].map((h) => el("th", { text: h }))),
+      run.checkpoints.map((c) => el("tr", { dataset: { step: String(c.step ?? "") }, class: [c.best ? "best" : "", c.latest ? "latest" : ""].join(" ").trim() || null },
         el("td", { text: String(c.step ?? "?") }),
-        names.map((n) => el("td", { text: fmtNum(c.metrics[n]) })),
+        el("td", { class: "marks" },
+          c.best ? el("span", { class: "mark best", title: best ? `best by ${best.metric} (${best.mode})` : "best", text: "best" }) : null,
+          c.latest ? el("span", { class: "mark latest", title: "the newest checkpoint", text: "latest" }) : null),
+        names.map((n) => el("td", { class: best && n === best.metric && c.best ? "best-value" : null, text: fmtNum(c.metrics[n]) })),
+        el("td", { class: "kept", text: (c.kept_because || []).join(", ") || "–" }),
         el("td", {}, el("button", { text: "open", onclick: () => pick(c) }))))));
   }
 }
@@ -581,16 +701,29 @@ async function init() {
   $("#compare-form").addEventListener("submit", (e) => guarded(() => runCompare(e)));
   const { files } = await api("files");
   state.files = files;
-  // Start on the first path given; a run directory starts on its latest checkpoint.
-  const first = files[0];
+  // Start on the first path given; a run directory is selected as a whole (its latest checkpoint
+  // is what the Tensors view shows).
+  const given = givenPaths();
   const firstRun = files.find((f) => f.kind === "run");
-  const startAt = first.kind === "run" && first.checkpoints.length ? first.checkpoints[first.checkpoints.length - 1] : first.index;
-  fillFileSelect($("#file-select"), files, startAt, false);
-  const tf = tensorFiles();
-  fillFileSelect($("#compare-a"), tf, tf[0] ? tf[0].index : null, false);
-  fillFileSelect($("#compare-b"), tf, tf[1] ? tf[1].index : (tf[0] ? tf[0].index : null), false);
+  fillFileSelect($("#file-select"), files, given[0].index, true);
+  const [a, b] = compareDefaults(given);
+  fillFileSelect($("#compare-a"), files, a, true);
+  fillFileSelect($("#compare-b"), files, b, true);
   $('#tabs button[data-view="runs"]').hidden = !firstRun;
-  await selectFile(startAt);
+  // Two paths given ("weightvault view before after"): comparing them is why the page was opened.
+  if (given.length === 2) {
+    setView("compare");
+    guarded(() => runCompare());
+  }
+  await selectFile(given[0].index);
+}
+
+// A and B of the Compare tab: the first two paths given; one run alone: its last two checkpoints.
+function compareDefaults(given) {
+  if (given.length >= 2) return [given[0].index, given[1].index];
+  const only = given[0];
+  if (only.kind === "run" && only.checkpoints.length >= 2) return only.checkpoints.slice(-2);
+  return [only.index, only.index];
 }
 
 document.addEventListener("DOMContentLoaded", () => guarded(init));
