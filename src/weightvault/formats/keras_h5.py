@@ -590,6 +590,9 @@ class KerasReader(FormatReader):
             if vars_logical in real:
                 vars_group = self._h5[real[vars_logical]]
                 key = logical.split("/")[-1]
+                parent_key = _class_key(logical.split("/")[-2]) if logical.count("/") else ""
+                if key == "cell" and parent_key in ("lstm", "gru", "simple_rnn"):
+                    key = f"{parent_key}_cell"  # files without name attributes: the RNN's default cell name
                 label = _decode(self._attr(vars_group, "name", key)).replace("\\", "/").split("/")[-1]
                 is_root = logical == ""
                 here = chain if is_root or key == "optimizer" else [*chain, label]
@@ -761,7 +764,8 @@ def _resolve_paths(
     meta_layout = keras_meta.get("layout") if isinstance(keras_meta, dict) else None
     if meta_paths and meta_layout == layout:
         for n, p in meta_paths.items():
-            known.setdefault(n, p)
+            # a Windows Keras 2.13-2.15 file names its groups layers\\dense: write them as Keras 3 does
+            known.setdefault(n, str(p).replace("\\", "/"))
     out: dict[str, str] = {}
     if layout == "keras3":
         pending: dict[str, list[tuple[str, str]]] = {}
