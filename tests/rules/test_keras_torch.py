@@ -497,3 +497,125 @@ def test_torch_to_keras_flatten_hint_checks_the_size(tmp_path: Path) -> None:
     weightvault.save({"fc.weight": np.zeros((5, 36), np.float32), "fc.bias": np.zeros(5, np.float32)}, src)
     with pytest.raises(AmbiguousLayoutError, match="36"):
         weightvault.convert(src, tmp_path / "x.weights.h5", rules="torch-to-keras", hints={"fc": "flatten:4,4,4"}, dry_run=True)
+
+
+# -- BatchNormalization with center=False / scale=False -----------------------------------------------
+
+
+def _bn_model() -> keras.Model:
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input(IMG),
+            L.Conv2D(4, 3, name="conv"),
+            L.BatchNormalization(center=False, name="bn1"),
+            L.BatchNormalization(scale=False, name="bn2"),
+            L.BatchNormalization(center=False, scale=False, name="bn3"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(3, name="fc"),
+        ],
+        name="net",
+    )
+    _randomise(model, 21)
+    return model
+
+
+class TorchBn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4, eps=1e-3)
+        self.bn2 = nn.BatchNorm2d(4, eps=1e-3)
+        self.bn3 = nn.BatchNorm2d(4, eps=1e-3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, img_nhwc: torch.Tensor) -> torch.Tensor:
+        x = self.bn3(self.bn2(self.bn1(self.conv(img_nhwc.permute(0, 3, 1, 2)))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def bn_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("bn")
+    model = _bn_model()
+    model.save(d / "m.keras")
+    model.save(d / "m.h5")
+    model.save_weights(d / "m.weights.h5")
+    img = np.random.default_rng(22).normal(size=(2, *IMG)).astype("float32")
+    return {"dir": d, "img": img, "expected": np.asarray(model(img, training=False))}
+
+
+def _torch_bn_out(net: torch.nn.Module, img: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return net(torch.from_numpy(img)).numpy()
+
+
+@pytest.mark.parametrize("source", ["m.keras", "m.h5"])
+def test_batchnorm_without_center_or_scale_to_torch(bn_files, tmp_path: Path, source: str) -> None:
+    dst = tmp_path / "t.safetensors"
+    report = weightvault.convert(bn_files["dir"] / source, dst, rules="keras-to-torch", rename=[(r"^net\.", "")])
+    notes = {r["target"]: r["note"] for r in report.to_dict()["tensors"]}
+    assert "beta not stored" in notes["bn1.bias"] and "gamma not stored" in notes["bn2.weight"]
+    net = TorchBn()
+    _load_strict(net, dst)
+    assert torch.equal(net.bn1.bias, torch.zeros(4)) and torch.equal(net.bn2.weight, torch.ones(4))
+    assert torch.equal(net.bn3.weight, torch.ones(4)) and torch.equal(net.bn3.bias, torch.zeros(4))
+    np.testing.assert_allclose(_torch_bn_out(net, bn_files["img"]), bn_files["expected"], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_weights_h5_needs_the_flag_hint(bn_files, tmp_path: Path) -> None:
+    """A Keras 3 .weights.h5 stores a 3-variable BatchNorm by position: center=False and
+    scale=False cannot be told apart without the config, so the rules ask."""
+    src = bn_files["dir"] / "m.weights.h5"
+    with pytest.raises(AmbiguousLayoutError, match="center=False") as err:
+        weightvault.convert(src, tmp_path / "x.safetensors", rules="keras-to-torch", hints={"conv": "conv"}, dry_run=True)
+    assert "batchnorm:center=false" in err.value.hint
+    hints = {"conv": "conv", "bn1": "batchnorm:center=false", "bn2": "batchnorm:scale=false"}
+    weightvault.convert(src, tmp_path / "t.safetensors", rules="keras-to-torch", hints=hints)
+    net = TorchBn()
+    _load_strict(net, tmp_path / "t.safetensors")
+    np.testing.assert_allclose(_torch_bn_out(net, bn_files["img"]), bn_files["expected"], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_without_center_or_scale_round_trips(bn_files, tmp_path: Path) -> None:
+    """keras -> torch -> keras: the Keras config travels in the metadata, so torch-to-keras knows
+    which of PyTorch's weight/bias the Keras layers lack and drops them (they are ones/zeros)."""
+    mid = tmp_path / "t.safetensors"
+    weightvault.convert(bn_files["dir"] / "m.keras", mid, rules="keras-to-torch")
+    back = tmp_path / "back.weights.h5"
+    report = weightvault.convert(mid, back, rules="torch-to-keras", hints={"conv": "conv"})
+    dropped = report.to_dict()["dropped"]
+    assert {"bn1.bias", "bn2.weight", "bn3.weight", "bn3.bias"} <= set(dropped)
+    model = _bn_model()
+    for v in model.weights:
+        v.assign(np.zeros(v.shape, "float32"))
+    model.load_weights(back)
+    np.testing.assert_allclose(np.asarray(model(bn_files["img"], training=False)), bn_files["expected"], rtol=1e-6, atol=1e-6)
+
+
+def test_torch_batchnorm_to_keras_without_center_refuses_a_real_bias(bn_files, tmp_path: Path) -> None:
+    net = TorchBn()
+    _random_torch(net, 23)
+    src = tmp_path / "net.safetensors"
+    weightvault.save(net.state_dict(), src)
+    hints = {"conv": "conv", "bn1": "batchnorm:center=false", "bn2": "batchnorm:scale=false", "bn3": "batchnorm:center=false,scale=false"}
+    with pytest.raises(AmbiguousLayoutError, match="bn1.bias"):
+        weightvault.convert(src, tmp_path / "x.weights.h5", rules="torch-to-keras", hints=hints)
+    assert not (tmp_path / "x.weights.h5").exists()
+    with torch.no_grad():  # now the weights are exactly what the Keras layers imply
+        net.bn1.bias.zero_()
+        net.bn2.weight.fill_(1.0)
+        net.bn3.weight.fill_(1.0)
+        net.bn3.bias.zero_()
+        for bn in (net.bn1, net.bn2, net.bn3):
+            bn.running_mean.copy_(torch.randn(4) * 0.3)
+            bn.running_var.copy_(torch.rand(4) + 0.5)
+    weightvault.save(net.state_dict(), src)
+    dst = tmp_path / "net.h5"  # legacy layout: loaded by layer order
+    weightvault.convert(src, dst, rules="torch-to-keras", hints=hints)
+    model = _bn_model()
+    model.load_weights(dst)
+    img = bn_files["img"]
+    np.testing.assert_allclose(np.asarray(model(img, training=False)), _torch_bn_out(net, img), rtol=1e-5, atol=1e-5)

@@ -402,8 +402,11 @@ def keras_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) 
     dtypes = {n: i.dtype for n, i in infos.items()}
     metadata = reader.metadata
     configs = _keras_config_layers(metadata)
-    keras_config = (metadata.get("keras") or {}).get("config") if isinstance(metadata.get("keras"), dict) else None
+    keras_meta = metadata.get("keras") if isinstance(metadata.get("keras"), dict) else {}
+    keras_config = keras_meta.get("config")
     feeds = _flatten_feeds(keras_config) if keras_config is not None else {}
+    # a Keras 3 file without a config stores variables by position only: the reader guessed names
+    names_guessed = keras_config is None and keras_meta.get("layout") == "keras3"
     for layer in _keras_layers(reader, plan):
         short = layer.path.split("/")[-1]
         config = configs.get(short) or configs.get(layer.path)
@@ -411,7 +414,7 @@ def keras_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) 
         if kind == "dense" and not hints.get(layer.path) and short in feeds and "kernel" in layer.vars:
             kernel = layer.vars["kernel"]
             kind = _flatten_kind(layer.path, feeds[short], shapes[kernel][0], reader.path, kernel)
-        _keras_layer_steps(plan, layer, kind, shapes, dtypes, config or {}, reader.path)
+        _keras_layer_steps(plan, layer, kind, shapes, dtypes, config or {}, reader.path, names_guessed)
     return plan
 
 
@@ -423,6 +426,7 @@ def _keras_layer_steps(
     dtypes: dict[str, str],
     config: dict[str, Any],
     path: str,
+    names_guessed: bool = False,
 ) -> None:
     v, t = layer.vars, to_dotted(layer.path)
     suffix = "_reverse" if layer.reverse else ""
@@ -457,10 +461,12 @@ def _keras_layer_steps(
         pk = v["pointwise_kernel"]
         plan.steps.append(Step(f"{t}.pointwise.weight", (pk,), (Transpose((3, 2, 0, 1)),)))
         _copy(plan, v, "bias", f"{t}.pointwise.bias")
-    elif kind == "batchnorm":
-        channels = shapes[v.get("moving_mean") or v.get("beta") or v["gamma"]]
-        _copy_or_fill(plan, v, "gamma", f"{t}.weight", channels, 1.0)
-        _copy_or_fill(plan, v, "beta", f"{t}.bias", channels, 0.0)
+    elif kind.partition(":")[0] == "batchnorm":
+        v = _batchnorm_vars(layer, kind, config, names_guessed, path)
+        stat = v.get("moving_mean") or v.get("beta") or v["gamma"]
+        channels, dtype = shapes[stat], dtypes[stat]
+        _copy_or_fill(plan, v, "gamma", f"{t}.weight", channels, 1.0, dtype)
+        _copy_or_fill(plan, v, "beta", f"{t}.bias", channels, 0.0, dtype)
         _copy(plan, v, "moving_mean", f"{t}.running_mean")
         _copy(plan, v, "moving_variance", f"{t}.running_var")
         plan.steps.append(Step(f"{t}.num_batches_tracked", (), (), Full((), 0, "int64")))
@@ -532,11 +538,71 @@ def _copy(plan: Plan, v: dict[str, str], var: str, target: str) -> None:
         plan.steps.append(Step(target, (v[var],)))
 
 
-def _copy_or_fill(plan: Plan, v: dict[str, str], var: str, target: str, shape: tuple[int, ...], value: float) -> None:
+def _copy_or_fill(
+    plan: Plan, v: dict[str, str], var: str, target: str, shape: tuple[int, ...], value: float, dtype: str = "float32"
+) -> None:
     if var in v:
         plan.steps.append(Step(target, (v[var],)))
     else:
-        plan.steps.append(Step(target, (), (), Full(shape, value), note=f"{var} not stored (scale/center=False)"))
+        plan.steps.append(Step(target, (), (), Full(shape, value, dtype), note=f"{var} not stored (scale/center=False)"))
+
+
+def _batchnorm_flags(kind: str, config: dict[str, Any] | None, layer: str, path: str) -> dict[str, bool]:
+    """``center`` / ``scale`` of a Keras BatchNormalization: from a ``batchnorm:center=false``
+    hint, else from the model config; absent keys are unknown."""
+    flags: dict[str, bool] = {}
+    for item in filter(None, (x.strip() for x in kind.partition(":")[2].split(","))):
+        key, _, value = item.partition("=")
+        if key not in ("center", "scale") or value.lower() not in ("true", "false"):
+            raise AmbiguousLayoutError(
+                f"layer {layer!r}: {kind!r} is not batchnorm[:center=true|false][,scale=true|false]", path=path
+            )
+        flags[key] = value.lower() == "true"
+    for key in ("center", "scale"):
+        if key not in flags and config and isinstance(config.get(key), bool):
+            flags[key] = config[key]
+    return flags
+
+
+def _batchnorm_vars(layer: KerasLayer, kind: str, config: dict[str, Any], names_guessed: bool, path: str) -> dict[str, str]:
+    """The BatchNorm's variables by their true names. A Keras 3 file stores them by position
+    only: with one of gamma/beta missing and no config, it could be either, so a hint is needed."""
+    v = dict(layer.vars)
+    flags = _batchnorm_flags(kind, config, layer.path, path)
+    if ("gamma" in v) == ("beta" in v):
+        return v
+    if "center" not in flags and "scale" not in flags:
+        if names_guessed:
+            raise AmbiguousLayoutError(
+                f"BatchNorm {layer.path!r} stores 3 variables: built with center=False (no beta) or "
+                "scale=False (no gamma), and the file has no model config to tell",
+                path=path,
+                tensor=v.get("gamma") or v.get("beta"),
+                hint=f"pass --hint {layer.path}=batchnorm:center=false (or batchnorm:scale=false), or convert the .keras file",
+            )
+        return v
+    if flags.get("scale") is False and "gamma" in v:
+        v["beta"] = v.pop("gamma")  # the one stored scale-less variable is the offset
+    elif flags.get("center") is False and "beta" in v:
+        v["gamma"] = v.pop("beta")
+    return v
+
+
+def _drop_constant(plan: Plan, reader: FormatReader, tensor: str, value: float, why: str, module: str) -> None:
+    """Drop a PyTorch BatchNorm weight/bias that the Keras layer does not have, only when it holds
+    exactly the value Keras implies (ones for scale=False, zeros for center=False)."""
+    import numpy as np
+
+    arr = np.asarray(reader.get(tensor))
+    if arr.size and not np.all(arr == value):
+        raise AmbiguousLayoutError(
+            f"BatchNorm {module!r}: the Keras layer has {why}, but {tensor} is not all {value:g}; "
+            "dropping it would change the model's output",
+            path=reader.path,
+            tensor=tensor,
+            hint=f"build the Keras layer with {why.split('=')[0]}=True (and pass --hint {module}=batchnorm)",
+        )
+    plan.dropped[tensor] = f"all {value:g}: Keras BatchNormalization({why}) has no such variable"
 
 
 # -- torch -> keras --------------------------------------------------------------------------------
@@ -587,13 +653,25 @@ def _torch_kind(module: str, params: dict[str, str], shapes: dict[str, tuple[int
 def torch_to_keras(reader: FormatReader, hints: Hints, options: dict[str, Any]) -> Plan:
     plan = Plan("torch-to-keras")
     shapes = {n: reader.info(n).shape for n in reader.keys()}
+    # a file converted from Keras carries the Keras config in its metadata (center/scale...)
+    configs = _keras_config_layers(reader.metadata)
     for module, params in _torch_modules(reader, plan).items():
         kind = _torch_kind(module, params, shapes, hints, reader.path)
-        _torch_module_steps(plan, module, params, kind, shapes, reader.path)
+        config = configs.get(module.split(".")[-1]) or configs.get(module.replace(".", "/"))
+        _torch_module_steps(plan, module, params, kind, shapes, reader.path, reader, config)
     return plan
 
 
-def _torch_module_steps(plan: Plan, module: str, p: dict[str, str], kind: str, shapes: dict[str, tuple[int, ...]], path: str) -> None:
+def _torch_module_steps(
+    plan: Plan,
+    module: str,
+    p: dict[str, str],
+    kind: str,
+    shapes: dict[str, tuple[int, ...]],
+    path: str,
+    reader: FormatReader | None = None,
+    config: dict[str, Any] | None = None,
+) -> None:
     k = module.replace(".", "/")
     if kind == "dense":
         plan.steps.append(Step(f"{k}/kernel", (p["weight"],), (Transpose((1, 0)),)))
@@ -630,9 +708,16 @@ def _torch_module_steps(plan: Plan, module: str, p: dict[str, str], kind: str, s
             )
         )
         _copy(plan, p, "bias", f"{k}/bias")
-    elif kind == "batchnorm":
-        _copy(plan, p, "weight", f"{k}/gamma")
-        _copy(plan, p, "bias", f"{k}/beta")
+    elif kind.partition(":")[0] == "batchnorm":
+        flags = _batchnorm_flags(kind, config, module, path)
+        for param, var, flag, value in (("weight", "gamma", "scale", 1.0), ("bias", "beta", "center", 0.0)):
+            if param not in p:
+                continue
+            if flags.get(flag, True):
+                _copy(plan, p, param, f"{k}/{var}")
+            else:
+                assert reader is not None
+                _drop_constant(plan, reader, p[param], value, f"{flag}=False", module)
         _copy(plan, p, "running_mean", f"{k}/moving_mean")
         _copy(plan, p, "running_var", f"{k}/moving_variance")
         if "num_batches_tracked" in p:
