@@ -329,13 +329,14 @@ class _Decoder:
         return t.kind
 
     # -- values ------------------------------------------------------------------------------------------
-    def top_value(self, tid: int) -> Any:
-        """Decode one top-level value of type ``tid`` (non-structs are "singletons": ``00`` first)."""
+    def top_value(self, tid: int, depth: int = 0) -> Any:
+        """Decode one top-level value of type ``tid`` (non-structs are "singletons": ``00`` first).
+        ``depth``: how deep this value sits inside interface values (each starts a new top level)."""
         t = self.type_of(tid)
         if not (isinstance(t, WireType) and t.kind == "struct"):
             if self.uint() != 0:
                 raise self.corrupt("non-zero field delta before a singleton value")
-        return self.value(tid, 0)
+        return self.value(tid, depth)
 
     def value(self, tid: int, depth: int) -> Any:
         if depth > MAX_DEPTH:
@@ -405,7 +406,7 @@ class _Decoder:
         assert tid is not None
         count = self.uint()
         self.need(count, "an interface value")
-        return GoInterface(name, tid, self.top_value(tid))
+        return GoInterface(name, tid, self.top_value(tid, depth + 1))
 
 
 @dataclass
