@@ -275,12 +275,29 @@ def test_superblock_lies_are_caught_before_h5py(real: dict[str, Any], tmp_path: 
         bad = bytearray(data)
         bad[offset : offset + len(patch)] = patch
         with pytest.raises((InvalidHeaderError, TruncatedFileError)) as err:
-            check_superblock(bytes(bad[:4096]), len(bad), path="x.h5")
+            check_superblock(_reader(bytes(bad)), len(bad), path="x.h5")
         path = tmp_path / f"{what.replace(' ', '_')}.weights.h5"
         path.write_bytes(bad)
         with pytest.raises(type(err.value)):
             KerasFormat.open(path)
-    check_superblock(bytes(data[:4096]), len(data), path="x.h5")  # the real file passes
+    check_superblock(_reader(bytes(data)), len(data), path="x.h5")  # the real file passes
+    for cut in (8, 14, 20, 40):  # cut inside the superblock: a clean error, not an IndexError
+        path = tmp_path / f"cut{cut}.weights.h5"
+        path.write_bytes(bytes(data[:cut]))
+        with pytest.raises(TruncatedFileError):
+            KerasFormat.open(path)
+
+
+def _reader(data: bytes) -> Any:
+    return lambda at, n: data[at : at + n]
+
+
+def test_user_block_before_the_superblock(tmp_path: Path) -> None:
+    path = tmp_path / "ub.weights.h5"
+    with h5py.File(path, "w", userblock_size=8192) as f:
+        f.create_group("layers/dense/vars")["0"] = np.ones((2, 2), np.float32)
+    with weightvault.open(path, format="keras") as reader:
+        np.testing.assert_array_equal(reader.get("dense/kernel"), np.ones((2, 2), np.float32))
 
 
 def test_latest_libver_superblock_passes(tmp_path: Path) -> None:
@@ -408,3 +425,13 @@ def test_huge_attribute_is_refused_before_allocation(real: dict[str, Any], tmp_p
     path.write_bytes(bytes(data))
     with pytest.raises(WeightVaultError):
         _read_all(path)
+
+
+def test_bad_superblock_inside_a_keras_archive(real: dict[str, Any], tmp_path: Path) -> None:
+    """The check runs on the in-memory copy too, and the buffer is released on the way out."""
+    h5 = _copy(real, tmp_path)
+    data = bytearray(h5.read_bytes())
+    data[8] = 7  # superblock version
+    h5.write_bytes(bytes(data))
+    with pytest.raises(InvalidHeaderError, match="superblock version"):
+        KerasFormat.open(_into_keras_archive(real, h5, tmp_path / "bad.keras"))

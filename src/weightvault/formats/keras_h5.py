@@ -63,7 +63,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -237,19 +237,19 @@ def _h5_errors(path: str, what: str, tensor: str | None = None) -> Iterator[None
         raise cls(f"{what}: HDF5 reports {text}", path=path, tensor=tensor) from None
 
 
-def _superblock_offset(data: bytes, size: int) -> int:
+def _superblock_offset(read: Callable[[int, int], bytes], size: int) -> int:
     """Where the HDF5 signature is: 0, or a power of two from 512 on (after a user block)."""
     offset = 0
-    while offset + len(HDF5_MAGIC) <= min(size, len(data)):
-        if data[offset : offset + len(HDF5_MAGIC)] == HDF5_MAGIC:
+    while offset + len(HDF5_MAGIC) <= size:
+        if read(offset, len(HDF5_MAGIC)) == HDF5_MAGIC:
             return offset
         offset = 512 if offset == 0 else offset * 2
     return -1
 
 
-def check_superblock(head: bytes, size: int, *, path: str) -> None:
-    """Cheap checks of the HDF5 superblock before h5py sees the file (``head``: its first bytes,
-    4 KiB or more when the file has them; ``size``: the file's length).
+def check_superblock(read: Callable[[int, int], bytes], size: int, *, path: str) -> None:
+    """Cheap checks of the HDF5 superblock before h5py sees the file (``read(offset, n)``: up to
+    ``n`` bytes of the file at ``offset``; ``size``: the file's length).
 
     HDF5 itself trusts the superblock's addresses and sizes; a flipped byte there sends it far
     into (or past) the file. Checked here: the signature, a known superblock version (0-3), the
@@ -258,11 +258,11 @@ def check_superblock(head: bytes, size: int, *, path: str) -> None:
     truncated file only after reading), that the root group's object header lies inside it, and
     that there is no driver-info block (the family/multi drivers open other files).
     """
-    sig = _superblock_offset(head, size)
+    sig = _superblock_offset(read, size)
     if sig < 0:
         raise InvalidHeaderError("no HDF5 signature", path=path)
-    body = head[sig:]
-    if len(body) < 12:
+    body = read(sig, 256)
+    if len(body) < 24:  # the shortest superblock (version 2/3 with 2-byte offsets) has 24 bytes
         raise TruncatedFileError("the HDF5 superblock is cut off", path=path)
     version = body[8]
     if version > 3:
@@ -326,17 +326,21 @@ class KerasReader(FormatReader):
             if zipfile.is_zipfile(self.path):
                 self.container = "keras"
                 self._buffer = self._read_archive()
-                data = self._buffer.getbuffer()
-                self._size = len(data)
-                check_superblock(bytes(data[:4096]), self._size, path=self.path)
-                del data
+                with self._buffer.getbuffer() as data:
+                    self._size = len(data)
+                    check_superblock(lambda at, n: bytes(data[at : at + n]), self._size, path=self.path)
                 with _h5_errors(self.path, "model.weights.h5 is not a readable HDF5 file"):
                     self._h5 = h5py.File(self._buffer, "r")
             else:
                 self.container = "h5"
                 self._size = os.path.getsize(self.path)
                 with open(self.path, "rb") as f:
-                    check_superblock(f.read(4096), self._size, path=self.path)
+
+                    def read(at: int, n: int) -> bytes:
+                        f.seek(at)
+                        return f.read(n)
+
+                    check_superblock(read, self._size, path=self.path)
                 with _h5_errors(self.path, "not a readable HDF5 file"):
                     self._h5 = h5py.File(self.path, "r")
         except BaseException:
@@ -360,7 +364,9 @@ class KerasReader(FormatReader):
                 return self._read_members(zf)
         except WeightVaultError:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as exc:
+        except (
+            zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError
+        ) as exc:
             # a damaged central directory, a bad CRC, a corrupt deflate stream, an encrypted or
             # unknown-compression member: all mean the archive cannot be read as written
             raise InvalidHeaderError(f"not a readable .keras archive: {exc}", path=self.path) from None
@@ -436,7 +442,9 @@ class KerasReader(FormatReader):
             raise InvalidHeaderError(f"HDF5 link {where} is of a user-defined kind", path=self.path)
         budget[0] -= 1
         if budget[0] < 0:
-            raise InvalidHeaderError(f"HDF5 soft link {where} loops (or chains more than {MAX_SOFT_LINK_HOPS})", path=self.path)
+            raise InvalidHeaderError(
+                f"HDF5 soft link {where} loops (or chains more than {MAX_SOFT_LINK_HOPS})", path=self.path
+            )
         target = link.path
         current = "/" if target.startswith("/") else parent
         for part in target.split("/"):
@@ -642,7 +650,9 @@ class KerasReader(FormatReader):
         except KeyError:
             raise InvalidHeaderError(f"dataset {path} is missing", path=self.path, tensor=name) from None
         if ds.shape is None:
-            raise InvalidHeaderError(f"dataset {path} has no dataspace (an empty HDF5 dataset)", path=self.path, tensor=name)
+            raise InvalidHeaderError(
+                f"dataset {path} has no dataspace (an empty HDF5 dataset)", path=self.path, tensor=name
+            )
         return ds
 
     def _dtype(self, ds: Any, name: str) -> str:
@@ -709,7 +719,8 @@ class KerasReader(FormatReader):
                     keras[attr] = _decode(value)
             if self._config is None and "model_config" in self._h5.attrs:  # legacy model.save()
                 try:
-                    self._config = _parse_json(_decode(self._attr(self._h5, "model_config")), path=self.path, what="model_config")
+                    text = _decode(self._attr(self._h5, "model_config"))
+                    self._config = _parse_json(text, path=self.path, what="model_config")
                 except (InvalidHeaderError, ResourceLimitError):
                     pass  # a config we cannot parse is not needed to read weights
         if self._config is not None:

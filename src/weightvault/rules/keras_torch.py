@@ -130,7 +130,8 @@ class _KerasTensor:
 
     shape: tuple[int | None, ...] | None
     channels_first: bool = False
-    flattened: tuple[tuple[int | None, ...] | None, bool, bool] | None = None  # (shape, channels_first, flatten df first)
+    #: (shape before the Flatten, that tensor channels-first, Flatten(data_format="channels_first"))
+    flattened: tuple[tuple[int | None, ...] | None, bool, bool] | None = None
 
 
 def _tuple(value: Any, n: int) -> tuple[int, ...] | None:
@@ -325,7 +326,9 @@ def _flatten_kind(layer: str, feed: _KerasTensor, rows: int, path: str, tensor: 
         return "dense"  # already PyTorch's order
     if axes == [*spatial, channel_axis]:
         return "flatten:" + ",".join(str(shape[a]) for a in axes)
-    raise AmbiguousLayoutError(f"Dense {layer!r}: the Flatten before it mixes axes in an unusual order", path=path, tensor=tensor, hint=hint)
+    raise AmbiguousLayoutError(
+        f"Dense {layer!r}: the Flatten before it mixes axes in an unusual order", path=path, tensor=tensor, hint=hint
+    )
 
 
 # Keras 3 .weights.h5 groups are named after the layer class: layers/depthwise_conv2d_1/vars/0.
@@ -564,7 +567,9 @@ def _batchnorm_flags(kind: str, config: dict[str, Any] | None, layer: str, path:
     return flags
 
 
-def _batchnorm_vars(layer: KerasLayer, kind: str, config: dict[str, Any], names_guessed: bool, path: str) -> dict[str, str]:
+def _batchnorm_vars(
+    layer: KerasLayer, kind: str, config: dict[str, Any], names_guessed: bool, path: str
+) -> dict[str, str]:
     """The BatchNorm's variables by their true names. A Keras 3 file stores them by position
     only: with one of gamma/beta missing and no config, it could be either, so a hint is needed."""
     v = dict(layer.vars)
