@@ -413,7 +413,7 @@ class KerasReader(FormatReader):
                 links += 1
                 if links > MAX_H5_LINKS:
                     raise ResourceLimitError(f"HDF5 file has more than {MAX_H5_LINKS} links", path=self.path)
-                target = self._resolve_link(group_path, name, [MAX_SOFT_LINK_HOPS])
+                target = self._resolve_link(group_path, name, [MAX_SOFT_LINK_HOPS], group)
                 info = h5py.h5o.get_info(self._h5.id, target.encode("utf-8"))
                 if info.addr in seen:  # hard links may make cycles
                     continue
@@ -423,11 +423,12 @@ class KerasReader(FormatReader):
                 elif info.type == h5py.h5o.TYPE_DATASET:
                     self._check_storage(target)
 
-    def _resolve_link(self, parent: str, name: str, budget: list[int]) -> str:
+    def _resolve_link(self, parent: str, name: str, budget: list[int], parent_group: Any = None) -> str:
         """The hard-link path that ``parent/name`` leads to (``parent`` is one already)."""
         h5py = _h5py()
         where = f"{parent.rstrip('/')}/{name}"
-        link = self._h5[parent].get(name, getlink=True)
+        group = parent_group if parent_group is not None else self._h5[parent]
+        link = group.get(name, getlink=True)
         if link is None:
             raise InvalidHeaderError(f"HDF5 link {where} leads nowhere", path=self.path)
         if isinstance(link, h5py.ExternalLink):
@@ -565,10 +566,9 @@ class KerasReader(FormatReader):
                 raise InvalidHeaderError("Keras groups nested too deep", path=self.path)
             group = self._h5[real_path]
             for k in group:
-                child = group[k]
-                if not isinstance(child, h5py.Group):
+                if group.get(k, getclass=True) is not h5py.Group:  # link metadata only, nothing opened
                     continue
-                addr = h5py.h5o.get_info(child.id).addr
+                addr = h5py.h5o.get_info(group.id, k.encode("utf-8")).addr
                 if addr in seen:
                     continue  # the same group again through another hard link
                 seen.add(addr)
@@ -604,7 +604,7 @@ class KerasReader(FormatReader):
                 label = _decode(self._attr(vars_group, "name", key)).replace("\\", "/").split("/")[-1]
                 is_root = logical == ""
                 here = chain if is_root or key == "optimizer" else [*chain, label]
-                count = len([k for k in vars_group if k.isdigit() and isinstance(vars_group[k], h5py.Dataset)])
+                count = len([k for k in vars_group if k.isdigit() and vars_group.get(k, getclass=True) is h5py.Dataset])
                 if count:
                     own = layers_cfg.get(label)
                     top = layers_cfg.get(here[0]) if here else None
