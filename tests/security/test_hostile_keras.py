@@ -391,12 +391,20 @@ def test_corrupt_keras_archive_members_are_wrapped(real: dict[str, Any], tmp_pat
         KerasFormat.open(crc)
 
 
-@pytest.mark.parametrize(("config", "error"), [("{not json", InvalidHeaderError), ("[" * 100_000 + "]" * 100_000, ResourceLimitError)])
-def test_bad_json_config_is_wrapped(real: dict[str, Any], tmp_path: Path, config: str, error: type) -> None:
+@pytest.mark.parametrize("member", ["config.json", "metadata.json"])
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ("{not json", InvalidHeaderError),
+        ("[" * 100_000 + "]" * 100_000, ResourceLimitError),  # json.loads itself runs out of stack
+        ('{"a": ' * 900 + "1" + "}" * 900, ResourceLimitError),  # parses, but would break jsonable/json.dumps
+    ],
+)
+def test_bad_json_config_is_wrapped(real: dict[str, Any], tmp_path: Path, config: str, error: type, member: str) -> None:
     out = tmp_path / "cfg.keras"
     with zipfile.ZipFile(real["dir"] / "m.keras") as zin, zipfile.ZipFile(out, "w") as zout:
         for zi in zin.infolist():
-            zout.writestr(zi, config if zi.filename == "config.json" else zin.read(zi))
+            zout.writestr(zi, config if zi.filename == member else zin.read(zi))
     with pytest.raises(error) as err:
         KerasFormat.open(out)
     assert str(out) in str(err.value)

@@ -203,11 +203,26 @@ def _parse_json(text: str | bytes, *, path: str, what: str) -> Any:
     """JSON from a file, with its failures (bad syntax, bad UTF-8, nesting deep enough to
     exhaust Python's stack) as weightvault errors."""
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidHeaderError(f"{what} is not JSON: {exc}", path=path) from None
     except RecursionError:
         raise ResourceLimitError(f"{what} is nested too deeply to parse", path=path) from None
+    _check_nesting(doc, path=path, what=what)
+    return doc
+
+
+def _check_nesting(doc: Any, *, path: str, what: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_NESTING`` (walked without recursion), so that no
+    consumer of the metadata (``json.dumps``, ``jsonable``) recurses into a RecursionError."""
+    pending: list[tuple[Any, int]] = [(doc, 0)]
+    while pending:
+        node, depth = pending.pop()
+        check_depth(depth, path=path, what=what)
+        if isinstance(node, dict):
+            pending.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            pending.extend((v, depth + 1) for v in node)
 
 
 # -- guards: nothing outside the named file, nothing unbounded ------------------------------------
