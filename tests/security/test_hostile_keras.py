@@ -443,3 +443,19 @@ def test_bad_superblock_inside_a_keras_archive(real: dict[str, Any], tmp_path: P
     h5.write_bytes(bytes(data))
     with pytest.raises(InvalidHeaderError, match="superblock version"):
         KerasFormat.open(_into_keras_archive(real, h5, tmp_path / "bad.keras"))
+
+
+def test_weight_that_is_not_a_dataset(real: dict[str, Any], tmp_path: Path) -> None:
+    """A legacy weight name that leads to a committed datatype or a group (fuzz finding)."""
+    path = _copy(real, tmp_path, "m.h5")
+    with h5py.File(path, "a") as f:
+        layer = f["model_weights/d1"]
+        names = [w.decode() if isinstance(w, bytes) else w for w in layer.attrs["weight_names"]]
+        del layer[names[0]]
+        layer[names[0]] = np.dtype("f4")  # a named datatype where the kernel was
+        del layer[names[1]]
+        layer.create_group(names[1])
+    with weightvault.open(path) as reader:
+        for name in reader.keys()[:2]:
+            with pytest.raises(InvalidHeaderError, match="not a dataset"):
+                reader.info(name)

@@ -664,6 +664,8 @@ class KerasReader(FormatReader):
             ds = self._h5[path]
         except KeyError:
             raise InvalidHeaderError(f"dataset {path} is missing", path=self.path, tensor=name) from None
+        if not isinstance(ds, _h5py().Dataset):
+            raise InvalidHeaderError(f"{path} is an HDF5 {type(ds).__name__}, not a dataset", path=self.path, tensor=name)
         if ds.shape is None:
             raise InvalidHeaderError(
                 f"dataset {path} has no dataspace (an empty HDF5 dataset)", path=self.path, tensor=name
