@@ -436,7 +436,8 @@ class KerasReader(FormatReader):
                 if info.type == h5py.h5o.TYPE_GROUP:
                     pending.append(target)
                 elif info.type == h5py.h5o.TYPE_DATASET:
-                    self._check_storage(target)
+                    with _h5_errors(self.path, f"cannot open dataset {target}"):
+                        self._check_storage(target)
 
     def _resolve_link(self, parent: str, name: str, budget: list[int], parent_group: Any = None) -> str:
         """The hard-link path that ``parent/name`` leads to (``parent`` is one already)."""
