@@ -128,6 +128,52 @@ def test_write_names_order_is_checked(tmp_path: Path) -> None:
         GobFormat.write(tmp_path / "x.gob", t, names=["a"])
 
 
+# -- trailing Go values through other formats ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("mid", "to"),
+    [("t.npz", None), ("t.safetensors", "safetensors"), ("t.safetensors", None), ("t.pt", None)],
+    ids=["npz", "safetensors", "native", "pt"],
+)
+@pytest.mark.parametrize("names", [None, ["hidden", "final"]], ids=["default-names", "named"])
+def test_toadocr_round_trip_through_other_formats(
+    toad: Path, tmp_path: Path, gobcheck: Path, mid: str, to: str | None, names: list[str] | None
+) -> None:
+    """gob -> npz / safetensors / .pt -> gob: the trailing epoch comes back as a Go int after the
+    two tensors, and no names value is added that the Go program would have to decode."""
+    weightvault.convert(toad, tmp_path / mid, to=to, read_options={"names": names} if names else None)
+    back = tmp_path / "back.gob"
+    weightvault.convert(tmp_path / mid, back, to="gob")
+    original = go_decode(gobcheck, toad, 2, "int", "eof")
+    assert original["trailing"] == [20]
+    assert go_decode(gobcheck, back, 2, "int", "eof") == original
+    assert back.read_bytes() == toad.read_bytes()
+
+
+def test_carried_metadata_is_invisible_to_numpy_and_torch(toad: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    weightvault.convert(toad, tmp_path / "t.npz")
+    weightvault.convert(toad, tmp_path / "t.pt")
+    with np.load(tmp_path / "t.npz") as z:
+        assert z.files == ["tensor_0", "tensor_1"]
+    state = torch.load(tmp_path / "t.pt", weights_only=True)
+    assert list(state) == ["tensor_0", "tensor_1"]
+    for name in ("t.npz", "t.pt"):
+        with weightvault.open(tmp_path / name) as r:
+            assert r.metadata["trailing"] == [20] and r.metadata["trailing_types"] == ["int"]
+
+
+def test_names_value_is_kept_only_when_the_source_had_one(toad: Path, tmp_path: Path, gobcheck: Path) -> None:
+    with GobFormat.open(toad, names="hidden,final") as r:
+        GobFormat.write(tmp_path / "named.gob", r.tensors(), metadata={"trailing": [20]})  # no gob provenance
+    weightvault.convert(tmp_path / "named.gob", tmp_path / "n.npz")
+    weightvault.convert(tmp_path / "n.npz", tmp_path / "again.gob")
+    with GobFormat.open(tmp_path / "again.gob") as r:
+        assert r.keys() == ["hidden", "final"] and r.metadata["names"] == "embedded"
+    assert go_decode(gobcheck, tmp_path / "again.gob", 2, "int", "names", "eof")["trailing"][1] == {
+        "Names": ["hidden", "final"]
+    }
+
+
 # -- Go writes, we read ----------------------------------------------------------------------------
 def test_go_written_mixed(go_fixtures: Path) -> None:
     with GobFormat.open(go_fixtures / "mixed.gob", names="a,b,c") as r:

@@ -280,3 +280,55 @@ def test_composite_layers_names_match_keras_paths(kmodel: dict[str, Any], tmp_pa
     fresh.load_weights(tmp_path / "back.weights.h5")
     x = np.linspace(-1, 1, 80, dtype="float32").reshape(2, 5, 8)
     np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def _rewrite_h5(src: Path, dst: Path, sep: str) -> None:
+    """Copy a Keras 3 weights file the way Keras 2.13-2.15 laid it out: one root group per object,
+    named by its path joined with ``sep`` (``os.path.join`` on Windows gives ``layers\\dense``),
+    with its ``vars`` inside, and no ``name`` attributes (Keras 3 added those later)."""
+    with h5py.File(src, "r") as fin, h5py.File(dst, "w") as fout:
+        groups: list[str] = []
+        fin.visit(lambda name: groups.append(name) if name.endswith("vars") and isinstance(fin[name], h5py.Group) else None)
+        for vars_path in groups:
+            owner = vars_path[: -len("vars")].rstrip("/")
+            target = fout.require_group(owner.replace("/", sep)) if owner else fout
+            out = target.create_group("vars")
+            for key, ds in fin[vars_path].items():
+                out.create_dataset(key, data=ds[()])
+                for attr, value in ds.attrs.items():
+                    out[key].attrs[attr] = value
+
+
+def test_windows_keras_paths_with_backslashes_are_normalised(kmodel: dict[str, Any], tmp_path: Path) -> None:
+    """Keras 2.13-2.15 on Windows: root groups named ``layers\\conv2d``; zip members may carry
+    backslashes too. The names must be those of the same file written with ``/``."""
+    src = kmodel["dir"] / "m.keras"
+    with zipfile.ZipFile(src) as z:
+        (tmp_path / "orig.h5").write_bytes(z.read("model.weights.h5"))
+    _rewrite_h5(tmp_path / "orig.h5", tmp_path / "posix.h5", "/")
+    _rewrite_h5(tmp_path / "orig.h5", tmp_path / "windows.h5", "\\")
+    with h5py.File(tmp_path / "windows.h5", "r") as f:
+        assert "layers\\conv2d" in f and "layers\\lstm\\cell" in f and "layers" not in f
+    archives = {}
+    for kind in ("posix", "windows"):
+        out = tmp_path / f"{kind}.keras"
+        with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+            for zi in zin.infolist():
+                data = (tmp_path / f"{kind}.h5").read_bytes() if zi.filename == "model.weights.h5" else zin.read(zi)
+                zout.writestr(zi.filename, data)
+            if kind == "windows":
+                zout.writestr("assets\\layers\\note.txt", b"an asset written with Windows separators")
+        archives[kind] = out
+    with weightvault.open(archives["posix"]) as posix, weightvault.open(archives["windows"]) as windows:
+        assert windows.keys() == posix.keys()
+        assert not any("\\" in k or k.split("/")[-1].isdigit() for k in windows.keys())
+        assert "dense/kernel" in windows.keys() and "lstm/lstm_cell/kernel" in windows.keys()
+        for key in posix.keys():
+            np.testing.assert_array_equal(windows.get(key), posix.get(key), err_msg=key)
+    # the bare weights file too, and Keras loads what we write from it
+    with weightvault.open(tmp_path / "windows.h5", format="keras") as reader:
+        assert "conv2d/kernel" in reader.keys()
+    weightvault.convert(archives["windows"], tmp_path / "back.weights.h5")
+    model = _fresh(kmodel)
+    model.load_weights(tmp_path / "back.weights.h5")
+    np.testing.assert_allclose(model.predict(kmodel["inputs"], verbose=0), kmodel["pred"], rtol=1e-6, atol=1e-6)

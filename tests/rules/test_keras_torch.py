@@ -130,11 +130,14 @@ def keras_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 # -- keras -> torch --------------------------------------------------------------------------------
 
 
-def test_keras_file_converts_without_hints(cli_run, keras_files, tmp_path: Path) -> None:
-    code, out, _ = cli_run("convert", keras_files["dir"] / "m.keras", tmp_path / "t.safetensors", "--rules", "keras-to-torch")
+@pytest.mark.parametrize("source", ["m.keras", "m.h5"])
+def test_keras_file_converts_without_hints(cli_run, keras_files, tmp_path: Path, source: str) -> None:
+    """The config knows every layer kind and the shape before the Flatten (4x4x16), so the Dense
+    after it is re-ordered for a PyTorch model that flattens NCHW, with no hint at all."""
+    code, out, _ = cli_run("convert", keras_files["dir"] / source, tmp_path / "t.safetensors", "--rules", "keras-to-torch")
     assert code == 0, out
     assert "BatchNorm eps=0.001" in out
-    net = TorchNet(nhwc_flatten=True)
+    net = TorchNet(nhwc_flatten=False)
     _load_strict(net, tmp_path / "t.safetensors")
     np.testing.assert_allclose(_torch_out(net, keras_files["img"], keras_files["tok"]), keras_files["expected"], rtol=RTOL, atol=ATOL)
 
@@ -319,7 +322,10 @@ def test_keras_torch_round_trip_is_exact(keras_files, tmp_path: Path) -> None:
     src = keras_files["dir"] / "m.keras"
     weightvault.convert(src, tmp_path / "t.safetensors", rules="keras-to-torch")
     weightvault.convert(
-        tmp_path / "t.safetensors", tmp_path / "back.safetensors", rules="torch-to-keras", hints={"conv": "conv", "dw": "depthwise:2", "emb": "embedding"}
+        tmp_path / "t.safetensors",
+        tmp_path / "back.safetensors",
+        rules="torch-to-keras",
+        hints={"conv": "conv", "dw": "depthwise:2", "emb": "embedding", "img_fc": "flatten:4,4,16"},
     )
     with weightvault.open(src) as a, weightvault.open(tmp_path / "back.safetensors") as b:
         assert sorted(a.keys()) == sorted(b.keys())
@@ -386,3 +392,230 @@ def test_torch_stacked_gru_to_two_keras_layers(cli_run, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = gru(torch.from_numpy(x))[0][:, -1].numpy()
     np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=RTOL, atol=ATOL)
+
+
+# -- Dense after Flatten, inferred from the model config ----------------------------------------------
+
+
+def _flatten_model(variant: str) -> tuple[keras.Model, torch.nn.Module]:
+    """A Keras Sequential Conv2D -> pool -> Flatten -> Dense and its NCHW PyTorch twin."""
+    L, nn = keras.layers, torch.nn
+    if variant == "valid":
+        layers = [L.Conv2D(4, 3, name="conv"), L.MaxPooling2D(2, name="pool"), L.Flatten(name="flat"), L.Dense(5, name="fc")]
+        body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2))
+        features = 3 * 3 * 4
+    else:  # "same" padding, a pooling stride of its own and a Dropout after the Flatten
+        layers = [
+            L.Conv2D(6, 3, padding="same", name="conv"),  # 8x8x6
+            L.MaxPooling2D(3, strides=2, name="pool"),  # 3x3x6
+            L.Flatten(name="flat"),
+            L.Dropout(0.5, name="drop"),
+            L.Dense(5, name="fc"),
+        ]
+        body = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.MaxPool2d(3, stride=2))
+        features = 3 * 3 * 6
+    model = keras.Sequential([keras.Input(IMG), *layers], name="net")
+    _randomise(model, 11)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = body[0]
+            self.pool = body[1]
+            self.fc = nn.Linear(features, 5)
+
+        def forward(self, img_nhwc: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.conv(img_nhwc.permute(0, 3, 1, 2))).flatten(1))
+
+    return model, Net()
+
+
+@pytest.mark.parametrize("variant", ["valid", "same-strided"])
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_dense_after_flatten_needs_no_hint_with_a_config(cli_run, tmp_path: Path, variant: str, suffix: str) -> None:
+    model, net = _flatten_model(variant)
+    src = tmp_path / f"m{suffix}"
+    model.save(src)  # .h5: legacy file whose config records no layer shapes: computed from the input
+    img = np.random.default_rng(12).normal(size=(3, *IMG)).astype("float32")
+    expected = np.asarray(model(img, training=False))
+    mid = tmp_path / "t.safetensors"
+    # legacy files name Sequential variables net/conv/kernel
+    code, out, _ = cli_run("convert", src, mid, "--rules", "keras-to-torch", "--rename", r"^net\.=")
+    assert code == 0, out
+    _load_strict(net, mid)
+    net.eval()
+    with torch.no_grad():
+        got = net(torch.from_numpy(img)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # and back: torch-to-keras takes the same flatten:H,W,C hint (the shape before the Flatten)
+    shape = model.get_layer("flat").input.shape[1:]
+    # .keras: the Keras 3 group layout travelled in the metadata; .h5: legacy files load by layer order
+    back = tmp_path / ("back.weights.h5" if suffix == ".keras" else "back.h5")
+    code, out, _ = cli_run(
+        "convert", mid, back, "--rules", "torch-to-keras", "--hint", "conv=conv", "--hint", f"fc=flatten:{','.join(map(str, shape))}"
+    )
+    assert code == 0, out
+    fresh, _ = _flatten_model(variant)
+    fresh.load_weights(back)
+    np.testing.assert_allclose(np.asarray(fresh(img, training=False)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_h5_without_config_keeps_keras_order_unless_hinted(tmp_path: Path) -> None:
+    """No config, no shape: the kernel is copied as Keras stores it (a PyTorch model flattening
+    channels-last matches); the NCHW twin needs the hint."""
+    model, net = _flatten_model("valid")
+    model.save_weights(tmp_path / "m.weights.h5")
+    plain = weightvault.convert(tmp_path / "m.weights.h5", tmp_path / "p.safetensors", rules="keras-to-torch", hints={"conv": "conv"})
+    assert [r["transforms"] for r in plain.to_dict()["tensors"] if r["target"] == "fc.weight"] == ["transpose(perm=[1, 0])"]
+    weightvault.convert(tmp_path / "m.weights.h5", tmp_path / "h.safetensors", rules="keras-to-torch", hints={"conv": "conv", "fc": "flatten:3,3,4"})
+    _load_strict(net, tmp_path / "h.safetensors")
+    img = np.random.default_rng(13).normal(size=(2, *IMG)).astype("float32")
+    net.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(net(torch.from_numpy(img)).numpy(), np.asarray(model(img)), rtol=1e-5, atol=1e-5)
+
+
+def test_flatten_of_unknown_shape_asks_for_a_hint(tmp_path: Path) -> None:
+    L = keras.layers
+    # Reshape: a layer whose output shape the rules do not compute (the legacy config has no shapes)
+    model = keras.Sequential(
+        [keras.Input(IMG), L.Conv2D(4, 3, name="conv"), L.Reshape((6, 6, 4), name="same"), L.Flatten(name="flat"), L.Dense(2, name="fc")],
+        name="net",
+    )
+    model.save(tmp_path / "m.h5")
+    with pytest.raises(AmbiguousLayoutError) as err:
+        weightvault.convert(tmp_path / "m.h5", tmp_path / "x.safetensors", rules="keras-to-torch", dry_run=True)
+    assert "net/fc=flatten:H,W,C" in err.value.hint and "net/fc=dense" in err.value.hint
+    report = weightvault.convert(
+        tmp_path / "m.h5", tmp_path / "x.safetensors", rules="keras-to-torch", hints={"net/fc": "flatten:6,6,4"}, dry_run=True
+    )
+    assert any(r["target"] == "net.fc.weight" for r in report.to_dict()["tensors"])
+
+
+def test_torch_to_keras_flatten_hint_checks_the_size(tmp_path: Path) -> None:
+    src = tmp_path / "l.safetensors"
+    weightvault.save({"fc.weight": np.zeros((5, 36), np.float32), "fc.bias": np.zeros(5, np.float32)}, src)
+    with pytest.raises(AmbiguousLayoutError, match="36"):
+        weightvault.convert(src, tmp_path / "x.weights.h5", rules="torch-to-keras", hints={"fc": "flatten:4,4,4"}, dry_run=True)
+
+
+# -- BatchNormalization with center=False / scale=False -----------------------------------------------
+
+
+def _bn_model() -> keras.Model:
+    L = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input(IMG),
+            L.Conv2D(4, 3, name="conv"),
+            L.BatchNormalization(center=False, name="bn1"),
+            L.BatchNormalization(scale=False, name="bn2"),
+            L.BatchNormalization(center=False, scale=False, name="bn3"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(3, name="fc"),
+        ],
+        name="net",
+    )
+    _randomise(model, 21)
+    return model
+
+
+class TorchBn(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4, eps=1e-3)
+        self.bn2 = nn.BatchNorm2d(4, eps=1e-3)
+        self.bn3 = nn.BatchNorm2d(4, eps=1e-3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, img_nhwc: torch.Tensor) -> torch.Tensor:
+        x = self.bn3(self.bn2(self.bn1(self.conv(img_nhwc.permute(0, 3, 1, 2)))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def bn_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("bn")
+    model = _bn_model()
+    model.save(d / "m.keras")
+    model.save(d / "m.h5")
+    model.save_weights(d / "m.weights.h5")
+    img = np.random.default_rng(22).normal(size=(2, *IMG)).astype("float32")
+    return {"dir": d, "img": img, "expected": np.asarray(model(img, training=False))}
+
+
+def _torch_bn_out(net: torch.nn.Module, img: np.ndarray) -> np.ndarray:
+    net.eval()
+    with torch.no_grad():
+        return net(torch.from_numpy(img)).numpy()
+
+
+@pytest.mark.parametrize("source", ["m.keras", "m.h5"])
+def test_batchnorm_without_center_or_scale_to_torch(bn_files, tmp_path: Path, source: str) -> None:
+    dst = tmp_path / "t.safetensors"
+    report = weightvault.convert(bn_files["dir"] / source, dst, rules="keras-to-torch", rename=[(r"^net\.", "")])
+    notes = {r["target"]: r["note"] for r in report.to_dict()["tensors"]}
+    assert "beta not stored" in notes["bn1.bias"] and "gamma not stored" in notes["bn2.weight"]
+    net = TorchBn()
+    _load_strict(net, dst)
+    assert torch.equal(net.bn1.bias, torch.zeros(4)) and torch.equal(net.bn2.weight, torch.ones(4))
+    assert torch.equal(net.bn3.weight, torch.ones(4)) and torch.equal(net.bn3.bias, torch.zeros(4))
+    np.testing.assert_allclose(_torch_bn_out(net, bn_files["img"]), bn_files["expected"], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_weights_h5_needs_the_flag_hint(bn_files, tmp_path: Path) -> None:
+    """A Keras 3 .weights.h5 stores a 3-variable BatchNorm by position: center=False and
+    scale=False cannot be told apart without the config, so the rules ask."""
+    src = bn_files["dir"] / "m.weights.h5"
+    with pytest.raises(AmbiguousLayoutError, match="center=False") as err:
+        weightvault.convert(src, tmp_path / "x.safetensors", rules="keras-to-torch", hints={"conv": "conv"}, dry_run=True)
+    assert "batchnorm:center=false" in err.value.hint
+    hints = {"conv": "conv", "bn1": "batchnorm:center=false", "bn2": "batchnorm:scale=false"}
+    weightvault.convert(src, tmp_path / "t.safetensors", rules="keras-to-torch", hints=hints)
+    net = TorchBn()
+    _load_strict(net, tmp_path / "t.safetensors")
+    np.testing.assert_allclose(_torch_bn_out(net, bn_files["img"]), bn_files["expected"], rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_without_center_or_scale_round_trips(bn_files, tmp_path: Path) -> None:
+    """keras -> torch -> keras: the Keras config travels in the metadata, so torch-to-keras knows
+    which of PyTorch's weight/bias the Keras layers lack and drops them (they are ones/zeros)."""
+    mid = tmp_path / "t.safetensors"
+    weightvault.convert(bn_files["dir"] / "m.keras", mid, rules="keras-to-torch")
+    back = tmp_path / "back.weights.h5"
+    report = weightvault.convert(mid, back, rules="torch-to-keras", hints={"conv": "conv"})
+    dropped = report.to_dict()["dropped"]
+    assert {"bn1.bias", "bn2.weight", "bn3.weight", "bn3.bias"} <= set(dropped)
+    model = _bn_model()
+    for v in model.weights:
+        v.assign(np.zeros(v.shape, "float32"))
+    model.load_weights(back)
+    np.testing.assert_allclose(np.asarray(model(bn_files["img"], training=False)), bn_files["expected"], rtol=1e-6, atol=1e-6)
+
+
+def test_torch_batchnorm_to_keras_without_center_refuses_a_real_bias(bn_files, tmp_path: Path) -> None:
+    net = TorchBn()
+    _random_torch(net, 23)
+    src = tmp_path / "net.safetensors"
+    weightvault.save(net.state_dict(), src)
+    hints = {"conv": "conv", "bn1": "batchnorm:center=false", "bn2": "batchnorm:scale=false", "bn3": "batchnorm:center=false,scale=false"}
+    with pytest.raises(AmbiguousLayoutError, match="bn1.bias"):
+        weightvault.convert(src, tmp_path / "x.weights.h5", rules="torch-to-keras", hints=hints)
+    assert not (tmp_path / "x.weights.h5").exists()
+    with torch.no_grad():  # now the weights are exactly what the Keras layers imply
+        net.bn1.bias.zero_()
+        net.bn2.weight.fill_(1.0)
+        net.bn3.weight.fill_(1.0)
+        net.bn3.bias.zero_()
+        for bn in (net.bn1, net.bn2, net.bn3):
+            bn.running_mean.copy_(torch.randn(4) * 0.3)
+            bn.running_var.copy_(torch.rand(4) + 0.5)
+    weightvault.save(net.state_dict(), src)
+    dst = tmp_path / "net.h5"  # legacy layout: loaded by layer order
+    weightvault.convert(src, dst, rules="torch-to-keras", hints=hints)
+    model = _bn_model()
+    model.load_weights(dst)
+    img = bn_files["img"]
+    np.testing.assert_allclose(np.asarray(model(img, training=False)), _torch_bn_out(net, img), rtol=1e-5, atol=1e-5)

@@ -43,6 +43,7 @@ writer reads the same keys back, so ``convert`` gob -> native -> gob keeps all o
 
 from __future__ import annotations
 
+import json
 import math
 import mmap
 import os
@@ -328,13 +329,14 @@ class _Decoder:
         return t.kind
 
     # -- values ------------------------------------------------------------------------------------------
-    def top_value(self, tid: int) -> Any:
-        """Decode one top-level value of type ``tid`` (non-structs are "singletons": ``00`` first)."""
+    def top_value(self, tid: int, depth: int = 0) -> Any:
+        """Decode one top-level value of type ``tid`` (non-structs are "singletons": ``00`` first).
+        ``depth``: how deep this value sits inside interface values (each starts a new top level)."""
         t = self.type_of(tid)
         if not (isinstance(t, WireType) and t.kind == "struct"):
             if self.uint() != 0:
                 raise self.corrupt("non-zero field delta before a singleton value")
-        return self.value(tid, 0)
+        return self.value(tid, depth)
 
     def value(self, tid: int, depth: int) -> Any:
         if depth > MAX_DEPTH:
@@ -404,7 +406,7 @@ class _Decoder:
         assert tid is not None
         count = self.uint()
         self.need(count, "an interface value")
-        return GoInterface(name, tid, self.top_value(tid))
+        return GoInterface(name, tid, self.top_value(tid, depth + 1))
 
 
 @dataclass
@@ -1191,7 +1193,7 @@ class GobFormat(Format):
         """
         if options:
             raise UnsupportedOperationError(f"unknown gob option(s): {', '.join(sorted(options))}", path=path)
-        meta = dict(metadata or {})
+        meta = _gob_metadata(metadata)
         order = _split_names(names)
         masks: dict[str, str] = {k: v for k, v in dict(meta.get("masks") or {}).items() if k in tensors and v in tensors}
         mask_names = set(masks.values())
@@ -1220,7 +1222,10 @@ class GobFormat(Format):
         col = set(order) if column_major is True else set(column_major or [])
         triangles: dict[str, int] = dict(meta.get("triangle") or {})
         if embed_names is None:
-            embed_names = order != [f"tensor_{i}" for i in range(len(order))]
+            # A stream read by our gob reader records whether it held a names value: when it did
+            # not, a Go program decodes exactly the original values, so none is added.
+            from_plain_gob = meta.get("names") in ("default", "option")
+            embed_names = not from_plain_gob and order != [f"tensor_{i}" for i in range(len(order))]
 
         ids = _Ids()
         outer = _Encoder(ids)
@@ -1251,6 +1256,23 @@ class GobFormat(Format):
                 outer.out = bytearray()
                 outer.encode(NAMES_T, _encode_value(NAMES_T, {"Names": order}, what="names"))
                 f.write(outer.out)
+
+
+_JSON_KEYS = ("trailing", "trailing_types", "go_types", "column_major", "triangle", "masks")
+
+
+def _gob_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The gob reader's metadata keys, also when a string-only container (plain safetensors)
+    kept each value JSON-encoded on the way."""
+    meta = dict(metadata or {})
+    for key in _JSON_KEYS:
+        value = meta.get(key)
+        if isinstance(value, str):
+            try:
+                meta[key] = json.loads(value)
+            except (ValueError, RecursionError):
+                del meta[key]  # not ours: ignore rather than write something wrong
+    return meta
 
 
 def _dense_typedefs(ids: _Ids, outer: _Encoder) -> bytes:

@@ -55,12 +55,15 @@ three forms, including Keras' unmarked 2-byte opaque legacy datasets.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +72,16 @@ import numpy as np
 from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_name
 from weightvault.core.io import atomic_write
+from weightvault.core.limits import check_depth, check_expansion
 from weightvault.errors import (
     DuplicateTensorError,
     InvalidHeaderError,
     MissingDependencyError,
+    ResourceLimitError,
     TruncatedFileError,
     UnknownDtypeError,
     UnsupportedOperationError,
+    WeightVaultError,
 )
 from weightvault.formats._common import describe_entry, fetch_array, jsonable
 
@@ -159,36 +165,166 @@ def _decode(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def _attr_list(group: Any, name: str) -> list[str]:
-    """A string-list attribute, joined from Keras' ``name0``, ``name1``... chunks when split."""
+def _attr_list(group: Any, name: str, read: Any) -> list[str]:
+    """A string-list attribute, joined from Keras' ``name0``, ``name1``... chunks when split;
+    ``read(group, name)`` reads one attribute (after checking its size)."""
     if name in group.attrs:
-        values = list(np.atleast_1d(group.attrs[name]))
+        values = list(np.atleast_1d(read(group, name)))
     else:
         values = []
         i = 0
         while f"{name}{i}" in group.attrs:
-            values.extend(np.atleast_1d(group.attrs[f"{name}{i}"]))
+            values.extend(np.atleast_1d(read(group, f"{name}{i}")))
             i += 1
     return [_decode(v) for v in values if not isinstance(v, (float, np.floating))]
 
 
-def _walk_config(config: Any) -> dict[str, dict[str, Any]]:
+def _walk_config(config: Any, path: str | None = None) -> dict[str, dict[str, Any]]:
     """layer name -> {"class_name", "config", "order"} from a .keras config (nested models too)."""
     found: dict[str, dict[str, Any]] = {}
 
-    def visit(node: Any) -> None:
+    def visit(node: Any, depth: int = 0) -> None:
+        check_depth(depth, path=path, what="the Keras model config")
         if isinstance(node, dict):
             cfg = node.get("config")
             if "class_name" in node and isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
                 found.setdefault(cfg["name"], {"class_name": node["class_name"], "config": cfg, "order": len(found)})
             for v in node.values():
-                visit(v)
+                visit(v, depth + 1)
         elif isinstance(node, list):
             for v in node:
-                visit(v)
+                visit(v, depth + 1)
 
     visit(config)
     return found
+
+
+def _parse_json(text: str | bytes, *, path: str, what: str) -> Any:
+    """JSON from a file, with its failures (bad syntax, bad UTF-8, nesting deep enough to
+    exhaust Python's stack) as weightvault errors."""
+    try:
+        doc = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidHeaderError(f"{what} is not JSON: {exc}", path=path) from None
+    except RecursionError:
+        raise ResourceLimitError(f"{what} is nested too deeply to parse", path=path) from None
+    _check_nesting(doc, path=path, what=what)
+    return doc
+
+
+def _check_nesting(doc: Any, *, path: str, what: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_NESTING`` (walked without recursion), so that no
+    consumer of the metadata (``json.dumps``, ``jsonable``) recurses into a RecursionError."""
+    pending: list[tuple[Any, int]] = [(doc, 0)]
+    while pending:
+        node, depth = pending.pop()
+        check_depth(depth, path=path, what=what)
+        if isinstance(node, dict):
+            pending.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            pending.extend((v, depth + 1) for v in node)
+
+
+# -- guards: nothing outside the named file, nothing unbounded ------------------------------------
+#: exceptions h5py raises for damaged files; turned into weightvault errors at the format boundary
+_H5PY_ERRORS = (RuntimeError, OSError, KeyError, ValueError, TypeError, OverflowError, IndexError)
+#: soft links followed while resolving one name (HDF5's own default limit)
+MAX_SOFT_LINK_HOPS = 16
+#: links visited when checking a file (a Keras file has a few per variable)
+MAX_H5_LINKS = 1_000_000
+#: HDF5 filters that ship with the library or h5py; any other id makes HDF5 search for a
+#: plugin library to load, so such datasets are refused rather than decoded
+_BUILTIN_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit", 6: "scaleoffset", 32000: "lzf"}
+_UNDEFINED_ADDRESS = (1 << 64) - 1
+
+
+@contextlib.contextmanager
+def _h5_errors(path: str, what: str, tensor: str | None = None) -> Iterator[None]:
+    """Turn h5py's own failures on a damaged file into :class:`InvalidHeaderError` /
+    :class:`TruncatedFileError` naming the file, the dataset and what was being read."""
+    try:
+        yield
+    except WeightVaultError:
+        raise
+    except _H5PY_ERRORS as exc:
+        text = str(exc) or type(exc).__name__
+        cls = TruncatedFileError if "truncated" in text.lower() else InvalidHeaderError
+        raise cls(f"{what}: HDF5 reports {text}", path=path, tensor=tensor) from None
+
+
+def _superblock_offset(read: Callable[[int, int], bytes], size: int) -> int:
+    """Where the HDF5 signature is: 0, or a power of two from 512 on (after a user block)."""
+    offset = 0
+    while offset + len(HDF5_MAGIC) <= size:
+        if read(offset, len(HDF5_MAGIC)) == HDF5_MAGIC:
+            return offset
+        offset = 512 if offset == 0 else offset * 2
+    return -1
+
+
+def check_superblock(read: Callable[[int, int], bytes], size: int, *, path: str) -> None:
+    """Cheap checks of the HDF5 superblock before h5py sees the file (``read(offset, n)``: up to
+    ``n`` bytes of the file at ``offset``; ``size``: the file's length).
+
+    HDF5 itself trusts the superblock's addresses and sizes; a flipped byte there sends it far
+    into (or past) the file. Checked here: the signature, a known superblock version (0-3), the
+    sizes of offsets and lengths (2-8 bytes), the B-tree K values, that the base address is where
+    the signature is, that the end-of-file address does not pass the file's end (HDF5 reports a
+    truncated file only after reading), that the root group's object header lies inside it, and
+    that there is no driver-info block (the family/multi drivers open other files).
+    """
+    sig = _superblock_offset(read, size)
+    if sig < 0:
+        raise InvalidHeaderError("no HDF5 signature", path=path)
+    body = read(sig, 256)
+    if len(body) < 24:  # the shortest superblock (version 2/3 with 2-byte offsets) has 24 bytes
+        raise TruncatedFileError("the HDF5 superblock is cut off", path=path)
+    version = body[8]
+    if version > 3:
+        raise InvalidHeaderError(f"unknown HDF5 superblock version {version}", path=path)
+    if version <= 1:
+        so, sl = body[13], body[14]
+        fixed = 24 if version == 0 else 28
+        if body[12] != 0 or body[9] != 0 or body[10] != 0:
+            raise InvalidHeaderError("HDF5 superblock names unknown sub-format versions", path=path)
+        leaf_k, node_k = int.from_bytes(body[16:18], "little"), int.from_bytes(body[18:20], "little")
+        if leaf_k == 0 or node_k == 0:
+            raise InvalidHeaderError("HDF5 superblock has a zero B-tree K", path=path)
+        addresses = ("base", "free space", "end of file", "driver info")
+    else:
+        so, sl = body[9], body[10]
+        fixed = 12
+        addresses = ("base", "superblock extension", "end of file", "root object header")
+    if so not in (2, 4, 8) or sl not in (2, 4, 8):
+        raise InvalidHeaderError(f"HDF5 superblock gives {so}-byte offsets and {sl}-byte lengths", path=path)
+    need = fixed + so * (len(addresses) + (2 if version <= 1 else 0))
+    if len(body) < need:
+        raise TruncatedFileError("the HDF5 superblock is cut off", path=path)
+    undefined = (1 << (8 * so)) - 1
+    values = {
+        what: int.from_bytes(body[fixed + i * so : fixed + (i + 1) * so], "little") for i, what in enumerate(addresses)
+    }
+    if version <= 1:  # the root group's symbol table entry follows: link name offset, header address
+        values["root object header"] = int.from_bytes(body[fixed + 5 * so : fixed + 6 * so], "little")
+        if values["driver info"] != undefined:
+            raise InvalidHeaderError(
+                "HDF5 superblock has a driver-info block (a family/multi file spread over other files)", path=path
+            )
+    if values["base"] != sig:
+        raise InvalidHeaderError(f"HDF5 base address {values['base']} is not the superblock's ({sig})", path=path)
+    eof = values["end of file"]
+    if eof == undefined or eof > size:  # HDF5 writes it as an absolute address (user blocks too)
+        raise TruncatedFileError(
+            f"HDF5 superblock says the file ends at byte {eof if eof != undefined else 'undefined'} "
+            f"but it has {size} bytes",
+            path=path,
+        )
+    root = values["root object header"]
+    if root == undefined or root >= eof:
+        raise InvalidHeaderError(f"HDF5 root group header address {root} lies outside the file", path=path)
+    ext = values.get("superblock extension", undefined)
+    if ext != undefined and ext >= eof:
+        raise InvalidHeaderError(f"HDF5 superblock extension address {ext} lies outside the file", path=path)
 
 
 class KerasReader(FormatReader):
@@ -205,19 +341,30 @@ class KerasReader(FormatReader):
             if zipfile.is_zipfile(self.path):
                 self.container = "keras"
                 self._buffer = self._read_archive()
-                self._h5 = h5py.File(self._buffer, "r")
+                with self._buffer.getbuffer() as data:
+                    self._size = len(data)
+                    check_superblock(lambda at, n: bytes(data[at : at + n]), self._size, path=self.path)
+                with _h5_errors(self.path, "model.weights.h5 is not a readable HDF5 file"):
+                    self._h5 = h5py.File(self._buffer, "r")
             else:
                 self.container = "h5"
-                try:
+                self._size = os.path.getsize(self.path)
+                with open(self.path, "rb") as f:
+
+                    def read(at: int, n: int) -> bytes:
+                        f.seek(at)
+                        return f.read(n)
+
+                    check_superblock(read, self._size, path=self.path)
+                with _h5_errors(self.path, "not a readable HDF5 file"):
                     self._h5 = h5py.File(self.path, "r")
-                except OSError as exc:
-                    cls = TruncatedFileError if "truncated" in str(exc).lower() else InvalidHeaderError
-                    raise cls(f"not a readable HDF5 file: {exc}", path=self.path) from None
         except BaseException:
             self.close_buffer()
             raise
         try:
-            self._index()
+            with _h5_errors(self.path, "cannot index the Keras groups"):
+                self._check_links_and_storage()
+                self._index()
         except BaseException:
             self.close()
             raise
@@ -228,34 +375,150 @@ class KerasReader(FormatReader):
 
     def _read_archive(self) -> io.BytesIO:
         try:
-            zf = zipfile.ZipFile(self.path)
-        except zipfile.BadZipFile as exc:
-            raise InvalidHeaderError(f"not a .keras archive: {exc}", path=self.path) from None
-        with zf:
-            names = zf.namelist()
-            if "model.weights.h5" not in names:
-                raise InvalidHeaderError(".keras archive has no model.weights.h5", path=self.path)
-            for meta in ("config.json", "metadata.json"):
-                if meta in names:
-                    zi = zf.getinfo(meta)
-                    if zi.file_size > 64 * 1024 * 1024:
-                        raise InvalidHeaderError(f"{meta} is implausibly large", path=self.path)
-                    try:
-                        doc = json.loads(zf.read(meta).decode("utf-8"))
-                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise InvalidHeaderError(f"{meta} is not JSON: {exc}", path=self.path) from None
-                    if meta == "config.json":
-                        self._config = doc
-                    else:
-                        self._keras_meta = doc if isinstance(doc, dict) else {}
-            zi = zf.getinfo("model.weights.h5")
-            if zi.compress_type != zipfile.ZIP_STORED and zi.file_size > zi.compress_size * MAX_ZIP_RATIO + 4096:
-                raise InvalidHeaderError("model.weights.h5 claims an impossible size", path=self.path)
-            try:
-                data = zf.read(zi)
-            except (zipfile.BadZipFile, EOFError, OSError) as exc:
-                raise TruncatedFileError(f"cannot read model.weights.h5: {exc}", path=self.path) from None
+            with zipfile.ZipFile(self.path) as zf:
+                return self._read_members(zf)
+        except WeightVaultError:
+            raise
+        except (
+            zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError
+        ) as exc:
+            # a damaged central directory, a bad CRC, a corrupt deflate stream, an encrypted or
+            # unknown-compression member: all mean the archive cannot be read as written
+            raise InvalidHeaderError(f"not a readable .keras archive: {exc}", path=self.path) from None
+
+    def _read_members(self, zf: zipfile.ZipFile) -> io.BytesIO:
+        # Keras 2.13-2.15 on Windows wrote member names with backslashes
+        members = {zi.filename.replace("\\", "/"): zi for zi in zf.infolist()}
+        if "model.weights.h5" not in members:
+            raise InvalidHeaderError(".keras archive has no model.weights.h5", path=self.path)
+        for meta in ("config.json", "metadata.json"):
+            if meta in members:
+                zi = members[meta]
+                if zi.file_size > 64 * 1024 * 1024:
+                    raise InvalidHeaderError(f"{meta} is implausibly large", path=self.path)
+                check_expansion(zi.file_size, zi.compress_size, path=self.path, what=meta)
+                doc = _parse_json(zf.read(zi), path=self.path, what=meta)
+                if meta == "config.json":
+                    self._config = doc
+                else:
+                    self._keras_meta = doc if isinstance(doc, dict) else {}
+        zi = members["model.weights.h5"]
+        if zi.compress_type != zipfile.ZIP_STORED and zi.file_size > zi.compress_size * MAX_ZIP_RATIO + 4096:
+            raise InvalidHeaderError("model.weights.h5 claims an impossible size", path=self.path)
+        try:
+            data = zf.read(zi)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+            raise TruncatedFileError(f"cannot read model.weights.h5: {exc}", path=self.path) from None
         return io.BytesIO(data)
+
+    # -- guards ------------------------------------------------------------------------------------
+    def _check_links_and_storage(self) -> None:
+        """Walk every link once before anything is read: refuse external links, soft links that
+        dangle, loop or pass through an external link, and datasets whose bytes live in another
+        file (external raw storage, virtual datasets) or need a filter plugin. After this, plain
+        h5py access by name stays inside this file."""
+        h5py = _h5py()
+        seen: set[int] = set()
+        links = 0
+        pending = ["/"]
+        while pending:
+            group_path = pending.pop()
+            group = self._h5[group_path]  # reached through hard links only
+            for name in group:
+                links += 1
+                if links > MAX_H5_LINKS:
+                    raise ResourceLimitError(f"HDF5 file has more than {MAX_H5_LINKS} links", path=self.path)
+                target = self._resolve_link(group_path, name, [MAX_SOFT_LINK_HOPS], group)
+                info = h5py.h5o.get_info(self._h5.id, target.encode("utf-8"))
+                if info.addr in seen:  # hard links may make cycles
+                    continue
+                seen.add(info.addr)
+                if info.type == h5py.h5o.TYPE_GROUP:
+                    pending.append(target)
+                elif info.type == h5py.h5o.TYPE_DATASET:
+                    with _h5_errors(self.path, f"cannot open dataset {target}"):
+                        self._check_storage(target)
+
+    def _resolve_link(self, parent: str, name: str, budget: list[int], parent_group: Any = None) -> str:
+        """The hard-link path that ``parent/name`` leads to (``parent`` is one already)."""
+        h5py = _h5py()
+        where = f"{parent.rstrip('/')}/{name}"
+        group = parent_group if parent_group is not None else self._h5[parent]
+        link = group.get(name, getlink=True)
+        if link is None:
+            raise InvalidHeaderError(f"HDF5 link {where} leads nowhere", path=self.path)
+        if isinstance(link, h5py.ExternalLink):
+            raise InvalidHeaderError(
+                f"HDF5 link {where} is an external link to {link.filename}:{link.path}; "
+                "weightvault reads nothing outside the named file",
+                path=self.path,
+            )
+        if isinstance(link, h5py.HardLink):
+            return where
+        if not isinstance(link, h5py.SoftLink):
+            raise InvalidHeaderError(f"HDF5 link {where} is of a user-defined kind", path=self.path)
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidHeaderError(
+                f"HDF5 soft link {where} loops (or chains more than {MAX_SOFT_LINK_HOPS})", path=self.path
+            )
+        target = link.path
+        current = "/" if target.startswith("/") else parent
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == ".." or not isinstance(self._h5[current], h5py.Group):
+                raise InvalidHeaderError(f"HDF5 soft link {where} -> {target} leads nowhere", path=self.path)
+            current = self._resolve_link(current, part, budget)
+        return current
+
+    def _check_storage(self, dataset_path: str) -> None:
+        h5py = _h5py()
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        dapl.set_virtual_view(h5py.h5d.VDS_FIRST_MISSING)  # do not look for mapped files on open
+        dcpl = h5py.h5d.open(self._h5.id, dataset_path.encode("utf-8"), dapl).get_create_plist()
+        if dcpl.get_layout() == h5py.h5d.VIRTUAL:
+            raise InvalidHeaderError(
+                f"dataset {dataset_path} is an HDF5 virtual dataset (its data lives in other files); "
+                "weightvault reads nothing outside the named file",
+                path=self.path,
+            )
+        if dcpl.get_external_count() > 0:
+            other = _decode(dcpl.get_external(0)[0])
+            raise InvalidHeaderError(
+                f"dataset {dataset_path} keeps its data in external file {other!r}; "
+                "weightvault reads nothing outside the named file",
+                path=self.path,
+            )
+        for i in range(dcpl.get_nfilters()):
+            code = dcpl.get_filter(i)[0]
+            if code not in _BUILTIN_FILTERS:
+                raise UnsupportedOperationError(
+                    f"dataset {dataset_path} needs HDF5 filter {code}, which only a plugin library provides",
+                    path=self.path,
+                )
+
+    def _attr(self, obj: Any, name: str, default: Any = None) -> Any:
+        """An attribute, after checking its size against the file (h5py allocates first)."""
+        if name not in obj.attrs:
+            return default
+        h5py = _h5py()
+        aid = obj.attrs.get_id(name)
+        type_class = aid.get_type().get_class()
+        if type_class not in (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+            # Keras writes strings and numbers only; HDF5 crashes on some damaged variable-length
+            # sequence types, so anything else is refused before its data is touched
+            raise InvalidHeaderError(
+                f"attribute {name!r} of {obj.name} has HDF5 type class {type_class}, not a string or number",
+                path=self.path,
+            )
+        shape = aid.shape if aid.shape is not None else ()
+        nbytes = math.prod(shape) * aid.dtype.itemsize
+        if nbytes > self._size:
+            raise InvalidHeaderError(
+                f"attribute {name!r} of {obj.name} claims {nbytes} bytes in a {self._size}-byte file", path=self.path
+            )
+        return obj.attrs[name]
 
     # -- indexing ----------------------------------------------------------------------------------
     def _index(self) -> None:
@@ -268,7 +531,7 @@ class KerasReader(FormatReader):
         elif "layer_names" in f.attrs or "layer_names0" in f.attrs:
             self.layout = "legacy"
             self._index_legacy(f, "")
-        elif "layers" in f or "vars" in f or "_layer_checkpoint_dependencies" in f or "optimizer" in f:
+        elif set(self._group_tree()[0][""]) & {"layers", "vars", "_layer_checkpoint_dependencies", "optimizer"}:
             self.layout = "keras3"
             self._index_keras3()
         else:
@@ -280,35 +543,84 @@ class KerasReader(FormatReader):
         self._entries[name] = {"h5_path": h5_path, **extra}
 
     def _index_legacy(self, group: Any, base: str) -> None:
-        for layer in _attr_list(group, "layer_names"):
+        for layer in _attr_list(group, "layer_names", self._attr):
             if layer not in group:
                 raise InvalidHeaderError(f"layer_names lists {layer!r} but it has no group", path=self.path)
             self._index_legacy_group(group[layer], f"{base}{layer}/", layer=layer)
 
     def _index_legacy_group(self, group: Any, base: str, prefix: str = "", layer: str | None = None) -> None:
-        for wn in _attr_list(group, "weight_names"):
+        for wn in _attr_list(group, "weight_names", self._attr):
             if wn not in group:
                 raise InvalidHeaderError(f"weight {wn!r} is listed but missing", path=self.path, tensor=wn)
             name = prefix + re.sub(r":\d+$", "", wn)
             self._add(name, base + wn, layer=layer)
 
+    def _group_tree(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """(logical group -> child groups, logical group -> real HDF5 path). Logical paths use
+        ``/`` only: Keras 2.13-2.15 on Windows joined its object paths with ``os.path.join``, so
+        its files hold root groups literally named ``layers\\dense``; those are split here."""
+        if getattr(self, "_tree", None) is not None:
+            return self._tree
+        h5py = _h5py()
+        children: dict[str, list[str]] = {"": []}
+        real: dict[str, str] = {"": "/"}
+        seen: set[int] = set()
+
+        def add(logical: str, real_path: str) -> None:
+            parts = logical.split("/")
+            for i in range(1, len(parts) + 1):
+                sub, parent = "/".join(parts[:i]), "/".join(parts[: i - 1])
+                if sub not in children:
+                    children[sub] = []
+                    children[parent].append(sub)
+            real[logical] = real_path
+
+        pending = [("", "/")]
+        while pending:
+            logical, real_path = pending.pop(0)
+            if logical.count("/") > 32:
+                raise InvalidHeaderError("Keras groups nested too deep", path=self.path)
+            group = self._h5[real_path]
+            for k in group:
+                if group.get(k, getclass=True) is not h5py.Group:  # link metadata only, nothing opened
+                    continue
+                addr = h5py.h5o.get_info(group.id, k.encode("utf-8")).addr
+                if addr in seen:
+                    continue  # the same group again through another hard link
+                seen.add(addr)
+                parts = [p for p in k.replace("\\", "/").split("/") if p]
+                if not parts:
+                    continue
+                child_logical = "/".join([logical, *parts] if logical else parts)
+                child_real = f"{real_path.rstrip('/')}/{k}"
+                add(child_logical, child_real)
+                if parts[-1] != "vars":
+                    pending.append((child_logical, child_real))
+        self._tree = (children, real)
+        return self._tree
+
     def _index_keras3(self) -> None:
         h5py = _h5py()
-        layers_cfg = _walk_config(self._config) if self._config is not None else {}
+        layers_cfg = _walk_config(self._config, self.path) if self._config is not None else {}
+        children, real = self._group_tree()
         # (order, name prefix, class key, vars path, count, layer config flags)
         found: list[tuple[float, str, str, str, int, Any]] = []
 
-        def visit(group: Any, path: str, chain: list[str], depth: int) -> None:
+        def visit(logical: str, chain: list[str], depth: int) -> None:
             if depth > 32:
                 raise InvalidHeaderError("Keras groups nested too deep", path=self.path)
-            vars_group = group.get("vars") if "vars" in group else None
+            vars_logical = f"{logical}/vars" if logical else "vars"
             here = chain
-            if vars_group is not None and isinstance(vars_group, h5py.Group):
-                key = path.rstrip("/").split("/")[-1] if path else ""
-                label = _decode(vars_group.attrs["name"]) if "name" in vars_group.attrs else key
-                is_root = path == ""
+            if vars_logical in real:
+                vars_group = self._h5[real[vars_logical]]
+                key = logical.split("/")[-1]
+                parent_key = _class_key(logical.split("/")[-2]) if logical.count("/") else ""
+                if key == "cell" and parent_key in ("lstm", "gru", "simple_rnn"):
+                    key = f"{parent_key}_cell"  # files without name attributes: the RNN's default cell name
+                label = _decode(self._attr(vars_group, "name", key)).replace("\\", "/").split("/")[-1]
+                is_root = logical == ""
                 here = chain if is_root or key == "optimizer" else [*chain, label]
-                count = len([k for k in vars_group if k.isdigit()])
+                count = len([k for k in vars_group if k.isdigit() and vars_group.get(k, getclass=True) is h5py.Dataset])
                 if count:
                     own = layers_cfg.get(label)
                     top = layers_cfg.get(here[0]) if here else None
@@ -325,22 +637,21 @@ class KerasReader(FormatReader):
                         prefix = label or "model"
                     else:
                         prefix = "/".join(here)
-                    found.append((order, prefix, ckey, f"{path}vars", count, flags))
-            for k in group:
-                if k == "vars":
-                    continue
-                child = group[k]
-                if isinstance(child, h5py.Group):
-                    visit(child, f"{path}{k}/", here, depth + 1)
+                    found.append((order, prefix, ckey, real[vars_logical].lstrip("/"), count, flags))
+            for child in children.get(logical, []):
+                if child != vars_logical:
+                    visit(child, here, depth + 1)
 
-        visit(self._h5, "", [], 0)
+        visit("", [], 0)
         found.sort(key=lambda t: t[0])  # stable: config order when known, else h5 order
         for _order, prefix, ckey, vpath, count, cfg in found:
             names = [str(i) for i in range(count)] if not ckey else _var_names(ckey, count, cfg)
             group = self._h5[vpath]
             for i, var in enumerate(names):
+                if str(i) not in group:
+                    raise InvalidHeaderError(f"variables of {vpath} are not numbered 0..{count - 1}", path=self.path)
                 # files we wrote carry each variable's full path (Keras ignores the attribute)
-                stored = group[str(i)].attrs.get("path") if str(i) in group else None
+                stored = self._attr(group[str(i)], "path")
                 self._add(_decode(stored) if stored is not None else f"{prefix}/{var}", f"{vpath}/{i}")
 
     # -- FormatReader hooks ------------------------------------------------------------------------
@@ -354,10 +665,16 @@ class KerasReader(FormatReader):
             ds = self._h5[path]
         except KeyError:
             raise InvalidHeaderError(f"dataset {path} is missing", path=self.path, tensor=name) from None
+        if not isinstance(ds, _h5py().Dataset):
+            raise InvalidHeaderError(f"{path} is an HDF5 {type(ds).__name__}, not a dataset", path=self.path, tensor=name)
+        if ds.shape is None:
+            raise InvalidHeaderError(
+                f"dataset {path} has no dataspace (an empty HDF5 dataset)", path=self.path, tensor=name
+            )
         return ds
 
     def _dtype(self, ds: Any, name: str) -> str:
-        if ds.attrs.get("dtype") in ("bfloat16", b"bfloat16"):
+        if self._attr(ds, "dtype") in ("bfloat16", b"bfloat16"):
             return "bfloat16"
         if ds.dtype.kind == "V" and ds.dtype.itemsize == 2 and ds.dtype.names is None:
             # Keras' legacy writer stores bfloat16 variables as 2-byte opaque data with no marker
@@ -368,17 +685,32 @@ class KerasReader(FormatReader):
             raise UnknownDtypeError(f"dataset {ds.name} has dtype {ds.dtype}", path=self.path, tensor=name) from exc
 
     def info(self, name: str) -> TensorInfo:
-        ds = self._dataset(name)
-        extra = {"h5_path": self._entries[name]["h5_path"]}
-        return TensorInfo(name, self._dtype(ds, name), tuple(ds.shape), extra)
+        with _h5_errors(self.path, f"cannot describe dataset {self._entries.get(name, {}).get('h5_path')}", name):
+            ds = self._dataset(name)
+            extra = {"h5_path": self._entries[name]["h5_path"]}
+            return TensorInfo(name, self._dtype(ds, name), tuple(ds.shape), extra)
+
+    def _check_size(self, ds: Any, name: str) -> None:
+        """Before h5py allocates ``shape x itemsize``: the stored bytes must lie in the file, and
+        a dataset larger than the whole file (unwritten chunks read as the fill value, or
+        compressed chunks) must pass the shared expansion limit."""
+        nbytes = math.prod(ds.shape) * ds.dtype.itemsize
+        stored = ds.id.get_storage_size()
+        if stored > self._size:
+            raise TruncatedFileError(
+                f"dataset {ds.name} claims {stored} stored bytes but the file holds {self._size}",
+                path=self.path,
+                tensor=name,
+            )
+        if nbytes > self._size:
+            check_expansion(nbytes, stored, path=self.path, tensor=name, what=f"dataset {ds.name}")
 
     def get(self, name: str) -> np.ndarray:
-        ds = self._dataset(name)
-        dtype = self._dtype(ds, name)
-        try:
+        with _h5_errors(self.path, f"cannot read dataset {self._entries.get(name, {}).get('h5_path')}", name):
+            ds = self._dataset(name)
+            dtype = self._dtype(ds, name)
+            self._check_size(ds, name)
             arr = np.asarray(ds[()])
-        except OSError as exc:  # h5py reports truncated files as OSError
-            raise TruncatedFileError(f"cannot read dataset {ds.name}: {exc}", path=self.path, tensor=name) from None
         if dtype == "bfloat16":
             import ml_dtypes
 
@@ -397,15 +729,18 @@ class KerasReader(FormatReader):
             "container": self.container,
             "h5_paths": {n: e["h5_path"] for n, e in self._entries.items()},
         }
-        for attr in ("keras_version", "backend"):
+        with _h5_errors(self.path, "cannot read the Keras attributes"):
             root = self._h5["model_weights"] if "model_weights" in self._h5 else self._h5
-            if attr in root.attrs:
-                keras[attr] = _decode(root.attrs[attr])
-        if self._config is None and "model_config" in self._h5.attrs:  # legacy model.save()
-            try:
-                self._config = json.loads(_decode(self._h5.attrs["model_config"]))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                pass  # a config we cannot parse is not needed to read weights
+            for attr in ("keras_version", "backend"):
+                value = self._attr(root, attr)
+                if value is not None:
+                    keras[attr] = _decode(value)
+            if self._config is None and "model_config" in self._h5.attrs:  # legacy model.save()
+                try:
+                    text = _decode(self._attr(self._h5, "model_config"))
+                    self._config = _parse_json(text, path=self.path, what="model_config")
+                except (InvalidHeaderError, ResourceLimitError):
+                    pass  # a config we cannot parse is not needed to read weights
         if self._config is not None:
             keras["config"] = self._config
         if self._keras_meta:
@@ -458,7 +793,8 @@ def _resolve_paths(
     meta_layout = keras_meta.get("layout") if isinstance(keras_meta, dict) else None
     if meta_paths and meta_layout == layout:
         for n, p in meta_paths.items():
-            known.setdefault(n, p)
+            # a Windows Keras 2.13-2.15 file names its groups layers\\dense: write them as Keras 3 does
+            known.setdefault(n, str(p).replace("\\", "/"))
     out: dict[str, str] = {}
     if layout == "keras3":
         pending: dict[str, list[tuple[str, str]]] = {}

@@ -17,7 +17,8 @@ Fortran-order data is returned as an F-contiguous view with the right values.
 Writing produces version 1.0 headers (2.0 when the header is too long), little-endian, C order,
 with data aligned to 64 bytes; ``.npz`` members are stored (option ``compress=True`` deflates)
 and an alignment extra field is added so stored members stay 64-byte aligned for mmap. ``.npz``
-has nowhere to keep metadata, so ``metadata`` is ignored.
+has no metadata field: metadata of other formats (a gob stream's trailing values, ...) is kept as
+JSON in the zip archive comment, which NumPy ignores (``formats._carry``); ``.npy`` keeps none.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
+from weightvault.formats._carry import decode_carried, encode_carried
 from weightvault.core.dtypes import dtype_from_name, dtype_name
 from weightvault.core.io import atomic_write, write_span
 from weightvault.errors import (
@@ -65,6 +67,8 @@ _DESCR = re.compile(r"^[<>|=]?([biuf])(\d{1,2})$|^[<>|=]?(c)(8|16)$")
 _OTHER_DESCR = re.compile(r"^[<>|=]?([USV]\d{1,9}|[Mm]8(\[\w+\])?)$")
 MAX_DIMS = 64  # numpy's limit
 _ZIP_LOCAL = b"PK\x03\x04"
+#: marks the JSON of carried metadata in the .npz archive comment (see formats._carry)
+CARRY_PREFIX = b"weightvault-metadata:"
 _ALIGN_EXTRA_ID = 0xD935  # the id Android's zipalign uses for padding
 
 
@@ -332,7 +336,9 @@ class NumpyReader(FormatReader):
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {"numpy": {"container": self.kind}}
+        comment = self._zip.comment if self._zip is not None else b""
+        carried = decode_carried(comment[len(CARRY_PREFIX) :], "numpy") if comment.startswith(CARRY_PREFIX) else {}
+        return {**carried, "numpy": {"container": self.kind}}
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -441,6 +447,9 @@ class NumpyFormat(Format):
         with atomic_write(path) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
             for name in names:
                 cls._write_member(zf, f, name, tensors, compress, path)
+            carried = encode_carried(metadata, "numpy", limit=0xFFFF - len(CARRY_PREFIX))
+            if carried:
+                zf.comment = CARRY_PREFIX + carried
 
     @staticmethod
     def _write_member(

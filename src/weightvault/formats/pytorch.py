@@ -73,6 +73,7 @@ from weightvault.errors import (
     UnsupportedObjectError,
     UnsupportedOperationError,
 )
+from weightvault.formats._carry import MAX_CARRIED_BYTES, decode_carried, encode_carried
 from weightvault.formats._common import span_of
 from weightvault.formats._zipmember import check_member, inflate, member_data_offset
 
@@ -83,6 +84,8 @@ ZIP_MAGIC = b"PK\x03\x04"
 LEGACY_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
 MAX_PICKLE_BYTES = 2 << 30  # data.pkl of a compressed (re-zipped) archive: refuse bombs
 ALIGNMENT = 64  # torch's kFieldAlignment / .storage_alignment
+#: record holding other formats' metadata (formats._carry); torch.load ignores records it does not know
+CARRY_RECORD = "weightvault_metadata.json"
 
 #: torch storage class name -> canonical dtype (None: UntypedStorage, sized in bytes)
 STORAGE_DTYPES: dict[str, str | None] = {
@@ -373,6 +376,7 @@ class PyTorchReader(FormatReader):
         self._big_endian = False
         self._storage_cache: dict[str, np.ndarray] = {}
         self._extra: dict[str, Any] = {}
+        self._carried: dict[str, Any] = {}  # other formats' metadata kept by our writer
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             if self.size:
@@ -419,6 +423,9 @@ class PyTorchReader(FormatReader):
         version = self._small_record(f"{prefix}/version") or self._small_record(f"{prefix}/.data/version")
         if version is not None:
             self._extra["version"] = version.decode("ascii", "replace").strip()
+        carried = self._records.get(f"{prefix}/{CARRY_RECORD}")
+        if carried is not None and carried.size <= MAX_CARRIED_BYTES:
+            self._carried = decode_carried(self._record_bytes(carried, MAX_CARRIED_BYTES), "pytorch")
         self._storage_records: dict[str, _Record] = {}
         rebuild = _Rebuilders(self.path)
         seen: dict[str, _Storage] = {}
@@ -680,7 +687,7 @@ class PyTorchReader(FormatReader):
                 pass
         if not _is_flat_state_dict(self._root) and self._tree is not None:
             facts["tree"] = self._tree
-        return {"pytorch": facts}
+        return {**self._carried, "pytorch": facts}
 
     def structure(self) -> Any:
         cache: dict[int, np.ndarray] = {}
@@ -1405,11 +1412,13 @@ def write_pytorch(
     crc32: bool = True,
     progress: bool | None = None,
     buffer_spans: Mapping[int, ByteSpan] | None = None,
+    carried: bytes | None = None,
 ) -> None:
     """Write ``obj`` (a state dict or nested checkpoint) as a torch zip file into ``f``.
 
     ``progress``: draw a bar over the tensor bytes (default: on a terminal, for large files).
     ``buffer_spans``: see :func:`_plan_storages`.
+    ``carried``: other formats' metadata (``formats._carry``), stored in a record torch ignores.
     """
     leaves: list[_Leaf] = []
     placeholder = _replace_tensors(obj, lazy, leaves)
@@ -1420,11 +1429,11 @@ def write_pytorch(
     pickle_bytes = emitter.finish()
     total = sum(st.numel * DTYPES[st.dtype].itemsize for st in storages)
     with progress_bar(f"writing {archive}.pt", total, enabled=progress) as advance:
-        _write_records(_ZipWriter(f, archive, crc32=crc32), pickle_bytes, storages, advance)
+        _write_records(_ZipWriter(f, archive, crc32=crc32), pickle_bytes, storages, advance, carried)
 
 
 def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStorage],
-                   advance: Callable[[int], None] = _no_progress) -> None:
+                   advance: Callable[[int], None] = _no_progress, carried: bytes | None = None) -> None:
     zw.record("data.pkl", [pickle_bytes], len(pickle_bytes))
     zw.record(".format_version", [b"1"], 1)
     zw.record(".storage_alignment", [b"64"], 2)
@@ -1441,6 +1450,8 @@ def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStora
                 raise UnsupportedOperationError(f"storage {st.key} gave {got} bytes, expected {nbytes}")
         zw.record(f"data/{st.key}", _chunks(data) if nbytes else [], nbytes, advance)
         del data
+    if carried:
+        zw.record(CARRY_RECORD, [carried], len(carried))
     zw.record("version", [b"3\n"], 2)
     zw.finish()
 
@@ -1499,7 +1510,8 @@ class PyTorchFormat(Format):
         with atomic_write(path, fsync=options.get("fsync", True)) as f:
             try:
                 write_pytorch(f, obj, lazy=lazy, archive=_archive_name(path), crc32=options.get("crc32", True),
-                              progress=options.get("progress"), buffer_spans=buffer_spans)
+                              progress=options.get("progress"), buffer_spans=buffer_spans,
+                              carried=encode_carried(metadata, "pytorch"))
             except CorruptFileError:
                 raise
             except (UnsupportedObjectError, UnsupportedOperationError) as exc:

@@ -9,7 +9,8 @@
 //	gobcheck write CASE OUT             write fixture CASE (mixed, types, masked, view, shifted)
 //	gobcheck decode FILE N TYPE...      decode N Dense values then trailing values of the given
 //	                                    types (int, uint, float64, string, bool, []int, []string,
-//	                                    []float64, names) and print them as JSON
+//	                                    []float64, names) and print them as JSON; the type eof
+//	                                    asserts that the stream ends there
 package main
 
 import (
@@ -204,6 +205,12 @@ func decode(file string, n int, types []string) error {
 			target = new([]float64)
 		case "names":
 			target = new(WeightVaultNames)
+		case "eof":
+			var extra interface{}
+			if err := dec.Decode(&extra); err != io.EOF {
+				return fmt.Errorf("expected the end of the stream, got a value (err %v)", err)
+			}
+			continue
 		default:
 			return fmt.Errorf("unknown type %q", t)
 		}
