@@ -44,7 +44,9 @@ class _Format(Format):
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
-        return False
+        if head == b"boom":
+            raise ValueError("a detector that cannot parse the file")
+        return head == b"mine"
 
     @classmethod
     def open(cls, path: Any, **options: Any) -> FormatReader:
@@ -94,3 +96,8 @@ def test_interrupts_are_not_swallowed() -> None:
     reader = _Format.open("m.bin", fail=KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         reader.get("w")
+
+
+def test_a_sniff_that_cannot_parse_a_file_says_no() -> None:
+    assert _Format.sniff(Path("x"), b"mine") is True
+    assert _Format.sniff(Path("x"), b"boom") is False  # detection goes on to the next format

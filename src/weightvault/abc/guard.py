@@ -83,7 +83,9 @@ def guard_reader(cls: type) -> None:
 
 
 def guard_format(cls: type) -> None:
-    """Wrap ``open`` of a Format class: a file that breaks the opener gets our error too."""
+    """Wrap ``open`` of a Format class (a file that breaks the opener gets our error too) and
+    ``sniff`` (a detector that cannot make sense of a file says "not mine": detection goes on)."""
+    _guard_sniff(cls)
     raw = cls.__dict__.get("open")
     if not isinstance(raw, classmethod) or getattr(raw.__func__, "__wv_guarded__", False):
         return
@@ -102,3 +104,23 @@ def guard_format(cls: type) -> None:
 
     guarded.__wv_guarded__ = True  # type: ignore[attr-defined]
     cls.open = classmethod(guarded)  # type: ignore[attr-defined]
+
+
+def _guard_sniff(cls: type) -> None:
+    raw = cls.__dict__.get("sniff")
+    if not isinstance(raw, classmethod) or getattr(raw.__func__, "__wv_guarded__", False):
+        return
+    func = raw.__func__
+
+    @functools.wraps(func)
+    def guarded(klass: type, path: Any, head: bytes) -> bool:
+        try:
+            return bool(func(klass, path, head))
+        except WeightVaultError:
+            return False
+        except (OSError, ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError,
+                UnicodeError, MemoryError):
+            return False
+
+    guarded.__wv_guarded__ = True  # type: ignore[attr-defined]
+    cls.sniff = classmethod(guarded)  # type: ignore[attr-defined]

@@ -139,6 +139,8 @@ def iter_fields(
     ``value`` is an ``int`` for varint, fixed32 and fixed64 fields (fixed values unsigned; see
     :func:`get_float`) and a slice of ``buf`` for length-delimited fields. Groups are skipped.
     """
+    if isinstance(buf, int):  # a varint or fixed field where the schema has a message
+        raise ProtobufDecodeError("protobuf field holds a number where a message belongs", path=path)
     stop = len(buf) if end is None else end
     if stop > len(buf) or start < 0 or start > stop:
         raise ProtobufDecodeError("protobuf message range outside its buffer", path=path)

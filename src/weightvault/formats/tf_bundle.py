@@ -396,7 +396,11 @@ class TFBundleReader(FormatReader):
         try:
             with open(self.index_path, "rb") as f:
                 data = f.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except OSError as exc:  # missing, a directory, a name too long for the file system...
+            if not isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+                raise InvalidHeaderError(
+                    f"cannot open the checkpoint index: {exc.strerror or exc}", path=self.path
+                ) from None
             named = os.fspath(self.path)
             if os.path.isfile(named) and not named.endswith(".index") and not _DATA_RE.match(named):
                 raise InvalidHeaderError(  # e.g. --format tf_bundle on another kind of file

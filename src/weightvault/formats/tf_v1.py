@@ -194,7 +194,10 @@ def _read_state(directory: str) -> _State | None:
         return None
     latest = next((str(v) for v in doc.get("model_checkpoint_path", [])), None)
     listed = [str(v) for v in doc.get("all_model_checkpoint_paths", [])]
-    times = [float(v) for v in doc.get("all_model_checkpoint_timestamps", [])]
+    try:
+        times = [float(v) for v in doc.get("all_model_checkpoint_timestamps", [])]
+    except (TypeError, ValueError):
+        times = []  # a damaged timestamp must not hide the checkpoints: they are only shown
     return _State(directory, latest, listed, times)
 
 
