@@ -250,7 +250,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="state size in MB (default 1024)")
     parser.add_argument("--dir", default=None, help="scratch directory")
-    parser.add_argument("--repeat", type=int, default=3, help="rounds of every op; best and median are reported")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of every op; best and median are reported"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--markdown", default=None, help="also write the table to this file")
     args = parser.parse_args()
@@ -292,7 +294,8 @@ def render(results: dict, size_mb: int, repeat: int) -> str:
     lines = [
         f"State: {size_mb} MB of float32 (transformer-like), {repeat} rounds, page-cache reads.",
         "",
-        "| operation | best s | median s | GB/s (best) | peak RSS MB | vs raw, best | vs raw, median |",
+        "| operation | best s | median s | GB/s (best) | peak RSS MB "
+        "| vs raw, best | vs raw, median |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for op, kind in ORDER:
@@ -300,8 +303,8 @@ def render(results: dict, size_mb: int, repeat: int) -> str:
         base = BASELINE[kind]
         rate = gb / r["seconds"] if op != "wv_open_one" else float("nan")
         lines.append(
-            f"| {op} | {r['seconds']:.3f} | {r['median']:.3f} | {rate:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {ratio(op, base):.2f}x | {ratio(op, base, 'median'):.2f}x |"
+            f"| {op} | {r['seconds']:.3f} | {r['median']:.3f} | {rate:.2f} "
+            f"| {r['peak_rss_mb']:.0f} | {ratio(op, base):.2f}x | {ratio(op, base, 'median'):.2f}x |"
         )
     save = results["wv_save"]
     largest = save["largest_mb"]
@@ -317,7 +320,8 @@ def render(results: dict, size_mb: int, repeat: int) -> str:
         f"over an existing file {both('wv_save_over', 'raw_write_over')}; both page-cache only: "
         f"fresh {both('wv_save_nofsync', 'raw_write_nofsync')}, "
         f"over {both('wv_save_nofsync_over', 'raw_write_nofsync_over')} (target >= 0.9x)",
-        f"- save (no fsync, like them) vs torch.save: fresh {both('wv_save_nofsync', 'torch_save')}, "
+        "- save (no fsync, like them) vs torch.save: "
+        f"fresh {both('wv_save_nofsync', 'torch_save')}, "
         f"over {both('wv_save_nofsync_over', 'torch_save_over')}; "
         f"vs safetensors: {both('wv_save_nofsync', 'st_save')} (target >= 1.0x)",
         f"- save peak RSS {save['peak_rss_mb']:.0f} MB vs budget state+largest+100 = {budget:.0f} MB",

@@ -180,7 +180,7 @@ def _resident_pages(path: Path) -> int:
         return sum(v & 1 for v in vec)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise semantics are Linux's")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mincore and fadvise are Linux's")
 def test_the_old_files_pages_really_leave_the_cache_and_its_bytes_survive_a_failed_save(
     tmp_path: Path,
 ) -> None:
