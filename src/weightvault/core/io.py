@@ -4,8 +4,11 @@
 name in the same directory, fsyncs, and renames over the destination, so a crash or an exception
 leaves either the old file or the new one, never a half-written file under the final name. The
 destination is never opened for truncation, which matters because a reader may have it mmapped.
-Files that will be fsynced start their writeback as they grow (``create_file``); ``write_span``
-streams bytes that already lie in another file across without materialising a tensor.
+Replacing a file first hands the old file's cached pages back to the kernel
+(:func:`release_cache`), so the new file is written into recycled memory, as a truncating write
+would be. Files that will be fsynced start their writeback as they grow (``create_file``);
+``write_span`` streams bytes that already lie in another file across without materialising a
+tensor.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import io
 import os
 import shutil
+import stat
 import sys
 import threading
 import uuid
@@ -35,6 +39,8 @@ __all__ = [
     "create_file",
     "fsync_dir",
     "read_exact",
+    "release_cache",
+    "release_tree_cache",
     "remove_tree",
     "write_span",
 ]
@@ -55,6 +61,41 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def release_cache(path: str | os.PathLike[str]) -> None:
+    """Drop the clean page-cache pages of the regular file at ``path``; its bytes stay on disk.
+
+    Called on a file about to be replaced. A truncating writer (``open(path, "wb")``, as
+    torch.save does) frees the old file's pages as it starts and writes the new file into them;
+    an atomic replace keeps the old file intact until the rename, so without this every page of
+    the new file is a page the kernel has not handed out recently. On a VM whose balloon reports
+    free memory to the host, such a page costs a host page fault on first touch: measured here,
+    512 MB written over an existing 512 MB file took 1.2-2.3 s instead of 0.2-0.5 s, and the
+    rename then spent another 0.35 s evicting the old file. Pages a reader has mmapped, and dirty
+    pages, are left alone by the kernel; symlinks, FIFOs and devices are not touched at all.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        # O_NOFOLLOW: a symlink is replaced, not its target; O_NONBLOCK: opening a FIFO never waits
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def release_tree_cache(path: str | os.PathLike[str]) -> None:
+    """:func:`release_cache` for every regular file under the directory ``path`` (no symlinks)."""
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            release_cache(os.path.join(root, name))
 
 
 #: Durable files ask the kernel to start writing back every this many bytes (see _WriteBehindFile).
@@ -122,6 +163,7 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterato
     """
     final = Path(path)
     tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+    release_cache(final)
     f = create_file(tmp, durable=fsync)
     try:
         yield f
@@ -149,6 +191,8 @@ def atomic_dir(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[
     """
     final = Path(path)
     tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
+    if final.is_dir() and not final.is_symlink():
+        release_tree_cache(final)
     tmp.mkdir(parents=False)
     try:
         yield tmp
