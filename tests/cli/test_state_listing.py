@@ -88,3 +88,111 @@ def test_dtypes_table_loads_ml_dtypes_on_demand() -> None:
     )
     loaded = _modules_after(code)
     assert "ml_dtypes" in loaded
+
+
+# -- non-tensor state: ls and show ----------------------------------------------------------------
+def _torch_training_state() -> dict:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95))
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": 1200,
+        "epoch": 7,
+        "lr": 2.5e-4,
+        "metrics": {"val_loss": 0.125, "tag": "best"},
+    }
+
+
+@pytest.fixture(scope="module")
+def training_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import torch
+
+    import weightvault
+
+    state = _torch_training_state()
+    d = tmp_path_factory.mktemp("train")
+    native = weightvault.save(state, d / "ckpt", metadata={"run": "exp-3"})
+    torch.save(state, d / "train.pt")
+    return {"native": Path(native), "pytorch": d / "train.pt"}
+
+
+@pytest.mark.parametrize("kind", ["native", "pytorch"])
+def test_ls_lists_state_after_the_tensors(training_ckpts: dict[str, Path], kind: str, cli_run) -> None:
+    code, out, err = cli_run("ls", training_ckpts[kind])
+    assert code == 0, err
+    lines = out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.strip()}
+    assert rows["step"] == ["int", "1200"]
+    assert rows["epoch"] == ["int", "7"]
+    assert rows["lr"] == ["float", "0.00025"]
+    assert rows["metrics/val_loss"] == ["float", "0.125"]
+    assert rows["metrics/tag"] == ["str", "best"]
+    assert rows["optimizer/param_groups/0/lr"] == ["float", "0.0003"]
+    assert rows["optimizer/param_groups/0/betas"] == ["tuple", "(0.9,", "0.95)"]
+    # after every tensor row, before the summary line
+    last_tensor = max(i for i, line in enumerate(lines) if line.startswith("optimizer/state/"))
+    assert last_tensor < lines.index(next(line for line in lines if line.startswith("step "))) < len(lines) - 1
+    assert "tensors," in lines[-1]
+
+
+def test_ls_json_has_a_state_list(training_ckpts: dict[str, Path], cli_run) -> None:
+    code, out, err = cli_run("ls", training_ckpts["native"], "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    state = {s["path"]: s for s in doc["state"]}
+    assert state["step"] == {"path": "step", "type": "int", "value": 1200, "source": "structure"}
+    assert state["optimizer/param_groups/0/betas"]["value"] == [0.9, 0.95]
+    assert state["metadata/run"] == {"path": "metadata/run", "type": "str", "value": "exp-3", "source": "metadata"}
+    tensor_names = {t["name"] for t in doc["tensors"]}
+    assert not tensor_names & set(state)
+    assert "model/0.weight" in tensor_names
+
+
+@pytest.mark.parametrize("kind", ["native", "pytorch"])
+def test_show_prints_state_values(training_ckpts: dict[str, Path], kind: str, cli_run) -> None:
+    path = training_ckpts[kind]
+    assert cli_run("show", path, "step")[1].splitlines() == ["step  int", "1200"]
+    assert cli_run("show", path, "optimizer/param_groups/0/lr")[1].splitlines() == [
+        "optimizer/param_groups/0/lr  float", "0.0003"]
+    assert cli_run("show", path, "optimizer/param_groups/0/betas/1")[1].splitlines()[-1] == "0.95"
+    code, out, _ = cli_run("show", path, "metrics")
+    assert code == 0 and json.loads(out.splitlines()[1]) == {"val_loss": 0.125, "tag": "best"}
+    code, out, _ = cli_run("show", path, "epoch", "--json")
+    doc = json.loads(out)
+    assert (doc["name"], doc["type"], doc["value"], doc["path"]) == ("epoch", "int", 7, str(path))
+    # a subtree holding tensors names them instead of reading them
+    code, out, _ = cli_run("show", path, "optimizer/state/0")
+    assert code == 0 and "<tensor optimizer/state/0/exp_avg>" in out
+    # tensors still print as tensors
+    assert cli_run("show", path, "optimizer/state/0/exp_avg")[1].startswith("optimizer/state/0/exp_avg  float32 [4, 3]")
+
+
+def test_show_metadata_value(training_ckpts: dict[str, Path], cli_run) -> None:
+    for name in ("metadata/run", "run"):
+        code, out, err = cli_run("show", training_ckpts["native"], name)
+        assert code == 0, err
+        assert out.splitlines() == ["metadata/run  str", "exp-3"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("stpe", "step"), ("0.weight", "model/0.weight"), ("optimizer/param_groups/0/lrr", "optimizer/param_groups/0/lr")],
+)
+def test_show_unknown_name_suggests_close_matches(
+    training_ckpts: dict[str, Path], typed: str, meant: str, cli_run
+) -> None:
+    code, out, err = cli_run("show", training_ckpts["native"], typed)
+    assert code != 0 and out == ""
+    assert f"did you mean {meant}" in err
+    assert str(training_ckpts["native"]) in err and repr(typed) in err
+
+
+def test_show_unknown_name_with_nothing_close(training_ckpts: dict[str, Path], cli_run) -> None:
+    code, _, err = cli_run("show", training_ckpts["native"], "zzzzzzzz")
+    assert code != 0
+    assert "did you mean" not in err and "weightvault ls" in err

@@ -79,14 +79,16 @@ def test_ema_names_on_tf1_fixture(fixtures_dir: Path) -> None:
 def test_tf2_object_fixture_names(fixtures_dir: Path) -> None:
     names = sorted(str(n) for n in _expected(fixtures_dir, "tf2_object_names")["names"])
     d = fixtures_dir / "tensorflow" / "tf2_object"
-    with TFBundleFormat.open(d) as r:
+    with TFBundleFormat.open(d, names="raw") as r:
         assert sorted(r.keys() + r.string_keys()) == names
         meta = r.metadata
         assert meta["object_based"] and meta["save_counter"] == 2
         assert [(c["prefix"], c["exists"], c["latest"]) for c in meta["checkpoints"]] == [
             ("ckpt-1", True, False), ("ckpt-2", True, True)]
         stored = r.get("optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
-    with TFBundleFormat.open(d, names="readable") as r:
+    with TFBundleFormat.open(d, names="object") as r:  # the older spelling of "raw"
+        assert sorted(r.keys() + r.string_keys()) == names
+    with TFBundleFormat.open(d) as r:  # readable names by default
         keys = r.keys()
         assert len(keys) == len(set(keys)) == len(names) - 1
         for want in ("model/conv/kernel", "model/bn/moving_mean", "model/lstm/lstm_cell/recurrent_kernel",
