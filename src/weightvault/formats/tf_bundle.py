@@ -39,6 +39,7 @@ import math
 import mmap
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,8 +402,7 @@ class TFBundleReader(FormatReader):
         self._names_mode = names
         self._to_key: dict[str, str] = {}
         self._display: dict[str, str] = {k: k for k in self._listed}
-        if names == "readable":
-            self._apply_readable_names()
+        self._apply_readable_names(display=names == "readable")
 
     # -- index ----------------------------------------------------------------------------------
     def _load_index(self) -> None:
@@ -509,7 +509,9 @@ class TFBundleReader(FormatReader):
                     path=name, tensor=key,
                 )
 
-    def _apply_readable_names(self) -> None:
+    def _apply_readable_names(self, display: bool) -> None:
+        """Readable names from the object graph: listed when ``display``, accepted by ``get``,
+        ``info`` and ``in`` either way."""
         if OBJECT_GRAPH_KEY not in self._entries:
             return
         graph = self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)
@@ -525,12 +527,22 @@ class TFBundleReader(FormatReader):
             name = mapping.get(key)
             if name:
                 taken[name] = taken.get(name, 0) + 1
+        chosen: dict[str, str] = {}
         for key in self._listed:
             name = mapping.get(key)
             if not name or taken[name] > 1 or (name in self._entries and name != key):
                 name = key[: -len(_ATTR_SUFFIX)] if key.endswith(_ATTR_SUFFIX) else key
-            self._display[key] = name
-            self._to_key[name] = key
+            chosen[key] = name
+        # Names stay unique: a name that two keys would share, or that is another key, gives way
+        # to the key itself.
+        counts = Counter(chosen.values())
+        for key, name in chosen.items():
+            if counts[name] > 1 or (name in self._entries and name != key):
+                name = key
+            if display:
+                self._display[key] = name
+            if name != key:
+                self._to_key[name] = key
 
     # -- shards ---------------------------------------------------------------------------------
     def _shard(self, shard: int) -> mmap.mmap | None:
