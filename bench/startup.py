@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 _SRC = str(Path(__file__).resolve().parents[1] / "src")
-_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))}
+_PATH = os.pathsep.join(filter(None, [_SRC, os.environ.get("PYTHONPATH")]))
+_ENV = {**os.environ, "PYTHONPATH": _PATH}
 
 
 def _small_safetensors(directory: str) -> str:
@@ -37,7 +38,8 @@ def _time(argv: list[str], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(argv, check=True, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, env=_ENV, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return times
 

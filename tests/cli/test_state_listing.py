@@ -1,4 +1,4 @@
-"""Non-tensor state in `ls`/`show`, name suggestions, and what start-up imports (issue 14, 5 and 9)."""
+"""Non-tensor state in `ls`/`show`, name suggestions, what start-up imports (issue 14.5, 14.9)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def _modules_after(code: str) -> set[str]:
     "code",
     [
         "import weightvault",
-        "from weightvault.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+        "from weightvault.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass",
     ],
     ids=["import", "help"],
 )
@@ -122,7 +123,9 @@ def training_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["native", "pytorch"])
-def test_ls_lists_state_after_the_tensors(training_ckpts: dict[str, Path], kind: str, cli_run) -> None:
+def test_ls_lists_state_after_the_tensors(
+    training_ckpts: dict[str, Path], kind: str, cli_run
+) -> None:
     code, out, err = cli_run("ls", training_ckpts[kind])
     assert code == 0, err
     lines = out.splitlines()
@@ -136,7 +139,8 @@ def test_ls_lists_state_after_the_tensors(training_ckpts: dict[str, Path], kind:
     assert rows["optimizer/param_groups/0/betas"] == ["tuple", "(0.9,", "0.95)"]
     # after every tensor row, before the summary line
     last_tensor = max(i for i, line in enumerate(lines) if line.startswith("optimizer/state/"))
-    assert last_tensor < lines.index(next(line for line in lines if line.startswith("step "))) < len(lines) - 1
+    first_state = next(i for i, line in enumerate(lines) if line.startswith("step "))
+    assert last_tensor < first_state < len(lines) - 1
     assert "tensors," in lines[-1]
 
 
@@ -147,7 +151,8 @@ def test_ls_json_has_a_state_list(training_ckpts: dict[str, Path], cli_run) -> N
     state = {s["path"]: s for s in doc["state"]}
     assert state["step"] == {"path": "step", "type": "int", "value": 1200, "source": "structure"}
     assert state["optimizer/param_groups/0/betas"]["value"] == [0.9, 0.95]
-    assert state["metadata/run"] == {"path": "metadata/run", "type": "str", "value": "exp-3", "source": "metadata"}
+    assert state["metadata/run"] == {
+        "path": "metadata/run", "type": "str", "value": "exp-3", "source": "metadata"}
     tensor_names = {t["name"] for t in doc["tensors"]}
     assert not tensor_names & set(state)
     assert "model/0.weight" in tensor_names
@@ -169,7 +174,8 @@ def test_show_prints_state_values(training_ckpts: dict[str, Path], kind: str, cl
     code, out, _ = cli_run("show", path, "optimizer/state/0")
     assert code == 0 and "<tensor optimizer/state/0/exp_avg>" in out
     # tensors still print as tensors
-    assert cli_run("show", path, "optimizer/state/0/exp_avg")[1].startswith("optimizer/state/0/exp_avg  float32 [4, 3]")
+    out = cli_run("show", path, "optimizer/state/0/exp_avg")[1]
+    assert out.startswith("optimizer/state/0/exp_avg  float32 [4, 3]")
 
 
 def test_show_metadata_value(training_ckpts: dict[str, Path], cli_run) -> None:
@@ -181,7 +187,11 @@ def test_show_metadata_value(training_ckpts: dict[str, Path], cli_run) -> None:
 
 @pytest.mark.parametrize(
     ("typed", "meant"),
-    [("stpe", "step"), ("0.weight", "model/0.weight"), ("optimizer/param_groups/0/lrr", "optimizer/param_groups/0/lr")],
+    [
+        ("stpe", "step"),
+        ("0.weight", "model/0.weight"),
+        ("optimizer/param_groups/0/lrr", "optimizer/param_groups/0/lr"),
+    ],
 )
 def test_show_unknown_name_suggests_close_matches(
     training_ckpts: dict[str, Path], typed: str, meant: str, cli_run

@@ -214,7 +214,8 @@ def test_tf2_keras_checkpoint_readable_and_raw_names(tf: Any, tmp_path: Path) ->
         assert all(k.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for k in raw)
         np.testing.assert_array_equal(r.get(f"model/{kernel.path}"), kernel.numpy())
     reader = tf.train.load_checkpoint(prefix)
-    assert sorted(raw) == sorted(k for k in reader.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    stored = reader.get_variable_to_shape_map()
+    assert sorted(raw) == sorted(k for k in stored if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
 
 
 def test_tf2_names_convert_and_diff_consistently(tf: Any, tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def _show_state(reader: Any, path: str, name: str, as_json: bool) -> None:
     if found is None:
         candidates = reader.keys() + [v.path for v in state_values(reader)]
         close = suggest(name, candidates)
-        hint = f"did you mean {' or '.join(close)}?" if close else "`weightvault ls` lists every name"
+        hint = f"did you mean {' or '.join(close)}?" if close else "`weightvault ls` lists them all"
         raise TensorNotFoundError(
             f"no tensor or value of that name among {len(reader.keys())} tensors; {hint}",
             path=reader.path,

@@ -50,7 +50,8 @@ class StateValue:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "type": self.type, "value": _jsonable(self.value), "source": self.source}
+        value = _jsonable(self.value)
+        return {"path": self.path, "type": self.type, "value": value, "source": self.source}
 
 
 def format_value(value: Any) -> str:
@@ -112,10 +113,12 @@ def _leaves(node: Any, prefix: str, source: str, path: str, depth: int = 0) -> I
         for key, value in node.items():
             if source == "metadata" and key in _METADATA_SKIPPED:
                 continue
-            yield from _leaves(value, f"{prefix}/{key}" if prefix else str(key), source, path, depth + 1)
+            child = f"{prefix}/{key}" if prefix else str(key)
+            yield from _leaves(value, child, source, path, depth + 1)
     elif isinstance(node, (list, tuple)) and node and not _all_scalars(node):
         for i, value in enumerate(node):
-            yield from _leaves(value, f"{prefix}/{i}" if prefix else str(i), source, path, depth + 1)
+            child = f"{prefix}/{i}" if prefix else str(i)
+            yield from _leaves(value, child, source, path, depth + 1)
     else:
         yield StateValue(prefix, node, source)
 

@@ -384,12 +384,15 @@ _NAME_MODES = {"readable": "readable", "raw": "raw", "object": "raw"}
 class TFBundleReader(FormatReader):
     format_name = "tf_bundle"
 
-    def __init__(self, path: str | os.PathLike[str], *, names: str = "readable", check_crc: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, names: str = "readable", check_crc: bool = False
+    ) -> None:
         super().__init__(path)
         if names not in _NAME_MODES:
             raise UnsupportedOperationError(
                 f"names must be one of {', '.join(_NAME_MODES)}, not {names!r}", path=path,
-                hint="-o names=readable (object-graph names, the default) or -o names=raw (keys as stored)",
+                hint="-o names=readable (object-graph names, the default) "
+                "or -o names=raw (keys as stored)",
             )
         names = _NAME_MODES[names]
         self.prefix, self.state = resolve_prefix(path)
