@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import importlib
 import os
-from importlib.metadata import entry_points
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -89,6 +89,10 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    # importlib.metadata scans every installed distribution: paid only when a name or a file is
+    # not one of the built-in formats (plugins never replace a built-in name).
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group="weightvault.formats"):
         if ep.name not in _known:
             _known[ep.name] = {"class": ep.value, "err": ""}
@@ -96,7 +100,8 @@ def _load_entry_points() -> None:
 
 def get_format(name: str) -> type[Format]:
     """Return the format class registered as ``name`` (importing it on first use)."""
-    _load_entry_points()
+    if name not in _known:
+        _load_entry_points()
     if name in _loaded:
         return _loaded[name]
     if name not in _known:
@@ -128,10 +133,11 @@ def available_formats() -> dict[str, type[Format]]:
     return found
 
 
-def _ordered_names() -> list[str]:
+def _ordered_names() -> Iterator[str]:
+    """Built-in formats in detection order, then plugins (loaded only when reached)."""
+    yield from (n for n in DETECTION_ORDER if n in _known)
     _load_entry_points()
-    rest = [n for n in _known if n not in DETECTION_ORDER]
-    return [n for n in DETECTION_ORDER if n in _known] + sorted(rest)
+    yield from sorted(n for n in _known if n not in DETECTION_ORDER)
 
 
 def _read_head(path: Path) -> bytes:

@@ -19,6 +19,7 @@ from weightvault.errors import (
     TruncatedFileError,
 )
 from weightvault.formats.tf_bundle import TFBundleFormat, encode_tensor_name_slice
+from weightvault.inspect import diff as inspect_diff
 from weightvault.testing.formats import FormatTests
 
 
@@ -79,14 +80,16 @@ def test_ema_names_on_tf1_fixture(fixtures_dir: Path) -> None:
 def test_tf2_object_fixture_names(fixtures_dir: Path) -> None:
     names = sorted(str(n) for n in _expected(fixtures_dir, "tf2_object_names")["names"])
     d = fixtures_dir / "tensorflow" / "tf2_object"
-    with TFBundleFormat.open(d) as r:
+    with TFBundleFormat.open(d, names="raw") as r:
         assert sorted(r.keys() + r.string_keys()) == names
         meta = r.metadata
         assert meta["object_based"] and meta["save_counter"] == 2
         assert [(c["prefix"], c["exists"], c["latest"]) for c in meta["checkpoints"]] == [
             ("ckpt-1", True, False), ("ckpt-2", True, True)]
         stored = r.get("optimizer/_trainable_variables/0/.ATTRIBUTES/VARIABLE_VALUE")
-    with TFBundleFormat.open(d, names="readable") as r:
+    with TFBundleFormat.open(d, names="object") as r:  # the older spelling of "raw"
+        assert sorted(r.keys() + r.string_keys()) == names
+    with TFBundleFormat.open(d) as r:  # readable names by default
         keys = r.keys()
         assert len(keys) == len(set(keys)) == len(names) - 1
         for want in ("model/conv/kernel", "model/bn/moving_mean", "model/lstm/lstm_cell/recurrent_kernel",
@@ -171,6 +174,92 @@ def test_merged_bundle_with_two_shards(tf: Any, tmp_path: Path) -> None:
         for name, want in {**a, **b}.items():
             np.testing.assert_array_equal(r.get(name), want)
         assert r.verify().ok
+
+
+def _keras_tf2_checkpoint(tf: Any, directory: Path) -> tuple[Any, str]:
+    """tf.train.Checkpoint of a compiled, trained Keras model and its Adam optimizer."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense"),
+                              keras.layers.Dense(2, name="head")])
+    opt = keras.optimizers.Adam(1e-3)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(np.ones((8, 4), np.float32), np.ones((8, 2), np.float32), epochs=1, verbose=0)
+    ckpt = tf.train.Checkpoint(model=model, optimizer=opt, epoch=tf.Variable(5, dtype=tf.int64))
+    return model, ckpt.save(str(directory / "ckpt"))
+
+
+def test_tf2_keras_checkpoint_readable_and_raw_names(tf: Any, tmp_path: Path) -> None:
+    model, prefix = _keras_tf2_checkpoint(tf, tmp_path)
+    with TFBundleFormat.open(tmp_path) as r:  # readable names by default
+        readable = r.keys()
+        assert len(readable) == len(set(readable))
+        for var in model.weights:  # the name Keras gives each variable, under the root child
+            assert f"model/{var.path}" in readable, var.path
+            np.testing.assert_array_equal(r.get(f"model/{var.path}"), var.numpy())
+        assert {"epoch", "save_counter"} <= set(readable)
+        # the compiled model tracks the optimizer too; its variables are still named from the root
+        slots = [n for n in readable if n.endswith(("_momentum", "_velocity"))]
+        assert len(slots) == 2 * len(model.weights)
+        assert all(n.startswith("optimizer/") for n in slots + ["optimizer/adam/iteration"])
+        assert not [n for n in readable if n.startswith("model/") and "adam" in n]
+        assert not [n for n in readable if ".ATTRIBUTES" in n]
+        kernel = model.get_layer("dense").kernel
+        raw_key = r.info(f"model/{kernel.path}").extra["checkpoint_key"]
+        assert raw_key.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+        np.testing.assert_array_equal(r.get(raw_key), kernel.numpy())  # either spelling reads
+    with TFBundleFormat.open(prefix, names="raw") as r:
+        raw = r.keys()
+        assert raw_key in raw and len(raw) == len(readable)
+        assert all(k.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for k in raw)
+        np.testing.assert_array_equal(r.get(f"model/{kernel.path}"), kernel.numpy())
+    reader = tf.train.load_checkpoint(prefix)
+    stored = reader.get_variable_to_shape_map()
+    assert sorted(raw) == sorted(k for k in stored if k != "_CHECKPOINTABLE_OBJECT_GRAPH")
+
+
+def test_tf2_names_convert_and_diff_consistently(tf: Any, tmp_path: Path) -> None:
+    _keras_tf2_checkpoint(tf, tmp_path)
+    readable_npz, raw_npz = tmp_path / "readable.npz", tmp_path / "raw.npz"
+    weightvault.convert(tmp_path, readable_npz)
+    weightvault.convert(tmp_path, raw_npz, read_options={"names": "raw"})
+    with weightvault.open(tmp_path) as src, weightvault.open(readable_npz) as out:
+        assert out.keys() == src.keys()
+        assert inspect_diff(src, out).identical
+    with weightvault.open(tmp_path, names="raw") as src, weightvault.open(raw_npz) as out:
+        assert out.keys() == src.keys()
+        assert inspect_diff(src, out).identical
+
+
+def test_tf2_names_in_the_cli(tf: Any, tmp_path: Path, cli_run) -> None:
+    import json
+
+    model, prefix = _keras_tf2_checkpoint(tf, tmp_path)
+    kernel = model.get_layer("dense").kernel
+    code, out, err = cli_run("ls", tmp_path, "--json")
+    assert code == 0, err
+    names = [t["name"] for t in json.loads(out)["tensors"]]
+    assert f"model/{kernel.path}" in names and "epoch" in names
+    code, out, err = cli_run("ls", tmp_path, "-o", "names=raw", "--json")
+    raw = [t["name"] for t in json.loads(out)["tensors"]]
+    assert len(raw) == len(names) and all(n.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for n in raw)
+    code, out, err = cli_run("show", tmp_path, f"model/{kernel.path}")
+    assert code == 0 and out.startswith(f"model/{kernel.path}  float32 [4, 3]")
+    code, out, err = cli_run("show", tmp_path, "dense/kernel")  # the layer's own name
+    assert code != 0 and f"did you mean model/{kernel.path}?" in err
+    code, out, err = cli_run("show", tmp_path, "epoch")
+    assert code == 0 and out.splitlines()[-1].strip() == "5"
+    # convert with either naming, then diff against the source opened the same way
+    code, _, err = cli_run("convert", tmp_path, tmp_path / "out.safetensors")
+    assert code == 0, err
+    code, out, err = cli_run("diff", tmp_path, tmp_path / "out.safetensors")
+    assert code == 0, out + err
+    code, _, err = cli_run("convert", tmp_path, tmp_path / "raw.safetensors", "-o", "names=raw")
+    assert code == 0, err
+    with weightvault.open(tmp_path / "raw.safetensors") as r:
+        assert sorted(r.keys()) == sorted(raw)
+    code, out, err = cli_run("diff", tmp_path, tmp_path / "raw.safetensors")
+    assert code == 1  # readable names against raw keys: every tensor added and removed
 
 
 # -- we write, TensorFlow reads -----------------------------------------------------------------------

@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
-import numpy as np
 
 __all__ = ["console", "emit_json", "human_bytes", "json_option", "print_table", "warn"]
 
@@ -32,6 +31,8 @@ def console(width: int | None = None) -> Any:
 
 
 def _default(obj: Any) -> Any:
+    import numpy as np  # only when printing JSON: `--help` and plain tables need no numpy
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -29,7 +29,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 @json_option
 def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: str | None, as_json: bool) -> None:
     """List the tensors of PATH: name, dtype, shape, size, and how many are model parameters
-    (optimizer slots, EMA copies, running statistics and counters are counted apart)."""
+    (optimizer slots, EMA copies, running statistics and counters are counted apart); then the
+    other values it holds (step, epoch, lr, metrics, metadata), which `show PATH NAME` prints."""
+    from weightvault.cli.state import state_values
     from weightvault.inspect import count_by_role, parameter_summary, tensor_role
 
     with _open(path, fmt, options, names) as reader:
@@ -38,6 +40,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
         total_bytes = sum(i.nbytes for i in infos)
         metadata = reader.metadata
         skipped = reader.skipped
+        state = state_values(reader)
         if as_json:
             emit_json(
                 {
@@ -49,6 +52,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                     "total_elements": sum(roles.values()),
                     "total_bytes": total_bytes,
                     "metadata": metadata,
+                    "state": [v.to_dict() for v in state],
                     "skipped": skipped,
                 }
             )
@@ -63,6 +67,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
                 justify={"size": "right"},
                 fold=("name",),
             )
+        _print_state(state)
         click.echo(
             f"{len(infos)} tensors, {parameter_summary(roles)}, {human_bytes(total_bytes)} "
             f"({reader.format})"
@@ -73,6 +78,21 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
             click.echo(f"{len(skipped)} entries not readable as tensors:")
             for name, why in skipped.items():
                 click.echo(f"  {name}: {why}")
+
+
+def _print_state(state: list[Any]) -> None:
+    """The non-tensor values after the tensors (long values cut here, whole in `show`)."""
+    from weightvault.cli.state import _MAX_TABLE_VALUE
+
+    if not state:
+        return
+    click.echo("")
+    print_table(
+        ("name", "type", "value"),
+        [(v.path, v.type, v.text(_MAX_TABLE_VALUE)) for v in state],
+        fold=("name",),
+        wrap=("value",),
+    )
 
 
 def _checkpoint_list(metadata: dict[str, Any]) -> list[str]:
@@ -135,12 +155,14 @@ def show(
     names: str | None,
     as_json: bool,
 ) -> None:
-    """Print the values of tensor NAME with chosen print options (like torch.set_printoptions)."""
+    """Print the values of tensor NAME with chosen print options (like torch.set_printoptions),
+    or a non-tensor value such as `step` or `optimizer/param_groups/0/lr` (see `ls`)."""
     from weightvault.inspect import format_values
 
     with _open(path, fmt, options, names) as reader:
         if name not in reader:
-            reader.get(name)  # raises TensorNotFoundError naming the file and tensor
+            _show_state(reader, path, name, as_json)
+            return
         arr = reader.get(name)
         info = reader.info(name)
         if as_json:
@@ -159,6 +181,31 @@ def show(
         )
         click.echo(f"{name}  {info.dtype} {_shape(info.shape)}")
         click.echo(text)
+
+
+def _show_state(reader: Any, path: str, name: str, as_json: bool) -> None:
+    """Print a non-tensor value, or fail naming the closest tensor and value names."""
+    from weightvault.cli.state import StateValue, find_state, format_value, state_values, suggest
+    from weightvault.errors import TensorNotFoundError
+
+    found = find_state(reader, name)
+    if found is None:
+        candidates = reader.keys() + [v.path for v in state_values(reader)]
+        close = suggest(name, candidates)
+        hint = f"did you mean {' or '.join(close)}?" if close else "`weightvault ls` lists them all"
+        raise TensorNotFoundError(
+            f"no tensor or value of that name among {len(reader.keys())} tensors; {hint}",
+            path=reader.path,
+            tensor=name,
+        )
+    where, value = found
+    entry = StateValue(where, value, "metadata" if where.startswith("metadata") else "structure")
+    if as_json:
+        fields = entry.to_dict()
+        emit_json({"path": path, "name": fields.pop("path"), **fields})
+        return
+    click.echo(f"{where}  {entry.type}")
+    click.echo(format_value(value))
 
 
 def _fmt_num(v: Any) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import webbrowser
 
 import click
 
@@ -48,6 +47,8 @@ def view(paths: tuple[str, ...], port: int, host: str, no_browser: bool) -> None
     server = ViewerServer(list(paths), host=host, port=port)
     click.echo(f"weightvault viewer: {server.url}  (Ctrl-C stops)")
     if not no_browser:
+        import webbrowser  # starts no browser machinery unless a browser is opened
+
         webbrowser.open(server.url)
     try:
         server.serve_forever()

@@ -13,7 +13,8 @@ formats that can hold them (native, TF bundle) write them; the others refuse the
 
 from __future__ import annotations
 
-import ml_dtypes
+from collections.abc import Iterator, Mapping
+
 import numpy as np
 
 from weightvault.errors import UnknownDtypeError
@@ -32,8 +33,8 @@ __all__ = [
 #: canonical dtype name of string tensors (object arrays of ``bytes``)
 STRING = "string"
 
-#: Every dtype weightvault can hold, by canonical name. Byte order is always little-endian on disk.
-DTYPES: dict[str, np.dtype] = {
+#: numpy's own dtypes, by canonical name.
+_NUMPY: dict[str, np.dtype] = {
     "bool": np.dtype(np.bool_),
     "uint8": np.dtype(np.uint8),
     "int8": np.dtype(np.int8),
@@ -44,19 +45,57 @@ DTYPES: dict[str, np.dtype] = {
     "uint64": np.dtype(np.uint64),
     "int64": np.dtype(np.int64),
     "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
     "float32": np.dtype(np.float32),
     "float64": np.dtype(np.float64),
     "complex64": np.dtype(np.complex64),
     "complex128": np.dtype(np.complex128),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "float8_e8m0fnu": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
+#: canonical name -> ml_dtypes attribute. ml_dtypes costs more to import than numpy itself, so it
+#: is imported only when one of these is looked up (or an unknown numpy dtype is named).
+_ML_DTYPES = {
+    "bfloat16": "bfloat16",
+    "float8_e4m3fn": "float8_e4m3fn",
+    "float8_e5m2": "float8_e5m2",
+    "float8_e4m3fnuz": "float8_e4m3fnuz",
+    "float8_e5m2fnuz": "float8_e5m2fnuz",
+    "float8_e8m0fnu": "float8_e8m0fnu",
+}
+_ORDER = (*list(_NUMPY)[:10], "bfloat16", *list(_NUMPY)[10:], *list(_ML_DTYPES)[1:])
 
-_BY_DTYPE = {dt: name for name, dt in DTYPES.items()}
+
+class _Dtypes(Mapping[str, np.dtype]):
+    """The table of :data:`DTYPES`: names known up front, ml_dtypes' values made on first use."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, np.dtype] = dict(_NUMPY)
+
+    def _load_ml_dtypes(self) -> None:
+        import ml_dtypes
+
+        for name, attr in _ML_DTYPES.items():
+            dt = np.dtype(getattr(ml_dtypes, attr))
+            self._table[name] = dt
+            _BY_DTYPE[dt] = name
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name in _ML_DTYPES and name not in self._table:
+            self._load_ml_dtypes()
+        return self._table[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in _NUMPY or name in _ML_DTYPES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_ORDER)
+
+    def __len__(self) -> int:
+        return len(_ORDER)
+
+
+#: Every dtype weightvault can hold, by canonical name. Byte order is always little-endian on disk.
+DTYPES: Mapping[str, np.dtype] = _Dtypes()
+
+_BY_DTYPE: dict[np.dtype, str] = {dt: name for name, dt in _NUMPY.items()}
 
 
 def dtype_from_name(name: str, *, path: str | None = None, tensor: str | None = None) -> np.dtype:
@@ -94,6 +133,8 @@ def dtype_name(dtype: np.dtype | type, *, tensor: str | None = None) -> str:
     dt = np.dtype(dtype)
     if dt.byteorder == ">":
         dt = dt.newbyteorder("<")
+    if dt not in _BY_DTYPE and dt.kind == "V":
+        DTYPES["bfloat16"]  # ml_dtypes' types are kind "V": make their names known
     try:
         return _BY_DTYPE[dt]
     except KeyError:

@@ -18,10 +18,12 @@ Reading (pure Python + numpy, see ``research/formats.md`` §1):
   :attr:`~TFBundleReader.object_graph`).
 * CRC-32C of the data is checked by :meth:`~TFBundleReader.verify` (or on every ``get`` with
   ``check_crc=True``) with the C implementation from google_crc32c, without copying tensors.
-* TF2 object-based checkpoints: ``names="readable"`` renames
-  ``model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE`` to ``model/dense/kernel`` using
-  the object graph (the root child that owns the variable + the variable's ``full_name``, which
-  Keras sets to ``layer_name/variable``). ``get`` accepts both spellings in either mode.
+* TF2 object-based checkpoints are listed with readable names by default (``names="readable"``):
+  ``model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE`` becomes ``model/dense/kernel``
+  using the object graph (the root child that owns the variable + the variable's ``full_name``,
+  which Keras sets to ``layer_name/variable``); a name two keys would share, or one that is
+  another key, keeps its key. ``names="raw"`` lists the keys as stored. ``get``, ``info`` and
+  ``in`` accept both spellings in either mode.
 
 Writing: one ``.index`` plus ``num_shards`` data files (default 1) and a ``checkpoint`` state file,
 laid out exactly as TF's ``BundleWriter`` does (so given the same tensors in the same order the
@@ -37,6 +39,7 @@ import math
 import mmap
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,6 +339,9 @@ def object_graph_names(graph_bytes: bytes, *, path: str = "") -> dict[str, str]:
     children = [[(get_int(c, 1), get_str(c, 2)) for c in get_messages(n, 1, path=path)] for n in nodes]
     top_children = children[0]
     ordered = [c for c in top_children if c[1] != "optimizer"] + [c for c in top_children if c[1] == "optimizer"]
+    # A compiled Keras model tracks its optimizer as a child too: an object that is itself a
+    # child of the root is named from the root (optimizer/...), never through another one.
+    top_ids = {node_id for node_id, _ in top_children}
     owner: dict[int, tuple[str, list[str]]] = {}
     for node_id, local in ordered:
         if not 0 <= node_id < len(nodes):
@@ -343,7 +349,7 @@ def object_graph_names(graph_bytes: bytes, *, path: str = "") -> dict[str, str]:
         queue = [(node_id, [local])]
         while queue:
             current, trail = queue.pop(0)
-            if current in owner or current == 0:
+            if current in owner or current == 0 or (current in top_ids and current != node_id):
                 continue
             owner[current] = (local, trail)
             for child, child_name in children[current]:
@@ -371,13 +377,24 @@ def object_graph_names(graph_bytes: bytes, *, path: str = "") -> dict[str, str]:
 
 
 # -- reader -------------------------------------------------------------------------------------------
+#: ``names=`` spellings: "raw" (keys as stored; "object" is its older name) or "readable"
+_NAME_MODES = {"readable": "readable", "raw": "raw", "object": "raw"}
+
+
 class TFBundleReader(FormatReader):
     format_name = "tf_bundle"
 
-    def __init__(self, path: str | os.PathLike[str], *, names: str = "object", check_crc: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, names: str = "readable", check_crc: bool = False
+    ) -> None:
         super().__init__(path)
-        if names not in ("object", "readable"):
-            raise UnsupportedOperationError(f"names must be 'object' or 'readable', not {names!r}", path=path)
+        if names not in _NAME_MODES:
+            raise UnsupportedOperationError(
+                f"names must be one of {', '.join(_NAME_MODES)}, not {names!r}", path=path,
+                hint="-o names=readable (object-graph names, the default) "
+                "or -o names=raw (keys as stored)",
+            )
+        names = _NAME_MODES[names]
         self.prefix, self.state = resolve_prefix(path)
         self.index_path = self.prefix + ".index"
         self.check_crc = check_crc
@@ -388,8 +405,7 @@ class TFBundleReader(FormatReader):
         self._names_mode = names
         self._to_key: dict[str, str] = {}
         self._display: dict[str, str] = {k: k for k in self._listed}
-        if names == "readable":
-            self._apply_readable_names()
+        self._apply_readable_names(display=names == "readable")
 
     # -- index ----------------------------------------------------------------------------------
     def _load_index(self) -> None:
@@ -500,7 +516,9 @@ class TFBundleReader(FormatReader):
                     path=name, tensor=key,
                 )
 
-    def _apply_readable_names(self) -> None:
+    def _apply_readable_names(self, display: bool) -> None:
+        """Readable names from the object graph: listed when ``display``, accepted by ``get``,
+        ``info`` and ``in`` either way."""
         if OBJECT_GRAPH_KEY not in self._entries:
             return
         graph = self.get_strings(OBJECT_GRAPH_KEY).reshape(-1)
@@ -516,12 +534,22 @@ class TFBundleReader(FormatReader):
             name = mapping.get(key)
             if name:
                 taken[name] = taken.get(name, 0) + 1
+        chosen: dict[str, str] = {}
         for key in self._listed:
             name = mapping.get(key)
             if not name or taken[name] > 1 or (name in self._entries and name != key):
                 name = key[: -len(_ATTR_SUFFIX)] if key.endswith(_ATTR_SUFFIX) else key
-            self._display[key] = name
-            self._to_key[name] = key
+            chosen[key] = name
+        # Names stay unique: a name that two keys would share, or that is another key, gives way
+        # to the key itself.
+        counts = Counter(chosen.values())
+        for key, name in chosen.items():
+            if counts[name] > 1 or (name in self._entries and name != key):
+                name = key
+            if display:
+                self._display[key] = name
+            if name != key:
+                self._to_key[name] = key
 
     # -- shards ---------------------------------------------------------------------------------
     def _shard(self, shard: int) -> mmap.mmap | None:
