@@ -497,7 +497,7 @@ def plan(
                 "use_ema=True but the checkpoint has no EMA weights (looked for ema/shadow/*, "
                 "state_dict_ema, model_ema and */ExponentialMovingAverage)",
                 path=report.source,
-                hint="save them with weightvault.torch.capture(ema=weightvault.EMA(model)), or restore without use_ema",
+                hint="save them with weightvault.torch.capture(ema=weightvault.EMA(model)), or leave out --use-ema (use_ema=True in Python)",
             )
         candidates = dict(ema_map)
         report.ema_convention = convention
@@ -572,7 +572,7 @@ def plan(
             {
                 "name": key,
                 "source": key,
-                "reason": "EMA shadow (use_ema=True loads it)",
+                "reason": "EMA shadow (--use-ema / use_ema=True loads it)",
                 "shape": source.shape(key),
             }
         )
