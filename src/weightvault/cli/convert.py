@@ -94,7 +94,7 @@ def convert(
         hints=dict(_pairs(hints, "=", "--hint")),
         rename=_pairs(renames, "=", "--rename"),
         name_map=name_map,
-        rule_options={"use_ema": ema},
+        rule_options={"use_ema": ema, "template": template},
         dry_run=dry_run,
         skip_unsupported=skip_unsupported,
     )
