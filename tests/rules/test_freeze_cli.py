@@ -48,6 +48,7 @@ def test_freeze_skips_optimizer_slots_and_matches_tf(tf1_run, cli_run, tmp_path:
     slots = [line for line in out.splitlines() if "optimizer slot" in line]
     assert len(slots) == 1 and slots[0].startswith("skipped 11 "), out
     assert "EMA shadow" in out and "--ema" in out
+    assert out.rstrip().endswith("(tf_graph, 4 tensors)")
 
 
 def test_freeze_with_ema_matches_variables_to_restore(tf1_run, cli_run, tmp_path: Path) -> None:

@@ -120,4 +120,5 @@ def convert(
         shown = ", ".join(skipped[:3]) + (f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else "")
         click.echo(f"skipped {len(skipped)} ({why}): {shown}" if len(skipped) > 1 else f"skipped {shown}: {why}")
     verb = "would write" if dry_run else "wrote"
-    click.echo(f"{verb} {dst} ({doc['dst_format']}, {len(doc['tensors'])} tensors)")
+    written = sum(1 for r in doc["tensors"] if r["target"] not in doc["skipped"])
+    click.echo(f"{verb} {dst} ({doc['dst_format']}, {written} tensors)")
