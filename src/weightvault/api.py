@@ -278,7 +278,9 @@ def convert(
             if plan.rules == "rename" and not (rename or name_map)
             else tensors
         )
-        fmt.write(dst, source, metadata=metadata, **options)
+        left_out = fmt.write(dst, source, metadata=metadata, **options)
+        if isinstance(left_out, Mapping):  # a template writer's training-only tensors (tf_graph)
+            report.skipped = {**report.skipped, **left_out}
         report.compute_shapes()
     return report
 

@@ -194,9 +194,12 @@ class RestoreReport:
         what = f"{self.source}" + (f" [{self.source_key}]" if self.source_key else "")
         if self.use_ema:
             what += f" (EMA weights, {self.ema_convention})"
+        optimizer = sum(1 for r in self.skipped if "optimizer" in r["reason"])
         return (
             f"{what}: loaded {c['loaded']}, missing {c['missing']}, unexpected {c['unexpected']}, "
-            f"shape mismatch {c['mismatched']}, skipped {c['skipped']}, renamed {c['renamed']}"
+            f"shape mismatch {c['mismatched']}, skipped {c['skipped']}"
+            + (f" (optimizer state {optimizer})" if optimizer else "")
+            + f", renamed {c['renamed']}"
         )
 
     def __str__(self) -> str:
@@ -419,10 +422,64 @@ class _FileSource:
         self.reader.close()
 
 
-def _open_source(source: Any) -> Any:
+class _RuledSource(_FileSource):
+    """A file seen through a conversion rule set (``tf1-to-torch``...): the plan's target names,
+    built in memory, each tensor computed on access. What the rule set drops (optimizer slots,
+    unused EMA shadows) is kept in ``dropped`` for the report."""
+
+    def __init__(self, path: PathLike, rules: str, hints: Mapping[str, str] | None, use_ema: bool):
+        from weightvault.rules import build_plan
+
+        super().__init__(path)
+        try:
+            plan = build_plan(self.reader, rules, hints=hints, options={"use_ema": use_ema})
+        except BaseException:
+            self.reader.close()
+            raise
+        self.format = f"{self.format} via {rules}"
+        self.dropped = dict(plan.dropped)
+        self.notes = list(plan.notes)
+        self.tensors = plan.apply(self.reader)
+
+    def keys(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.tensors.info(name).shape)
+
+    def dtype(self, name: str) -> str:
+        return str(self.tensors.info(name).dtype)
+
+    def get(self, name: str) -> np.ndarray:
+        return self.tensors[name]
+
+
+def _open_source(
+    source: Any,
+    rules: str | None = None,
+    hints: Mapping[str, str] | None = None,
+    use_ema: bool = False,
+) -> Any:
+    if rules is not None:
+        if isinstance(source, Mapping):
+            raise TypeError("rules= applies to a file, not an in-memory state")
+        return _RuledSource(source, rules, hints, use_ema)
     if isinstance(source, Mapping):
         return _MappingSource(source)
     return _FileSource(source)
+
+
+def _optimizer_state(key: str) -> str | None:
+    """Why ``key`` is training state rather than a model weight (TF1 optimizer slots such as
+    ``w/Adam_1``, ``beta1_power``, ``global_step``), or None."""
+    from weightvault.rules.common import is_optimizer_or_bookkeeping
+
+    if not is_optimizer_or_bookkeeping(key):
+        return None
+    last = key.rstrip("/").rsplit("/", 1)[-1]
+    if last in ("global_step", "beta1_power", "beta2_power", "save_counter"):
+        return "optimizer bookkeeping (step / beta power)"
+    return "optimizer slot (not a model weight)"
 
 
 def _is_torch(value: Any) -> bool:
@@ -491,13 +548,18 @@ def plan(
     # 1. which file keys are candidates, under which (relative) names
     skipped_shadows: list[str] = []
     beside: list[str] = []
-    if use_ema:
+    for key, why in getattr(source, "dropped", {}).items():  # what a rule set left out, and why
+        shape = tuple(source.reader.info(key).shape)
+        report.skipped.append({"name": key, "source": key, "reason": why, "shape": shape})
+    if isinstance(source, _RuledSource):  # the rule set has chosen raw or EMA weights already
+        candidates, report.ema_convention = {k: k for k in keys}, "tensorflow" if use_ema else None
+    elif use_ema:
         if not ema_map:
             raise TensorNotFoundError(
                 "use_ema=True but the checkpoint has no EMA weights (looked for ema/shadow/*, "
                 "state_dict_ema, model_ema and */ExponentialMovingAverage)",
                 path=report.source,
-                hint="save them with weightvault.torch.capture(ema=weightvault.EMA(model)), or restore without use_ema",
+                hint="save them with weightvault.torch.capture(ema=weightvault.EMA(model)), or leave out --use-ema (use_ema=True in Python)",
             )
         candidates = dict(ema_map)
         report.ema_convention = convention
@@ -542,7 +604,12 @@ def plan(
             )
             continue
         if model_name is None:
-            report.unexpected.append({"name": name, "source": key, "shape": source.shape(key)})
+            row = {"name": name, "source": key, "shape": source.shape(key)}
+            optimizer = _optimizer_state(key)
+            if optimizer is not None:
+                report.skipped.append({**row, "reason": optimizer})
+            else:
+                report.unexpected.append(row)
             continue
         if model_name in matched:
             # Two checkpoint tensors for one model name ("module.x" and "x"): which one is meant
@@ -572,7 +639,7 @@ def plan(
             {
                 "name": key,
                 "source": key,
-                "reason": "EMA shadow (use_ema=True loads it)",
+                "reason": "EMA shadow (--use-ema / use_ema=True loads it)",
                 "shape": source.shape(key),
             }
         )
@@ -728,6 +795,8 @@ def restore(
     use_ema: bool = False,
     allow_shape_mismatch: bool = False,
     source_key: str | None = None,
+    rules: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> RestoreReport:
     """Load matching weights from any readable checkpoint into ``model``; return a report.
 
@@ -750,6 +819,11 @@ def restore(
         allow_shape_mismatch: skip tensors whose shapes differ (reported) instead of raising.
         source_key: the group holding the model weights in a training state (default: found
             automatically among ``model_state_dict``, ``state_dict``, ``model``).
+        rules: a conversion rule set (``"tf1-to-torch"``, ``"keras-to-torch"``... as in
+            ``convert --rules``) applied in memory first: the model is matched with the names
+            and layouts the rule set produces; what it drops (optimizer slots) is reported as
+            skipped. With ``use_ema`` the rule set takes the EMA shadows.
+        hints: ``{layer glob: kind}`` for the rule set where the file cannot tell.
 
     Raises:
         ShapeMismatchError: a shape differs and ``allow_shape_mismatch`` is False.
@@ -763,7 +837,7 @@ def restore(
             f"restore() needs a torch.nn.Module or a dict of arrays, not {type(model).__name__}"
         )
     name = "<memory>" if isinstance(path, Mapping) else os.fspath(path)
-    source = _open_source(path)
+    source = _open_source(path, rules, hints, use_ema)
     try:
         return _restore_from(
             model, module, source, name, strict, include, exclude, rename, strip_prefixes,
@@ -1011,6 +1085,8 @@ def compare(
     use_ema: bool = False,
     source_key: str | None = None,
     target_key: str | None = None,
+    rules: str | None = None,
+    hints: Mapping[str, str] | None = None,
 ) -> RestoreReport:
     """What ``restore(model, checkpoint, strict=False, ...)`` would do for a model shaped like ``target``.
 
@@ -1019,7 +1095,7 @@ def compare(
     """
     spec = read_target_spec(target, source_key=target_key)
     name = "<memory>" if isinstance(checkpoint, Mapping) else os.fspath(checkpoint)
-    source = _open_source(checkpoint)
+    source = _open_source(checkpoint, rules, hints, use_ema)
     try:
         return plan(
             source,

@@ -619,3 +619,70 @@ def test_torch_batchnorm_to_keras_without_center_refuses_a_real_bias(bn_files, t
     model.load_weights(dst)
     img = bn_files["img"]
     np.testing.assert_allclose(np.asarray(model(img, training=False)), _torch_bn_out(net, img), rtol=1e-5, atol=1e-5)
+
+
+# -- torch-to-keras --template model.weights.h5: layout and kinds from a Keras-written file ----------
+
+
+class _TorchNet(torch.nn.Module):
+    """Interleaved classes (conv, depthwise, batchnorm, dense): only the template tells a
+    depthwise kernel from a conv one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.dw = torch.nn.Conv2d(4, 8, 3, groups=4)
+        self.head = torch.nn.Linear(8, 5)
+        self.out = torch.nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dw(torch.relu(self.bn(self.stem(x))))
+        return self.out(torch.relu(self.head(h.mean(dim=(2, 3)))))
+
+
+def _keras_net():  # noqa: ANN202
+    return keras.Sequential(
+        [
+            keras.Input((9, 9, 3)),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.BatchNormalization(epsilon=1e-5),
+            keras.layers.ReLU(),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(5, activation="relu"),
+            keras.layers.Dense(2),
+        ]
+    )
+
+
+def test_torch_to_keras_with_template(cli_run, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = _TorchNet()
+    with torch.no_grad():  # BatchNorm statistics that are not the defaults
+        net.bn.running_mean.uniform_(-1, 1)
+        net.bn.running_var.uniform_(0.5, 2)
+    net.eval()
+    src = tmp_path / "net.pt"
+    torch.save(net.state_dict(), src)
+    template = tmp_path / "template.weights.h5"
+    _keras_net().save_weights(template)
+    dst = tmp_path / "out.weights.h5"
+    code, out, err = cli_run("convert", src, dst, "--rules", "torch-to-keras", "--template", template)
+    assert code == 0, err
+    model = _keras_net()
+    model.load_weights(dst)
+    x = np.random.default_rng(1).normal(size=(2, 3, 9, 9)).astype("float32")
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = model.predict(x.transpose(0, 2, 3, 1), verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_to_keras_template_of_another_model(cli_run, tmp_path: Path) -> None:
+    src = tmp_path / "net.pt"
+    torch.save(_TorchNet().state_dict(), src)
+    template = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]).save_weights(template)
+    code, _, err = cli_run("convert", src, tmp_path / "o.weights.h5", "--rules", "torch-to-keras", "--template", template)
+    assert code != 0 and "stem" in err and "same model" in err

@@ -408,3 +408,62 @@ def test_peephole_lstm_is_refused(tmp_path: Path) -> None:
     prefix, _ = _one_cell_ckpt(tmp_path, lambda: cells.LSTMCell(4, use_peepholes=True, name="peep"), xs)
     with pytest.raises(UnsupportedOperationError, match="peepholes"):
         weightvault.convert(prefix, tmp_path / "x.safetensors", rules="tf1-to-torch")
+
+
+# -- restore across frameworks: weightvault.restore(model, tf1_ckpt, rules="tf1-to-torch") -------------
+
+
+@pytest.fixture(scope="module")
+def adam_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    from _tf1_adam import make_tf1_adam_run
+
+    return make_tf1_adam_run(tmp_path_factory.mktemp("tf1_adam"))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_restore_with_rules_matches_tf(adam_run, use_ema: bool) -> None:
+    from weightvault.restore import restore
+
+    model = _Net()
+    report = restore(model, adam_run["ckpt"], rules="tf1-to-torch", use_ema=use_ema)  # strict
+    assert sorted(report.loaded_names) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
+    assert not report.unexpected and not report.missing
+    optimizer = {r["name"] for r in report.skipped if "optimizer" in r["reason"]}
+    assert optimizer == {"beta1_power", "beta2_power", "global_step"} | {
+        f"{v}/{s}" for v in ("fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias") for s in ("Adam", "Adam_1")
+    }
+    with torch.no_grad():
+        out = model(torch.from_numpy(adam_run["x"])).numpy()
+    np.testing.assert_allclose(out, adam_run["ema" if use_ema else "raw"], rtol=RTOL, atol=ATOL)
+
+
+def test_report_without_rules_separates_optimizer_slots(adam_run) -> None:
+    from weightvault.restore import compare
+
+    spec = {"fc1/kernel": [4, 8], "fc1/bias": [8], "fc2/kernel": [8, 2], "fc2/bias": [2]}
+    report = compare(adam_run["ckpt"], spec)
+    assert report.ok and len(report.loaded) == 4
+    reasons = {r["name"]: r["reason"] for r in report.skipped}
+    assert reasons["fc1/kernel/Adam_1"].startswith("optimizer slot")
+    assert reasons["global_step"].startswith("optimizer bookkeeping")
+    assert "optimizer state 11" in report.summary()
+
+
+def test_restore_report_cli_rules(adam_run, cli_run, tmp_path: Path) -> None:
+    target = tmp_path / "net.pt"
+    torch.save(_Net().state_dict(), target)
+    code, out, err = cli_run("restore-report", adam_run["ckpt"], "-t", target, "--strict")
+    assert code == 1  # TF names against torch names: nothing matches without the rule set
+    code, out, err = cli_run("restore-report", adam_run["ckpt"], "-t", target, "--rules", "tf1-to-torch", "--strict", "--json")
+    assert code == 0, err
+    doc = json.loads(out)["report"]
+    assert doc["counts"]["loaded"] == 4 and doc["counts"]["unexpected"] == 0

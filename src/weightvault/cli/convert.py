@@ -19,6 +19,14 @@ def _pairs(values: tuple[str, ...], sep: str, option: str) -> list[tuple[str, st
     return out
 
 
+def _by_reason(skipped: dict[str, str]) -> dict[str, list[str]]:
+    """One line per reason, not per tensor (a TF1 checkpoint has two Adam slots per weight)."""
+    out: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        out.setdefault(why, []).append(name)
+    return out
+
+
 def _shape(shape: list[int]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
@@ -31,7 +39,7 @@ def _shape(shape: list[int]) -> str:
 @click.option("--hint", "hints", multiple=True, metavar="LAYER=KIND", help="Layer kind where the file cannot tell (globs allowed).")
 @click.option("--rename", "renames", multiple=True, metavar="REGEX=REPL", help="Rename target tensors (regex, applied in order).")
 @click.option("--map", "name_map", default=None, type=click.Path(exists=True, dir_okay=False), help="JSON/YAML {name: new_name} file.")
-@click.option("--ema", is_flag=True, help="Take EMA shadow weights in place of the raw ones (tf1-to-torch).")
+@click.option("--ema", is_flag=True, help="Take EMA shadow weights in place of the raw ones (tf1-to-torch, --template frozen .pb).")
 @click.option("--dry-run", is_flag=True, help="Print the plan without writing anything.")
 @click.option(
     "--skip-unsupported",
@@ -73,6 +81,8 @@ def convert(
     write_options = reader_options(write_opts, None)
     if template:
         write_options["template"] = template
+        if ema and rules is None:  # no rule set to take the shadows: the template writer does
+            write_options.setdefault("use_ema", True)
     report = weightvault.convert(
         src,
         dst,
@@ -84,7 +94,7 @@ def convert(
         hints=dict(_pairs(hints, "=", "--hint")),
         rename=_pairs(renames, "=", "--rename"),
         name_map=name_map,
-        rule_options={"use_ema": ema},
+        rule_options={"use_ema": ema, "template": template},
         dry_run=dry_run,
         skip_unsupported=skip_unsupported,
     )
@@ -106,7 +116,9 @@ def convert(
             click.echo(f"dropped {name}: {why}")
         for note in doc["notes"]:
             click.echo(f"note: {note}")
-    for name, why in doc["skipped"].items():
-        click.echo(f"skipped {name}: {why}")
+    for why, skipped in _by_reason(doc["skipped"]).items():
+        shown = ", ".join(skipped[:3]) + (f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else "")
+        click.echo(f"skipped {len(skipped)} ({why}): {shown}" if len(skipped) > 1 else f"skipped {shown}: {why}")
     verb = "would write" if dry_run else "wrote"
-    click.echo(f"{verb} {dst} ({doc['dst_format']}, {len(doc['tensors'])} tensors)")
+    written = sum(1 for r in doc["tensors"] if r["target"] not in doc["skipped"])
+    click.echo(f"{verb} {dst} ({doc['dst_format']}, {written} tensors)")

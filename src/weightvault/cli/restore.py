@@ -11,22 +11,24 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import emit_json, json_option, print_table
+from weightvault.rules import RULES
 
 __all__ = ["restore_report"]
 
 
-def _parse_rename(items: tuple[str, ...]) -> list[tuple[str, str]]:
-    rules = []
+def _split_pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
     for item in items:
         pattern, sep, repl = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"{item!r} is not REGEX=REPLACEMENT", param_hint="--rename")
-        rules.append((pattern, repl))
-    return rules
+            what = "REGEX=REPLACEMENT" if option == "--rename" else "LAYER=KIND"
+            raise click.BadParameter(f"{item!r} is not {what}", param_hint=option)
+        pairs.append((pattern, repl))
+    return pairs
 
 
 @click.command("restore-report")
-@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("checkpoint")  # a TF1 prefix (model.ckpt-1000) is no file of its own
 @click.option(
     "--target",
     "-t",
@@ -65,10 +67,23 @@ def _parse_rename(items: tuple[str, ...]) -> list[tuple[str, str]]:
     "--target-key", default=None, help="Group of the target checkpoint holding the model weights."
 )
 @click.option(
-    "--use-ema", is_flag=True, help="Compare the EMA shadow weights instead of the raw ones."
+    "--use-ema",
+    "--ema",
+    "use_ema",
+    is_flag=True,
+    help="Compare the EMA shadow weights instead of the raw ones.",
 )
 @click.option(
     "--all", "show_all", is_flag=True, help="List loaded names too (default: only problems)."
+)
+@click.option(
+    "--rules",
+    type=click.Choice(RULES),
+    default=None,
+    help="Layout rule set applied to CHECKPOINT first (as in convert), e.g. tf1-to-torch.",
+)
+@click.option(
+    "--hint", "hints", multiple=True, metavar="LAYER=KIND", help="Layer kind for --rules (globs allowed)."
 )
 @click.option("--strict", is_flag=True, help="Exit with status 1 unless everything matches.")
 @json_option
@@ -84,6 +99,8 @@ def restore_report(
     target_key: str | None,
     use_ema: bool,
     show_all: bool,
+    rules: str | None,
+    hints: tuple[str, ...],
     strict: bool,
     as_json: bool,
 ) -> None:
@@ -93,13 +110,14 @@ def restore_report(
     Examples:
       weightvault restore-report runs/exp1/step-00001000 --target new_model.safetensors
       weightvault restore-report ddp.pt -t expected.txt --exclude 'head.*' --json
+      weightvault restore-report run/model.ckpt-1000 -t torch_model.pt --rules tf1-to-torch
     """
     from weightvault.restore import DEFAULT_STRIP_PREFIXES, compare
 
-    rules = _parse_rename(rename)
-    if rename_file and rules:
+    renames = _split_pairs(rename, "--rename")
+    if rename_file and renames:
         raise click.UsageError("use either --rename or --rename-file")
-    rename_arg: object = rename_file or rules or None
+    rename_arg: object = rename_file or renames or None
     report = compare(
         checkpoint,
         target,
@@ -110,6 +128,8 @@ def restore_report(
         use_ema=use_ema,
         source_key=source_key,
         target_key=target_key,
+        rules=rules,
+        hints=dict(_split_pairs(hints, "--hint")) or None,
     )
     if as_json:
         emit_json({"report": report.to_dict()})

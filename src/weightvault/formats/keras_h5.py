@@ -876,6 +876,11 @@ class KerasFormat(Format):
         layout = options.get("layout") or ("keras3" if lower.endswith(".weights.h5") else "legacy")
         if layout not in ("keras3", "legacy"):
             raise UnsupportedOperationError(f"unknown Keras layout {layout!r} (keras3 or legacy)", path=path)
+        if options.get("template") and not options.get("paths"):
+            # A Keras-written weights file of the target model (torch-to-keras --template): its groups.
+            with KerasReader(options["template"]) as t:
+                template_paths = (t.metadata.get("keras") or {}).get("h5_paths") or {}
+            options = {**options, "paths": {n: p for n, p in template_paths.items() if n in tensors}}
         paths = _resolve_paths(tensors, metadata, options, layout)
         buf = io.BytesIO()
         with h5py.File(buf, "w") as f:

@@ -324,7 +324,8 @@ class OneFlowReader(FormatReader):
         if not specs:
             raise UnsupportedOperationError(
                 "a OneFlow C++ snapshot stores no shapes", path=root,
-                hint="pass shapes={'name': [dims], ...} (and dtype) or template=<file with the same tensors>",
+                hint="pass -o shapes='{\"name\": [dims]}' (and -o dtype=...) or -o template=FILE with the same tensors "
+                "(shapes=/dtype=/template= in Python)",
             )
         missing = [n for n in names if n not in specs]
         if missing:

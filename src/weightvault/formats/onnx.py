@@ -587,7 +587,7 @@ def _match_template(template: Any, planned: list[TensorSource], path: Any, *, st
             f"(first: {', '.join(missing[:5])})",
             path=template,
             tensor=missing[0],
-            hint="pass strict=False to keep the template's own values for those",
+            hint="pass -w strict=false (strict=False in Python) to keep the template's own values for those",
         )
     out = []
     for name, info in expected.items():

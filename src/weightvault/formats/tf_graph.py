@@ -360,9 +360,15 @@ def _const_node(name: str, arr: np.ndarray) -> bytes:
 
 
 def _replace_consts(
-    out: Writer, data: Any, tensors: Mapping[str, np.ndarray], template: Any, path: Any
+    out: Writer,
+    data: Any,
+    tensors: Mapping[str, np.ndarray],
+    template: Any,
+    path: Any,
+    use_ema: bool = False,
 ) -> set[str]:
-    """Copy the template's fields into ``out``, replacing the values of the Consts in ``tensors``."""
+    """Copy the template's fields into ``out``, replacing the values of the Consts in ``tensors``
+    (with ``use_ema``, a Const ``X`` takes ``X/ExponentialMovingAverage`` where there is one)."""
     from weightvault.formats._common import fetch_array
 
     used: set[str] = set()
@@ -372,23 +378,44 @@ def _replace_consts(
             continue
         node = parse(value, path=template)
         name, op = get_str(node, 1), get_str(node, 2)
-        if op == "Const" and name in tensors:
+        key = name + EMA_SUFFIX if use_ema and name + EMA_SUFFIX in tensors else name
+        if op == "Const" and key in tensors:
             attrs = _attrs(node, template)
             code = get_int(attrs.get("dtype", Message()), 6)
             value_proto = get_bytes(attrs.get("value", Message()), 8)
             old = decode_tensor_proto(value_proto, path=template, tensor=name)
-            arr = fetch_array(tensors, name)
+            arr = fetch_array(tensors, key)
             if tuple(arr.shape) != old.shape:
                 raise ShapeMismatchError(
                     f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
-                    path=path, tensor=name,
+                    path=path, tensor=key,
                 )
             arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
             out.message(1, _replace_node(value, arr, code))
-            used.add(name)
+            used.add(key)
         else:
             out.message(1, value)
     return used
+
+
+EMA_SUFFIX = "/ExponentialMovingAverage"
+
+
+def _left_out(tensors: Mapping[str, Any], used: set[str], use_ema: bool) -> dict[str, str]:
+    """Training-only tensors that a frozen graph has no Const for, with why they are left out."""
+    from weightvault.rules.common import is_optimizer_or_bookkeeping
+
+    out: dict[str, str] = {}
+    for name in tensors:
+        if name in used:
+            continue
+        if name + EMA_SUFFIX in used:
+            out[name] = "raw value replaced by its EMA shadow (--ema)"
+        elif name.endswith(EMA_SUFFIX):
+            out[name] = "EMA shadow (pass --ema to freeze it in place of the raw value)"
+        elif is_optimizer_or_bookkeeping(name):
+            out[name] = "optimizer slot or bookkeeping, not in the graph"
+    return out
 
 
 class TFGraphFormat(Format):
@@ -427,10 +454,14 @@ class TFGraphFormat(Format):
         metadata: Mapping[str, Any] | None = None,
         template: str | os.PathLike[str] | None = None,
         strict: bool = True,
+        use_ema: bool = False,
         **options: Any,
-    ) -> None:
+    ) -> dict[str, str]:
         """Write a frozen GraphDef. With ``template``, Const values named in ``tensors`` replace the
-        template's; ``strict`` refuses tensors that match no Const node."""
+        template's; ``strict`` refuses tensors that match no Const node, except optimizer slots,
+        bookkeeping (``global_step``) and EMA shadows, which a training checkpoint carries and a
+        frozen graph never has. ``use_ema`` takes each ``X/ExponentialMovingAverage`` in place of
+        ``X``. Returns ``{name: why}`` for the tensors left out."""
         from weightvault.formats._common import fetch_array
 
         if os.fspath(path).endswith(".meta"):
@@ -444,16 +475,26 @@ class TFGraphFormat(Format):
             with open(template, "rb") as f:
                 data = memoryview(f.read())
             try:
-                used = _replace_consts(out, data, tensors, template, path)
+                used = _replace_consts(out, data, tensors, template, path, use_ema)
             except ProtobufDecodeError as exc:
                 raise InvalidHeaderError(
                     f"template is not a GraphDef: {exc.message}", path=template
                 ) from None
-            missing = [n for n in tensors if n not in used]
+            if use_ema and not any(n.endswith(EMA_SUFFIX) for n in used):
+                raise TensorNotFoundError(
+                    "no Const node of the template has an ExponentialMovingAverage shadow among "
+                    "the tensors",
+                    path=template, hint="leave out --ema (use_ema=True in Python) to freeze the raw weights",
+                )  # fmt: skip
+            skipped = _left_out(tensors, used, use_ema)
+            missing = [n for n in tensors if n not in used and n not in skipped]
             if strict and missing:
                 raise TensorNotFoundError(
                     f"{len(missing)} tensors match no Const node of the template (first: {', '.join(missing[:5])})",
-                    path=template, tensor=missing[0], hint="pass strict=False to ignore them",
+                    path=template, tensor=missing[0],
+                    hint="pass -w strict=false to leave them out (strict=False in Python)",
                 )
+            skipped.update((n, "no Const node of this name in the template") for n in missing)
         with atomic_write(path) as f:
             f.write(out.tobytes())
+        return skipped if template is not None else {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from weightvault.abc.format import FormatReader
+from weightvault.errors import WeightVaultError
 from weightvault.rules import AmbiguousLayoutError, Hints
 from weightvault.rules.common import clean_tf_name, is_optimizer_or_bookkeeping, to_dotted
 from weightvault.transforms import Full, ReorderGates, Reshape, Stack, Sum, Take, Transpose
@@ -656,6 +657,8 @@ def _torch_kind(module: str, params: dict[str, str], shapes: dict[str, tuple[int
 
 
 def torch_to_keras(reader: FormatReader, hints: Hints, options: dict[str, Any]) -> Plan:
+    if options.get("template"):
+        return _torch_to_keras_template(reader, hints, str(options["template"]))
     plan = Plan("torch-to-keras")
     shapes = {n: reader.info(n).shape for n in reader.keys()}
     # a file converted from Keras carries the Keras config in its metadata (center/scale...)
@@ -766,3 +769,120 @@ def _torch_rnn_steps(plan: Plan, k: str, p: dict[str, str], kind: str, shapes: d
                     plan.steps.append(
                         Step(f"{prefix}/bias", (p[f"bias_ih{sfx}"], p[f"bias_hh{sfx}"]), (gates,), Stack(0), note="reset_after=True")
                     )
+
+
+# -- torch -> keras with a Keras-written template (--template model.weights.h5) ----------------------
+
+_H5_CLASS_KINDS = {
+    **_H5_GROUP_KINDS,
+    "batch_normalization": "batchnorm",
+    "layer_normalization": "layernorm",
+    "embedding": "embedding",
+    "lstm": "lstm",
+    "gru": "gru",
+}
+
+
+@dataclass
+class _TemplateLayer:
+    group: str  # layers/dense_1
+    kind: str | None
+    vars: dict[str, tuple[str, tuple[int, ...]]]  # variable (kernel) -> (template tensor, shape)
+
+
+def _template_layers(template: str) -> dict[str, list[_TemplateLayer]]:
+    """The template's layers per Keras class, in creation order (``dense``, ``dense_1``, ...)."""
+    from weightvault.formats.keras_h5 import KerasReader
+
+    with KerasReader(template) as t:
+        h5_paths = (t.metadata.get("keras") or {}).get("h5_paths") or {}
+        layers: dict[str, _TemplateLayer] = {}
+        for name in t.keys():
+            path = h5_paths.get(name, "")
+            if not path.startswith("layers/"):
+                continue  # optimizer or model-level variables
+            group = "/".join(path.split("/")[:2])
+            cls = re.sub(r"_\d+$", "", group.split("/")[1])
+            layer = layers.setdefault(group, _TemplateLayer(group, _H5_CLASS_KINDS.get(cls), {}))
+            layer.vars[name.rsplit("/", 1)[-1]] = (name, tuple(t.info(name).shape))
+    by_class: dict[str, list[_TemplateLayer]] = defaultdict(list)
+    for group, layer in layers.items():
+        by_class[re.sub(r"_\d+$", "", group.split("/")[1])].append(layer)
+    for queue in by_class.values():  # Keras numbers a class's layers in creation order
+        queue.sort(key=lambda lay: int(m.group(1)) if (m := re.search(r"_(\d+)$", lay.group)) else 0)
+    return by_class
+
+
+def _template_kind(layer: _TemplateLayer) -> str:
+    """The layer's kind; a depthwise kernel ``(kh, kw, C, M)`` also gives the multiplier."""
+    kernel = layer.vars.get("kernel") or layer.vars.get("depthwise_kernel")
+    if layer.kind == "depthwise" and kernel is not None:
+        return f"depthwise:{kernel[1][-1]}"
+    return str(layer.kind)
+
+
+def _steps_for(module: str, params: dict[str, str], kind: str, reader: FormatReader, shapes: dict[str, tuple[int, ...]]) -> Plan:
+    trial = Plan("torch-to-keras")
+    _torch_module_steps(trial, module, params, kind, shapes, reader.path, reader, None)
+    return trial
+
+
+def _fits(trial: Plan, layer: _TemplateLayer, reader: FormatReader) -> bool:
+    """Every target of the module's steps has a template variable of the same name and shape."""
+    if {st.target.rsplit("/", 1)[-1] for st in trial.steps} != set(layer.vars):
+        return False
+    for step in trial.steps:
+        _, shape = layer.vars[step.target.rsplit("/", 1)[-1]]
+        if tuple(step.run(reader.get).shape) != shape:
+            return False
+    return True
+
+
+def _torch_to_keras_template(reader: FormatReader, hints: Hints, template: str) -> Plan:
+    """Names, HDF5 groups and layer kinds from a ``.weights.h5`` Keras wrote for the target model.
+
+    Torch modules are taken in state-dict order (the model's order); each goes to the first unused
+    layer of the Keras class whose variables it fits (names and shapes after the layout transforms).
+    Within a class Keras numbers layers in creation order, so only the interleaving of classes is
+    chosen by fit; two classes that both fit are an ambiguity, never a guess.
+    """
+    plan = Plan("torch-to-keras (template)")
+    shapes = {n: reader.info(n).shape for n in reader.keys()}
+    queues = _template_layers(template)
+    for module, params in _torch_modules(reader, plan).items():
+        fits: list[tuple[str, Plan]] = []
+        for cls, queue in queues.items():
+            if not queue or queue[0].kind is None:
+                continue
+            kind = hints.get(module) or _template_kind(queue[0])
+            try:
+                trial = _steps_for(module, params, kind, reader, shapes)
+                if _fits(trial, queue[0], reader):
+                    fits.append((cls, trial))
+            except (WeightVaultError, KeyError, ValueError, IndexError):
+                continue  # the module is not of this layer's kind
+        if len(fits) != 1:
+            heads = ", ".join(q[0].group for q in queues.values() if q) or "none left"
+            raise AmbiguousLayoutError(
+                f"torch module {module!r} ({', '.join(f'{p} {list(shapes[n])}' for p, n in params.items())}) "
+                + ("fits no" if not fits else f"fits {len(fits)}")
+                + f" of the template's next layers ({heads})",
+                path=reader.path,
+                tensor=next(iter(params.values())),
+                hint=f"check that {template} is the weights file of the same model"
+                + ("" if not fits else f", or pass --hint {module}=KIND"),
+            )
+        cls, trial = fits[0]
+        layer = queues[cls].pop(0)
+        for step in trial.steps:
+            target = layer.vars[step.target.rsplit("/", 1)[-1]][0]
+            plan.steps.append(Step(target, step.sources, step.transforms, step.combine, step.note))
+        plan.dropped.update(trial.dropped)
+    left = [q[0].group for q in queues.values() if q]
+    if left:
+        raise AmbiguousLayoutError(
+            f"template layers with no torch module: {', '.join(left)}", path=reader.path,
+            hint=f"check that {template} is the weights file of the same model",
+        )  # fmt: skip
+    plan.notes.append(f"layout, names and kinds from the template {template}")
+    return plan

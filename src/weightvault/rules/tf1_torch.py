@@ -58,7 +58,7 @@ def _sources(reader: FormatReader, plan: Plan, use_ema: bool) -> dict[str, str]:
     for clean, stored in names.items():
         if clean.endswith(EMA_SUFFIX):
             if not use_ema:
-                plan.dropped[stored] = "EMA shadow variable (pass use_ema to use it)"
+                plan.dropped[stored] = "EMA shadow variable (pass --ema, use_ema=True in Python, to use it)"
             continue
         if is_optimizer_or_bookkeeping(clean):
             plan.dropped[stored] = "optimizer slot or bookkeeping"
