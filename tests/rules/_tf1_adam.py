@@ -47,6 +47,16 @@ def make_tf1_adam_run(d: Path) -> dict[str, object]:
                 sess.run(train, {x: rng.normal(size=(8, 4)), y: rng.normal(size=(8, 2))})
             prefix = tf1.train.Saver().save(sess, str(d / "model.ckpt"), global_step=1000)
             raw = sess.run(out, {x: test_x})
+    for resource in (False, True):  # the inference graphs a TF1 program writes, still with variables
+        inference = tf.Graph()
+        with inference.as_default():
+            tf1.placeholder(tf.float32, [None, 4], name="x")
+            with tf1.variable_scope("", use_resource=resource):
+                _net(inference.get_tensor_by_name("x:0"))
+            tf1.train.Saver()  # its save/restore ops, as in a real program's graph
+            tf1.global_variables_initializer()
+        name = "inference_resource.pb" if resource else "inference.pb"
+        tf.io.write_graph(inference.as_graph_def(), str(d), name, as_text=False)
     graph = tf.Graph()
     with graph.as_default():
         x = tf1.placeholder(tf.float32, [None, 4], name="x")

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import weightvault
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 tf = pytest.importorskip("tensorflow")
@@ -79,3 +81,28 @@ def test_ema_without_shadows_is_an_error(tf1_run, cli_run, tmp_path: Path) -> No
     np.savez(src, **{"fc1/kernel": np.zeros((4, 8), "float32")})
     code, _, err = cli_run("convert", src, tmp_path / "o.pb", "--template", tf1_run["dir"] / "graph.pb", "--ema")
     assert code != 0 and "ExponentialMovingAverage" in err and "--ema" in err
+
+
+@pytest.mark.parametrize("template", ["inference.pb", "inference_resource.pb"])
+@pytest.mark.parametrize("ema", [False, True], ids=["raw", "ema"])
+def test_freeze_an_inference_graph_with_variables(tf1_run, cli_run, tmp_path: Path, template: str, ema: bool) -> None:
+    """The usual TF1 freeze: the template is the graph the program wrote (variables, initialisers,
+    Saver ops), not an already frozen one. Variables become Consts; init/save/restore ops go."""
+    d, dst = tf1_run["dir"], tmp_path / "frozen.pb"
+    code, out, err = cli_run("convert", tf1_run["ckpt"], dst, "--template", d / template, *(["--ema"] if ema else []))
+    assert code == 0, err
+    np.testing.assert_allclose(_run_frozen(dst, tf1_run["x"]), tf1_run["ema" if ema else "raw"], rtol=RTOL, atol=ATOL)
+    graph_def = tf1.GraphDef()
+    graph_def.ParseFromString(dst.read_bytes())
+    ops = {node.op for node in graph_def.node}
+    assert not ops & {"VariableV2", "VarHandleOp", "ReadVariableOp", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2"}
+    assert sum(node.op == "Const" and node.name.endswith(("kernel", "bias")) for node in graph_def.node) == 4
+
+
+def test_freeze_refuses_a_graph_variable_the_checkpoint_lacks(tf1_run, cli_run, tmp_path: Path) -> None:
+    d = tf1_run["dir"]
+    partial = tmp_path / "partial.npz"
+    with weightvault.open(tf1_run["ckpt"]) as r:
+        np.savez(partial, **{n: r.get(n) for n in r.keys() if n != "fc2/bias" and r.info(n).dtype != "string"})
+    code, _, err = cli_run("convert", partial, tmp_path / "f.pb", "--template", d / "inference.pb")
+    assert code != 0 and "fc2/bias" in err and "no value" in err

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,39 @@ def _const_node(name: str, arr: np.ndarray) -> bytes:
     return w.tobytes()
 
 
+#: variable nodes that freezing turns into Consts (ref variables and resource handles)
+_VARIABLE_OPS = {"VariableV2", "Variable", "VarHandleOp"}
+#: ops that only initialise, train, save or restore variables: a frozen graph drops them, and
+#: every node that depends on one (``init``, ``save/restore_all``, the training step)
+_TRAINING_ONLY_OPS = re.compile(
+    r"^(Assign\w*|Apply\w+|ResourceApply\w+|(Resource)?Scatter\w+|Save(V2|Slices)?|"
+    r"Restore(V2|Slice)?|MergeV2Checkpoints|IsVariableInitialized|VarIsInitializedOp|"
+    r"DestroyResourceOp)$"
+)
+
+
+def _node_inputs(node: Message) -> list[str]:
+    """Names of the nodes ``node`` reads from (``x:1`` and control inputs ``^x`` alike)."""
+    return [bytes(v).decode("utf-8", "replace").lstrip("^").split(":")[0] for v in node.get(3, [])]
+
+
+def _identity_node(node: Message, code: int) -> bytes:
+    """``ReadVariableOp`` of a frozen handle becomes ``Identity`` of the Const (attr ``T``)."""
+    w = Writer().string(1, get_str(node, 1)).string(2, "Identity")
+    for value in node.get(3, []):
+        w.bytes(3, bytes(value))
+    if node.get(4):
+        w.bytes(4, bytes(node[4][0]))
+    return w.message(5, Writer().string(1, "T").message(2, Writer().varint(6, code))).tobytes()
+
+
+def _shape_attr(attrs: dict[str, Message]) -> tuple[int, ...] | None:
+    shape = get_message(attrs.get("shape", Message()), 7)
+    if shape is None or get_int(shape, 3):  # unknown rank
+        return None
+    return tuple(get_int(dim, 1) for dim in get_messages(shape, 2))
+
+
 def _replace_consts(
     out: Writer,
     data: Any,
@@ -366,36 +400,98 @@ def _replace_consts(
     template: Any,
     path: Any,
     use_ema: bool = False,
+    strict: bool = True,
 ) -> set[str]:
-    """Copy the template's fields into ``out``, replacing the values of the Consts in ``tensors``
-    (with ``use_ema``, a Const ``X`` takes ``X/ExponentialMovingAverage`` where there is one)."""
+    """Copy the template's fields into ``out``, putting the values in ``tensors`` into its Consts
+    (with ``use_ema``, a node ``X`` takes ``X/ExponentialMovingAverage`` where there is one).
+
+    A template that still has variables (the inference graph a TF1 program writes with
+    ``tf.io.write_graph``) is frozen as ``convert_variables_to_constants`` does: each variable
+    becomes a Const of its checkpoint value, reads of a resource variable become ``Identity``, and
+    the initialise/save/restore/training ops and whatever depends on them are left out."""
     from weightvault.formats._common import fetch_array
 
     used: set[str] = set()
-    for field, wire, value in iter_fields(data, path=template):
-        if field != 1 or wire != LEN:
-            out.field(field, wire, value)
+    fields = list(iter_fields(data, path=template))
+    nodes = {i: parse(v, path=template) for i, (f, w, v) in enumerate(fields) if f == 1 and w == LEN}
+    names = {i: get_str(node, 1) for i, node in nodes.items()}
+    frozen_handles: dict[str, int] = {}
+    replaced: dict[int, bytes] = {}
+    unvalued: list[str] = []
+    for i, node in nodes.items():
+        name, op = names[i], get_str(node, 2)
+        if op != "Const" and op not in _VARIABLE_OPS:
             continue
-        node = parse(value, path=template)
-        name, op = get_str(node, 1), get_str(node, 2)
         key = name + EMA_SUFFIX if use_ema and name + EMA_SUFFIX in tensors else name
-        if op == "Const" and key in tensors:
-            attrs = _attrs(node, template)
+        if key not in tensors:
+            if op in _VARIABLE_OPS:
+                unvalued.append(name)
+            continue
+        attrs = _attrs(node, template)
+        arr = fetch_array(tensors, key)
+        if op == "Const":
             code = get_int(attrs.get("dtype", Message()), 6)
-            value_proto = get_bytes(attrs.get("value", Message()), 8)
-            old = decode_tensor_proto(value_proto, path=template, tensor=name)
-            arr = fetch_array(tensors, key)
-            if tuple(arr.shape) != old.shape:
-                raise ShapeMismatchError(
-                    f"new value has shape {list(arr.shape)}, the graph's Const has {list(old.shape)}",
-                    path=path, tensor=key,
-                )
-            arr = np.asarray(arr, dtype=old.dtype, order="C")  # ascontiguousarray makes 0-d 1-d
-            out.message(1, _replace_node(value, arr, code))
-            used.add(key)
+            old = decode_tensor_proto(get_bytes(attrs.get("value", Message()), 8), path=template, tensor=name)
+            want: tuple[int, ...] | None = old.shape
+            dtype = old.dtype
         else:
-            out.message(1, value)
+            code = get_int(attrs.get("dtype", Message()), 6) % 100  # DT_FLOAT_REF = 101
+            want = _shape_attr(attrs)
+            dtype = DTYPES[TF_DTYPES[code]] if code in TF_DTYPES else arr.dtype
+        if want is not None and tuple(arr.shape) != want:
+            raise ShapeMismatchError(
+                f"new value has shape {list(arr.shape)}, the graph's {op} has {list(want)}",
+                path=path, tensor=key,
+            )
+        arr = np.asarray(arr, dtype=dtype, order="C")  # ascontiguousarray makes 0-d 1-d
+        replaced[i] = _replace_node(fields[i][2], arr, code) if op == "Const" else _const_node(name, arr)
+        if op == "VarHandleOp":
+            frozen_handles[name] = code
+        used.add(key)
+    if unvalued and strict:
+        raise TensorNotFoundError(
+            f"{len(unvalued)} variables of the graph have no value among the tensors (first: "
+            f"{', '.join(unvalued[:5])})",
+            path=template, tensor=unvalued[0],
+            hint="convert from the checkpoint the graph was trained with, or pass -w strict=false "
+            "to keep them as variables (strict=False in Python)",
+        )
+    dropped = _training_only(nodes, names, frozen_handles, bool(used))
+    for i, (field, wire, value) in enumerate(fields):
+        if i in dropped:
+            continue
+        if i in replaced:
+            out.message(1, replaced[i])
+        elif i in nodes and get_str(nodes[i], 2) == "ReadVariableOp" and (
+            _node_inputs(nodes[i])[:1] and _node_inputs(nodes[i])[0] in frozen_handles
+        ):
+            out.message(1, _identity_node(nodes[i], frozen_handles[_node_inputs(nodes[i])[0]]))
+        else:
+            out.field(field, wire, value)
     return used
+
+
+def _training_only(
+    nodes: dict[int, Message], names: dict[int, str], frozen_handles: dict[str, int], froze: bool
+) -> set[int]:
+    """Indices of the nodes a frozen graph leaves out: initialise/save/restore/training ops and,
+    transitively, every node that reads one of them (a graph of Consts only loses nothing)."""
+    if not froze:
+        return set()
+    gone = {names[i] for i, node in nodes.items() if _TRAINING_ONLY_OPS.match(get_str(node, 2))}
+    if not gone:
+        return set()
+    readers: dict[str, list[int]] = {}
+    for i, node in nodes.items():
+        for source in _node_inputs(node):
+            readers.setdefault(source, []).append(i)
+    todo = list(gone)
+    while todo:
+        for i in readers.get(todo.pop(), []):
+            if names[i] not in gone:
+                gone.add(names[i])
+                todo.append(names[i])
+    return {i for i in nodes if names[i] in gone}
 
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -475,7 +571,7 @@ class TFGraphFormat(Format):
             with open(template, "rb") as f:
                 data = memoryview(f.read())
             try:
-                used = _replace_consts(out, data, tensors, template, path, use_ema)
+                used = _replace_consts(out, data, tensors, template, path, use_ema, strict)
             except ProtobufDecodeError as exc:
                 raise InvalidHeaderError(
                     f"template is not a GraphDef: {exc.message}", path=template
