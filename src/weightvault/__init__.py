@@ -8,6 +8,8 @@ True
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from weightvault.abc.format import FormatReader as CheckpointReader
@@ -29,6 +31,8 @@ _LAZY = {
     "watch": "weightvault.checkpoint.watch",
 }
 
+# `open` is left out on purpose: `from weightvault import *` must not shadow the built-in `open`
+# (weightvault.open stays the documented spelling; see docs/api.md).
 __all__ = [
     "CheckpointManager",
     "CheckpointReader",
@@ -40,7 +44,6 @@ __all__ = [
     "export_hw",
     "import_hw",
     "load",
-    "open",
     "restore",
     "save",
     "torch",
@@ -53,8 +56,26 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'weightvault' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    # `restore` is a callable module, so weightvault.restore(...) and weightvault.restore.select
-    # work whichever import happened first.
-    value = module if name in ("torch", "restore") else getattr(module, name)
+    # `torch` is the module weightvault.torch; everything else, `restore` included, is the
+    # function or class of that name (weightvault.restore is the function, not its module).
+    value = module if name == "torch" else getattr(module, name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """The package's module type: keeps ``weightvault.restore`` the function.
+
+    Importing the submodule ``weightvault.restore`` (the CLI and ``from weightvault.restore import
+    select`` do) makes the import system bind the submodule as the package's ``restore``
+    attribute, which would hide the function behind a module. Binding the function instead means
+    ``weightvault.restore`` is the same plain function whichever import happened first.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "restore" and isinstance(value, types.ModuleType):
+            value = value.restore
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
