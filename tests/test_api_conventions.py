@@ -44,9 +44,10 @@ def _python(code: str) -> str:
 
 def test_star_import_does_not_shadow_builtin_open() -> None:
     namespace: dict[str, object] = {}
-    exec("from weightvault import *", namespace)
+    exec("import torch\nfrom weightvault import *", namespace)
     assert "open" not in namespace
     assert "open" not in weightvault.__all__
+    assert namespace["torch"] is torch  # the user's torch, not the module weightvault.torch
     exec("x = open", namespace)  # the builtin is what a star-importing module sees
     assert namespace["x"] is builtins.open
     # ... and every name __all__ promises is there.

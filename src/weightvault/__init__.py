@@ -31,8 +31,9 @@ _LAZY = {
     "watch": "weightvault.checkpoint.watch",
 }
 
-# `open` is left out on purpose: `from weightvault import *` must not shadow the built-in `open`
-# (weightvault.open stays the documented spelling; see docs/api.md).
+# `open` and `torch` are left out on purpose: `from weightvault import *` must not shadow the
+# built-in `open` nor the user's `import torch` (weightvault.open and weightvault.torch stay the
+# documented spellings; see docs/api.md).
 __all__ = [
     "CheckpointManager",
     "CheckpointReader",
@@ -46,7 +47,6 @@ __all__ = [
     "load",
     "restore",
     "save",
-    "torch",
     "verify",
     "watch",
 ]
