@@ -159,7 +159,7 @@ def test_export_hw_file_format_and_deprecated_format(tmp_path: Path) -> None:
     assert "file_format" in inspect.signature(weightvault.export_hw).parameters
 
 
-# -- reader.get(name, framework=...) ----------------------------------------------------------------
+# -- reader.get(name, framework=...) -------------------------------------------------------
 
 
 def test_get_framework_torch_with_real_torch(tmp_path: Path) -> None:

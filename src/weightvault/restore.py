@@ -1056,8 +1056,8 @@ class _CallableModule(types.ModuleType):
         return restore(*args, **kwargs)
 
 
-# Code written when ``weightvault.restore`` could be this module reads ``weightvault.restore.select``
-# and friends; the function carries them as attributes so that keeps working. The documented
+# Code written when ``weightvault.restore`` could be this module reads
+# ``weightvault.restore.select`` and friends; the function carries them as attributes so that keeps working. The documented
 # spelling is ``from weightvault.restore import select``.
 for _name in __all__:
     if _name != "restore":

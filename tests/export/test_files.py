@@ -93,7 +93,12 @@ def test_mif_radixes(tmp_path: Path) -> None:
 # -- $readmemh / $readmemb ------------------------------------------------------------------------
 def test_readmemh_addresses_are_hex_word_indices(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
-        _tensors(), tmp_path / "o", file_format="mem", number="Q1.15", one_memory="weights", align=16
+        _tensors(),
+        tmp_path / "o",
+        file_format="mem",
+        number="Q1.15",
+        one_memory="weights",
+        align=16,
     )
     text = (tmp_path / "o" / "weights.mem").read_text()
     assert "0x" not in text
@@ -162,7 +167,11 @@ def test_int4_two_per_byte_like_cmsis(tmp_path: Path) -> None:
 
 def test_word_width_alone_packs_as_many_as_fit(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
-        {"w": np.zeros(10, np.float32)}, tmp_path / "o", file_format="coe", number="Q1.7", word_width=32
+        {"w": np.zeros(10, np.float32)},
+        tmp_path / "o",
+        file_format="coe",
+        number="Q1.7",
+        word_width=32,
     )
     assert rep.tensors[0]["lanes"] == 4 and rep.tensors[0]["words"] == 3
 
@@ -196,7 +205,12 @@ def test_a_memory_that_exactly_fills_the_bram_depth_is_accepted_one_more_word_is
     assert [(m["depth"], m["used_words"]) for m in mmap["memories"]] == [(48, 48)]
     with pytest.raises(UnsupportedOperationError, match="needs 48 words but the BRAM depth is 47"):
         weightvault.export_hw(
-            _tensors(), tmp_path / "p", file_format=fmt, number="Q1.15", one_memory="w", bram_depth=47
+            _tensors(),
+            tmp_path / "p",
+            file_format=fmt,
+            number="Q1.15",
+            one_memory="w",
+            bram_depth=47,
         )
 
 
@@ -393,5 +407,7 @@ def test_text_print_options(tmp_path: Path) -> None:
         edgeitems=2,
     )
     assert "..." in (tmp_path / "c" / "w.txt").read_text()
-    weightvault.export_hw(x, tmp_path / "d", file_format="txt", number="float32", sci=True, precision=3)
+    weightvault.export_hw(
+        x, tmp_path / "d", file_format="txt", number="float32", sci=True, precision=3
+    )
     assert "6.250e-02" in (tmp_path / "d" / "w.txt").read_text()
