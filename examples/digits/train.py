@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     step = epoch = 0
     if manager.latest() is not None:
-        state = manager.restore("latest", framework="torch")
+        state = manager.load("latest", framework="torch")
         counters = wvt.apply(state, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
         step, epoch = counters["step"], counters["epoch"]
         print(f"resuming from step {step} (epoch {epoch})", flush=True)

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"checkpoint: {checkpoint}")
 
     common: dict[str, Any] = {
-        "format": "coe",
+        "file_format": "coe",
         "number": "Q1.15",
         "rounding": "half-even",
         "overflow": "saturate",

@@ -8,6 +8,8 @@ True
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from weightvault.errors import WeightVaultError
@@ -34,6 +36,9 @@ _LAZY = {
     "watch": "weightvault.checkpoint.watch",
 }
 
+# `open` and `torch` are left out on purpose: `from weightvault import *` must not shadow the
+# built-in `open` nor the user's `import torch` (weightvault.open and weightvault.torch stay the
+# documented spellings; see docs/api.md).
 __all__ = [
     "CheckpointManager",
     "CheckpointReader",
@@ -45,10 +50,8 @@ __all__ = [
     "export_hw",
     "import_hw",
     "load",
-    "open",
     "restore",
     "save",
-    "torch",
     "verify",
     "watch",
 ]
@@ -59,8 +62,26 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'weightvault' has no attribute {name!r}")
     module_name, _, attr = _LAZY[name].partition(":")
     module = importlib.import_module(module_name)
-    # `restore` is a callable module, so weightvault.restore(...) and weightvault.restore.select
-    # work whichever import happened first.
-    value = module if name in ("torch", "restore") else getattr(module, attr or name)
+    # `torch` is the module weightvault.torch; everything else, `restore` included, is the
+    # function or class of that name (weightvault.restore is the function, not its module).
+    value = module if name == "torch" else getattr(module, attr or name)
     globals()[name] = value
     return value
+
+
+class _Package(types.ModuleType):
+    """The package's module type: keeps ``weightvault.restore`` the function.
+
+    Importing the submodule ``weightvault.restore`` (the CLI and ``from weightvault.restore import
+    select`` do) makes the import system bind the submodule as the package's ``restore``
+    attribute, which would hide the function behind a module. Binding the function instead means
+    ``weightvault.restore`` is the same plain function whichever import happened first.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "restore" and isinstance(value, types.ModuleType):
+            value = value.restore
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import types
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1114,11 +1115,29 @@ def compare(
 
 
 class _CallableModule(types.ModuleType):
-    """``weightvault.restore`` is this module once something imports it as a module (the CLI
-    does); making the module callable keeps ``weightvault.restore(model, path)`` working then."""
+    """Calling the module itself is the deprecated spelling of calling :func:`restore`.
+
+    ``weightvault.restore`` is the function (see ``weightvault/__init__.py``); only code that
+    holds this module object (``sys.modules["weightvault.restore"]``) can still call it, and is
+    told to call the function instead. Kept for one release (docs/api.md, deprecation policy).
+    """
 
     def __call__(self, *args: Any, **kwargs: Any) -> RestoreReport:
+        warnings.warn(
+            "calling the module weightvault.restore is deprecated; call the function "
+            "weightvault.restore(model, path, ...) (from weightvault import restore)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return restore(*args, **kwargs)
 
+
+# Code written when ``weightvault.restore`` could be this module reads
+# ``weightvault.restore.select`` and friends; the function carries them as attributes so that keeps working. The documented
+# spelling is ``from weightvault.restore import select``.
+for _name in __all__:
+    if _name != "restore":
+        setattr(restore, _name, globals()[_name])
+del _name
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -79,7 +79,7 @@ def test_first_save_uses_buffers_prepared_at_construction(tmp_path: Path) -> Non
         mgr.save(3, wvt.capture(model=net, optimizer=opt, step=3, rng=False))
         assert _buffers(mgr) == prepared  # and later saves reuse the same buffers
         mgr.wait_until_finished()
-        back = mgr.restore(2, framework="torch")
+        back = mgr.load(2, framework="torch")
         assert all(torch.equal(back["model"][k], v) for k, v in expected.items())
         assert mgr.info(2).stall_seconds is not None
     finally:

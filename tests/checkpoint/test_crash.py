@@ -72,7 +72,7 @@ def test_sigkill_during_saves_never_leaves_a_partial_checkpoint(tmp_path: Path) 
                 committed_any = True
                 assert latest >= latest_seen, "a committed checkpoint was lost"
                 latest_seen = latest
-                _check_state(mgr.restore("latest", verify=True), latest)
+                _check_state(mgr.load("latest", verify=True), latest)
                 next_step = latest + 1
             state_file = json.loads((run / "weightvault-run.json").read_text())
             assert [c["step"] for c in state_file["checkpoints"]] == steps
@@ -107,4 +107,4 @@ def test_disk_full_during_save_keeps_earlier_checkpoints(tmp_path: Path, use_asy
     with CheckpointManager(run, read_only=True) as mgr:
         assert mgr.steps() == [1]
         weightvault.verify(mgr.path(1))
-        assert mgr.restore(1)["step"] == 1
+        assert mgr.load(1)["step"] == 1

@@ -83,7 +83,7 @@ def test_best_k_by_metric(tmp_path: Path, mode, values, expected_best, expected_
         _fill(mgr, [1, 2, 3, 4, 5, 6], metric=("acc", values))
         assert mgr.best() == expected_best
         assert mgr.steps() == expected_kept
-        assert mgr.restore("best")["step"] == expected_best
+        assert mgr.load("best")["step"] == expected_best
         reasons = {c.step: c.kept_because for c in mgr.checkpoints()}
         assert f"best #1 by acc ({mode})" in reasons[expected_best]
 
@@ -171,18 +171,18 @@ def test_retention_only_deletes_what_it_owns(tmp_path: Path) -> None:
 def test_restore_latest_best_and_step(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path, max_to_keep=3, best=("loss", "min", 1), fsync=False) as mgr:
         with pytest.raises(CheckpointNotFoundError):
-            mgr.restore("latest")
+            mgr.load("latest")
         assert mgr.latest() is None
         _fill(mgr, [5, 6, 7], metric=("loss", [0.3, 0.1, 0.2]))
-        latest = mgr.restore("latest")
+        latest = mgr.load("latest")
         assert latest["step"] == 7 and (latest["w"] == 7).all()
         assert latest["opt"][0]["m"].tolist() == [0, 7, 14, 21]  # int keys survive
-        assert mgr.restore("best")["step"] == 6
-        assert mgr.restore(5)["step"] == 5
+        assert mgr.load("best")["step"] == 6
+        assert mgr.load(5)["step"] == 5
         with pytest.raises(CheckpointNotFoundError):
-            mgr.restore(4)
+            mgr.load(4)
         with pytest.raises(ValueError):
-            mgr.restore("newest")
+            mgr.load("newest")
     with CheckpointManager(tmp_path / "plain", fsync=False) as plain, pytest.raises(ValueError, match="best"):
         plain.best()
 
@@ -197,7 +197,7 @@ def test_restore_torch_state(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path, async_save=True, fsync=False) as mgr:
         mgr.save(1, state)
         mgr.wait_until_finished()
-        back = mgr.restore("latest", framework="torch")
+        back = mgr.load("latest", framework="torch")
     assert torch.equal(back["model"]["weight"], model.weight.detach())
     assert back["optimizer"]["param_groups"][0]["lr"] == 0.1
     assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
@@ -213,9 +213,9 @@ def test_restore_fallback_on_corrupt_latest(tmp_path: Path) -> None:
         data[-1] ^= 0xFF  # bit rot in the last tensor byte
         shard.write_bytes(bytes(data))
         with pytest.raises(ChecksumMismatchError):
-            mgr.restore("latest", verify=True)
+            mgr.load("latest", verify=True)
         with pytest.warns(WeightVaultUserWarning, match="step 2 is unusable"):
-            assert mgr.restore("latest", verify=True, fallback=True)["step"] == 1
+            assert mgr.load("latest", verify=True, fallback=True)["step"] == 1
 
 
 # -- portability and crash leftovers ---------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_run_directory_can_be_moved_and_copied(tmp_path: Path) -> None:
     for run in (moved, copy):
         with CheckpointManager(run, max_to_keep=2, best=("acc", "max", 1), fsync=False) as mgr:
             assert mgr.steps() == [1, 2, 3]
-            assert mgr.best() == 1 and mgr.restore("best")["step"] == 1
+            assert mgr.best() == 1 and mgr.load("best")["step"] == 1
             assert mgr.path(3) == run / "step-00000003"
             weightvault.verify(mgr.path(3))
             mgr.save(4, _state(4), metrics={"acc": 0.0})  # the copy is a fully working run of its own
@@ -324,7 +324,7 @@ def test_async_snapshot_is_isolated_from_later_mutation(tmp_path: Path) -> None:
             ten.fill_(-1)
         mgr.wait_until_finished()
         for step in (1, 2, 3):
-            back = mgr.restore(step)
+            back = mgr.load(step)
             assert (back["a"] == step).all() and (back["t"] == step).all()
         with weightvault.open(mgr.path(3)) as reader:
             assert reader.aliases == {"tied": "t"}  # ties survive the snapshot
@@ -417,7 +417,7 @@ def test_save_from_several_threads_is_serialised(tmp_path: Path) -> None:
             t.join()
         mgr.wait_until_finished()
         assert mgr.steps() == list(range(8))
-        assert all(mgr.restore(s)["step"] == s for s in range(8))
+        assert all(mgr.load(s)["step"] == s for s in range(8))
 
 
 # -- the runs command --------------------------------------------------------------------------------

@@ -274,14 +274,15 @@ def test_report_str_and_dict(flat: Path) -> None:
     json.dumps(d)  # JSON-able
 
 
-def test_callable_module(flat: Path) -> None:
+def test_restore_is_the_function_whatever_was_imported_first(flat: Path) -> None:
     import importlib
+    import inspect
 
-    mod = importlib.import_module("weightvault.restore")
-    assert mod(
-        Net(), flat
-    ).ok  # the module itself is callable, whatever `weightvault.restore` is bound to
+    mod = importlib.import_module("weightvault.restore")  # the import the CLI does
+    assert weightvault.restore is restore and inspect.isfunction(weightvault.restore)
     assert weightvault.restore(Net(), flat).ok
+    with pytest.warns(DeprecationWarning, match="call the function"):
+        assert mod(Net(), flat).ok  # calling the module: deprecated, still works
 
 
 def test_ddp_prefixed_fixture(fixtures_dir: Path) -> None:

@@ -68,7 +68,7 @@ def test_reopening_with_a_misspelt_best_metric_is_refused(tmp_path: Path) -> Non
     with CheckpointManager(tmp_path, max_to_keep=1, best=("val_acc", "max", 1), fsync=False) as mgr:
         mgr.save(4, trainer.train(), metrics={"val_acc": 0.1})
         assert mgr.steps() == [1, 4] and mgr.best() == 1
-        best = mgr.restore("best", framework="torch")
+        best = mgr.load("best", framework="torch")
         assert best["step"] == 1
 
 

@@ -41,7 +41,7 @@ def _coe_check(text: str, radix: int) -> list[str]:
 
 
 def test_coe_matches_research_example(tmp_path: Path) -> None:
-    weightvault.export_hw(RESEARCH, tmp_path / "o", format="coe", number="ap_fixed<8,1>")
+    weightvault.export_hw(RESEARCH, tmp_path / "o", file_format="coe", number="ap_fixed<8,1>")
     values = _coe_check((tmp_path / "o" / "dense_1.kernel.coe").read_text(), 16)
     assert values == ["40", "C0", "CD", "7F"]
 
@@ -51,7 +51,7 @@ def test_coe_matches_research_example(tmp_path: Path) -> None:
 )
 def test_coe_radixes(tmp_path: Path, radix: int, pattern: str) -> None:
     rep = weightvault.export_hw(
-        _tensors(), tmp_path / "o", format="coe", number="Q1.15", radix=radix, one_memory="w"
+        _tensors(), tmp_path / "o", file_format="coe", number="Q1.15", radix=radix, one_memory="w"
     )
     values = _coe_check((tmp_path / "o" / "w.coe").read_text(), radix)
     assert len(values) == sum(t["count"] for t in rep.tensors)
@@ -61,7 +61,7 @@ def test_coe_radixes(tmp_path: Path, radix: int, pattern: str) -> None:
 
 # -- MIF ------------------------------------------------------------------------------------------
 def test_mif_syntax_and_fill(tmp_path: Path) -> None:
-    weightvault.export_hw(RESEARCH, tmp_path / "o", format="mif", number="Q1.7", bram_depth=8)
+    weightvault.export_hw(RESEARCH, tmp_path / "o", file_format="mif", number="Q1.7", bram_depth=8)
     text = (tmp_path / "o" / "dense_1.kernel.mif").read_text()
     body = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("--")]
     assert body[:5] == [
@@ -83,7 +83,7 @@ def test_mif_syntax_and_fill(tmp_path: Path) -> None:
 def test_mif_radixes(tmp_path: Path) -> None:
     for radix, name in [(2, "BIN"), (8, "OCT"), (10, "UNS")]:
         out = tmp_path / f"o{radix}"
-        weightvault.export_hw(RESEARCH, out, format="mif", number="Q1.7", radix=radix)
+        weightvault.export_hw(RESEARCH, out, file_format="mif", number="Q1.7", radix=radix)
         text = (out / "dense_1.kernel.mif").read_text()
         assert f"DATA_RADIX={name};" in text
         back = weightvault.import_hw(out, values="codes")["dense_1.kernel"]
@@ -93,7 +93,12 @@ def test_mif_radixes(tmp_path: Path) -> None:
 # -- $readmemh / $readmemb ------------------------------------------------------------------------
 def test_readmemh_addresses_are_hex_word_indices(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
-        _tensors(), tmp_path / "o", format="mem", number="Q1.15", one_memory="weights", align=16
+        _tensors(),
+        tmp_path / "o",
+        file_format="mem",
+        number="Q1.15",
+        one_memory="weights",
+        align=16,
     )
     text = (tmp_path / "o" / "weights.mem").read_text()
     assert "0x" not in text
@@ -106,7 +111,7 @@ def test_readmemh_addresses_are_hex_word_indices(tmp_path: Path) -> None:
 
 def test_readmemb_binary_with_hex_addresses(tmp_path: Path) -> None:
     weightvault.export_hw(
-        _tensors(), tmp_path / "o", format="hex", number="Q1.7", radix=2, one_memory="w"
+        _tensors(), tmp_path / "o", file_format="hex", number="Q1.7", radix=2, one_memory="w"
     )
     text = (tmp_path / "o" / "w.hex").read_text()
     assert "$readmemb" in text
@@ -121,7 +126,7 @@ def test_packing_research_example(tmp_path: Path) -> None:
     for order, word in [("lsb", "FC03FE01"), ("msb", "01FE03FC")]:
         out = tmp_path / order
         weightvault.export_hw(
-            x, out, format="coe", number="ap_fixed<8,8>", lanes=4, lane_order=order
+            x, out, file_format="coe", number="ap_fixed<8,8>", lanes=4, lane_order=order
         )
         assert _coe_check((out / "v.coe").read_text(), 16) == [word]
 
@@ -153,7 +158,7 @@ def test_int4_two_per_byte_like_cmsis(tmp_path: Path) -> None:
     weightvault.export_hw(
         {"w": np.array([1, -2, 7, -8], np.float32)},
         tmp_path / "o",
-        format="npy",
+        file_format="npy",
         number="ap_fixed<4,4>",
         lanes=2,
     )
@@ -162,7 +167,11 @@ def test_int4_two_per_byte_like_cmsis(tmp_path: Path) -> None:
 
 def test_word_width_alone_packs_as_many_as_fit(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
-        {"w": np.zeros(10, np.float32)}, tmp_path / "o", format="coe", number="Q1.7", word_width=32
+        {"w": np.zeros(10, np.float32)},
+        tmp_path / "o",
+        file_format="coe",
+        number="Q1.7",
+        word_width=32,
     )
     assert rep.tensors[0]["lanes"] == 4 and rep.tensors[0]["words"] == 3
 
@@ -176,7 +185,7 @@ def test_lanes_wider_than_word_rejected(tmp_path: Path) -> None:
 def test_bram_depth_exceeded(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedOperationError, match="needs 30 words but the BRAM depth is 16"):
         weightvault.export_hw(
-            _tensors(), tmp_path / "o", format="coe", number="Q1.15", bram_depth=16
+            _tensors(), tmp_path / "o", file_format="coe", number="Q1.15", bram_depth=16
         )
     assert not (tmp_path / "o").exists()
 
@@ -187,7 +196,7 @@ def test_a_memory_that_exactly_fills_the_bram_depth_is_accepted_one_more_word_is
 ) -> None:
     # 48 words in one memory: depth 48 fits exactly (no padding), depth 47 is one short.
     weightvault.export_hw(
-        _tensors(), tmp_path / "o", format=fmt, number="Q1.15", one_memory="w", bram_depth=48
+        _tensors(), tmp_path / "o", file_format=fmt, number="Q1.15", one_memory="w", bram_depth=48
     )
     back = weightvault.import_hw(tmp_path / "o")
     for name, value in _tensors().items():
@@ -196,12 +205,17 @@ def test_a_memory_that_exactly_fills_the_bram_depth_is_accepted_one_more_word_is
     assert [(m["depth"], m["used_words"]) for m in mmap["memories"]] == [(48, 48)]
     with pytest.raises(UnsupportedOperationError, match="needs 48 words but the BRAM depth is 47"):
         weightvault.export_hw(
-            _tensors(), tmp_path / "p", format=fmt, number="Q1.15", one_memory="w", bram_depth=47
+            _tensors(),
+            tmp_path / "p",
+            file_format=fmt,
+            number="Q1.15",
+            one_memory="w",
+            bram_depth=47,
         )
 
 
 def test_bram_depth_pads_coe(tmp_path: Path) -> None:
-    weightvault.export_hw(RESEARCH, tmp_path / "o", format="coe", number="Q1.7", bram_depth=16)
+    weightvault.export_hw(RESEARCH, tmp_path / "o", file_format="coe", number="Q1.7", bram_depth=16)
     values = _coe_check((tmp_path / "o" / "dense_1.kernel.coe").read_text(), 16)
     assert len(values) == 16 and values[4:] == ["00"] * 12
 
@@ -210,7 +224,7 @@ def test_memory_map_files(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
         _tensors(),
         tmp_path / "o",
-        format="coe",
+        file_format="coe",
         number="Q1.15",
         one_memory="weights",
         bram_depth=64,
@@ -239,7 +253,7 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "precious.txt").read_text() == "keep me"
     # an earlier export is replaced
     weightvault.export_hw(RESEARCH, tmp_path / "e", number="Q1.7")
-    weightvault.export_hw(RESEARCH, tmp_path / "e", number="Q1.15", format="mif")
+    weightvault.export_hw(RESEARCH, tmp_path / "e", number="Q1.15", file_format="mif")
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
         "dense_1.kernel.mif",
         "export.json",
@@ -280,7 +294,7 @@ def test_c_header_compiles_and_holds_codes(tmp_path: Path, number: str) -> None:
     weightvault.export_hw(
         x,
         tmp_path / "o",
-        format="c",
+        file_format="c",
         number=number,
         per_channel=0 if affine else None,
         c_typedefs=True,
@@ -318,7 +332,7 @@ def test_c_header_compiles_and_holds_codes(tmp_path: Path, number: str) -> None:
 @needs_gcc
 def test_c_header_float32_and_c99(tmp_path: Path) -> None:
     x = {"w": np.array([1.5, -0.1, np.inf, 3e-39], np.float32)}
-    weightvault.export_hw(x, tmp_path / "o", format="c", number="float32")
+    weightvault.export_hw(x, tmp_path / "o", file_format="c", number="float32")
     printed = _compile_and_run(
         tmp_path,
         tmp_path / "o" / "w.h",
@@ -332,7 +346,7 @@ def test_c_header_float32_and_c99(tmp_path: Path) -> None:
 @needs_gcc
 def test_c_header_packed_memory_with_bases(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
-        _tensors(), tmp_path / "o", format="c", number="Q1.7", lanes=4, one_memory="rom"
+        _tensors(), tmp_path / "o", file_format="c", number="Q1.7", lanes=4, one_memory="rom"
     )
     header = tmp_path / "o" / "rom.h"
     printed = _compile_and_run(
@@ -363,7 +377,7 @@ def test_c_header_packed_memory_with_bases(tmp_path: Path) -> None:
 @needs_gcc
 def test_memory_map_header_compiles(tmp_path: Path) -> None:
     weightvault.export_hw(
-        _tensors(), tmp_path / "o", format="mem", number="Q1.15", one_memory="weights"
+        _tensors(), tmp_path / "o", file_format="mem", number="Q1.15", one_memory="weights"
     )
     printed = _compile_and_run(
         tmp_path,
@@ -376,22 +390,24 @@ def test_memory_map_header_compiles(tmp_path: Path) -> None:
 # -- text -----------------------------------------------------------------------------------------
 def test_text_print_options(tmp_path: Path) -> None:
     x = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) / 16}
-    weightvault.export_hw(x, tmp_path / "a", format="txt", number="Q4.12", precision=2)
+    weightvault.export_hw(x, tmp_path / "a", file_format="txt", number="Q4.12", precision=2)
     text = (tmp_path / "a" / "w.txt").read_text()
     assert "0.06" in text and "0.0625" not in text
     side = json.loads((tmp_path / "a" / "export.json").read_text())
     assert side["tensors"][0]["text_exact"] is False
-    weightvault.export_hw(x, tmp_path / "b", format="txt", number="Q4.12")
+    weightvault.export_hw(x, tmp_path / "b", file_format="txt", number="Q4.12")
     assert "0.0625" in (tmp_path / "b" / "w.txt").read_text()
     assert json.loads((tmp_path / "b" / "export.json").read_text())["tensors"][0]["text_exact"]
     weightvault.export_hw(
         {"w": np.zeros(2000, np.float32)},
         tmp_path / "c",
-        format="txt",
+        file_format="txt",
         number="Q1.7",
         threshold=10,
         edgeitems=2,
     )
     assert "..." in (tmp_path / "c" / "w.txt").read_text()
-    weightvault.export_hw(x, tmp_path / "d", format="txt", number="float32", sci=True, precision=3)
+    weightvault.export_hw(
+        x, tmp_path / "d", file_format="txt", number="float32", sci=True, precision=3
+    )
     assert "6.250e-02" in (tmp_path / "d" / "w.txt").read_text()

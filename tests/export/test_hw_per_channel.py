@@ -29,7 +29,7 @@ def _linear_state(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def test_bias_is_quantized_per_tensor_and_the_report_says_so(tmp_path: Path) -> None:
     ckpt, sd = _linear_state(tmp_path)
     rep = weightvault.export_hw(
-        ckpt, tmp_path / "o", format="coe", number="int8", per_channel=0, one_memory="rom"
+        ckpt, tmp_path / "o", file_format="coe", number="int8", per_channel=0, one_memory="rom"
     )
     assert len(rep.notes) == 1
     assert "--per-channel 0" in rep.notes[0] and "(bias)" in rep.notes[0]

@@ -49,7 +49,7 @@ CASES = [
 def test_roundtrip_codes_exact(tmp_path: Path, fmt: str, layout: str, number: str) -> None:
     opts = dict(LAYOUTS[layout])
     src = _tensors()
-    rep = weightvault.export_hw(src, tmp_path / "o", format=fmt, number=number, **opts)
+    rep = weightvault.export_hw(src, tmp_path / "o", file_format=fmt, number=number, **opts)
     codes = weightvault.import_hw(tmp_path / "o", values="codes")
     values = weightvault.import_hw(tmp_path / "o")
     assert list(codes) == list(src)
@@ -70,7 +70,7 @@ def test_roundtrip_codes_exact(tmp_path: Path, fmt: str, layout: str, number: st
 def test_roundtrip_affine_per_channel(tmp_path: Path, fmt: str, symmetric: bool) -> None:
     src = _tensors()
     weightvault.export_hw(
-        src, tmp_path / "o", format=fmt, number="int8", per_channel=0, symmetric=symmetric
+        src, tmp_path / "o", file_format=fmt, number="int8", per_channel=0, symmetric=symmetric
     )
     with weightvault.open(tmp_path / "o", values="codes") as reader:
         assert reader.format == "hwexport"
@@ -88,11 +88,11 @@ def test_roundtrip_affine_per_channel(tmp_path: Path, fmt: str, symmetric: bool)
 
 def test_roundtrip_int4_packed_and_unsigned(tmp_path: Path) -> None:
     src = _tensors()
-    weightvault.export_hw(src, tmp_path / "a", format="mem", number="int4", lanes=8)
+    weightvault.export_hw(src, tmp_path / "a", file_format="mem", number="int4", lanes=8)
     got = weightvault.import_hw(tmp_path / "a", values="codes")
     for name, x in src.items():
         assert np.array_equal(got[name], quantize(x, "int4").codes)
-    weightvault.export_hw(src, tmp_path / "b", format="coe", number="UQ2.6", radix=2)
+    weightvault.export_hw(src, tmp_path / "b", file_format="coe", number="UQ2.6", radix=2)
     got = weightvault.import_hw(tmp_path / "b", values="codes")
     for name, x in src.items():
         assert got[name].dtype == np.uint8
@@ -110,7 +110,7 @@ def test_gru_split_matches_torch_gate_slicing(tmp_path: Path) -> None:
     weightvault.export_hw(
         tmp_path / "rnn.safetensors",
         tmp_path / "o",
-        format="coe",
+        file_format="coe",
         number="float32",
         split=["gru.*:0:gru", "lstm.weight_*:0:lstm"],
     )
@@ -143,7 +143,7 @@ def test_named_split_transpose_reshape(tmp_path: Path) -> None:
     rep = weightvault.export_hw(
         {"w": w},
         tmp_path / "o",
-        format="mif",
+        file_format="mif",
         number="Q6.10",
         split=["w:0:2:top,bottom"],
         transpose=["w.*:1,0"],
@@ -177,7 +177,7 @@ def test_from_pytorch_checkpoint(tmp_path: Path, fixtures_dir: Path) -> None:
     rep = weightvault.export_hw(
         pt,
         tmp_path / "o",
-        format="coe",
+        file_format="coe",
         number="Q1.15",
         include=["fc*", "gru.*"],
         split=["gru.weight_*:0:gru"],
@@ -193,7 +193,7 @@ def test_from_pytorch_checkpoint(tmp_path: Path, fixtures_dir: Path) -> None:
 
 def test_import_single_file_and_tamper_detection(tmp_path: Path) -> None:
     src = _tensors()
-    weightvault.export_hw(src, tmp_path / "o", format="coe", number="Q1.7")
+    weightvault.export_hw(src, tmp_path / "o", file_format="coe", number="Q1.7")
     only = weightvault.import_hw(tmp_path / "o" / "fc.bias.coe")
     assert list(only) == ["fc.bias"]
     coe = tmp_path / "o" / "fc.bias.coe"

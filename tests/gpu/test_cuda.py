@@ -46,7 +46,7 @@ def test_async_snapshot_of_cuda_state_is_taken_before_save_returns(tmp_path: Pat
         manager.save(1, {"w": w})
         w.add_(1.0)  # the training step goes on; the checkpoint must hold the zeros
         manager.wait_until_finished()
-        restored = manager.restore(1)
+        restored = manager.load(1)
     assert float(abs(restored["w"]).max()) == 0.0
 
 

@@ -7,6 +7,11 @@ A format is a :class:`Format` subclass with four hooks:
 * ``write(path, tensors, metadata=..., **options)``: for writable formats;
 * a ``FormatReader`` implements ``keys``, ``info`` and ``get``.
 
+Every reader's ``get`` also takes ``framework=``: ``"numpy"`` (the default, what the hook returns)
+or ``"torch"`` (a torch tensor, converted by :mod:`weightvault.frameworks.torch`, which is only
+imported then). The option is added once here, around each format's hook, so formats implement
+``get(name)`` only.
+
 Everything else (iteration, ``tensors()``, stats, diff, the CLI) is built on those hooks. Tensors
 cross this interface as numpy arrays whose dtype is one of :data:`weightvault.core.dtypes.DTYPES`;
 writers receive a ``Mapping[str, np.ndarray]`` that may be lazy (a reader behind it), and must pull
@@ -15,6 +20,8 @@ one tensor at a time so that peak memory stays at about one tensor.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 from abc import ABC, abstractmethod
@@ -30,7 +37,10 @@ from weightvault.abc.guard import guard_format, guard_reader
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
-__all__ = ["ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
+__all__ = ["FRAMEWORKS", "ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
+
+#: what ``FormatReader.get(name, framework=...)`` (and ``weightvault.load``) can return
+FRAMEWORKS = ("numpy", "torch")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ class FormatReader(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         guard_reader(cls)
+        if callable(cls.__dict__.get("get")):
+            cls.get = _with_framework(cls.__dict__["get"])  # type: ignore[method-assign]
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -126,7 +138,11 @@ class FormatReader(ABC):
     @abstractmethod
     def get(self, name: str) -> np.ndarray:
         """The tensor as a numpy array (a read-only mmap view where the format allows); a string
-        tensor (dtype ``"string"``) as an object array of ``bytes``."""
+        tensor (dtype ``"string"``) as an object array of ``bytes``.
+
+        Callers may pass ``framework="torch"`` for a torch tensor (see :func:`_with_framework`);
+        a format implements the numpy case only.
+        """
 
     # -- optional hooks with defaults --------------------------------------------------------------
     @property
@@ -219,6 +235,42 @@ class FormatReader(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r} format={self.format!r} tensors={len(self)}>"
+
+
+def _with_framework(get: Any) -> Any:
+    """``get(name, *, framework="numpy")`` around a format's ``get(name)`` hook.
+
+    ``"torch"`` hands the array to torch with its exact dtype (bfloat16 and float8 included),
+    copying a read-only mmap view so the tensor stays valid after the reader closes. String
+    tensors stay numpy object arrays, as in :func:`weightvault.load`: torch has no strings.
+    """
+    if getattr(get, "__wv_framework__", False):
+        return get
+
+    @functools.wraps(get)
+    def get_as(self: FormatReader, name: str, *, framework: str = "numpy") -> Any:
+        if framework not in FRAMEWORKS:
+            # A wrong argument is a programming error, not a bad file: ValueError (docs/api.md).
+            raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, not {framework!r}")
+        array = get(self, name)
+        if framework == "numpy" or array.dtype.kind == "O":
+            return array
+        from weightvault.frameworks.torch import from_numpy
+
+        return from_numpy(array)
+
+    hook = inspect.signature(get)
+    get_as.__signature__ = hook.replace(  # type: ignore[attr-defined]
+        parameters=[
+            *hook.parameters.values(),
+            inspect.Parameter(
+                "framework", inspect.Parameter.KEYWORD_ONLY, default="numpy", annotation="str"
+            ),
+        ],
+        return_annotation="Any",
+    )
+    get_as.__wv_framework__ = True  # type: ignore[attr-defined]
+    return get_as
 
 
 class LazyTensors(Mapping[str, np.ndarray]):

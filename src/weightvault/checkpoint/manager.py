@@ -357,7 +357,7 @@ class _SaveJob:
 
 
 class CheckpointManager:
-    """Save, retain, list and restore the checkpoints of one training run.
+    """Save, retain, list and load the checkpoints of one training run.
 
     Args:
         directory: the run directory (created if missing).
@@ -369,7 +369,7 @@ class CheckpointManager:
             a background thread.
         policy: a retention policy from :mod:`weightvault.checkpoint.policies`; replaces the
             four retention arguments above (``best`` still names the metric for :meth:`best`).
-        read_only: list and restore without taking the writer lock (never blocks, never blocked).
+        read_only: list and load without taking the writer lock (never blocks, never blocked).
         allow_policy_change: reopening a run with other retention settings than the ones stored
             in it (``max_to_keep``, ``keep_every_n_steps``, ``keep_period_hours``, ``best``,
             ``policy``) raises :class:`~weightvault.errors.CheckpointPolicyError`, because the
@@ -390,7 +390,7 @@ class CheckpointManager:
         >>> with weightvault.CheckpointManager(tempfile.mkdtemp(), max_to_keep=2) as mgr:
         ...     for step in (10, 20, 30):
         ...         _ = mgr.save(step, {"w": np.full(3, step, np.float32)}, metrics={"loss": 1 / step})
-        ...     mgr.steps(), float(mgr.restore("latest")["w"][0])
+        ...     mgr.steps(), float(mgr.load("latest")["w"][0])
         ([20, 30], 30.0)
     """
 
@@ -532,8 +532,8 @@ class CheckpointManager:
             )
         return found
 
-    # -- restoring --------------------------------------------------------------------------------
-    def restore(
+    # -- loading ----------------------------------------------------------------------------------
+    def load(
         self,
         step: int | Literal["latest", "best"] = "latest",
         framework: Literal["numpy", "torch"] = "numpy",
@@ -543,6 +543,9 @@ class CheckpointManager:
         fallback: bool = False,
     ) -> Any:
         """Load a committed checkpoint and return the state exactly as it was saved.
+
+        Named like :func:`weightvault.load` (which returns a state too); putting weights *into* a
+        model is :func:`weightvault.restore`. See docs/api.md.
 
         Args:
             verify: check every tensor's checksum before returning.
@@ -566,6 +569,24 @@ class CheckpointManager:
                     stacklevel=2,
                 )
         raise AssertionError("unreachable")
+
+    def restore(
+        self,
+        step: int | Literal["latest", "best"] = "latest",
+        framework: Literal["numpy", "torch"] = "numpy",
+        device: Any = None,
+        *,
+        verify: bool = False,
+        fallback: bool = False,
+    ) -> Any:
+        """Deprecated spelling of :meth:`load` (it returns a state; it restores no model)."""
+        warnings.warn(
+            "CheckpointManager.restore() is deprecated; use CheckpointManager.load(), which "
+            "returns the same state (weightvault.restore(model, path) loads into a model)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.load(step, framework, device, verify=verify, fallback=fallback)
 
     # -- saving -----------------------------------------------------------------------------------
     def save(

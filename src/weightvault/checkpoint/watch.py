@@ -11,7 +11,7 @@ for readers. Two things keep that from going unnoticed:
 * a step deleted before it is handed out is skipped (and listed in :attr:`Watcher.skipped`); one
   deleted while it is read raises :class:`~weightvault.errors.CheckpointDeletedError` ("step N
   was deleted by retention before it could be read") from :meth:`WatchedCheckpoint.load`,
-  :meth:`CheckpointManager.restore` and :func:`weightvault.restore`, instead of an error about a
+  :meth:`CheckpointManager.load` and :func:`weightvault.restore`, instead of an error about a
   missing shard; catch it and go on with the next step;
 * ``watch(dir, consumer="eval")`` registers the reader: its progress is written to
   ``<run>/.weightvault-consumers/eval.json`` and the writer's retention keeps every step the

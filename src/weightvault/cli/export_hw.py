@@ -163,7 +163,7 @@ def export_hw(
     with weightvault.open(
         checkpoint, format=input_format, **reader_options(options, None)
     ) as reader:
-        report = run_export(reader, outdir, format=file_format, **kwargs)
+        report = run_export(reader, outdir, file_format=file_format, **kwargs)
     for line in report.warnings:
         warn(line)
     for line in report.notes:

@@ -1,6 +1,6 @@
 """Export weights for embedded hardware: quantize, split, lay out, write BRAM/ROM/C files.
 
-``weightvault.export_hw(src, outdir, format=..., number=...)`` writes the files plus an
+``weightvault.export_hw(src, outdir, file_format=..., number=...)`` writes the files plus an
 ``export.json`` sidecar; ``weightvault.import_hw(outdir)`` (or ``weightvault.open(outdir)``) reads
 them back. See ``docs/export-hw.md`` for the conventions (rounding, overflow, sign, lane order).
 """

@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,7 +236,7 @@ def export_hw(
     src: Any,
     outdir: PathLike,
     *,
-    format: str = "coe",
+    file_format: str = "coe",
     number: str | NumberFormat = "float32",
     rounding: str = "half-even",
     overflow: str = "saturate",
@@ -261,12 +262,15 @@ def export_hw(
     sci: bool | None = None,
     c_typedefs: bool = False,
     c_align: int = 16,
+    format: str | None = None,  # noqa: A002 - deprecated spelling of file_format
 ) -> ExportReport:
     """Export tensors of ``src`` (a path, an open reader or a ``{name: array}`` mapping) to
     hardware initialisation files in ``outdir``. See ``docs/export-hw.md`` for every convention.
 
     Args:
-        format: ``coe``, ``mif``, ``mem``, ``hex`` (both ``$readmemh/b``), ``c``, ``txt``, ``npy``.
+        file_format: the output files: ``coe``, ``mif``, ``mem``, ``hex`` (both ``$readmemh/b``),
+            ``c``, ``txt``, ``npy``. (``format=`` is its deprecated spelling: in
+            :func:`weightvault.open` ``format`` names the *input* format; see docs/api.md.)
         number: ``float32|float16|bfloat16``, ``Q1.15``, ``UQ8.8``, ``ap_fixed<16,1>``, ``int8``,
             ``int4``, ``uint8`` ...
         rounding / overflow: see :data:`weightvault.export.numbers.ROUNDING_MODES`.
@@ -287,10 +291,11 @@ def export_hw(
     Returns:
         An :class:`ExportReport`; saturation is reported in ``warnings``, not raised.
     """
-    fmt_name = format.lower()
+    file_format = _file_format_argument(file_format, format)
+    fmt_name = file_format.lower()
     if fmt_name not in FILE_FORMATS:
         raise UnsupportedOperationError(
-            f"unknown export format {format!r}; choose one of {', '.join(FILE_FORMATS)}"
+            f"unknown export file format {file_format!r}; choose one of {', '.join(FILE_FORMATS)}"
         )
     if fmt_name == "txt" and one_memory:
         raise UnsupportedOperationError(
@@ -377,6 +382,24 @@ def export_hw(
         _write_files(tmp, fmt_name, radix, memories, items, source, options, sidecar)
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n", encoding="utf-8")
     return ExportReport(out, fmt_name, sidecar["tensors"], sidecar["memories"], warnings, notes)
+
+
+def _file_format_argument(file_format: str, deprecated_format: str | None) -> str:
+    """``file_format``, or the value of the deprecated ``format=`` keyword (with a warning)."""
+    if deprecated_format is None:
+        return file_format
+    warnings.warn(
+        "export_hw(format=...) is deprecated; pass file_format=... (format= names the input "
+        "format elsewhere in weightvault, e.g. weightvault.open)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if file_format not in ("coe", deprecated_format):  # both given, and they disagree
+        raise TypeError(
+            f"export_hw() got file_format={file_format!r} and format={deprecated_format!r}; "
+            "pass file_format only"
+        )
+    return deprecated_format
 
 
 def _check_radix(fmt_name: str, radix: int | None) -> int:
