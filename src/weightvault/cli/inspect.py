@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from weightvault.cli import EXIT_DIFFERS
 from weightvault.cli.common import emit_json, human_bytes, json_option, print_table
 from weightvault.cli.options import open_options, reader_options
 
@@ -241,7 +242,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             f"{len(report.removed)} removed, {len(report.shape_changed)} reshaped"
         )
     if not report.identical:
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERS)
 
 
 @click.command()
@@ -271,7 +272,7 @@ def verify(path: str, fmt: str | None, options: tuple[str, ...], names: str | No
             f"{len(result.failures)} failures"
         )
     if not result.ok:
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERS)
 
 
 @click.command()
