@@ -46,7 +46,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -1453,6 +1453,13 @@ class PyTorchFormat(Format):
     description = "PyTorch torch.save file (zip or legacy), read with a restricted unpickler"
     extensions = (".pt", ".pth", ".bin", ".ckpt")
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "structure": "a nested object to save instead of the flat state dict (Python API)",
+        "crc32": "compute the zip records' CRC-32s (default true)",
+        "fsync": "make the file durable before it replaces the destination (default true)",
+        "progress": "show a progress bar (default: on a terminal, for large files)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
