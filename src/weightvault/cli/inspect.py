@@ -266,13 +266,22 @@ def verify(path: str, fmt: str | None, options: tuple[str, ...], names: str | No
     else:
         for failure in result.failures:
             click.echo(f"FAIL {failure}", err=True)
-        status = "OK" if result.ok else "FAILED"
-        click.echo(
-            f"{status}: {result.checked} tensors checked, {result.unchecked} without checksums, "
-            f"{len(result.failures)} failures"
-        )
+        click.echo(_verify_line(result))
     if not result.ok:
         sys.exit(EXIT_DIFFERS)
+
+
+def _verify_line(result: Any) -> str:
+    if result.ok and not result.checked:
+        return (
+            f"OK: {result.unchecked} tensors read, no checksums in this format: "
+            "nothing to verify against"
+        )
+    status = "OK" if result.ok else "FAILED"
+    return (
+        f"{status}: {result.checked} tensors checked, {result.unchecked} without checksums, "
+        f"{len(result.failures)} failures"
+    )
 
 
 @click.command()
