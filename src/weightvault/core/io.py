@@ -136,7 +136,8 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterato
             if fsync:
                 fsync_dir(final.parent)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # a full disk fails the final flush again: keep the first error
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
