@@ -114,7 +114,9 @@ def _not_this_format(fmt: Any, path: PathLike, exc: Exception) -> Exception:
         actual = None
     title = format_title(fmt.name)
     article = "an" if title[:1] in "AEIOU" and not title.startswith("One") else "a"
-    looks = f"; it looks like {format_title(actual)} ({actual})" if actual and actual != fmt.name else ""
+    looks = ""
+    if actual and actual != fmt.name:
+        looks = f"; it looks like {format_title(actual)} ({actual})"
     return InvalidHeaderError(
         f"not {article} {title} file{looks}",
         path=path,
@@ -370,7 +372,8 @@ def _cast_dtype(dtype: str) -> str:
     if name not in _FLOATING:
         raise UnsupportedOperationError(
             f"--dtype {dtype!r} is not a floating dtype; choose one of {', '.join(_FLOATING)}",
-            hint="--dtype casts floating tensors only (bf16 -> float32 for .npz, float32 -> float16 to halve a file)",
+            hint="--dtype casts floating tensors only (bf16 -> float32 for .npz, "
+            "float32 -> float16 to halve a file)",
         )
     return name
 
@@ -392,14 +395,15 @@ def _with_cast(plan: Any, reader: FormatReader, dtype: str | None) -> tuple[Any,
             steps.append(step)
         elif step.transforms or step.combine or dtypes[0] != target:
             cast = Cast(target, dtypes[0] if len(set(dtypes)) == 1 else None)
-            steps.append(Step(step.target, step.sources, (*step.transforms, cast), step.combine, step.note))
+            transforms = (*step.transforms, cast)
+            steps.append(Step(step.target, step.sources, transforms, step.combine, step.note))
         else:
             steps.append(step)  # already that dtype: a plain copy
     return Plan(plan.rules, steps, plan.dropped, plan.notes), uncast
 
 
 def _filtered(plan: Any, include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
-    """Keep the steps whose sources all pass the include/exclude globs; list the others as dropped."""
+    """Keep the steps whose sources all pass the include/exclude globs; the rest are dropped."""
     from weightvault.core.tree import name_filter
     from weightvault.transforms.plan import Plan
 

@@ -18,7 +18,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from weightvault.abc.format import Format
-from weightvault.errors import FormatNotFoundError, MissingDependencyError, UnsupportedOperationError
+from weightvault.errors import (
+    FormatNotFoundError,
+    MissingDependencyError,
+    UnsupportedOperationError,
+)
 
 __all__ = [
     "ALIASES",
@@ -161,7 +165,7 @@ def resolve_name(name: str, *, writable: bool = False) -> str:
 
 
 def format_choices(*, writable: bool = False) -> list[str]:
-    """Every name ``--format`` (or, with ``writable``, ``--to``) accepts: registry names and aliases.
+    """Every name ``--format`` (with ``writable``: ``--to``) accepts: registry names and aliases.
 
     ``writable`` looks at ``can_write``, which imports the format classes (cheap: no framework).
     """
@@ -185,7 +189,9 @@ def format_title(name: str) -> str:
     return _TITLES.get(name, name)
 
 
-def check_options(fmt: type[Format], options: Mapping[str, Any], kind: str, *, path: Any = None) -> None:
+def check_options(
+    fmt: type[Format], options: Mapping[str, Any], kind: str, *, path: Any = None
+) -> None:
     """Refuse option keys the format does not declare (``read_options`` / ``write_options``).
 
     ``kind`` is ``"read"`` or ``"write"``. A format that declares nothing (None: a third-party
@@ -207,7 +213,7 @@ def check_options(fmt: type[Format], options: Mapping[str, Any], kind: str, *, p
 
 
 def get_format(name: str) -> type[Format]:
-    """Return the format class registered as ``name`` (or an alias of it), importing it on first use."""
+    """The format class registered as ``name`` (or an alias of it), imported on first use."""
     _load_entry_points()
     if name in _loaded:
         return _loaded[name]

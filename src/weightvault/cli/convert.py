@@ -45,10 +45,14 @@ def _shape(shape: list[int]) -> str:
     "--dtype",
     default=None,
     metavar="DTYPE",
-    help="Cast floating tensors (float32, float16, bfloat16/bf16, float64); others stay as they are.",
+    help="Cast floating tensors (float32, float16, bfloat16/bf16, float64); others stay.",
 )
-@click.option("--include", multiple=True, metavar="GLOB", help="Convert only source tensors matching GLOB (repeatable).")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out source tensors matching GLOB (repeatable).")
+@click.option(
+    "--include", multiple=True, metavar="GLOB", help="Convert only source tensors matching GLOB."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Leave out source tensors matching GLOB."
+)
 @click.option(
     "--skip-unsupported",
     is_flag=True,

@@ -136,7 +136,8 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterato
             if fsync:
                 fsync_dir(final.parent)
     except BaseException:
-        with contextlib.suppress(OSError):  # a full disk fails the final flush again: keep the first error
+        # A full disk fails the final flush again: keep the first error.
+        with contextlib.suppress(OSError):
             f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -160,7 +161,8 @@ def _named_as_final(tmp: Path, final: Path) -> Iterator[None]:
             raise  # not ours to name (e.g. a read error from the source)
         if first is not None and not _under(first, tmp):
             raise
-        renamed = [_swap_prefix(n, tmp, final) if n is not None else None for n in (first, exc.filename2)]
+        names = (first, exc.filename2)
+        renamed = [None if n is None else _swap_prefix(n, tmp, final) for n in names]
         if renamed[0] is None:
             renamed[0] = os.fspath(final)
         if renamed[1] is not None and os.fspath(renamed[1]) == os.fspath(final):

@@ -1130,7 +1130,7 @@ class GobFormat(Format):
     can_write = True
     read_options: ClassVar[Mapping[str, str]] = {
         "names": "tensor names in stream order (list, or comma-separated); gob stores none",
-        "mask": "what to do with a masked Dense: tensor (keep the mask as a tensor), drop, nan, error",
+        "mask": "a masked Dense: tensor (keep the mask as a tensor), drop, nan or error",
     }
     write_options: ClassVar[Mapping[str, str]] = {
         "names": "order of the tensors in the stream (must list every tensor)",

@@ -444,11 +444,13 @@ def _keras3_path_for(name: str) -> tuple[str, str]:
     return "/".join(groups) + "/vars", parts[-1]
 
 
-_PATHS_SHAPE = '{"tensor name": "HDF5 dataset path", ...} (e.g. {"dense/kernel": "layers/dense/vars/0"})'
+_PATHS_SHAPE = (
+    '{"tensor name": "HDF5 dataset path", ...} (e.g. {"dense/kernel": "layers/dense/vars/0"})'
+)
 
 
 def _paths_option(value: Any) -> dict[str, str]:
-    """The ``paths`` write option: a mapping, or a JSON file holding one (``-w paths=paths.json``)."""
+    """The ``paths`` write option: a mapping, or a JSON file holding one (``-w paths=FILE``)."""
     if value is None:
         return {}
     source = value
@@ -465,7 +467,10 @@ def _paths_option(value: Any) -> dict[str, str]:
                 f"paths option: {os.fspath(source)} is not JSON ({exc})", path=source,
                 hint=f"it holds {_PATHS_SHAPE}",
             ) from None
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    strings = isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+    if not strings:
         where = f" in {os.fspath(source)}" if source is not value else ""
         raise UnsupportedOperationError(
             f"paths option{where}: expected {_PATHS_SHAPE}, got {type(value).__name__}"

@@ -505,7 +505,7 @@ class OnnxFormat(Format):
     can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
-        "external_data": "store tensors in NAME.onnx.data (default: above the 2 GiB protobuf limit)",
+        "external_data": "tensors in NAME.onnx.data (default: above the 2 GiB protobuf limit)",
         "template": "an ONNX model whose initializers are replaced (--template)",
         "strict": "with a template: refuse tensors it does not have (default true)",
     }

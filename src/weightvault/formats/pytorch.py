@@ -289,6 +289,10 @@ def _canonical_dtype(torch_name: str, path: str, tensor: str | None = None) -> s
     raise UnknownDtypeError(f"torch dtype {torch_name} is not supported", path=path, tensor=tensor)
 
 
+def _has_storages(records: set[str], prefix: str) -> bool:
+    return any(n.startswith(f"{prefix}/data/") for n in records)
+
+
 def _refusal(path: str, *, has_storages: bool = True) -> Callable[[str, str], UnsafePickleError]:
     """The error for a global outside the allowlist, worded for what it usually means.
 
@@ -300,8 +304,8 @@ def _refusal(path: str, *, has_storages: bool = True) -> Callable[[str, str], Un
         full = f"{module}.{name}"
         if not has_storages:
             return UnsafePickleError(
-                f"the file holds no weights: it is a pickled {full} with no tensor data (a training "
-                "argument, RNG state or config object, not a model's state dict); nothing was "
+                f"the file holds no weights: it is a pickled {full} with no tensor data (a "
+                "training argument, RNG state or config object, not a model's state dict); nothing was "
                 "imported or executed",
                 path=path,
                 hint="the weights are in another file (pytorch_model.bin, model.safetensors, a "
@@ -453,7 +457,7 @@ class PyTorchReader(FormatReader):
         data = self._record_bytes(self._records[pkl], MAX_PICKLE_BYTES)
         return safe_unpickle(data, allowed=rebuild.allowed(), persistent_load=persistent_load, path=self.path,
                              what=pkl, encoding="utf-8",
-                             refuse=_refusal(self.path, has_storages=any(n.startswith(f"{prefix}/data/") for n in names)))
+                             refuse=_refusal(self.path, has_storages=_has_storages(names, prefix)))
 
     def _small_record(self, name: str) -> bytes | None:
         record = self._records.get(name)

@@ -200,7 +200,7 @@ class SafetensorsFormat(Format):
     can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
-        "shard_size": "bytes per shard: write a sharded repository with model.safetensors.index.json",
+        "shard_size": "bytes per shard: a sharded repository with model.safetensors.index.json",
         "progress": "show a progress bar (default: on a terminal, for large files)",
     }
 
