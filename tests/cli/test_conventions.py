@@ -417,3 +417,15 @@ def test_environment_keeps_exit_status_documented() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "**Exit status.**" in readme and "130" in readme
     assert os.fspath(Path(weightvault.__file__)).endswith(os.path.join("weightvault", "__init__.py"))
+
+
+def test_a_target_with_several_sources_needs_all_of_them_kept() -> None:
+    from weightvault.api import _filtered
+    from weightvault.transforms.base import Concat
+    from weightvault.transforms.plan import Plan, Step
+
+    plan = Plan("r", [Step("gates", ("a/w", "b/w"), combine=Concat(0)), Step("c", ("c/w",))])
+    kept = _filtered(plan, None, ["b/*"])
+    assert [s.target for s in kept.steps] == ["c"]
+    assert kept.dropped == {"b/w": "left out by --include/--exclude"}
+    assert [s.target for s in _filtered(plan, ["*/w"], None).steps] == ["gates", "c"]
