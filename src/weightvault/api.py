@@ -99,7 +99,7 @@ def open(path: PathLike, *, format: str | None = None, **options: Any) -> Format
 def _not_this_format(fmt: Any, path: PathLike, exc: Exception) -> Exception:
     """A forced format that fails on a file that does not even look like it: say so ("not an
     ONNX file") rather than the field its parser tripped over."""
-    from weightvault.registry import format_title
+    from weightvault.registry import format_title, sniff_format
 
     p = Path(path)
     try:
@@ -107,16 +107,17 @@ def _not_this_format(fmt: Any, path: PathLike, exc: Exception) -> Exception:
         if p.is_file():
             with p.open("rb") as f:
                 head = f.read(4096)
-        if not p.exists() or fmt.sniff(p, head):
-            return exc  # it looks like this format: the parser's own message is the useful one
-        actual = detect_format(p).name
+        claimed = p.exists() and not fmt.sniff(p, head)
+        actual = sniff_format(p) if claimed else None
     except Exception:  # noqa: BLE001 - only choosing a message; the reader's error stands otherwise
         actual = None
+    if actual is None or actual == fmt.name:
+        # Nothing else claims the file (a damaged file of this format?) or it looks like this
+        # format: the parser's own message is the useful one.
+        return exc
     title = format_title(fmt.name)
     article = "an" if title[:1] in "AEIOU" and not title.startswith("One") else "a"
-    looks = ""
-    if actual and actual != fmt.name:
-        looks = f"; it looks like {format_title(actual)} ({actual})"
+    looks = f"; it looks like {format_title(actual)} ({actual})"
     return InvalidHeaderError(
         f"not {article} {title} file{looks}",
         path=path,

@@ -287,6 +287,20 @@ def detect_format(path: str | os.PathLike[str]) -> type[Format]:
     )
 
 
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The format ``path``'s content claims (magic bytes / layout), never its name; None if none."""
+    p = Path(path)
+    head = _read_head(p) if p.exists() else b""
+    for name in _ordered_names():
+        try:
+            fmt = get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+        if fmt.sniff(p, head):
+            return name
+    return None
+
+
 def _tf_prefix_exists(p: Path) -> bool:
     # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000),
     # or a sharded V1 checkpoint by its shards' pattern (model.ckpt-?????-of-00002) or prefix.
