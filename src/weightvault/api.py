@@ -17,9 +17,15 @@ import numpy as np
 from weightvault.abc.format import FormatReader, LazyTensors, VerifyResult
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.tree import unflatten
-from weightvault.errors import ChecksumMismatchError, UnsupportedOperationError
+from weightvault.errors import (
+    ChecksumMismatchError,
+    CorruptFileError,
+    InvalidHeaderError,
+    UnsupportedObjectError,
+    UnsupportedOperationError,
+)
 from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
-from weightvault.registry import detect_format, format_for_destination, get_format
+from weightvault.registry import check_options, detect_format, format_for_destination, get_format
 
 __all__ = ["ConversionReport", "convert", "load", "open", "save", "verify"]
 
@@ -78,8 +84,46 @@ def open(path: PathLike, *, format: str | None = None, **options: Any) -> Format
     The reader has ``.format``, ``.metadata``, ``.keys()``, ``.info(name)``, ``.get(name)`` (a
     zero-copy view where the format allows) and ``.get_slice(name, index)``.
     """
-    fmt = get_format(format) if format else detect_format(path)
-    return fmt.open(path, **options)
+    if format is None:
+        fmt = detect_format(path)
+        check_options(fmt, options, "read", path=path)
+        return fmt.open(path, **options)
+    fmt = get_format(format)
+    check_options(fmt, options, "read", path=path)
+    try:
+        return fmt.open(path, **options)
+    except (CorruptFileError, UnsupportedObjectError) as exc:
+        raise _not_this_format(fmt, path, exc) from exc
+
+
+def _not_this_format(fmt: Any, path: PathLike, exc: Exception) -> Exception:
+    """A forced format that fails on a file that does not even look like it: say so ("not an
+    ONNX file") rather than the field its parser tripped over."""
+    from weightvault.registry import format_title, sniff_format
+
+    p = Path(path)
+    try:
+        head = b""
+        if p.is_file():
+            with p.open("rb") as f:
+                head = f.read(4096)
+        claimed = p.exists() and not fmt.sniff(p, head)
+        actual = sniff_format(p) if claimed else None
+    except Exception:  # noqa: BLE001 - only choosing a message; the reader's error stands otherwise
+        actual = None
+    if actual is None or actual == fmt.name:
+        # Nothing else claims the file (a damaged file of this format?) or it looks like this
+        # format: the parser's own message is the useful one.
+        return exc
+    title = format_title(fmt.name)
+    article = "an" if title[:1] in "AEIOU" and not title.startswith("One") else "a"
+    looks = f"; it looks like {format_title(actual)} ({actual})"
+    return InvalidHeaderError(
+        f"not {article} {title} file{looks}",
+        path=path,
+        hint=f"drop --format (format= in Python) to detect the format; with --format {fmt.name}, "
+        f"the reader said: {getattr(exc, 'message', str(exc))}",
+    )
 
 
 def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
@@ -223,6 +267,9 @@ def convert(
     rule_options: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     skip_unsupported: bool = False,
+    dtype: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> ConversionReport:
     """Convert a weight file from any readable format to any writable one, tensor by tensor.
 
@@ -243,6 +290,13 @@ def convert(
             :attr:`FormatReader.skipped`) and list them in ``report.skipped``. Without it such
             entries are refused with :class:`UnsupportedOperationError` naming them: nothing is
             dropped silently.
+        dtype: cast every floating tensor to this dtype (``float32``, ``bf16``...), as a step of
+            the plan; integer, bool and string tensors are kept as they are and listed in
+            ``report.uncast``.
+        include, exclude: glob patterns over source tensor names (as in :func:`save`): a target
+            is written when all its sources are kept; the others are listed in ``dropped``.
+
+    The destination's missing parent directories are created and ``~`` is expanded.
 
     Returns:
         A :class:`ConversionReport` (per target tensor: sources, transforms, shapes; ``skipped``).
@@ -251,11 +305,15 @@ def convert(
 
     if name_map is not None and not isinstance(name_map, Mapping):
         name_map = load_name_map(name_map)
+    dst = _destination(dst)
+    fmt = format_for_destination(dst, to)
+    check_options(fmt, dict(write_options or {}), "write", path=dst)
     with open(src, format=src_format, **dict(read_options or {})) as reader:
-        fmt = format_for_destination(dst, to)
         plan = build_plan(
             reader, rules, hints=hints, rename=rename, name_map=name_map, options=rule_options
         )
+        plan = _filtered(plan, include, exclude)
+        plan, uncast = _with_cast(plan, reader, dtype)
         skipped = _unsupported_entries(reader, plan, fmt)
         if skipped and not skip_unsupported:
             _refuse_unsupported(skipped, src, fmt.name)
@@ -263,6 +321,7 @@ def convert(
         tensors = plan.apply(reader)
         report = ConversionReport(os.fspath(src), os.fspath(dst), reader.format, fmt.name, plan, tensors, reader)
         report.skipped = skipped
+        report.uncast = uncast
         if dry_run:
             report.compute_shapes()
             return report
@@ -270,19 +329,99 @@ def convert(
         options = dict(write_options or {})
         if fmt.name == "native":
             extra: dict[str, Any] = {"source": {"path": os.fspath(src), "format": reader.format}}
-            if rules is not None or rename or name_map:
+            if rules is not None or rename or name_map or dtype or include or exclude:
                 extra["transforms"] = plan.to_dict()
             options.setdefault("extra_manifest", extra)
         source: Mapping[str, Any] = (
             LazyTensors(reader, [step.target for step in plan.steps])
-            if plan.rules == "rename" and not (rename or name_map)
+            if plan.rules == "rename" and not (rename or name_map or dtype)
             else tensors
         )
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
         left_out = fmt.write(dst, source, metadata=metadata, **options)
         if isinstance(left_out, Mapping):  # a template writer's training-only tensors (tf_graph)
             report.skipped = {**report.skipped, **left_out}
         report.compute_shapes()
     return report
+
+
+def _destination(dst: PathLike) -> str:
+    """``~/out.pt`` as the user meant it."""
+    return os.path.expanduser(os.fspath(dst))
+
+
+#: spellings of floating dtypes people type for ``--dtype``
+_DTYPE_ALIASES = {
+    "bf16": "bfloat16",
+    "double": "float64",
+    "f16": "float16",
+    "f32": "float32",
+    "f64": "float64",
+    "float": "float32",
+    "fp16": "float16",
+    "fp32": "float32",
+    "fp64": "float64",
+    "half": "float16",
+}
+_FLOATING = ("float16", "bfloat16", "float32", "float64")
+
+
+def _is_floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat"))
+
+
+def _cast_dtype(dtype: str) -> str:
+    name = _DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+    if name not in _FLOATING:
+        raise UnsupportedOperationError(
+            f"--dtype {dtype!r} is not a floating dtype; choose one of {', '.join(_FLOATING)}",
+            hint="--dtype casts floating tensors only (bf16 -> float32 for .npz, "
+            "float32 -> float16 to halve a file)",
+        )
+    return name
+
+
+def _with_cast(plan: Any, reader: FormatReader, dtype: str | None) -> tuple[Any, dict[str, str]]:
+    """Append a cast to every step whose sources are floating; the others are returned, by target,
+    with their dtype (integer, bool and string tensors are never cast)."""
+    if dtype is None:
+        return plan, {}
+    from weightvault.transforms.base import Cast
+    from weightvault.transforms.plan import Plan, Step
+
+    target = _cast_dtype(dtype)
+    steps, uncast = [], {}
+    for step in plan.steps:
+        dtypes = [reader.info(s).dtype for s in step.sources]
+        if not dtypes or not all(_is_floating(d) for d in dtypes):
+            uncast[step.target] = dtypes[0] if dtypes else "constant"
+            steps.append(step)
+        elif step.transforms or step.combine or dtypes[0] != target:
+            cast = Cast(target, dtypes[0] if len(set(dtypes)) == 1 else None)
+            transforms = (*step.transforms, cast)
+            steps.append(Step(step.target, step.sources, transforms, step.combine, step.note))
+        else:
+            steps.append(step)  # already that dtype: a plain copy
+    return Plan(plan.rules, steps, plan.dropped, plan.notes), uncast
+
+
+def _filtered(plan: Any, include: Sequence[str] | None, exclude: Sequence[str] | None) -> Any:
+    """Keep the steps whose sources all pass the include/exclude globs; the rest are dropped."""
+    from weightvault.core.tree import name_filter
+    from weightvault.transforms.plan import Plan
+
+    keep = name_filter(list(include or []), list(exclude or []))
+    if keep is None:
+        return plan
+    steps, dropped = [], dict(plan.dropped)
+    for step in plan.steps:
+        if all(keep(s) for s in step.sources):
+            steps.append(step)
+        else:
+            for s in step.sources:
+                if not keep(s):
+                    dropped.setdefault(s, "left out by --include/--exclude")
+    return Plan(plan.rules, steps, dropped, plan.notes)
 
 
 def _unsupported_entries(reader: FormatReader, plan: Any, fmt: Any) -> dict[str, str]:
@@ -332,6 +471,8 @@ class ConversionReport:
         self._reader = reader
         self.rows: list[dict[str, Any]] = []
         self.skipped: dict[str, str] = {}
+        #: with ``dtype``: targets left uncast (integer, bool, string), with their dtype
+        self.uncast: dict[str, str] = {}
 
     def compute_shapes(self) -> None:
         rows = []
@@ -363,5 +504,6 @@ class ConversionReport:
             "tensors": self.rows,
             "dropped": self.plan.dropped,
             "skipped": dict(self.skipped),
+            "uncast": dict(self.uncast),
             "notes": self.plan.notes,
         }

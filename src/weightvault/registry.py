@@ -11,21 +11,29 @@ from __future__ import annotations
 import glob
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from weightvault.abc.format import Format
-from weightvault.errors import FormatNotFoundError, MissingDependencyError
+from weightvault.errors import (
+    FormatNotFoundError,
+    MissingDependencyError,
+    UnsupportedOperationError,
+)
 
 __all__ = [
+    "ALIASES",
     "available_formats",
+    "check_options",
     "detect_format",
     "format_for_destination",
+    "format_title",
     "get_format",
     "known_formats",
     "register_format",
+    "resolve_name",
 ]
 
 _known: dict[str, dict[str, str]] = {
@@ -47,6 +55,42 @@ _known: dict[str, dict[str, str]] = {
     "tf_v1": {"class": "weightvault.formats.tf_v1:TFV1Format", "err": ""},
 }
 assert list(_known) == sorted(_known), "keep the registry table sorted"
+
+#: The names people type for a format (``--to torch``, ``--format tf``): alias -> registry name.
+#: Registry names work too, and ``-`` and ``_`` are interchangeable (``tf-bundle``, ``tf-v1``).
+ALIASES: dict[str, str] = {
+    "h5": "keras",
+    "hdf5": "keras",
+    "hf": "safetensors",
+    "npy": "numpy",
+    "npz": "numpy",
+    "pb": "tf_graph",
+    "pt": "pytorch",
+    "pth": "pytorch",
+    "st": "safetensors",
+    "tensorflow": "tf_bundle",
+    "tf": "tf_bundle",
+    "torch": "pytorch",
+    "weightvault": "native",
+}
+assert list(ALIASES) == sorted(ALIASES), "keep the alias table sorted"
+
+#: How messages name a format ("not an ONNX file"); the registry name otherwise.
+_TITLES = {
+    "gguf": "GGUF",
+    "gob": "gob",
+    "hwexport": "hardware export",
+    "keras": "Keras HDF5",
+    "native": "weightvault",
+    "numpy": "NumPy",
+    "oneflow": "OneFlow",
+    "onnx": "ONNX",
+    "pytorch": "PyTorch",
+    "safetensors": "safetensors",
+    "tf_bundle": "TensorFlow checkpoint",
+    "tf_graph": "TensorFlow GraphDef",
+    "tf_v1": "TensorFlow V1 checkpoint",
+}
 
 #: Formats whose sniff is more specific are tried first (a native file is also a safetensors file).
 DETECTION_ORDER = (
@@ -98,16 +142,88 @@ def _load_entry_points() -> None:
             _known[ep.name] = {"class": ep.value, "err": ""}
 
 
+def resolve_name(name: str, *, writable: bool = False) -> str:
+    """The registry name for what a user typed: a registry name, an alias, any case, ``-`` or ``_``.
+
+    Raises :class:`FormatNotFoundError` with the closest names ("did you mean") otherwise.
+    """
+    if name in _known:
+        return name
+    _load_entry_points()  # only a name that is no built-in format pays for the plugin scan
+    if name in _known:
+        return name
+    key = name.strip().lower()
+    for candidate in (key, key.replace("-", "_")):
+        if candidate in _known:
+            return candidate
+        if candidate in ALIASES and ALIASES[candidate] in _known:
+            return ALIASES[candidate]
+    import difflib
+
+    choices = format_choices(writable=writable)
+    close = difflib.get_close_matches(key, choices, n=3, cutoff=0.6)
+    guess = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise FormatNotFoundError(
+        f"unknown format {name!r}{guess}",
+        hint=f"known formats: {', '.join(choices)} (`weightvault formats` describes them)",
+    )
+
+
+def format_choices(*, writable: bool = False) -> list[str]:
+    """Every name ``--format`` (with ``writable``: ``--to``) accepts: registry names and aliases.
+
+    ``writable`` looks at ``can_write``, which imports the format classes (cheap: no framework).
+    """
+    _load_entry_points()
+    names = sorted(set(_known) | {a for a, n in ALIASES.items() if n in _known})
+    if not writable:
+        return names
+    can = {n for n in _known if _writable(n)}
+    return [n for n in names if (ALIASES.get(n, n) if n not in _known else n) in can]
+
+
+def _writable(name: str) -> bool:
+    try:
+        return bool(get_format(name).can_write)
+    except (MissingDependencyError, AttributeError, ImportError):
+        return False
+
+
+def format_title(name: str) -> str:
+    """How messages name a format: ``ONNX``, ``PyTorch``..."""
+    return _TITLES.get(name, name)
+
+
+def check_options(
+    fmt: type[Format], options: Mapping[str, Any], kind: str, *, path: Any = None
+) -> None:
+    """Refuse option keys the format does not declare (``read_options`` / ``write_options``).
+
+    ``kind`` is ``"read"`` or ``"write"``. A format that declares nothing (None: a third-party
+    format written before the declarations existed) is not checked.
+    """
+    declared = getattr(fmt, f"{kind}_options", None)
+    if declared is None:
+        return
+    unknown = sorted(set(options) - set(declared))
+    if not unknown:
+        return
+    flag = "-o" if kind == "read" else "-w"
+    valid = ", ".join(sorted(declared)) or "none"
+    raise UnsupportedOperationError(
+        f"unknown {fmt.name} {kind} option(s): {', '.join(unknown)}; valid: {valid}",
+        path=path,
+        hint=f"`weightvault formats {fmt.name}` lists the {flag} options with what each does",
+    )
+
+
 def get_format(name: str) -> type[Format]:
-    """Return the format class registered as ``name`` (importing it on first use)."""
-    if name not in _known:
-        _load_entry_points()
+    """The format class registered as ``name`` (or an alias of it), imported on first use."""
     if name in _loaded:
         return _loaded[name]
-    if name not in _known:
-        raise FormatNotFoundError(
-            f"unknown format {name!r}; known formats: {', '.join(sorted(_known))}"
-        )
+    name = resolve_name(name)
+    if name in _loaded:
+        return _loaded[name]
     entry = _known[name]
     module_name, _, qualname = entry["class"].partition(":")
     try:
@@ -176,6 +292,20 @@ def detect_format(path: str | os.PathLike[str]) -> type[Format]:
     )
 
 
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The format ``path``'s content claims (magic bytes / layout), never its name; None if none."""
+    p = Path(path)
+    head = _read_head(p) if p.exists() else b""
+    for name in _ordered_names():
+        try:
+            fmt = get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+        if fmt.sniff(p, head):
+            return name
+    return None
+
+
 def _tf_prefix_exists(p: Path) -> bool:
     # A TensorFlow checkpoint is named by a prefix that is not itself a file (model.ckpt-1000),
     # or a sharded V1 checkpoint by its shards' pattern (model.ckpt-?????-of-00002) or prefix.
@@ -191,7 +321,7 @@ def _tf_prefix_exists(p: Path) -> bool:
 def format_for_destination(path: str | os.PathLike[str], to: str | None = None) -> type[Format]:
     """The writable format for a destination: ``to`` if given, else from the file name ending."""
     if to:
-        fmt = get_format(to)
+        fmt = get_format(resolve_name(to, writable=True))
     else:
         name = os.fspath(path).lower()
         candidates = [
@@ -205,5 +335,9 @@ def format_for_destination(path: str | os.PathLike[str], to: str | None = None) 
             return get_format("native")
         fmt = matches[0]
     if not fmt.can_write:
-        raise FormatNotFoundError(f"format {fmt.name!r} cannot be written", path=path)
+        raise FormatNotFoundError(
+            f"format {fmt.name!r} cannot be written",
+            path=path,
+            hint=f"writable formats: {', '.join(format_choices(writable=True))}",
+        )
     return fmt

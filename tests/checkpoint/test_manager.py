@@ -444,4 +444,4 @@ def test_runs_command_table_and_json(tmp_path: Path, cli_run) -> None:
 
 def test_runs_command_on_a_non_run(tmp_path: Path, cli_run) -> None:
     code, _, err = cli_run("runs", tmp_path)
-    assert code == 1 and "not a weightvault run directory" in err
+    assert code == 2 and "not a weightvault run directory" in err

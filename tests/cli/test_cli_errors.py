@@ -65,7 +65,7 @@ def test_foreign_exception_from_a_reader_is_one_error_line(
     monkeypatch.setattr(NativeReader, "get", _raiser(expression))
     args = [command, ckpt] + (["w"] if command == "show" else [])
     code, out, err = cli_run(*args)
-    assert code == 1
+    assert code == 2
     _assert_one_error_line(err, ckpt, word)
     assert "internal error" not in err  # a damaged file is not a bug of ours
 
@@ -73,7 +73,7 @@ def test_foreign_exception_from_a_reader_is_one_error_line(
 def test_a_bug_of_ours_says_so_in_one_line(ckpt: Path, cli_run, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(NativeReader, "get", _raiser("AttributeError('NoneType has no attribute shape')"))
     code, _, err = cli_run("stats", ckpt)
-    assert code == 1
+    assert code == 2
     _assert_one_error_line(err, ckpt, "internal error (AttributeError: NoneType has no attribute shape)")
     assert "rerun with -v and report it" in err
 
@@ -84,7 +84,7 @@ def test_weightvault_error_keeps_its_message_and_tip(ckpt: Path, cli_run, monkey
 
     monkeypatch.setattr(NativeReader, "get", get)
     code, _, err = cli_run("stats", ckpt)
-    assert code == 1
+    assert code == 2
     assert err.splitlines() == [f"ERROR {ckpt}: tensor 'w': ends at byte 10 of 24", "TIP copy it again"]
 
 
@@ -93,7 +93,7 @@ def test_diff_names_both_files_when_the_exception_does_not(tmp_path: Path, cli_r
     b = weightvault.save({"w": np.ones(2, np.float32)}, tmp_path / "b.safetensors")
     monkeypatch.setattr(NativeReader, "get", _raiser("zlib.error('incorrect header check')"))
     code, _, err = cli_run("diff", a, b)
-    assert code == 1
+    assert code == 2
     _assert_one_error_line(err, f"{a}, {b}", "zlib.error")
 
 
@@ -146,7 +146,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 def test_real_cli_prints_one_line_for_each_foreign_exception(kind: str, ckpt: Path) -> None:
     expression, word = FOREIGN[kind]
     result = _run(["-c", _PATCHED_MAIN, expression, "stats", str(ckpt)])
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     _assert_one_error_line(result.stderr, ckpt, word)
 
 
@@ -154,7 +154,7 @@ def test_real_cli_traceback_only_with_verbose(ckpt: Path) -> None:
     expression = FOREIGN["zlib.error"][0]
     for args, env in (([ "-v", "stats"], None), (["stats"], {"WEIGHTVAULT_DEBUG": "1"})):
         result = _run(["-c", _PATCHED_MAIN, expression, *args, str(ckpt)], env)
-        assert result.returncode == 1
+        assert result.returncode == 1  # an uncaught exception: Python's own status
         assert "Traceback" in result.stderr and "zlib.error" in result.stderr
 
 

@@ -100,16 +100,16 @@ def test_verify_ok_and_corrupt(ckpt: Path, cli_run) -> None:
 
 def test_errors_are_one_line_and_nonzero(tmp_path: Path, cli_run) -> None:
     code, out, err = cli_run("ls", tmp_path / "nope.pt")
-    assert code == 1 and err.startswith("ERROR ") and len(err.strip().splitlines()) == 1
+    assert code == 2 and err.startswith("ERROR ") and len(err.strip().splitlines()) == 1
     junk = tmp_path / "junk.xyz"
     junk.write_bytes(b"\x07" * 64)
     code, _, err = cli_run("ls", junk)
-    assert code == 1 and "not a weight file" in err and "TIP" in err
+    assert code == 2 and "not a weight file" in err and "TIP" in err
     # A known ending picks that format's reader, which says what is wrong with the file.
     junk_bin = tmp_path / "junk.bin"
     junk_bin.write_bytes(b"\x07" * 64)
     code, _, err = cli_run("ls", junk_bin)
-    assert code == 1 and "not a torch.save file" in err
+    assert code == 2 and "not a torch.save file" in err
 
 
 def test_convert_to_plain_safetensors_and_back(ckpt: Path, tmp_path: Path, cli_run) -> None:
@@ -135,7 +135,7 @@ def test_console_script_and_module_entry_points(ckpt: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["total_parameters"] == 9
     result = subprocess.run([sys.executable, "-m", "weightvault", "ls", "/nonexistent.pt"], capture_output=True, text=True, check=False)
-    assert result.returncode == 1 and result.stderr.startswith("ERROR") and "Traceback" not in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("ERROR") and "Traceback" not in result.stderr
 
 
 def test_core_import_pulls_no_framework() -> None:

@@ -154,15 +154,15 @@ def test_ls_and_show_read_an_export_folder(tmp_path: Path, cli_run) -> None:
 def test_errors_are_one_line(tmp_path: Path, cli_run) -> None:
     ckpt = _ckpt(tmp_path)
     code, _, err = cli_run("export-hw", ckpt, tmp_path / "o", "--number", "Q1.99")
-    assert code == 1 and err.startswith("ERROR") and "Q1.99" in err
+    assert code == 2 and err.startswith("ERROR") and "Q1.99" in err
     code, _, err = cli_run(
         "export-hw", ckpt, tmp_path / "o", "--number", "q1.15", "--bram-depth", "4"
     )
-    assert code == 1 and "BRAM depth is 4" in err and "TIP" in err
+    assert code == 2 and "BRAM depth is 4" in err and "TIP" in err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     code, _, err = cli_run("export-hw", ckpt, tmp_path / "busy")
-    assert code == 1 and "refusing to replace" in err
+    assert code == 2 and "refusing to replace" in err
 
 
 def test_fpga_example_runs(tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_gru_linear_before_reset_0_is_refused(cli_run, tmp_path: Path) -> None:
     assert "linear_before_reset=0" in str(err.value) and "gru_node" in str(err.value)
     assert not (tmp_path / "x.safetensors").exists()
     code, _out, errtext = cli_run("convert", src, tmp_path / "x.safetensors", "--rules", "onnx-to-torch")
-    assert code == 1 and "linear_before_reset=0" in errtext
+    assert code == 2 and "linear_before_reset=0" in errtext
 
 
 def test_truncated_graph_raises_a_corrupt_file_error(tmp_path: Path) -> None:

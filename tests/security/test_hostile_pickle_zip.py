@@ -101,7 +101,7 @@ def _refused(p: Path, error: type[Exception] = WeightVaultError, **options: obje
 
 def _one_error_line(cli_run, *args: object) -> str:  # noqa: ANN001
     code, out, err = cli_run(*args)
-    assert code == 1
+    assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and lines[0].startswith("ERROR "), err
     assert len([line for line in lines if line.startswith("ERROR")]) == 1

@@ -109,7 +109,7 @@ def _assert_refused(
     args = ["stats", path] + (["--format", fmt] if fmt else [])
     code, out, stderr = cli_run(*args)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == 1 and lines and lines[0].startswith("ERROR ") and err.path in lines[0], stderr
+    assert code == 2 and lines and lines[0].startswith("ERROR ") and err.path in lines[0], stderr
     assert not [line for line in lines if line.startswith("ERROR")][1:], stderr
     assert "Traceback" not in stderr
     return err

@@ -310,6 +310,11 @@ class Format(ABC):
     #: whether :meth:`write` stores string tensors (dtype ``"string"``); ``convert`` refuses to
     #: write them to other formats unless told to skip them
     can_write_strings: ClassVar[bool] = False
+    #: the option keys ``open`` accepts (``-o KEY=VALUE``), each with a one-line help; None: not
+    #: declared (not checked). ``weightvault formats NAME`` lists them; others are refused.
+    read_options: ClassVar[Mapping[str, str] | None] = None
+    #: the option keys ``write`` accepts (``-w KEY=VALUE``), as ``read_options``
+    write_options: ClassVar[Mapping[str, str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -2,7 +2,7 @@
 
 Each command lives in its own module and is imported only when invoked, so ``weightvault ls`` never
 pays for TensorFlow or torch. Errors are caught at one boundary (:meth:`LazyGroup.invoke`):
-one ``ERROR`` line, a ``TIP`` line when the error carries a hint, exit status 1 (130 on Ctrl-C);
+one ``ERROR`` line, a ``TIP`` line when the error carries a hint, exit status 2 (130 on Ctrl-C);
 the traceback only with ``-v`` or ``WEIGHTVAULT_DEBUG=1``. Foreign exceptions (a parser's
 ``KeyError``, ``zlib.error``...) and our own bugs get the same one line (:mod:`.boundary`).
 """
@@ -16,7 +16,15 @@ from typing import Any
 
 import click
 
-__all__ = ["cli", "main"]
+__all__ = ["EXIT_DIFFERS", "EXIT_ERROR", "EXIT_INTERRUPTED", "cli", "main"]
+
+# Exit statuses (README, "Exit status"): 0 success; 1 the answer is "no" (``diff``: the files
+# differ, ``verify``: verification failed); 2 the command could not do its work (a usage error,
+# as click reports it, or an unreadable file, unknown format, bad option: every ERROR line);
+# 130 interrupted (Ctrl-C), as shells report SIGINT.
+EXIT_DIFFERS = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 # command name -> "module:attribute"; kept sorted
 COMMANDS = {
@@ -79,12 +87,12 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             if _debug(ctx):
                 raise
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             if _debug(ctx):
                 raise
             self._report(ctx, exc)
-            ctx.exit(1)
+            ctx.exit(EXIT_ERROR)
 
     @staticmethod
     def _report(ctx: click.Context, exc: BaseException) -> None:

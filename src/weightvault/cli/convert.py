@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from weightvault.cli.common import emit_json, json_option, print_table
-from weightvault.cli.options import open_options, reader_options
+from weightvault.cli.options import FormatOption, open_options, reader_options
 from weightvault.rules import RULES
 
 
@@ -34,13 +34,33 @@ def _shape(shape: list[int]) -> str:
 @click.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--to", "to", default=None, help="Target format (default: from DST's name; native otherwise).")
+@click.option(
+    "--to",
+    "to",
+    cls=FormatOption,
+    writable=True,
+    default=None,
+    metavar="FORMAT",
+    help="Target format (default: from DST's name; native otherwise).",
+)
 @click.option("--rules", type=click.Choice(RULES), default=None, help="Layout rule set between frameworks.")
 @click.option("--hint", "hints", multiple=True, metavar="LAYER=KIND", help="Layer kind where the file cannot tell (globs allowed).")
 @click.option("--rename", "renames", multiple=True, metavar="REGEX=REPL", help="Rename target tensors (regex, applied in order).")
 @click.option("--map", "name_map", default=None, type=click.Path(exists=True, dir_okay=False), help="JSON/YAML {name: new_name} file.")
 @click.option("--ema", is_flag=True, help="Take EMA shadow weights in place of the raw ones (tf1-to-torch, --template frozen .pb).")
 @click.option("--dry-run", is_flag=True, help="Print the plan without writing anything.")
+@click.option(
+    "--dtype",
+    default=None,
+    metavar="DTYPE",
+    help="Cast floating tensors (float32, float16, bfloat16/bf16, float64); others stay.",
+)
+@click.option(
+    "--include", multiple=True, metavar="GLOB", help="Convert only source tensors matching GLOB."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Leave out source tensors matching GLOB."
+)
 @click.option(
     "--skip-unsupported",
     is_flag=True,
@@ -67,6 +87,9 @@ def convert(
     name_map: str | None,
     ema: bool,
     dry_run: bool,
+    dtype: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
     skip_unsupported: bool,
     template: str | None,
     write_opts: tuple[str, ...],
@@ -97,12 +120,15 @@ def convert(
         rule_options={"use_ema": ema, "template": template},
         dry_run=dry_run,
         skip_unsupported=skip_unsupported,
+        dtype=dtype,
+        include=include,
+        exclude=exclude,
     )
     doc = report.to_dict()
     if as_json:
         emit_json({**doc, "dry_run": dry_run})
         return
-    if rules or renames or name_map or dry_run:
+    if rules or renames or name_map or dry_run or dtype:
         print_table(
             ("source", "shape", "target", "shape", "transforms"),
             [
@@ -112,13 +138,34 @@ def convert(
             fold=("source", "target"),
             wrap=("transforms",),
         )
-        for name, why in doc["dropped"].items():
-            click.echo(f"dropped {name}: {why}")
         for note in doc["notes"]:
             click.echo(f"note: {note}")
+    for line in dropped_summary(doc["dropped"]):
+        click.echo(line)
+    if doc["uncast"]:
+        click.echo(f"not cast ({_grouped(doc['uncast'])}): only floating tensors take --dtype")
     for why, skipped in _by_reason(doc["skipped"]).items():
         shown = ", ".join(skipped[:3]) + (f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else "")
         click.echo(f"skipped {len(skipped)} ({why}): {shown}" if len(skipped) > 1 else f"skipped {shown}: {why}")
     verb = "would write" if dry_run else "wrote"
     written = sum(1 for r in doc["tensors"] if r["target"] not in doc["skipped"])
-    click.echo(f"{verb} {dst} ({doc['dst_format']}, {written} tensors)")
+    click.echo(f"{verb} {doc['dst']} ({doc['dst_format']}, {written} tensors)")
+
+
+def dropped_summary(dropped: dict[str, str], examples: int = 2) -> list[str]:
+    """One line per reason, not per tensor: ``dropped 24 tensors: optimizer slot or bookkeeping
+    (a/Adam, a/Adam_1, ...)``; ``--json`` keeps every name."""
+    lines = []
+    for why, names in _by_reason(dropped).items():
+        shown = ", ".join(names[:examples]) + (", …" if len(names) > examples else "")
+        noun = "tensor" if len(names) == 1 else "tensors"
+        lines.append(f"dropped {len(names)} {noun}: {why} ({shown})")
+    return lines
+
+
+def _grouped(by_name: dict[str, str]) -> str:
+    """``3 int64, 1 bool``."""
+    counts: dict[str, int] = {}
+    for dtype in by_name.values():
+        counts[dtype] = counts.get(dtype, 0) + 1
+    return ", ".join(f"{n} {d}" for d, n in counts.items())

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from weightvault.cli import EXIT_DIFFERS
 from weightvault.cli.common import emit_json, human_bytes, json_option, print_table
 from weightvault.cli.options import open_options, reader_options
 
@@ -288,7 +289,7 @@ def diff(a: str, b: str, atol: float, rtol: float, format_a: str | None, format_
             f"{len(report.removed)} removed, {len(report.shape_changed)} reshaped"
         )
     if not report.identical:
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERS)
 
 
 @click.command()
@@ -312,20 +313,34 @@ def verify(path: str, fmt: str | None, options: tuple[str, ...], names: str | No
     else:
         for failure in result.failures:
             click.echo(f"FAIL {failure}", err=True)
-        status = "OK" if result.ok else "FAILED"
-        click.echo(
-            f"{status}: {result.checked} tensors checked, {result.unchecked} without checksums, "
-            f"{len(result.failures)} failures"
-        )
+        click.echo(_verify_line(result))
     if not result.ok:
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERS)
+
+
+def _verify_line(result: Any) -> str:
+    if result.ok and not result.checked:
+        return (
+            f"OK: {result.unchecked} tensors read, no checksums in this format: "
+            "nothing to verify against"
+        )
+    status = "OK" if result.ok else "FAILED"
+    return (
+        f"{status}: {result.checked} tensors checked, {result.unchecked} without checksums, "
+        f"{len(result.failures)} failures"
+    )
 
 
 @click.command()
+@click.argument("name", required=False, metavar="[FORMAT]")
 @json_option
-def formats(as_json: bool) -> None:
-    """List the formats this installation can read and write."""
+def formats(name: str | None, as_json: bool) -> None:
+    """List the formats this installation can read and write; with FORMAT, its names and options."""
     from weightvault.registry import available_formats, known_formats
+
+    if name:
+        _format_detail(name, as_json)
+        return
 
     found = available_formats()
     rows = []
@@ -352,3 +367,37 @@ def formats(as_json: bool) -> None:
         ],
         wrap=("extensions", "description"),
     )
+
+
+def _format_detail(name: str, as_json: bool) -> None:
+    """``weightvault formats keras``: aliases, endings, and the -o / -w option keys with help."""
+    from weightvault.registry import ALIASES, get_format, resolve_name
+
+    fmt = get_format(resolve_name(name))
+    doc = {
+        "name": fmt.name,
+        "aliases": sorted(a for a, n in ALIASES.items() if n == fmt.name),
+        "description": fmt.description,
+        "extensions": list(fmt.extensions),
+        "write": bool(fmt.can_write),
+        "read_options": dict(fmt.read_options or {}),
+        "write_options": dict(fmt.write_options or {}) if fmt.can_write else {},
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"{fmt.name}: {fmt.description}")
+    if doc["aliases"]:
+        click.echo(f"also called: {', '.join(doc['aliases'])}")
+    click.echo(f"file endings: {' '.join(doc['extensions']) or '(none: detected by content)'}")
+    for flag, kind in (("-o", "read"), ("-w", "write")):
+        if kind == "write" and not fmt.can_write:
+            click.echo("read-only: no -w options")
+            continue
+        options = doc[f"{kind}_options"]
+        if not options:
+            click.echo(f"{kind} options ({flag}): none")
+            continue
+        click.echo(f"{kind} options ({flag} KEY=VALUE):")
+        for key, text in options.items():
+            click.echo(f"  {key:<16} {text}")

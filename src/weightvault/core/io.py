@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import io
 import os
@@ -164,21 +165,62 @@ def atomic_write(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterato
     final = Path(path)
     tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
     release_cache(final)
-    f = create_file(tmp, durable=fsync)
+    with _named_as_final(tmp, final):
+        f = create_file(tmp, durable=fsync)
     try:
-        yield f
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, final)
-        if fsync:
-            fsync_dir(final.parent)
+        with _named_as_final(tmp, final):
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp, final)
+            if fsync:
+                fsync_dir(final.parent)
     except BaseException:
-        f.close()
+        # A full disk fails the final flush again: keep the first error.
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+# errno values of a failed write, which carries no file name: the destination is the file meant.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+@contextlib.contextmanager
+def _named_as_final(tmp: Path, final: Path) -> Iterator[None]:
+    """OS errors name the destination the caller asked for, never our temporary name: a full
+    disk or a read-only directory reads ``out.pt: No space left on device``. An error without a
+    file name (a failed write) gets the destination's."""
+    try:
+        yield
+    except OSError as exc:
+        first = exc.filename
+        if first is None and exc.errno not in _WRITE_ERRNOS:
+            raise  # not ours to name (e.g. a read error from the source)
+        if first is not None and not _under(first, tmp):
+            raise
+        names = (first, exc.filename2)
+        renamed = [None if n is None else _swap_prefix(n, tmp, final) for n in names]
+        if renamed[0] is None:
+            renamed[0] = os.fspath(final)
+        if renamed[1] is not None and os.fspath(renamed[1]) == os.fspath(final):
+            renamed[1] = None  # os.replace(tmp, final): the one name says it
+        args = (exc.errno, exc.strerror, renamed[0]) + ((None, renamed[1]) if renamed[1] else ())
+        raise type(exc)(*args) from None
+
+
+def _under(name: Any, root: Path) -> bool:
+    text, base = os.fsdecode(name), os.fspath(root)
+    return text == base or text.startswith(base + os.sep)
+
+
+def _swap_prefix(name: Any, tmp: Path, final: Path) -> Any:
+    text = os.fsdecode(name)
+    return os.fspath(final) + text[len(os.fspath(tmp)):] if _under(text, tmp) else name
 
 
 @contextlib.contextmanager
@@ -193,9 +235,11 @@ def atomic_dir(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator[
     tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
     if final.is_dir() and not final.is_symlink():
         release_tree_cache(final)
-    tmp.mkdir(parents=False)
+    with _named_as_final(tmp, final):
+        tmp.mkdir(parents=False)
     try:
-        yield tmp
+        with _named_as_final(tmp, final):
+            yield tmp
         if fsync:
             fsync_dir(tmp)
         if final.exists():

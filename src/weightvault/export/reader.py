@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -295,6 +296,10 @@ class HWExportFormat(Format):
     description = "hardware export folder (COE/MIF/mem/C/txt/npy + export.json), read-only"
     extensions = ()
     can_write = False
+    read_options: ClassVar[Mapping[str, str]] = {
+        "values": "dequantized (real values, default) or codes (the stored integers)",
+    }
+    write_options: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -26,9 +26,10 @@ import math
 import mmap
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -367,6 +368,8 @@ class GGUFFormat(Format):
     description = "GGUF (llama.cpp), read-only; Q8_0/Q4_0 dequantized"
     extensions = (".gguf",)
     can_write = False
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

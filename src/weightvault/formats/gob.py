@@ -51,7 +51,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -1130,6 +1130,17 @@ class GobFormat(Format):
     description = "Go encoding/gob stream of gorgonia *tensor.Dense values (+ trailing Go values)"
     extensions = (".gob",)
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {
+        "names": "tensor names in stream order (list, or comma-separated); gob stores none",
+        "mask": "a masked Dense: tensor (keep the mask as a tensor), drop, nan or error",
+    }
+    write_options: ClassVar[Mapping[str, str]] = {
+        "names": "order of the tensors in the stream (must list every tensor)",
+        "trailing": "Go values written after the tensors (default: the source's metadata)",
+        "trailing_types": "Go type of each trailing value (default: inferred)",
+        "embed_names": "write the names into the stream (default: when not tensor_<i>)",
+        "column_major": "names of tensors stored column-major, or true for all",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

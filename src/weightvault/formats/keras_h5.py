@@ -65,7 +65,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -779,10 +779,45 @@ def _keras3_path_for(name: str) -> tuple[str, str]:
     return "/".join(groups) + "/vars", parts[-1]
 
 
+_PATHS_SHAPE = (
+    '{"tensor name": "HDF5 dataset path", ...} (e.g. {"dense/kernel": "layers/dense/vars/0"})'
+)
+
+
+def _paths_option(value: Any) -> dict[str, str]:
+    """The ``paths`` write option: a mapping, or a JSON file holding one (``-w paths=FILE``)."""
+    if value is None:
+        return {}
+    source = value
+    if isinstance(value, (str, os.PathLike)):
+        try:
+            with open(value, "rb") as f:
+                value = json.loads(f.read())
+        except FileNotFoundError:
+            raise UnsupportedOperationError(
+                f"paths option: no such file {os.fspath(source)!r}", hint=f"it holds {_PATHS_SHAPE}"
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UnsupportedOperationError(
+                f"paths option: {os.fspath(source)} is not JSON ({exc})", path=source,
+                hint=f"it holds {_PATHS_SHAPE}",
+            ) from None
+    strings = isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+    if not strings:
+        where = f" in {os.fspath(source)}" if source is not value else ""
+        raise UnsupportedOperationError(
+            f"paths option{where}: expected {_PATHS_SHAPE}, got {type(value).__name__}"
+            + ("" if not isinstance(value, Mapping) else " with a non-string key or value"),
+        )
+    return dict(value)
+
+
 def _resolve_paths(
     tensors: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None, options: Mapping[str, Any], layout: str
 ) -> dict[str, str]:
-    known: dict[str, str] = dict(options.get("paths") or {})
+    known = _paths_option(options.get("paths"))
     keras_meta = (metadata or {}).get("keras")
     if isinstance(keras_meta, str):  # string-only containers (safetensors) keep it JSON-encoded
         try:
@@ -842,6 +877,11 @@ class KerasFormat(Format):
     description = "Keras 3 .weights.h5 / .keras and legacy Keras HDF5 (needs h5py)"
     extensions = (".weights.h5", ".keras", ".h5", ".hdf5")
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "layout": "keras3 (.weights.h5) or legacy (model.save_weights .h5); default from the name",
+        "paths": "{tensor: HDF5 dataset path}, or a JSON file holding one",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

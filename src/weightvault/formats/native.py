@@ -30,7 +30,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -626,6 +626,16 @@ class NativeFormat(Format):
     extensions = (".safetensors",)
     can_write = True
     can_write_strings = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "shard_size": "maximum data bytes per shard of a checkpoint directory",
+        "single_file": "write one .safetensors file (default: when the name ends in .safetensors)",
+        "fsync": "make the files durable before the checkpoint is committed (default true)",
+        "progress": "show a progress bar (default: on a terminal, for large files)",
+        "extra_manifest": "extra JSON kept in the manifest (convert records the source here)",
+        "include": "glob patterns over tensor names to save",
+        "exclude": "glob patterns over tensor names to leave out",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -35,7 +35,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -402,6 +402,11 @@ class NumpyFormat(Format):
     description = "NumPy .npy / .npz (no pickles)"
     extensions = (".npy", ".npz")
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "container": "npz or npy (default from the name; .npy holds exactly one array)",
+        "compress": "deflate the .npz members (default false: stored, memory-mappable)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

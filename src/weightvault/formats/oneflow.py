@@ -30,7 +30,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -421,6 +421,14 @@ class OneFlowFormat(Format):
     description = "OneFlow model directory (pickled_data + tensor_N/, legacy meta/out dirs, C++ snapshot)"
     extensions = ()
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {
+        "shapes": "{name: shape} for a C++ snapshot, which stores no shapes",
+        "dtype": "element type of a C++ snapshot's tensors (default float32)",
+        "template": "a OneFlow model directory to take the snapshot's shapes and dtypes from",
+    }
+    write_options: ClassVar[Mapping[str, str]] = {
+        "layout": "pickle (pickled_data + tensor_<i>/, default) or legacy (<name>/meta,out)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -45,7 +45,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -503,6 +503,12 @@ class OnnxFormat(Format):
     description = "ONNX model initializers (with external data; --template rewrites a model)"
     extensions = (".onnx",)
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "external_data": "tensors in NAME.onnx.data (default: above the 2 GiB protobuf limit)",
+        "template": "an ONNX model whose initializers are replaced (--template)",
+        "strict": "with a template: refuse tensors it does not have (default true)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

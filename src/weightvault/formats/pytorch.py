@@ -46,7 +46,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -292,11 +292,28 @@ def _canonical_dtype(torch_name: str, path: str, tensor: str | None = None) -> s
     raise UnknownDtypeError(f"torch dtype {torch_name} is not supported", path=path, tensor=tensor)
 
 
-def _refusal(path: str) -> Callable[[str, str], UnsafePickleError]:
-    """The error for a global outside the allowlist, worded for what it usually means."""
+def _has_storages(records: set[str], prefix: str) -> bool:
+    return any(n.startswith(f"{prefix}/data/") for n in records)
+
+
+def _refusal(path: str, *, has_storages: bool = True) -> Callable[[str, str], UnsafePickleError]:
+    """The error for a global outside the allowlist, worded for what it usually means.
+
+    ``has_storages=False``: the archive holds no tensor data at all (torch.save of
+    ``TrainingArguments``, an RNG state, a config): say the file holds no weights.
+    """
 
     def refuse(module: str, name: str) -> UnsafePickleError:
         full = f"{module}.{name}"
+        if not has_storages:
+            return UnsafePickleError(
+                f"the file holds no weights: it is a pickled {full} with no tensor data (a "
+                "training argument, RNG state or config object, not a model's state dict); nothing was "
+                "imported or executed",
+                path=path,
+                hint="the weights are in another file (pytorch_model.bin, model.safetensors, a "
+                "checkpoint's model .pt)",
+            )
         root = module.partition(".")[0]
         if module == "__main__" or module.startswith(("torch.nn.modules", "torch.jit", "torchvision", "transformers")):
             what = (
@@ -446,7 +463,8 @@ class PyTorchReader(FormatReader):
 
         data = self._record_bytes(self._records[pkl], MAX_PICKLE_BYTES)
         return safe_unpickle(data, allowed=rebuild.allowed(), persistent_load=persistent_load, path=self.path,
-                             what=pkl, encoding="utf-8", refuse=_refusal(self.path))
+                             what=pkl, encoding="utf-8",
+                             refuse=_refusal(self.path, has_storages=_has_storages(names, prefix)))
 
     def _small_record(self, name: str) -> bytes | None:
         record = self._records.get(name)
@@ -1464,6 +1482,13 @@ class PyTorchFormat(Format):
     description = "PyTorch torch.save file (zip or legacy), read with a restricted unpickler"
     extensions = (".pt", ".pth", ".bin", ".ckpt")
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "structure": "a nested object to save instead of the flat state dict (Python API)",
+        "crc32": "compute the zip records' CRC-32s (default true)",
+        "fsync": "make the file durable before it replaces the destination (default true)",
+        "progress": "show a progress bar (default: on a terminal, for large files)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -198,6 +198,11 @@ class SafetensorsFormat(Format):
     description = "safetensors file (Hugging Face)"
     extensions = (".safetensors",)
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "shard_size": "bytes per shard: a sharded repository with model.safetensors.index.json",
+        "progress": "show a progress bar (default: on a terminal, for large files)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

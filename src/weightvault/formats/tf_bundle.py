@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -918,6 +918,17 @@ class TFBundleFormat(Format):
     extensions = (".index",)
     can_write = True
     can_write_strings = True
+    read_options: ClassVar[Mapping[str, str]] = {
+        "names": "object (the keys as stored, default) or readable (TF2 object paths as names)",
+        "check_crc": "check every data block's CRC-32C while reading (default false)",
+    }
+    write_options: ClassVar[Mapping[str, str]] = {
+        "num_shards": "split the data over this many .data files (default 1)",
+        "strings": "{name: strings} DT_STRING tensors to add (Python API)",
+        "state_file": "write or update the directory's `checkpoint` file (default true)",
+        "prefix_name": "checkpoint prefix when the destination is a directory (default ckpt)",
+        "fsync": "make the files durable before they appear (default true)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -25,7 +25,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -519,6 +519,11 @@ class TFGraphFormat(Format):
     description = "TensorFlow frozen GraphDef (.pb, weights in Const nodes) or TF1 MetaGraphDef (.meta)"
     extensions = (".pb", ".meta")
     can_write = True
+    read_options: ClassVar[Mapping[str, str]] = {}
+    write_options: ClassVar[Mapping[str, str]] = {
+        "template": "a frozen GraphDef whose Const values are replaced (--template)",
+        "strict": "with a template: refuse tensors that match no Const node (default true)",
+    }
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:

@@ -39,9 +39,10 @@ import math
 import mmap
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -725,6 +726,10 @@ class TFV1Format(Format):
     description = "TensorFlow checkpoint V1 (one model.ckpt table file, Saver write_version=V1)"
     extensions = ()
     can_write = False
+    read_options: ClassVar[Mapping[str, str]] = {
+        "check_crc": "accepted for parity with tf_bundle; V1 block CRCs are always checked",
+    }
+    write_options: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
