@@ -66,7 +66,7 @@ def parse_coe(text: str, path: str | None = None) -> tuple[int, list[int]]:
             raise InvalidHeaderError(f"not a COE 'keyword=value': {statement[:40]!r}", path=path)
         key, value = m.group(1).lower(), m.group(2)
         if key == "memory_initialization_radix":
-            radix = int(value.strip())
+            radix = int(value.strip()) if value.strip().isdigit() else -1
             if radix not in RADIXES:
                 raise InvalidHeaderError(f"COE radix {radix} is not 2, 10 or 16", path=path)
         elif key == "memory_initialization_vector":

@@ -99,8 +99,13 @@ def _parse_entry(
     m = _ENTRY_RE.match(line)
     if not m:
         raise InvalidHeaderError(f"bad MIF content line {line!r}", path=path)
-    abase = _RADIX_BASE[header.get("ADDRESS_RADIX", "HEX")]
-    dbase = _RADIX_BASE[header.get("DATA_RADIX", "HEX")]
+    radixes = (header.get("ADDRESS_RADIX", "HEX"), header.get("DATA_RADIX", "HEX"))
+    unknown = [r for r in radixes if r not in _RADIX_BASE]
+    if unknown:
+        raise InvalidHeaderError(
+            f"MIF radix {unknown[0]!r} is not one of {', '.join(_RADIX_BASE)}", path=path
+        )
+    abase, dbase = (_RADIX_BASE[r] for r in radixes)
     try:
         values = [int(v, dbase) for v in m.group(4).split()]
         if m.group(2) is not None:

@@ -24,7 +24,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from weightvault.abc.format import Format, FormatReader, TensorInfo
-from weightvault.errors import InvalidHeaderError, ShapeMismatchError, UnsupportedOperationError
+from weightvault.errors import (
+    InvalidHeaderError,
+    ShapeMismatchError,
+    TruncatedFileError,
+    UnsupportedOperationError,
+)
 from weightvault.export import layout as L
 from weightvault.export.numbers import (
     dequantize,
@@ -40,7 +45,18 @@ MARKER = "weightvault-hw-export"
 MAX_SIDECAR = 64 << 20
 
 
+#: the fields each sidecar entry must have for the reader to use it, with their JSON types
+_TENSOR_FIELDS: dict[str, type] = {
+    "name": str, "file": str, "memory": str, "order": str, "lane_order": str, "shape": list,
+    "number": dict, "bits": int, "count": int, "lanes": int, "base": int, "words": int,
+}  # fmt: skip
+_MEMORY_FIELDS: dict[str, type] = {"name": str, "file": str, "width": int}
+_FILE_FORMATS = ("coe", "mif", "mem", "hex", "c", "txt", "npy")
+
+
 def _load_sidecar(path: Path) -> dict[str, Any]:
+    from weightvault.core.safetensors_io import load_json
+
     side = path / SIDECAR
     try:
         size = side.stat().st_size
@@ -50,15 +66,110 @@ def _load_sidecar(path: Path) -> dict[str, Any]:
         raise InvalidHeaderError(
             f"{SIDECAR} is {size} bytes, over the {MAX_SIDECAR} limit", path=side
         )
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InvalidHeaderError(f"{SIDECAR} is not JSON: {exc}", path=side) from None
+    data = load_json(side.read_bytes(), path=side, what=SIDECAR)  # depth-bounded, no NaN
     if not isinstance(data, dict) or data.get("format") != MARKER:
         raise InvalidHeaderError(f"{SIDECAR} is not a weightvault hardware export", path=side)
     if not isinstance(data.get("tensors"), list) or not isinstance(data.get("memories"), list):
         raise InvalidHeaderError(f"{SIDECAR} lacks 'tensors' or 'memories'", path=side)
+    if data.get("file_format") not in _FILE_FORMATS:
+        raise InvalidHeaderError(f"unknown export file format {data.get('file_format')!r}", path=side)
+    if data.get("radix") not in (None, 2, 8, 10, 16):
+        raise InvalidHeaderError(f"radix {data.get('radix')!r} is not 2, 8, 10 or 16", path=side)
+    for entry in data["tensors"]:
+        _check_fields(entry, _TENSOR_FIELDS, "tensor entry", side)
+        _check_tensor_entry(entry, side)
+    for entry in data["memories"]:
+        _check_fields(entry, _MEMORY_FIELDS, "memory entry", side)
+        if not 1 <= entry["width"] <= 4096:
+            raise InvalidHeaderError(f"memory width {entry['width']} is out of range", path=side)
     return data
+
+
+def _check_fields(entry: Any, fields: dict[str, type], what: str, side: Path) -> None:
+    """Every field the reader uses is there with its JSON type (ints whole and not negative)."""
+    if not isinstance(entry, dict):
+        raise InvalidHeaderError(f"a {what} is not an object", path=side)
+    name = entry.get("name") if isinstance(entry.get("name"), str) else None
+    for key, kind in fields.items():
+        value = entry.get(key)
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if ok and kind is int:
+            ok = value >= 0
+        if not ok:
+            raise InvalidHeaderError(
+                f"{what}: field {key!r} must be a {'non-negative int' if kind is int else kind.__name__}, "
+                f"not {short_json(value)}", path=side, tensor=name,
+            )
+
+
+def _check_tensor_entry(entry: dict[str, Any], side: Path) -> None:
+    shape, number = entry["shape"], entry["number"]
+    if len(shape) > 64 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidHeaderError(f"shape {short_json(shape)} is not a list of sizes", path=side,
+                                 tensor=entry["name"])
+    if not (1 <= entry["bits"] <= 64 and 1 <= entry["lanes"] <= 64):
+        raise InvalidHeaderError(
+            f"{entry['bits']} bits x {entry['lanes']} lanes is not a layout export-hw writes",
+            path=side, tensor=entry["name"],
+        )
+    if entry["count"] != math.prod(shape):  # the count sizes every buffer the reader allocates
+        raise InvalidHeaderError(
+            f"count {entry['count']} is not the number of elements of shape {shape}",
+            path=side, tensor=entry["name"],
+        )
+    if entry["order"] not in ("C", "F") or not isinstance(number.get("name"), str):
+        raise InvalidHeaderError("order or number format is malformed", path=side, tensor=entry["name"])
+    for key in ("scale", "zero_point"):
+        value = number.get(key)
+        values = value if isinstance(value, list) else [value]
+        if key in number and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 2**62 for v in values
+        ):
+            raise InvalidHeaderError(f"number {key} {short_json(value)} is not numeric", path=side,
+                                     tensor=entry["name"])
+    axis = number.get("axis")
+    if not isinstance(axis, (int, type(None))) or isinstance(axis, bool):
+        raise InvalidHeaderError("number axis is not an int", path=side, tensor=entry["name"])
+    channels = shape[axis] if axis is not None and -len(shape) <= axis < len(shape) else None
+    for key in ("scale", "zero_point"):  # one per channel along axis, or one for the tensor
+        value = number.get(key)
+        if isinstance(value, list) and len(value) != channels:
+            raise InvalidHeaderError(
+                f"number {key} has {len(value)} values, axis {axis} of {shape} has {channels}",
+                path=side, tensor=entry["name"],
+            )
+
+
+def short_json(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _load_npy(p: Path) -> np.ndarray:
+    """A ``.npy`` of the export, through weightvault's own NumPy reader (headers checked against
+    the file before anything is allocated, never a pickle) rather than ``np.load``."""
+    from weightvault.formats.numpy_npz import NumpyFormat
+
+    with NumpyFormat.open(p) as reader:
+        names = reader.keys()
+        if len(names) != 1:
+            raise InvalidHeaderError("not a single-array .npy file", path=p)
+        return np.array(reader.get(names[0]))
+
+
+def _read_text(p: Path, encoding: str) -> str:
+    """A memory or text file as text: bytes that are not ``encoding`` are a damaged export."""
+    try:
+        return p.read_bytes().decode(encoding)
+    except OSError as exc:
+        raise TruncatedFileError(
+            f"a file export.json names cannot be read: {exc.strerror or exc}", path=p
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidHeaderError(
+            f"byte {exc.start} is not {encoding.upper()}: not a text file written by export-hw",
+            path=p,
+        ) from None
 
 
 def codes_from_values(values: np.ndarray, number: dict[str, Any]) -> np.ndarray:
@@ -214,8 +325,10 @@ class HWExportReader(FormatReader):
 
     # -- file parsing -----------------------------------------------------------------------------
     def _file(self, name: str) -> Path:
-        p = (self.root / name).resolve()
-        if p.parent != self.root.resolve():
+        from weightvault.formats._common import safe_relative
+
+        p = Path(safe_relative(self.root, name, path=self.root / SIDECAR))
+        if p.resolve().parent != self.root.resolve():  # exports are flat: no subfolders either
             raise InvalidHeaderError(
                 f"sidecar file name {name!r} leaves the export folder", path=self.root
             )
@@ -225,20 +338,20 @@ class HWExportReader(FormatReader):
         from weightvault.export.text import parse_text
 
         p = self._file(e["file"])
-        return parse_text(p.read_text(encoding="utf-8"), path=str(p))
+        return parse_text(_read_text(p, "utf-8"), path=str(p))
 
     def _typed_codes(self, e: dict[str, Any], mem: dict[str, Any], fmt: Any) -> np.ndarray:
         p = self._file(mem["file"])
         kind = self.sidecar.get("file_format")
         if kind == "npy":
-            arr = np.load(p, allow_pickle=False)
+            arr = _load_npy(p)
             if arr.dtype.kind == "f":
                 bits = np.uint32 if arr.dtype.itemsize == 4 else np.uint16
                 arr = arr.view(bits)
             return arr.ravel(order=e["order"]).astype(np.int64)
         from weightvault.export.c_header import parse_c_array
 
-        tokens = parse_c_array(p.read_text(encoding="ascii"), e["c_identifier"], path=str(p))
+        tokens = parse_c_array(_read_text(p, "ascii"), e["c_identifier"], path=str(p))
         if fmt.name == "float32":
             vals = np.array([float(t) for t in tokens], dtype=np.float32)
             return vals.view(np.uint32).astype(np.int64)
@@ -256,11 +369,11 @@ class HWExportReader(FormatReader):
         if kind == "coe":
             from weightvault.export.coe import parse_coe
 
-            _, words = parse_coe(p.read_text(encoding="ascii"), path=str(p))
+            _, words = parse_coe(_read_text(p, "ascii"), path=str(p))
         elif kind == "mif":
             from weightvault.export.mif import parse_mif
 
-            header, words = parse_mif(p.read_text(encoding="ascii"), path=str(p))
+            header, words = parse_mif(_read_text(p, "ascii"), path=str(p))
             if int(header["WIDTH"]) != width:
                 raise InvalidHeaderError(
                     f"MIF WIDTH={header['WIDTH']}, sidecar says {width}", path=p
@@ -268,18 +381,18 @@ class HWExportReader(FormatReader):
         elif kind in ("mem", "hex"):
             from weightvault.export.readmem import parse_readmem
 
-            by_addr = parse_readmem(p.read_text(encoding="ascii"), radix, path=str(p))
+            by_addr = parse_readmem(_read_text(p, "ascii"), radix, path=str(p))
             depth = max(by_addr) + 1 if by_addr else 0
             words = [by_addr.get(a, 0) for a in range(depth)]
         elif kind == "c":
             from weightvault.export.c_header import c_identifier, parse_c_array
 
             tokens = parse_c_array(
-                p.read_text(encoding="ascii"), c_identifier(mem["name"]), path=str(p)
+                _read_text(p, "ascii"), c_identifier(mem["name"]), path=str(p)
             )
             words = [int(t) for t in tokens]
         elif kind == "npy":
-            words = [int(v) for v in np.load(p, allow_pickle=False).ravel()]
+            words = [int(v) for v in _load_npy(p).ravel()]
         else:
             raise InvalidHeaderError(f"unknown export file format {kind!r}", path=self.root)
         too_wide = [w for w in words if w < 0 or w >> width]

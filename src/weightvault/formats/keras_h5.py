@@ -881,6 +881,7 @@ class KerasFormat(Format):
     write_options: ClassVar[Mapping[str, str]] = {
         "layout": "keras3 (.weights.h5) or legacy (model.save_weights .h5); default from the name",
         "paths": "{tensor: HDF5 dataset path}, or a JSON file holding one",
+        "template": "a Keras-written weights file of the target model: paths come from it",
     }
 
     @classmethod

@@ -521,8 +521,11 @@ class TFGraphFormat(Format):
     can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
-        "template": "a frozen GraphDef whose Const values are replaced (--template)",
-        "strict": "with a template: refuse tensors that match no Const node (default true)",
+        "template": "the graph to freeze into: an inference graph with variables, or a frozen "
+        "GraphDef whose Const values are replaced (--template)",
+        "strict": "with a template: refuse tensors that match no node, and graph variables "
+        "without a value (default true)",
+        "use_ema": "freeze each X/ExponentialMovingAverage in place of X (--ema)",
     }
 
     @classmethod

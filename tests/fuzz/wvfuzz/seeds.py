@@ -158,6 +158,41 @@ def _tf_graph(out: Path, rng: np.random.Generator) -> list[Path]:
     return [out / "frozen.pb", out / "model.meta"]
 
 
+def _tf_v1(out: Path, rng: np.random.Generator) -> list[Path]:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.Variable(rng.standard_normal((6, 4)).astype(np.float32), name="dense/kernel")
+        tf1.Variable(np.arange(3, dtype=np.int64), name="counts")
+        tf1.Variable([b"a", b""], name="names")
+        tf1.get_variable("part", initializer=tf.constant(rng.standard_normal((10, 3)).astype(np.float32)),
+                         partitioner=tf1.fixed_size_partitioner(2))
+        saver = tf1.train.Saver(write_version=tf1.train.SaverDef.V1)
+        with tf1.Session(graph=graph) as sess:
+            sess.run(tf1.global_variables_initializer())
+            saver.save(sess, str(out / "model.ckpt"), write_meta_graph=False)
+    return [out / "model.ckpt"]
+
+
+def _hwexport(out: Path, rng: np.random.Generator) -> list[Path]:
+    import weightvault
+
+    state = _state(rng) | {"gru.weight_hh_l0": rng.uniform(-1, 1, (6, 2)).astype(np.float32)}
+    folders = []
+    for file_format, number in (("coe", "Q1.15"), ("mif", "int8"), ("mem", "Q3.5"), ("c", "float32"),
+                                ("txt", "Q1.15"), ("npy", "int8")):
+        folder = out / f"fpga-{file_format}"
+        weightvault.export_hw(state, folder, file_format=file_format, number=number,
+                              include=["fc.*", "gru.*"], split=["gru.weight_hh_l0:0:3"])
+        folders.append(folder)
+    return folders
+
+
 def _gob(out: Path, rng: np.random.Generator) -> list[Path]:
     shutil.copy(FIXTURES / "gob" / "toadocr_snn_weights", out / "toad.gob")
     return [out / "toad.gob"]
@@ -180,6 +215,8 @@ FORMATS: dict[str, Callable[[Path, np.random.Generator], list[Path]]] = {
     "keras": _keras,
     "tf_bundle": _tf_bundle,
     "tf_graph": _tf_graph,
+    "tf_v1": _tf_v1,
+    "hwexport": _hwexport,
     "gob": _gob,
     "oneflow": _oneflow,
 }
