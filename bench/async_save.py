@@ -97,8 +97,15 @@ def run(mode: str, state: dict[str, Any], directory: Path, saves: int, every: in
     return {"rows": rows, "busy": busy_steps, "idle": idle_steps}
 
 
-def first_saves(state: dict[str, Any], directory: Path, repeats: int) -> dict[str, list[float]]:
-    """Stall of the first async save in fresh managers, plain and prepared, and the copy floor."""
+def first_saves(
+    state: dict[str, Any], directory: Path, repeats: int, steps_before: int
+) -> dict[str, list[float]]:
+    """Stall of the first async save in fresh managers, plain and prepared, and the copy floor.
+
+    Each manager sees ``steps_before`` training steps before its first save, as many as the
+    loop puts between saves: a real run trains a while before its first checkpoint, and that
+    is when ``state_template=`` prepares the buffers.
+    """
     import weightvault
     from weightvault.checkpoint.snapshot import SnapshotCache, take_snapshot
 
@@ -110,7 +117,7 @@ def first_saves(state: dict[str, Any], directory: Path, repeats: int) -> dict[st
             with weightvault.CheckpointManager(
                 run_dir, max_to_keep=None, async_save=True, state_template=template
             ) as mgr:
-                for _ in range(3):
+                for _ in range(steps_before):
                     train_step(state)  # training goes on while the buffers are prepared
                 t0 = time.perf_counter()
                 mgr.save(state["step"], state)
@@ -147,18 +154,18 @@ def main() -> None:
         sync = run("sync", state, directory, args.saves, max(args.every, 1))
         results["sync"] = sync
         write_time = statistics.median(r["stall"] for r in sync["rows"])
+        # Enough steps between saves that a background write can finish before the next.
+        every = args.every or max(2, int(1.5 * write_time / step_time) + 1)
         if args.first_only:
-            firsts = first_saves(state, directory, args.first_only)
+            firsts = first_saves(state, directory, args.first_only, every)
         else:
-            # Enough steps between saves that a background write can finish before the next.
-            every = args.every or max(2, int(1.5 * write_time / step_time) + 1)
             results["async"] = run("async", state, directory, args.saves, every)
             results["async-prepared"] = run("async-prepared", state, directory, args.saves, every)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
     if args.first_only:
-        report_first(firsts, results["sync"]["rows"], nbytes, args, step_time)
+        report_first(firsts, results["sync"]["rows"], nbytes, args, step_time, every)
         return
 
     sync_rows, async_rows = results["sync"]["rows"], results["async"]["rows"]
@@ -203,7 +210,12 @@ def main() -> None:
 
 
 def report_first(
-    firsts: dict[str, list[float]], sync_rows: list[dict[str, Any]], nbytes: int, args: Any, step_time: float
+    firsts: dict[str, list[float]],
+    sync_rows: list[dict[str, Any]],
+    nbytes: int,
+    args: Any,
+    step_time: float,
+    steps_before: int,
 ) -> None:
     import torch
 
@@ -212,7 +224,8 @@ def report_first(
     print(f"# First async save (`bench/async_save.py --size {args.size} --first-only {args.first_only}`)\n")
     print(
         f"State: {nbytes / MB:.0f} MiB float32 torch tensors on {args.device}; fsync on; torch "
-        f"{torch.__version__}; one step = {step_time * 1000:.0f} ms. Sync save: median "
+        f"{torch.__version__}; one step = {step_time * 1000:.0f} ms; {steps_before} training steps "
+        f"before each first save (the loop's spacing of saves). Sync save: median "
         f"{sync_median:.3f} s over {len(sync)} saves (best {min(sync):.3f} s).\n"
     )
     print("| first save | best s | median s | all s | median / sync save |")
