@@ -9,12 +9,13 @@ the traceback only with ``-v`` or ``WEIGHTVAULT_DEBUG=1``. Foreign exceptions (a
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from typing import Any
 
 import click
+
+from weightvault.core.lazy import LazyTable
 
 __all__ = ["EXIT_DIFFERS", "EXIT_ERROR", "EXIT_INTERRUPTED", "cli", "main"]
 
@@ -26,21 +27,24 @@ EXIT_DIFFERS = 1
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
-# command name -> "module:attribute"; kept sorted
-COMMANDS = {
-    "convert": "weightvault.cli.convert:convert",
-    "diff": "weightvault.cli.inspect:diff",
-    "export-hw": "weightvault.cli.export_hw:export_hw",
-    "formats": "weightvault.cli.inspect:formats",
-    "import-hw": "weightvault.cli.export_hw:import_hw",
-    "ls": "weightvault.cli.inspect:ls",
-    "restore-report": "weightvault.cli.restore:restore_report",
-    "runs": "weightvault.cli.runs:runs",
-    "show": "weightvault.cli.inspect:show",
-    "stats": "weightvault.cli.inspect:stats",
-    "verify": "weightvault.cli.inspect:verify",
-    "view": "weightvault.cli.view:view",
-}
+# command name -> "module:attribute", imported when the command runs (or --help lists it); sorted
+COMMANDS = LazyTable(
+    {
+        "convert": "weightvault.cli.convert:convert",
+        "diff": "weightvault.cli.inspect:diff",
+        "export-hw": "weightvault.cli.export_hw:export_hw",
+        "formats": "weightvault.cli.inspect:formats",
+        "import-hw": "weightvault.cli.export_hw:import_hw",
+        "ls": "weightvault.cli.inspect:ls",
+        "restore-report": "weightvault.cli.restore:restore_report",
+        "runs": "weightvault.cli.runs:runs",
+        "show": "weightvault.cli.inspect:show",
+        "stats": "weightvault.cli.inspect:stats",
+        "verify": "weightvault.cli.inspect:verify",
+        "view": "weightvault.cli.view:view",
+    },
+    what="command",
+)
 assert list(COMMANDS) == sorted(COMMANDS)
 
 
@@ -105,17 +109,15 @@ class LazyGroup(click.Group):
 
     @staticmethod
     def _load(name: str) -> click.Command | None:
-        target = COMMANDS.get(name)
-        if target is None:
+        if name not in COMMANDS:
             return None
-        module_name, _, attr = target.partition(":")
+        module_name = COMMANDS.target(name).partition(":")[0]
         try:
-            module = importlib.import_module(module_name)
+            cmd: click.Command = COMMANDS[name]
         except ModuleNotFoundError as exc:
             if exc.name == module_name:  # command not built yet
                 return None
             raise
-        cmd: click.Command = getattr(module, attr)
         cmd.context_class = _CommandContext
         return cmd
 

@@ -14,13 +14,16 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from weightvault.abc.format import FormatReader
+from weightvault.core.lazy import LazyTable
 from weightvault.errors import WeightVaultError
-from weightvault.transforms.plan import Plan, Step
 
-__all__ = ["RULES", "AmbiguousLayoutError", "Hints", "build_plan", "load_name_map"]
+if TYPE_CHECKING:  # the plan machinery imports numpy: only a conversion pays for it, not --help
+    from weightvault.abc.format import FormatReader
+    from weightvault.transforms.plan import Plan
+
+__all__ = ["RULES", "RULE_SETS", "AmbiguousLayoutError", "Hints", "build_plan", "load_name_map"]
 
 
 class AmbiguousLayoutError(WeightVaultError, ValueError):
@@ -45,23 +48,22 @@ class Hints:
         return list(self._hints.items())
 
 
-RuleSet = Callable[[FormatReader, Hints, dict[str, Any]], Plan]
+RuleSet = Callable[["FormatReader", Hints, dict[str, Any]], "Plan"]
 
+#: rule set name -> the function that plans it, imported when a conversion asks for it
+RULE_SETS = LazyTable(
+    {
+        "gorgonia-to-torch": "weightvault.rules.identity:gorgonia_to_torch",
+        "keras-to-torch": "weightvault.rules.keras_torch:keras_to_torch",
+        "onnx-to-torch": "weightvault.rules.onnx_torch:onnx_to_torch",
+        "oneflow-to-torch": "weightvault.rules.identity:oneflow_to_torch",
+        "tf1-to-torch": "weightvault.rules.tf1_torch:tf1_to_torch",
+        "torch-to-keras": "weightvault.rules.keras_torch:torch_to_keras",
+    },
+    what="rule set",
+)
 
-def _registry() -> dict[str, RuleSet]:
-    from weightvault.rules import identity, keras_torch, onnx_torch, tf1_torch
-
-    return {
-        "gorgonia-to-torch": identity.gorgonia_to_torch,
-        "keras-to-torch": keras_torch.keras_to_torch,
-        "onnx-to-torch": onnx_torch.onnx_to_torch,
-        "oneflow-to-torch": identity.oneflow_to_torch,
-        "tf1-to-torch": tf1_torch.tf1_to_torch,
-        "torch-to-keras": keras_torch.torch_to_keras,
-    }
-
-
-RULES = ("gorgonia-to-torch", "keras-to-torch", "onnx-to-torch", "oneflow-to-torch", "tf1-to-torch", "torch-to-keras")
+RULES = RULE_SETS.names()
 
 
 def load_name_map(path: str | Path) -> dict[str, str]:
@@ -79,6 +81,8 @@ def load_name_map(path: str | Path) -> dict[str, str]:
 
 
 def _rename(plan: Plan, renames: list[tuple[str, str]], name_map: Mapping[str, str]) -> Plan:
+    from weightvault.transforms.plan import Plan, Step
+
     steps = []
     for step in plan.steps:
         target = name_map.get(step.target, step.target)
@@ -98,13 +102,14 @@ def build_plan(
     options: Mapping[str, Any] | None = None,
 ) -> Plan:
     """The plan that converts ``reader``'s tensors under rule set ``rules`` (None: names only)."""
+    from weightvault.transforms.plan import Plan, Step
+
     if rules is None:
         plan = Plan("rename", [Step(n, (n,)) for n in reader.keys()])
     else:
-        registry = _registry()
-        if rules not in registry:
-            raise WeightVaultError(f"unknown rule set {rules!r}; known: {', '.join(sorted(registry))}")
-        plan = registry[rules](reader, Hints(hints), dict(options or {}))
+        if rules not in RULE_SETS:
+            raise WeightVaultError(RULE_SETS.unknown_message(rules))
+        plan = RULE_SETS[rules](reader, Hints(hints), dict(options or {}))
     plan = _rename(plan, list(rename or []), dict(name_map or {}))
     try:
         plan.check_targets_unique()
