@@ -1,9 +1,13 @@
-"""The format registry: a sorted table of known formats, imported lazily on first use.
+"""The format registry: one row of data per format, the class imported only when it is needed.
 
-Shaped like fsspec's ``known_implementations``: each entry names the class by dotted path and the
-hint to show when its optional dependency is missing. Third-party formats register through the
-``weightvault.formats`` entry-point group or :func:`register_format`. Core code never lists formats
-by hand: detection walks this table in ``DETECTION_ORDER``.
+Shaped like fsspec's ``known_implementations``: each :class:`FormatRow` names the class by dotted
+path and says, as plain data, what the rest of weightvault needs to know before importing it: the
+name, how messages call it, the names people type for it, the file name endings, whether it can be
+written, where it comes in detection, and the hint to show when its optional dependency is missing.
+Adding a format is one row here. Choosing a destination by its name imports only the chosen
+format; opening a file tries the formats its name suggests first and imports the others only when
+their sniff is needed. Third-party formats register through the ``weightvault.formats`` entry-point
+group or :func:`register_format`.
 """
 
 from __future__ import annotations
@@ -11,20 +15,25 @@ from __future__ import annotations
 import glob
 import importlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from weightvault.abc.format import Format
 from weightvault.errors import (
     FormatNotFoundError,
     MissingDependencyError,
     UnsupportedOperationError,
 )
 
+if TYPE_CHECKING:  # abc.format imports numpy; the table itself must not
+    from weightvault.abc.format import Format
+
 __all__ = [
     "ALIASES",
+    "ROWS",
+    "FormatRow",
     "available_formats",
     "check_options",
     "detect_format",
@@ -34,98 +43,182 @@ __all__ = [
     "known_formats",
     "register_format",
     "resolve_name",
+    "row",
 ]
 
-_known: dict[str, dict[str, str]] = {
-    "gguf": {"class": "weightvault.formats.gguf:GGUFFormat", "err": ""},
-    "gob": {"class": "weightvault.formats.gob:GobFormat", "err": ""},
-    "hwexport": {"class": "weightvault.export.reader:HWExportFormat", "err": ""},
-    "keras": {
-        "class": "weightvault.formats.keras_h5:KerasFormat",
-        "err": "Install h5py (pip install 'weightvault[keras]') to read Keras HDF5 files",
-    },
-    "native": {"class": "weightvault.formats.native:NativeFormat", "err": ""},
-    "numpy": {"class": "weightvault.formats.numpy_npz:NumpyFormat", "err": ""},
-    "oneflow": {"class": "weightvault.formats.oneflow:OneFlowFormat", "err": ""},
-    "onnx": {"class": "weightvault.formats.onnx:OnnxFormat", "err": ""},
-    "pytorch": {"class": "weightvault.formats.pytorch:PyTorchFormat", "err": ""},
-    "safetensors": {"class": "weightvault.formats.safetensors:SafetensorsFormat", "err": ""},
-    "tf_bundle": {"class": "weightvault.formats.tf_bundle:TFBundleFormat", "err": ""},
-    "tf_graph": {"class": "weightvault.formats.tf_graph:TFGraphFormat", "err": ""},
-    "tf_v1": {"class": "weightvault.formats.tf_v1:TFV1Format", "err": ""},
-}
-assert list(_known) == sorted(_known), "keep the registry table sorted"
+
+@dataclass(frozen=True)
+class FormatRow:
+    """What the registry knows about a format without importing it."""
+
+    #: registry name (``--format NAME``), also the class's ``name``
+    name: str
+    #: ``"module:Class"``, imported on first use
+    target: str
+    #: how messages name the format ("not an ONNX file")
+    title: str
+    #: detection order: lower sniffs first (a more specific sniff before a looser one)
+    priority: int
+    #: file name endings, most specific first: sniffed first when a file's name ends so, and
+    #: used to pick the writer from a destination's name
+    extensions: tuple[str, ...] = ()
+    #: whether the format's ``write`` is implemented
+    writable: bool = False
+    #: other names people type (``--to torch``)
+    aliases: tuple[str, ...] = ()
+    #: message when importing the class fails for want of an optional dependency
+    missing: str = ""
+
+    def matches(self, filename: str) -> bool:
+        """Whether ``filename`` ends with one of the row's endings (case-insensitive)."""
+        lowered = filename.lower()
+        return any(lowered.endswith(ext) for ext in self.extensions)
+
+
+#: The built-in formats, sorted by name. Priorities: a native file is also a safetensors file; a
+#: run directory's `checkpoint` file may name a V1 checkpoint, so tf_v1 comes before tf_bundle.
+ROWS: tuple[FormatRow, ...] = (
+    FormatRow("gguf", "weightvault.formats.gguf:GGUFFormat", "GGUF", 50, (".gguf",)),
+    FormatRow("gob", "weightvault.formats.gob:GobFormat", "gob", 130, (".gob",), True),
+    FormatRow(
+        "hwexport", "weightvault.export.reader:HWExportFormat", "hardware export", 120
+    ),
+    FormatRow(
+        "keras",
+        "weightvault.formats.keras_h5:KerasFormat",
+        "Keras HDF5",
+        60,
+        (".weights.h5", ".keras", ".h5", ".hdf5"),
+        True,
+        aliases=("h5", "hdf5"),
+        missing="Install h5py (pip install 'weightvault[keras]') to read Keras HDF5 files",
+    ),
+    FormatRow(
+        "native",
+        "weightvault.formats.native:NativeFormat",
+        "weightvault",
+        10,
+        (".safetensors",),
+        True,
+        aliases=("weightvault",),
+    ),
+    FormatRow(
+        "numpy",
+        "weightvault.formats.numpy_npz:NumpyFormat",
+        "NumPy",
+        40,
+        (".npy", ".npz"),
+        True,
+        aliases=("npy", "npz"),
+    ),
+    FormatRow("oneflow", "weightvault.formats.oneflow:OneFlowFormat", "OneFlow", 110, (), True),
+    FormatRow("onnx", "weightvault.formats.onnx:OnnxFormat", "ONNX", 100, (".onnx",), True),
+    FormatRow(
+        "pytorch",
+        "weightvault.formats.pytorch:PyTorchFormat",
+        "PyTorch",
+        30,
+        (".pt", ".pth", ".bin", ".ckpt"),
+        True,
+        aliases=("pt", "pth", "torch"),
+    ),
+    FormatRow(
+        "safetensors",
+        "weightvault.formats.safetensors:SafetensorsFormat",
+        "safetensors",
+        20,
+        (".safetensors",),
+        True,
+        aliases=("hf", "st"),
+    ),
+    FormatRow(
+        "tf_bundle",
+        "weightvault.formats.tf_bundle:TFBundleFormat",
+        "TensorFlow checkpoint",
+        80,
+        (".index",),
+        True,
+        aliases=("tensorflow", "tf"),
+    ),
+    FormatRow(
+        "tf_graph",
+        "weightvault.formats.tf_graph:TFGraphFormat",
+        "TensorFlow GraphDef",
+        90,
+        (".pb", ".meta"),
+        True,
+        aliases=("pb",),
+    ),
+    FormatRow("tf_v1", "weightvault.formats.tf_v1:TFV1Format", "TensorFlow V1 checkpoint", 70),
+)
+assert [r.name for r in ROWS] == sorted(r.name for r in ROWS), "keep the registry rows sorted"
+
+_rows: dict[str, FormatRow] = {r.name: r for r in ROWS}
+ROW_NAMES = frozenset(_rows)
+
+#: Kept for callers of the older table: name -> {"class": "module:Class", "err": hint}.
+_known: dict[str, dict[str, str]] = {r.name: {"class": r.target, "err": r.missing} for r in ROWS}
 
 #: The names people type for a format (``--to torch``, ``--format tf``): alias -> registry name.
 #: Registry names work too, and ``-`` and ``_`` are interchangeable (``tf-bundle``, ``tf-v1``).
-ALIASES: dict[str, str] = {
-    "h5": "keras",
-    "hdf5": "keras",
-    "hf": "safetensors",
-    "npy": "numpy",
-    "npz": "numpy",
-    "pb": "tf_graph",
-    "pt": "pytorch",
-    "pth": "pytorch",
-    "st": "safetensors",
-    "tensorflow": "tf_bundle",
-    "tf": "tf_bundle",
-    "torch": "pytorch",
-    "weightvault": "native",
-}
-assert list(ALIASES) == sorted(ALIASES), "keep the alias table sorted"
-
-#: How messages name a format ("not an ONNX file"); the registry name otherwise.
-_TITLES = {
-    "gguf": "GGUF",
-    "gob": "gob",
-    "hwexport": "hardware export",
-    "keras": "Keras HDF5",
-    "native": "weightvault",
-    "numpy": "NumPy",
-    "oneflow": "OneFlow",
-    "onnx": "ONNX",
-    "pytorch": "PyTorch",
-    "safetensors": "safetensors",
-    "tf_bundle": "TensorFlow checkpoint",
-    "tf_graph": "TensorFlow GraphDef",
-    "tf_v1": "TensorFlow V1 checkpoint",
-}
+ALIASES: dict[str, str] = dict(sorted((a, r.name) for r in ROWS for a in r.aliases))
 
 #: Formats whose sniff is more specific are tried first (a native file is also a safetensors file).
-DETECTION_ORDER = (
-    "native",
-    "safetensors",
-    "pytorch",
-    "numpy",
-    "gguf",
-    "keras",
-    "tf_v1",  # before tf_bundle: a run directory's `checkpoint` file may name a V1 file
-    "tf_bundle",
-    "tf_graph",
-    "onnx",
-    "oneflow",
-    "hwexport",
-    "gob",
-)
+DETECTION_ORDER = tuple(r.name for r in sorted(ROWS, key=lambda r: r.priority))
 
 known_formats = MappingProxyType(_known)
 _loaded: dict[str, type[Format]] = {}
 _entry_points_loaded = False
 
 HEAD_BYTES = 4096
+#: where formats registered at run time (plugins) come in detection: after every built-in one
+_PLUGIN_PRIORITY = 1000
+
+
+def row(name: str) -> FormatRow | None:
+    """The registry row of a registered format (None for a plugin not imported yet)."""
+    return _rows.get(name)
 
 
 def register_format(name: str, cls: type[Format] | str, *, clobber: bool = False) -> None:
-    """Register a format class (or ``"module:Class"`` path) under ``name``."""
+    """Register a format class (or ``"module:Class"`` path) under ``name``.
+
+    A class gives its row its own ``extensions`` and ``can_write``; a path is imported the first
+    time its row is needed (its endings are unknown until then).
+    """
     if name in _known and not clobber:
         raise ValueError(f"format {name!r} is already registered; pass clobber=True to replace it")
+    _loaded.pop(name, None)
+    _rows.pop(name, None)
     if isinstance(cls, str):
         _known[name] = {"class": cls, "err": ""}
-        _loaded.pop(name, None)
     else:
         _known[name] = {"class": f"{cls.__module__}:{cls.__qualname__}", "err": ""}
         _loaded[name] = cls
+        _rows[name] = _row_of_class(name, cls)
+
+
+def _row_of_class(name: str, cls: type[Format]) -> FormatRow:
+    return FormatRow(
+        name,
+        _known[name]["class"],
+        name,
+        _PLUGIN_PRIORITY,
+        tuple(getattr(cls, "extensions", ()) or ()),
+        bool(getattr(cls, "can_write", False)),
+    )
+
+
+def _row_of(name: str) -> FormatRow | None:
+    """The row of ``name``, importing a plugin registered by path to learn it (None if it fails)."""
+    if name in _rows:
+        return _rows[name]
+    try:
+        cls = get_format(name)
+    except (MissingDependencyError, AttributeError):
+        return None
+    _rows[name] = _row_of_class(name, cls)
+    return _rows[name]
 
 
 def _load_entry_points() -> None:
@@ -149,15 +242,13 @@ def resolve_name(name: str, *, writable: bool = False) -> str:
     """
     if name in _known:
         return name
-    _load_entry_points()  # only a name that is no built-in format pays for the plugin scan
-    if name in _known:
-        return name
     key = name.strip().lower()
-    for candidate in (key, key.replace("-", "_")):
-        if candidate in _known:
-            return candidate
-        if candidate in ALIASES and ALIASES[candidate] in _known:
-            return ALIASES[candidate]
+    found = _lookup(key)
+    if found is None:
+        _load_entry_points()  # only a name that is no built-in format pays for the plugin scan
+        found = name if name in _known else _lookup(key)
+    if found is not None:
+        return found
     import difflib
 
     choices = format_choices(writable=writable)
@@ -169,10 +260,19 @@ def resolve_name(name: str, *, writable: bool = False) -> str:
     )
 
 
+def _lookup(key: str) -> str | None:
+    for candidate in (key, key.replace("-", "_")):
+        if candidate in _known:
+            return candidate
+        if candidate in ALIASES and ALIASES[candidate] in _known:
+            return ALIASES[candidate]
+    return None
+
+
 def format_choices(*, writable: bool = False) -> list[str]:
     """Every name ``--format`` (with ``writable``: ``--to``) accepts: registry names and aliases.
 
-    ``writable`` looks at ``can_write``, which imports the format classes (cheap: no framework).
+    Built-in formats answer from their rows; only a plugin's class is imported to ask it.
     """
     _load_entry_points()
     names = sorted(set(_known) | {a for a, n in ALIASES.items() if n in _known})
@@ -183,15 +283,14 @@ def format_choices(*, writable: bool = False) -> list[str]:
 
 
 def _writable(name: str) -> bool:
-    try:
-        return bool(get_format(name).can_write)
-    except (MissingDependencyError, AttributeError, ImportError):
-        return False
+    found = _row_of(name)
+    return bool(found and found.writable)
 
 
 def format_title(name: str) -> str:
     """How messages name a format: ``ONNX``, ``PyTorch``..."""
-    return _TITLES.get(name, name)
+    found = _rows.get(name)
+    return found.title if found else name
 
 
 def check_options(
@@ -238,7 +337,7 @@ def get_format(name: str) -> type[Format]:
 
 
 def available_formats() -> dict[str, type[Format]]:
-    """Every registered format that can be imported here."""
+    """Every registered format that can be imported here (imports them all: for listings)."""
     _load_entry_points()
     found = {}
     for name in _known:
@@ -249,11 +348,26 @@ def available_formats() -> dict[str, type[Format]]:
     return found
 
 
-def _ordered_names() -> Iterator[str]:
-    """Built-in formats in detection order, then plugins (loaded only when reached)."""
-    yield from (n for n in DETECTION_ORDER if n in _known)
+def _ordered_names(first: Iterable[str] = ()) -> Iterator[str]:
+    """Format names in detection order: ``first`` (in their order), then the other built-in
+    formats by priority, then plugins (the entry-point scan only when reached)."""
+    seen = set()
+    for name in (*first, *DETECTION_ORDER):
+        if name in _known and name not in seen:
+            seen.add(name)
+            yield name
+    extra = sorted(n for n in _rows if n not in seen and n not in DETECTION_ORDER)
+    yield from extra
+    seen.update(extra)
     _load_entry_points()
-    yield from sorted(n for n in _known if n not in DETECTION_ORDER)
+    yield from sorted(n for n in _known if n not in seen)
+
+
+def _by_ending(filename: str, *, writable: bool = False) -> list[str]:
+    """Built-in (and already known plugin) formats whose endings ``filename`` has, by priority;
+    no import. The longest matching ending decides among them (``.weights.h5`` over ``.h5``)."""
+    rows = [r for r in _rows.values() if r.matches(filename) and (r.writable or not writable)]
+    return [r.name for r in sorted(rows, key=lambda r: r.priority)]
 
 
 def _read_head(path: Path) -> bytes:
@@ -263,46 +377,53 @@ def _read_head(path: Path) -> bytes:
         return f.read(HEAD_BYTES)
 
 
+def _sniffers(names: Iterable[str]) -> Iterator[type[Format]]:
+    """The classes of ``names`` that import here (each imported only when reached)."""
+    for name in names:
+        try:
+            yield get_format(name)
+        except (MissingDependencyError, AttributeError):
+            continue
+
+
 def detect_format(path: str | os.PathLike[str]) -> type[Format]:
-    """Pick the format of ``path``: magic bytes / layout first, then the file name ending."""
+    """Pick the format of ``path``: magic bytes / layout first, then the file name ending.
+
+    The formats the name's ending suggests sniff first, so opening ``m.safetensors`` imports the
+    safetensors family only; the others follow in priority order when those say no.
+    """
     p = Path(path)
     if not p.exists() and not _tf_prefix_exists(p):
         raise FormatNotFoundError("no such file or directory", path=p)
     head = _read_head(p) if p.exists() else b""
     tried = []
-    for name in _ordered_names():
-        try:
-            fmt = get_format(name)
-        except (MissingDependencyError, AttributeError):
-            continue
-        tried.append(name)
+    for fmt in _sniffers(_ordered_names(first=_by_ending(p.name))):
+        tried.append(fmt.name)
         if fmt.sniff(p, head):
             return fmt
-    for name in _ordered_names():
-        try:
-            fmt = get_format(name)
-        except (MissingDependencyError, AttributeError):
-            continue
-        if any(p.name.lower().endswith(ext) for ext in fmt.extensions):
-            return fmt
+    # Nothing claims the content: the name's ending decides (a truncated file gets its format's
+    # own error rather than "not a weight file").
+    for fmt in _sniffers([*_by_ending(p.name), *_plugin_endings(p.name)]):
+        return fmt
     raise FormatNotFoundError(
-        f"not a weight file weightvault recognises (tried: {', '.join(tried)})",
+        f"not a weight file weightvault recognises (tried: {', '.join(sorted(tried, key=_rank))})",
         path=p,
         hint="pass --format NAME if you know the format; `weightvault formats` lists them",
     )
+
+
+def _rank(name: str) -> tuple[int, str]:
+    found = _rows.get(name)
+    return (found.priority if found else _PLUGIN_PRIORITY, name)
 
 
 def sniff_format(path: str | os.PathLike[str]) -> str | None:
     """The format ``path``'s content claims (magic bytes / layout), never its name; None if none."""
     p = Path(path)
     head = _read_head(p) if p.exists() else b""
-    for name in _ordered_names():
-        try:
-            fmt = get_format(name)
-        except (MissingDependencyError, AttributeError):
-            continue
+    for fmt in _sniffers(_ordered_names()):
         if fmt.sniff(p, head):
-            return name
+            return fmt.name
     return None
 
 
@@ -319,21 +440,21 @@ def _tf_prefix_exists(p: Path) -> bool:
 
 
 def format_for_destination(path: str | os.PathLike[str], to: str | None = None) -> type[Format]:
-    """The writable format for a destination: ``to`` if given, else from the file name ending."""
+    """The writable format for a destination: ``to`` if given, else from the file name ending.
+
+    Only the chosen format is imported: the rows say which formats write which endings.
+    """
     if to:
         fmt = get_format(resolve_name(to, writable=True))
     else:
-        name = os.fspath(path).lower()
-        candidates = [
-            get_format(n)
-            for n in _ordered_names()
-            if n in available_formats() and get_format(n).can_write
-        ]
-        matches = [f for f in candidates if any(name.endswith(e) for e in f.extensions)]
+        name = os.fspath(path)
+        matches = [n for n in _by_ending(name, writable=True) if _importable(n)]
+        if not matches:
+            matches = _plugin_matches(name)
         if not matches:
             # A path with no recognised ending is a native checkpoint (file or sharded directory).
             return get_format("native")
-        fmt = matches[0]
+        fmt = get_format(matches[0])
     if not fmt.can_write:
         raise FormatNotFoundError(
             f"format {fmt.name!r} cannot be written",
@@ -341,3 +462,23 @@ def format_for_destination(path: str | os.PathLike[str], to: str | None = None) 
             hint=f"writable formats: {', '.join(format_choices(writable=True))}",
         )
     return fmt
+
+
+def _importable(name: str) -> bool:
+    try:
+        get_format(name)
+    except (MissingDependencyError, AttributeError):
+        return False
+    return True
+
+
+def _plugin_matches(filename: str) -> list[str]:
+    """Plugins registered by path or entry point whose class writes ``filename``'s ending."""
+    return [n for n in _plugin_endings(filename) if _writable(n)]
+
+
+def _plugin_endings(filename: str) -> list[str]:
+    """Plugins (rows learnt from their classes) whose endings ``filename`` has."""
+    _load_entry_points()
+    found = [_row_of(n) for n in sorted(_known) if n not in ROW_NAMES]
+    return [r.name for r in found if r is not None and r.matches(filename)]
