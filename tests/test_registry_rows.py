@@ -119,3 +119,46 @@ def test_every_format_has_a_docs_page(r) -> None:
     page = DOCS / f"{r.name}.md"
     assert page.is_file(), f"write docs/formats/{r.name}.md"
     assert len(page.read_text(encoding="utf-8").strip().splitlines()) >= 5
+
+
+@pytest.mark.parametrize("r", ROWS, ids=lambda r: r.name)
+def test_endings_and_writability_are_written_once(r) -> None:
+    # the row is the one place: the class inherits them (one edit per new format)
+    fmt = get_format(r.name)
+    assert "extensions" not in vars(fmt) and "can_write" not in vars(fmt)
+
+
+def test_a_subclass_keeps_its_row_and_a_plugin_its_own_values() -> None:
+    from weightvault.abc.format import Format
+    from weightvault.formats.numpy_npz import NumpyFormat
+
+    class Tweaked(NumpyFormat):
+        pass
+
+    class Plugin(Format):
+        name = "numpy"  # same name, but not the registered class: no row values
+        extensions = (".plug",)
+
+        @classmethod
+        def sniff(cls, path, head):  # type: ignore[no-untyped-def]
+            return False
+
+        @classmethod
+        def open(cls, path, **options):  # type: ignore[no-untyped-def]
+            raise NotImplementedError
+
+    assert Tweaked.extensions == (".npy", ".npz") and Tweaked.can_write
+    assert Plugin.extensions == (".plug",) and Plugin.can_write is False
+
+
+@pytest.mark.parametrize("r", ROWS, ids=lambda r: r.name)
+def test_calling_a_format_directly_still_checks_options(r, files: Path) -> None:
+    from weightvault.errors import UnsupportedOperationError
+
+    fmt = get_format(r.name)
+    with pytest.raises(UnsupportedOperationError, match=f"unknown {r.name} read option"):
+        fmt.open(files / "b.safetensors", bogus=1)
+    if r.writable:
+        with pytest.raises(UnsupportedOperationError, match=f"unknown {r.name} write option"):
+            fmt.write(files / "out" / "x", {"w": np.ones(2, np.float32)}, bogus=1)
+        assert not (files / "out").exists()

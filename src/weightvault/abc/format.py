@@ -296,6 +296,28 @@ class LazyTensors(Mapping[str, np.ndarray]):
         return self.reader.byte_span(name)
 
 
+class _FromRow:
+    """A class attribute a built-in format takes from its row in :mod:`weightvault.registry`.
+
+    The row is the one place a format's file name endings and writability are written down (the
+    registry needs them before it imports the class). A class that sets the attribute itself (a
+    third-party format) keeps its own value; a subclass of a built-in format inherits its row's.
+    """
+
+    def __init__(self, field: str, default: Any) -> None:
+        self.field = field
+        self.default = default
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        from weightvault.registry import row
+
+        for klass in owner.__mro__:
+            found = row(getattr(klass, "name", ""))
+            if found is not None and found.target == f"{klass.__module__}:{klass.__qualname__}":
+                return getattr(found, self.field)
+        return self.default
+
+
 class Format(ABC):
     """A weight-file format: detection, opening and (optionally) writing."""
 
@@ -304,9 +326,10 @@ class Format(ABC):
     #: one line for ``weightvault formats``
     description: ClassVar[str] = ""
     #: file name endings used when sniffing fails and to pick a writer from a destination name
-    extensions: ClassVar[tuple[str, ...]] = ()
-    #: whether :meth:`write` is implemented
-    can_write: ClassVar[bool] = False
+    #: (built-in formats: from their registry row)
+    extensions: ClassVar[tuple[str, ...]] = _FromRow("extensions", ())  # type: ignore[assignment]
+    #: whether :meth:`write` is implemented (built-in formats: from their registry row)
+    can_write: ClassVar[bool] = _FromRow("writable", False)  # type: ignore[assignment]
     #: whether :meth:`write` stores string tensors (dtype ``"string"``); ``convert`` refuses to
     #: write them to other formats unless told to skip them
     can_write_strings: ClassVar[bool] = False

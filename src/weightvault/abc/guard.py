@@ -83,9 +83,11 @@ def guard_reader(cls: type) -> None:
 
 
 def guard_format(cls: type) -> None:
-    """Wrap ``open`` of a Format class (a file that breaks the opener gets our error too) and
-    ``sniff`` (a detector that cannot make sense of a file says "not mine": detection goes on)."""
+    """Wrap ``open`` of a Format class (a file that breaks the opener gets our error too),
+    ``write`` (its options checked against the declaration, as ``open``'s are) and ``sniff`` (a
+    detector that cannot make sense of a file says "not mine": detection goes on)."""
     _guard_sniff(cls)
+    _guard_write(cls)
     raw = cls.__dict__.get("open")
     if not isinstance(raw, classmethod) or getattr(raw.__func__, "__wv_guarded__", False):
         return
@@ -93,6 +95,7 @@ def guard_format(cls: type) -> None:
 
     @functools.wraps(func)
     def guarded(klass: type, path: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_options(klass, kwargs, "read", path)
         try:
             return func(klass, path, *args, **kwargs)
         except WeightVaultError:
@@ -104,6 +107,30 @@ def guard_format(cls: type) -> None:
 
     guarded.__wv_guarded__ = True  # type: ignore[attr-defined]
     cls.open = classmethod(guarded)  # type: ignore[attr-defined]
+
+
+def _check_options(klass: type, options: dict[str, Any], kind: str, path: Any) -> None:
+    """Every open and write, however it is reached, refuses options the format does not declare
+    (``weightvault.open`` checks first too; checking twice costs a set difference)."""
+    from weightvault.registry import check_options
+
+    check_options(klass, options, kind, path=path)  # type: ignore[arg-type]
+
+
+def _guard_write(cls: type) -> None:
+    raw = cls.__dict__.get("write")
+    if not isinstance(raw, classmethod) or getattr(raw.__func__, "__wv_guarded__", False):
+        return
+    func = raw.__func__
+
+    @functools.wraps(func)
+    def checked(klass: type, path: Any, tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        options = {k: v for k, v in kwargs.items() if k != "metadata"}
+        _check_options(klass, options, "write", path)
+        return func(klass, path, tensors, *args, **kwargs)
+
+    checked.__wv_guarded__ = True  # type: ignore[attr-defined]
+    cls.write = classmethod(checked)  # type: ignore[attr-defined]
 
 
 def _guard_sniff(cls: type) -> None:

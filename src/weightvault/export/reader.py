@@ -407,8 +407,6 @@ class HWExportFormat(Format):
 
     name = "hwexport"
     description = "hardware export folder (COE/MIF/mem/C/txt/npy + export.json), read-only"
-    extensions = ()
-    can_write = False
     read_options: ClassVar[Mapping[str, str]] = {
         "values": "dequantized (real values, default) or codes (the stored integers)",
     }

@@ -366,8 +366,6 @@ def _dequantize_q4_0(raw: np.ndarray, endian: str) -> np.ndarray:
 class GGUFFormat(Format):
     name = "gguf"
     description = "GGUF (llama.cpp), read-only; Q8_0/Q4_0 dequantized"
-    extensions = (".gguf",)
-    can_write = False
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {}
 

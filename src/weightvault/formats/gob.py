@@ -1128,8 +1128,6 @@ def _check_name(name: str) -> str:
 class GobFormat(Format):
     name = "gob"
     description = "Go encoding/gob stream of gorgonia *tensor.Dense values (+ trailing Go values)"
-    extensions = (".gob",)
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {
         "names": "tensor names in stream order (list, or comma-separated); gob stores none",
         "mask": "a masked Dense: tensor (keep the mask as a tensor), drop, nan or error",

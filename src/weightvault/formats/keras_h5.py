@@ -875,8 +875,6 @@ def _legacy_layer_for(name: str) -> str:
 class KerasFormat(Format):
     name = "keras"
     description = "Keras 3 .weights.h5 / .keras and legacy Keras HDF5 (needs h5py)"
-    extensions = (".weights.h5", ".keras", ".h5", ".hdf5")
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "layout": "keras3 (.weights.h5) or legacy (model.save_weights .h5); default from the name",

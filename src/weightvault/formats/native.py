@@ -623,8 +623,6 @@ class NativeReader(FormatReader):
 class NativeFormat(Format):
     name = "native"
     description = "weightvault checkpoint: safetensors file or sharded directory with a manifest"
-    extensions = (".safetensors",)
-    can_write = True
     can_write_strings = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {

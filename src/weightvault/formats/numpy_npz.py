@@ -400,8 +400,6 @@ def _write_npy_stream(f: BinaryIO, header: bytes, tensors: Mapping[str, np.ndarr
 class NumpyFormat(Format):
     name = "numpy"
     description = "NumPy .npy / .npz (no pickles)"
-    extensions = (".npy", ".npz")
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "container": "npz or npy (default from the name; .npy holds exactly one array)",

@@ -419,8 +419,6 @@ def _pickled_data(entries: list[tuple[str, str]]) -> bytes:
 class OneFlowFormat(Format):
     name = "oneflow"
     description = "OneFlow model directory (pickled_data + tensor_N/, legacy meta/out dirs, C++ snapshot)"
-    extensions = ()
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {
         "shapes": "{name: shape} for a C++ snapshot, which stores no shapes",
         "dtype": "element type of a C++ snapshot's tensors (default float32)",

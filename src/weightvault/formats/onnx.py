@@ -501,8 +501,6 @@ def _plan(tensors: Mapping[str, np.ndarray], path: Any) -> list[TensorSource]:
 class OnnxFormat(Format):
     name = "onnx"
     description = "ONNX model initializers (with external data; --template rewrites a model)"
-    extensions = (".onnx",)
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "external_data": "tensors in NAME.onnx.data (default: above the 2 GiB protobuf limit)",

@@ -1480,8 +1480,6 @@ def _write_records(zw: _ZipWriter, pickle_bytes: bytes, storages: list[_OutStora
 class PyTorchFormat(Format):
     name = "pytorch"
     description = "PyTorch torch.save file (zip or legacy), read with a restricted unpickler"
-    extensions = (".pt", ".pth", ".bin", ".ckpt")
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "structure": "a nested object to save instead of the flat state dict (Python API)",

@@ -196,8 +196,6 @@ def _string_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
 class SafetensorsFormat(Format):
     name = "safetensors"
     description = "safetensors file (Hugging Face)"
-    extensions = (".safetensors",)
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "shard_size": "bytes per shard: a sharded repository with model.safetensors.index.json",

@@ -915,8 +915,6 @@ def _destination_prefix(path: str | os.PathLike[str], prefix_name: str) -> str:
 class TFBundleFormat(Format):
     name = "tf_bundle"
     description = "TensorFlow checkpoint V2 (.index + .data-*, tf.train.Saver / tf.train.Checkpoint)"
-    extensions = (".index",)
-    can_write = True
     can_write_strings = True
     read_options: ClassVar[Mapping[str, str]] = {
         "names": "object (the keys as stored, default) or readable (TF2 object paths as names)",

@@ -517,8 +517,6 @@ def _left_out(tensors: Mapping[str, Any], used: set[str], use_ema: bool) -> dict
 class TFGraphFormat(Format):
     name = "tf_graph"
     description = "TensorFlow frozen GraphDef (.pb, weights in Const nodes) or TF1 MetaGraphDef (.meta)"
-    extensions = (".pb", ".meta")
-    can_write = True
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {
         "template": "the graph to freeze into: an inference graph with variables, or a frozen "

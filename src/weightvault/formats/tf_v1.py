@@ -724,8 +724,6 @@ class TFV1Reader(FormatReader):
 class TFV1Format(Format):
     name = "tf_v1"
     description = "TensorFlow checkpoint V1 (one model.ckpt table file, Saver write_version=V1)"
-    extensions = ()
-    can_write = False
     read_options: ClassVar[Mapping[str, str]] = {
         "check_crc": "accepted for parity with tf_bundle; V1 block CRCs are always checked",
     }
