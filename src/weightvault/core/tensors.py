@@ -9,7 +9,6 @@ writers one tensor at a time so a model on a GPU never needs a second full copy 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +18,6 @@ from weightvault.core.dtypes import dtype_name
 
 __all__ = ["TensorDesc", "describe", "is_tensor", "to_numpy"]
 
-# module prefix of a tensor type -> adapter module with is_tensor_type / describe / tensor_to_numpy
-_ADAPTERS = {
-    "torch": "weightvault.frameworks.torch",
-    "jax": "weightvault.frameworks.jax",
-    "jaxlib": "weightvault.frameworks.jax",
-    "tensorflow": "weightvault.frameworks.tensorflow",
-}
 
 
 @dataclass(frozen=True)
@@ -39,11 +31,13 @@ class TensorDesc:
 
 
 def _adapter_for(obj: Any) -> Any | None:
+    # module prefix of a tensor type -> its adapter (weightvault.frameworks.ADAPTERS, lazy)
+    from weightvault.frameworks import ADAPTERS
+
     root = type(obj).__module__.partition(".")[0]
-    mod = _ADAPTERS.get(root)
-    if mod is None:
+    if root not in ADAPTERS:
         return None
-    adapter = importlib.import_module(mod)
+    adapter = ADAPTERS[root]
     return adapter if adapter.is_tensor_type(type(obj)) else None
 
 

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from weightvault.export.numbers import (
     quantize,
     to_stored,
 )
+
+if TYPE_CHECKING:
+    from weightvault.export.files import MemoryFile
 
 __all__ = [
     "FILE_FORMATS",
@@ -752,59 +755,16 @@ def _write_files(
     options: dict[str, Any],
     sidecar: dict[str, Any],
 ) -> None:
-    from weightvault.export import c_header, coe, mif, readmem, text
+    from weightvault.export import c_header
+    from weightvault.export.files import WRITERS, MemoryFile
 
+    write = WRITERS[fmt_name]
     nf = items[0].quant.fmt
     lanes, lane_order, order = items[0].lanes, items[0].lane_order, items[0].order
     for mem, mem_desc in zip(memories, sidecar["memories"], strict=True):
         members = [it for it in items if it.memory == mem.name]
         comments = _file_comments(source, mem, nf, lanes, lane_order, order)
-        target = tmp / mem.file
-        if fmt_name == "coe":
-            target.write_text(coe.write_coe(mem, radix, comments), encoding="ascii")
-        elif fmt_name == "mif":
-            target.write_text(mif.write_mif(mem, radix, comments), encoding="ascii")
-        elif fmt_name in ("mem", "hex"):
-            target.write_text(readmem.write_readmem(mem, radix, comments), encoding="ascii")
-        elif fmt_name == "c":
-            target.write_text(
-                c_header.write_c_header(
-                    mem,
-                    members,
-                    comments=comments,
-                    align=options["c_align"],
-                    typedefs=options["c_typedefs"],
-                ),
-                encoding="ascii",
-            )
-        elif fmt_name == "npy":
-            np.save(
-                target, _npy_array(mem, members, mem_desc["layout"] == "typed"), allow_pickle=False
-            )
-        else:  # txt: one file per tensor, holding values
-            item = members[0]
-            q = item.quant
-            header = [
-                f"{item.name}  shape {list(item.shape)}  {q.fmt.name}",
-                *comments[2:3],
-                "values = dequantized codes; see export.json",
-            ]
-            values = q.dequantized()
-            body = text.write_text(
-                values,
-                header,
-                precision=options["precision"],
-                linewidth=options["linewidth"],
-                threshold=options["threshold"],
-                edgeitems=options["edgeitems"],
-                sci=options["sci"],
-            )
-            target.write_text(body, encoding="utf-8")
-            back = _text_codes_exact(body, item)
-            item.extra["text_exact"] = back
-            for t in sidecar["tensors"]:
-                if t["name"] == item.name:
-                    t["text_exact"] = back
+        write(MemoryFile(tmp / mem.file, mem, members, mem_desc, radix, comments, options, sidecar))
     if len(memories) == 1 and sidecar["one_memory"]:
         mmap = {"memories": sidecar["memories"]}
         (tmp / MAP_FILES[0]).write_text(json.dumps(mmap, indent=1) + "\n", encoding="utf-8")
@@ -813,6 +773,42 @@ def _write_files(
         )
         (tmp / MAP_FILES[1]).write_text(h, encoding="ascii")
         (tmp / MAP_FILES[2]).write_text(vh, encoding="ascii")
+
+
+def write_npy_file(job: MemoryFile) -> None:
+    """``WRITERS["npy"]``: one memory as a ``.npy`` array (typed when the memory is)."""
+    typed = job.description["layout"] == "typed"
+    np.save(job.target, _npy_array(job.memory, job.members, typed), allow_pickle=False)
+
+
+def write_text_file(job: MemoryFile) -> None:
+    """``WRITERS["txt"]``: one tensor's dequantized values as text; records in export.json
+    whether reading the text back gives the codes exactly."""
+    from weightvault.export import text
+
+    item = job.members[0]
+    q = item.quant
+    header = [
+        f"{item.name}  shape {list(item.shape)}  {q.fmt.name}",
+        *job.comments[2:3],
+        "values = dequantized codes; see export.json",
+    ]
+    options = job.options
+    body = text.write_text(
+        q.dequantized(),
+        header,
+        precision=options["precision"],
+        linewidth=options["linewidth"],
+        threshold=options["threshold"],
+        edgeitems=options["edgeitems"],
+        sci=options["sci"],
+    )
+    job.target.write_text(body, encoding="utf-8")
+    back = _text_codes_exact(body, item)
+    item.extra["text_exact"] = back
+    for t in job.sidecar["tensors"]:
+        if t["name"] == item.name:
+            t["text_exact"] = back
 
 
 def _text_codes_exact(body: str, item: ExportItem) -> bool:

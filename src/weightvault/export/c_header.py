@@ -15,11 +15,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from weightvault.errors import InvalidHeaderError, UnsupportedOperationError
+from weightvault.export.files import MemoryFile, read_text
 from weightvault.export.layout import Memory
 
 if TYPE_CHECKING:
@@ -265,3 +267,21 @@ def _c_number(tok: str) -> Any:
     if re.fullmatch(r"\d+", bare):
         return -int(bare) if neg else int(bare)
     return float(core.rstrip("fF"))
+
+
+def write_file(job: MemoryFile) -> None:
+    """``WRITERS["c"]``: one memory as a C header."""
+    text = write_c_header(
+        job.memory,
+        job.members,
+        comments=job.comments,
+        align=job.options["c_align"],
+        typedefs=job.options["c_typedefs"],
+    )
+    job.target.write_text(text, encoding="ascii")
+
+
+def read_words(path: Path, memory: dict[str, Any], radix: int) -> list[int]:
+    """``WORD_READERS["c"]``: the words of the memory's array in a header export-hw wrote."""
+    tokens = parse_c_array(read_text(path, "ascii"), c_identifier(memory["name"]), path=str(path))
+    return [int(t) for t in tokens]

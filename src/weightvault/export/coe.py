@@ -10,8 +10,11 @@ cores could not parse negative decimals), with a fixed number of digits in radix
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 from weightvault.errors import InvalidHeaderError
+from weightvault.export.files import MemoryFile, read_text
 from weightvault.export.layout import Memory
 
 __all__ = ["parse_coe", "write_coe"]
@@ -81,3 +84,14 @@ def parse_coe(text: str, path: str | None = None) -> tuple[int, list[int]]:
         return radix, [int(t, radix) for t in tokens]
     except ValueError as exc:
         raise InvalidHeaderError(f"COE value not in radix {radix}: {exc}", path=path) from None
+
+
+def write_file(job: MemoryFile) -> None:
+    """``WRITERS["coe"]``: one memory as a ``.coe`` file."""
+    job.target.write_text(write_coe(job.memory, job.radix, job.comments), encoding="ascii")
+
+
+def read_words(path: Path, memory: dict[str, Any], radix: int) -> list[int]:
+    """``WORD_READERS["coe"]``: the words of a ``.coe`` file export-hw wrote."""
+    _, words = parse_coe(read_text(path, "ascii"), path=str(path))
+    return words

@@ -10,9 +10,12 @@ mean signed and would need the lane layout to interpret).
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 from weightvault.errors import InvalidHeaderError
 from weightvault.export.coe import format_word
+from weightvault.export.files import MemoryFile, read_text
 from weightvault.export.layout import Memory
 
 __all__ = ["parse_mif", "write_mif"]
@@ -118,3 +121,17 @@ def _parse_entry(
                 content[start + i] = value
     except ValueError as exc:
         raise InvalidHeaderError(f"bad MIF number in {line!r}: {exc}", path=path) from None
+
+
+def write_file(job: MemoryFile) -> None:
+    """``WRITERS["mif"]``: one memory as a ``.mif`` file."""
+    job.target.write_text(write_mif(job.memory, job.radix, job.comments), encoding="ascii")
+
+
+def read_words(path: Path, memory: dict[str, Any], radix: int) -> list[int]:
+    """``WORD_READERS["mif"]``: the words of a ``.mif`` file, its WIDTH checked against export.json."""
+    header, words = parse_mif(read_text(path, "ascii"), path=str(path))
+    width = int(memory["width"])
+    if int(header["WIDTH"]) != width:
+        raise InvalidHeaderError(f"MIF WIDTH={header['WIDTH']}, sidecar says {width}", path=path)
+    return words

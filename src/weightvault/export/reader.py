@@ -27,10 +27,10 @@ from weightvault.abc.format import Format, FormatReader, TensorInfo
 from weightvault.errors import (
     InvalidHeaderError,
     ShapeMismatchError,
-    TruncatedFileError,
     UnsupportedOperationError,
 )
 from weightvault.export import layout as L
+from weightvault.export.files import WORD_READERS, WRITERS, read_text
 from weightvault.export.numbers import (
     dequantize,
     from_stored,
@@ -51,7 +51,7 @@ _TENSOR_FIELDS: dict[str, type] = {
     "number": dict, "bits": int, "count": int, "lanes": int, "base": int, "words": int,
 }  # fmt: skip
 _MEMORY_FIELDS: dict[str, type] = {"name": str, "file": str, "width": int}
-_FILE_FORMATS = ("coe", "mif", "mem", "hex", "c", "txt", "npy")
+_FILE_FORMATS = WRITERS.names()
 
 
 def _load_sidecar(path: Path) -> dict[str, Any]:
@@ -157,19 +157,12 @@ def _load_npy(p: Path) -> np.ndarray:
         return np.array(reader.get(names[0]))
 
 
-def _read_text(p: Path, encoding: str) -> str:
-    """A memory or text file as text: bytes that are not ``encoding`` are a damaged export."""
-    try:
-        return p.read_bytes().decode(encoding)
-    except OSError as exc:
-        raise TruncatedFileError(
-            f"a file export.json names cannot be read: {exc.strerror or exc}", path=p
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidHeaderError(
-            f"byte {exc.start} is not {encoding.upper()}: not a text file written by export-hw",
-            path=p,
-        ) from None
+_read_text = read_text  # the readers of each kind use it too (weightvault.export.files)
+
+
+def npy_words(p: Path, memory: dict[str, Any], radix: int) -> list[int]:
+    """The words of a ``.npy`` memory file (``WORD_READERS["npy"]``)."""
+    return [int(v) for v in _load_npy(p).ravel()]
 
 
 def codes_from_values(values: np.ndarray, number: dict[str, Any]) -> np.ndarray:
@@ -365,36 +358,9 @@ class HWExportReader(FormatReader):
         kind = self.sidecar.get("file_format")
         radix = int(self.sidecar.get("radix") or 16)
         width = int(mem["width"])
-        words: list[int]
-        if kind == "coe":
-            from weightvault.export.coe import parse_coe
-
-            _, words = parse_coe(_read_text(p, "ascii"), path=str(p))
-        elif kind == "mif":
-            from weightvault.export.mif import parse_mif
-
-            header, words = parse_mif(_read_text(p, "ascii"), path=str(p))
-            if int(header["WIDTH"]) != width:
-                raise InvalidHeaderError(
-                    f"MIF WIDTH={header['WIDTH']}, sidecar says {width}", path=p
-                )
-        elif kind in ("mem", "hex"):
-            from weightvault.export.readmem import parse_readmem
-
-            by_addr = parse_readmem(_read_text(p, "ascii"), radix, path=str(p))
-            depth = max(by_addr) + 1 if by_addr else 0
-            words = [by_addr.get(a, 0) for a in range(depth)]
-        elif kind == "c":
-            from weightvault.export.c_header import c_identifier, parse_c_array
-
-            tokens = parse_c_array(
-                _read_text(p, "ascii"), c_identifier(mem["name"]), path=str(p)
-            )
-            words = [int(t) for t in tokens]
-        elif kind == "npy":
-            words = [int(v) for v in _load_npy(p).ravel()]
-        else:
+        if kind not in WORD_READERS:
             raise InvalidHeaderError(f"unknown export file format {kind!r}", path=self.root)
+        words: list[int] = WORD_READERS[kind](p, mem, radix)
         too_wide = [w for w in words if w < 0 or w >> width]
         if too_wide:
             raise InvalidHeaderError(f"word {too_wide[0]:#x} is wider than {width} bits", path=p)

@@ -9,9 +9,12 @@ a memory, so a reader does not depend on counting lines.
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 from weightvault.errors import InvalidHeaderError
 from weightvault.export.coe import format_word
+from weightvault.export.files import MemoryFile, read_text
 from weightvault.export.layout import Memory
 
 __all__ = ["parse_readmem", "write_readmem"]
@@ -61,3 +64,15 @@ def parse_readmem(text: str, radix: int, path: str | None = None) -> dict[int, i
             raise InvalidHeaderError(f"bad $readmem value {token!r}", path=path) from None
         addr += 1
     return out
+
+
+def write_file(job: MemoryFile) -> None:
+    """``WRITERS["mem"]`` and ``["hex"]``: one memory as a ``$readmemh``/``$readmemb`` file."""
+    job.target.write_text(write_readmem(job.memory, job.radix, job.comments), encoding="ascii")
+
+
+def read_words(path: Path, memory: dict[str, Any], radix: int) -> list[int]:
+    """``WORD_READERS["mem"]`` and ``["hex"]``: the words, addresses not written are zero."""
+    by_addr = parse_readmem(read_text(path, "ascii"), radix, path=str(path))
+    depth = max(by_addr) + 1 if by_addr else 0
+    return [by_addr.get(a, 0) for a in range(depth)]

@@ -1,4 +1,6 @@
-"""``FormatTests``: the conformance suite every writable format runs.
+"""``FormatTests``: the conformance suite every writable format runs; ``ReadFormatTests``: the
+read-side suite of a read-only format (a file the real framework wrote is opened, and keys, info,
+get and byte spans must agree).
 
 Subclass it in ``tests/formats/test_<name>.py``, set ``format_name`` and ``suffix`` (and the
 capability attributes where the format is narrower), and pytest collects the whole suite::
@@ -25,10 +27,10 @@ import pytest
 
 import weightvault
 from weightvault.core.dtypes import DTYPES
-from weightvault.errors import TensorNotFoundError, WeightVaultError
+from weightvault.errors import TensorNotFoundError, UnsupportedOperationError, WeightVaultError
 from weightvault.registry import get_format
 
-__all__ = ["FormatTests", "sample_tensors"]
+__all__ = ["FormatTests", "ReadFormatTests", "sample_tensors"]
 
 
 def sample_tensors(dtypes: tuple[str, ...], seed: int = 0) -> dict[str, np.ndarray]:
@@ -220,6 +222,80 @@ class FormatTests:
         assert doc["format"] == self.format_name
         assert [t["shape"] for t in doc["tensors"]] == [[3, 2]]
         assert doc["total_parameters"] == 6
+
+
+class ReadFormatTests:
+    """The read-side conformance suite of a read-only format.
+
+    Subclass it, set ``format_name`` and implement :meth:`make_file`: write a file with the real
+    framework (or tool) that produces the format and return its path with the values it holds::
+
+        class TestGGUFReadConformance(ReadFormatTests):
+            format_name = "gguf"
+
+            def make_file(self, tmp_path):
+                ...  # gguf.GGUFWriter
+                return path, {"f32": values}
+    """
+
+    #: registry name of the format under test
+    format_name: ClassVar[str] = ""
+    reader_options: ClassVar[dict[str, Any]] = {}
+
+    def make_file(self, tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def test_detected_and_values_read_back(self, tmp_path: Path) -> None:
+        p, expected = self.make_file(tmp_path)
+        with weightvault.open(p, **self.reader_options) as reader:
+            assert reader.format == self.format_name
+            assert set(expected) <= set(reader.keys())
+            for name, arr in expected.items():
+                got = reader.get(name)
+                assert got.shape == np.shape(arr), name
+                assert np.array_equal(got, arr), name
+
+    def test_keys_info_and_get_agree(self, tmp_path: Path) -> None:
+        p, _ = self.make_file(tmp_path)
+        with weightvault.open(p, **self.reader_options) as reader:
+            assert reader.keys() and len(set(reader.keys())) == len(reader.keys())
+            for name in reader.keys():
+                info = reader.info(name)
+                arr = reader.get(name)
+                assert info.name == name and info.shape == arr.shape, name
+                if info.is_string:
+                    assert arr.dtype.kind == "O", name
+                else:
+                    assert DTYPES[info.dtype] == arr.dtype, name
+                    assert info.nbytes == arr.nbytes, name
+
+    def test_byte_spans_hold_what_get_returns(self, tmp_path: Path) -> None:
+        p, _ = self.make_file(tmp_path)
+        with weightvault.open(p, **self.reader_options) as reader:
+            for name in reader.keys():
+                span = reader.byte_span(name)
+                if span is None:
+                    continue
+                arr = np.ascontiguousarray(reader.get(name))
+                assert span.nbytes == arr.nbytes, name
+                stored = os.pread(span.fileno, span.nbytes, span.offset)
+                assert stored == arr.astype(arr.dtype.newbyteorder("<")).tobytes(), name
+
+    def test_unknown_option_is_refused(self, tmp_path: Path) -> None:
+        p, _ = self.make_file(tmp_path)
+        with pytest.raises(UnsupportedOperationError, match=f"unknown {self.format_name} read option"):
+            weightvault.open(p, bogus=1)
+
+    def test_missing_tensor_is_a_clear_error(self, tmp_path: Path) -> None:
+        p, _ = self.make_file(tmp_path)
+        with weightvault.open(p, **self.reader_options) as reader, pytest.raises(TensorNotFoundError):
+            reader.get("no_such_tensor")
+
+    def test_writing_is_refused(self, tmp_path: Path) -> None:
+        fmt = get_format(self.format_name)
+        assert not fmt.can_write
+        with pytest.raises(UnsupportedOperationError):
+            fmt.write(tmp_path / "out", {"w": np.ones(2, np.float32)})
 
 
 def _snapshot(p: Path) -> dict[str, bytes]:
