@@ -80,3 +80,28 @@ def test_cli_commands_are_a_lazy_table() -> None:
     assert isinstance(COMMANDS, LazyTable) and list(COMMANDS) == sorted(COMMANDS)
     assert cli.get_command(None, "nope") is None  # type: ignore[arg-type]
     assert cli.get_command(None, "ls").name == "ls"  # type: ignore[arg-type, union-attr]
+
+
+def test_export_file_kinds_are_lazy_tables() -> None:
+    from weightvault.export.api import FILE_FORMATS
+    from weightvault.export.files import WORD_READERS, WRITERS
+
+    assert set(WRITERS) == set(FILE_FORMATS)  # every kind export_hw accepts has a writer
+    assert set(WORD_READERS) == set(WRITERS) - {"txt"}  # txt holds values, read apart
+    for kind in WRITERS:
+        assert callable(WRITERS[kind]), kind
+    for kind in WORD_READERS:
+        assert callable(WORD_READERS[kind]), kind
+    with pytest.raises(UnknownNameError, match="unknown export file format 'vhd'; known: c, coe, hex"):
+        WRITERS["vhd"]
+
+
+def test_framework_adapters_are_a_lazy_table() -> None:
+    mods = _imported_by("import sys\nfrom weightvault.frameworks import ADAPTERS\nassert 'torch' in ADAPTERS")
+    assert "torch" not in mods and "weightvault.frameworks.torch" not in mods
+    from weightvault.core.tensors import is_tensor
+    from weightvault.frameworks import ADAPTERS
+
+    torch = pytest.importorskip("torch")
+    assert is_tensor(torch.zeros(2)) and ADAPTERS.is_loaded("torch")
+    assert not is_tensor(object())
