@@ -97,7 +97,9 @@ def test_export_file_kinds_are_lazy_tables() -> None:
 
 
 def test_framework_adapters_are_a_lazy_table() -> None:
-    mods = _imported_by("import sys\nfrom weightvault.frameworks import ADAPTERS\nassert 'torch' in ADAPTERS")
+    mods = _imported_by(
+        "import sys\nfrom weightvault.frameworks import ADAPTERS\nassert 'torch' in ADAPTERS"
+    )
     assert "torch" not in mods and "weightvault.frameworks.torch" not in mods
     from weightvault.core.tensors import is_tensor
     from weightvault.frameworks import ADAPTERS

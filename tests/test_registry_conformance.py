@@ -36,7 +36,8 @@ def _suites() -> dict[str, set[str]]:
 @pytest.mark.parametrize("r", ROWS, ids=lambda r: r.name)
 def test_every_registered_format_runs_its_conformance_suite(r) -> None:
     suites = _suites()
-    assert r.name in suites, f"add a {'FormatTests' if r.writable else 'ReadFormatTests'} subclass for {r.name}"
+    suite = "FormatTests" if r.writable else "ReadFormatTests"
+    assert r.name in suites, f"add a {suite} subclass for {r.name}"
     if not r.writable:
         here = {name for name, obj in vars(sys.modules[__name__]).items()
                 if isinstance(obj, type) and issubclass(obj, ReadFormatTests)}

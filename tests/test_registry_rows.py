@@ -35,7 +35,8 @@ def _format_modules(code: str, cwd: Path) -> list[str]:
     )
     # the weightvault under test, wherever the subprocess runs (PYTHONPATH may be relative)
     src = str(Path(weightvault.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=cwd, env=env, check=True, capture_output=True, text=True
     ).stdout.strip().splitlines()[-1]

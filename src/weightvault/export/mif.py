@@ -129,7 +129,7 @@ def write_file(job: MemoryFile) -> None:
 
 
 def read_words(path: Path, memory: dict[str, Any], radix: int) -> list[int]:
-    """``WORD_READERS["mif"]``: the words of a ``.mif`` file, its WIDTH checked against export.json."""
+    """``WORD_READERS["mif"]``: the words of a ``.mif`` file; its WIDTH must be export.json's."""
     header, words = parse_mif(read_text(path, "ascii"), path=str(path))
     width = int(memory["width"])
     if int(header["WIDTH"]) != width:

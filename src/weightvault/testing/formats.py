@@ -283,13 +283,15 @@ class ReadFormatTests:
 
     def test_unknown_option_is_refused(self, tmp_path: Path) -> None:
         p, _ = self.make_file(tmp_path)
-        with pytest.raises(UnsupportedOperationError, match=f"unknown {self.format_name} read option"):
+        refused = f"unknown {self.format_name} read option"
+        with pytest.raises(UnsupportedOperationError, match=refused):
             weightvault.open(p, bogus=1)
 
     def test_missing_tensor_is_a_clear_error(self, tmp_path: Path) -> None:
         p, _ = self.make_file(tmp_path)
-        with weightvault.open(p, **self.reader_options) as reader, pytest.raises(TensorNotFoundError):
-            reader.get("no_such_tensor")
+        with weightvault.open(p, **self.reader_options) as reader:
+            with pytest.raises(TensorNotFoundError):
+                reader.get("no_such_tensor")
 
     def test_writing_is_refused(self, tmp_path: Path) -> None:
         fmt = get_format(self.format_name)
