@@ -29,13 +29,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightvault.abc.guard import guard_format, guard_reader
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
+
+if TYPE_CHECKING:  # numpy is imported where data is touched: `ls` and `--help` never need it
+    import numpy as np
 
 __all__ = ["FRAMEWORKS", "ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
 
@@ -167,6 +168,8 @@ class FormatReader(ABC):
 
     def get_slice(self, name: str, index: Any) -> np.ndarray:
         """``get(name)[index]``; formats that can read partial ranges override this."""
+        import numpy as np
+
         return np.asarray(self.get(name)[index])
 
     def byte_span(self, name: str) -> ByteSpan | None:
@@ -216,6 +219,8 @@ class FormatReader(ABC):
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Every tensor, read into memory (copies, so the file can be closed)."""
+        import numpy as np
+
         return {name: np.array(self.get(name)) for name in self.keys()}
 
     def as_mapping(self) -> LazyTensors:
@@ -273,7 +278,7 @@ def _with_framework(get: Any) -> Any:
     return get_as
 
 
-class LazyTensors(Mapping[str, np.ndarray]):
+class LazyTensors(Mapping[str, "np.ndarray"]):
     """Mapping view of a reader: values are read on access, one at a time."""
 
     def __init__(self, reader: FormatReader, names: list[str] | None = None) -> None:

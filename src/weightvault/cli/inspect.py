@@ -33,7 +33,7 @@ def ls(path: str, tree: bool, fmt: str | None, options: tuple[str, ...], names: 
     (optimizer slots, EMA copies, running statistics and counters are counted apart); then the
     other values it holds (step, epoch, lr, metrics, metadata), which `show PATH NAME` prints."""
     from weightvault.cli.state import state_values
-    from weightvault.inspect import count_by_role, parameter_summary, tensor_role
+    from weightvault.core.roles import count_by_role, parameter_summary, tensor_role
 
     with _open(path, fmt, options, names) as reader:
         infos = reader.infos()

@@ -14,10 +14,12 @@ formats that can hold them (native, TF bundle) write them; the others refuse the
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from weightvault.errors import UnknownDtypeError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DTYPES",
@@ -33,57 +35,74 @@ __all__ = [
 #: canonical dtype name of string tensors (object arrays of ``bytes``)
 STRING = "string"
 
-#: numpy's own dtypes, by canonical name.
-_NUMPY: dict[str, np.dtype] = {
-    "bool": np.dtype(np.bool_),
-    "uint8": np.dtype(np.uint8),
-    "int8": np.dtype(np.int8),
-    "uint16": np.dtype(np.uint16),
-    "int16": np.dtype(np.int16),
-    "uint32": np.dtype(np.uint32),
-    "int32": np.dtype(np.int32),
-    "uint64": np.dtype(np.uint64),
-    "int64": np.dtype(np.int64),
-    "float16": np.dtype(np.float16),
-    "float32": np.dtype(np.float32),
-    "float64": np.dtype(np.float64),
-    "complex64": np.dtype(np.complex64),
-    "complex128": np.dtype(np.complex128),
+#: numpy's own dtypes: canonical name -> bytes per element. The numpy dtype objects are made on
+#: first use, so that commands reading only headers (``ls``, ``--help``) never import numpy.
+_NUMPY_ITEMSIZE = {
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "uint16": 2,
+    "int16": 2,
+    "uint32": 4,
+    "int32": 4,
+    "uint64": 8,
+    "int64": 8,
+    "float16": 2,
+    "float32": 4,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
 }
-#: canonical name -> ml_dtypes attribute. ml_dtypes costs more to import than numpy itself, so it
-#: is imported only when one of these is looked up (or an unknown numpy dtype is named).
+#: canonical name -> (ml_dtypes attribute, bytes per element). ml_dtypes costs more to import
+#: than numpy itself, so it is imported only when one of these is looked up (or an unknown numpy
+#: dtype is named).
 _ML_DTYPES = {
-    "bfloat16": "bfloat16",
-    "float8_e4m3fn": "float8_e4m3fn",
-    "float8_e5m2": "float8_e5m2",
-    "float8_e4m3fnuz": "float8_e4m3fnuz",
-    "float8_e5m2fnuz": "float8_e5m2fnuz",
-    "float8_e8m0fnu": "float8_e8m0fnu",
+    "bfloat16": ("bfloat16", 2),
+    "float8_e4m3fn": ("float8_e4m3fn", 1),
+    "float8_e5m2": ("float8_e5m2", 1),
+    "float8_e4m3fnuz": ("float8_e4m3fnuz", 1),
+    "float8_e5m2fnuz": ("float8_e5m2fnuz", 1),
+    "float8_e8m0fnu": ("float8_e8m0fnu", 1),
 }
-_ORDER = (*list(_NUMPY)[:10], "bfloat16", *list(_NUMPY)[10:], *list(_ML_DTYPES)[1:])
+_NUMPY_NAMES = list(_NUMPY_ITEMSIZE)
+_ORDER = (*_NUMPY_NAMES[:10], "bfloat16", *_NUMPY_NAMES[10:], *list(_ML_DTYPES)[1:])
 
 
-class _Dtypes(Mapping[str, np.dtype]):
-    """The table of :data:`DTYPES`: names known up front, ml_dtypes' values made on first use."""
+class _Dtypes(Mapping[str, "np.dtype"]):
+    """The table of :data:`DTYPES`: names known up front, dtype objects made on first use."""
 
     def __init__(self) -> None:
-        self._table: dict[str, np.dtype] = dict(_NUMPY)
+        self._table: dict[str, np.dtype] = {}
+        #: numpy dtype -> canonical name, filled as the table is
+        self.by_dtype: dict[np.dtype, str] = {}
+
+    def _load_numpy(self) -> None:
+        import numpy as np
+
+        for name in _NUMPY_ITEMSIZE:
+            dt = np.dtype(name)
+            self._table[name] = dt
+            self.by_dtype[dt] = name
 
     def _load_ml_dtypes(self) -> None:
         import ml_dtypes
+        import numpy as np
 
-        for name, attr in _ML_DTYPES.items():
+        for name, (attr, _size) in _ML_DTYPES.items():
             dt = np.dtype(getattr(ml_dtypes, attr))
             self._table[name] = dt
-            _BY_DTYPE[dt] = name
+            self.by_dtype[dt] = name
 
     def __getitem__(self, name: str) -> np.dtype:
-        if name in _ML_DTYPES and name not in self._table:
-            self._load_ml_dtypes()
+        if name not in self._table:
+            if name in _NUMPY_ITEMSIZE:
+                self._load_numpy()
+            elif name in _ML_DTYPES:
+                self._load_ml_dtypes()
         return self._table[name]
 
     def __contains__(self, name: object) -> bool:
-        return name in _NUMPY or name in _ML_DTYPES
+        return name in _NUMPY_ITEMSIZE or name in _ML_DTYPES
 
     def __iter__(self) -> Iterator[str]:
         return iter(_ORDER)
@@ -94,8 +113,6 @@ class _Dtypes(Mapping[str, np.dtype]):
 
 #: Every dtype weightvault can hold, by canonical name. Byte order is always little-endian on disk.
 DTYPES: Mapping[str, np.dtype] = _Dtypes()
-
-_BY_DTYPE: dict[np.dtype, str] = {dt: name for name, dt in _NUMPY.items()}
 
 
 def dtype_from_name(name: str, *, path: str | None = None, tensor: str | None = None) -> np.dtype:
@@ -110,6 +127,8 @@ def dtype_from_name(name: str, *, path: str | None = None, tensor: str | None = 
 
 def is_string_array(value: object) -> bool:
     """A numpy array of byte strings: dtype ``S`` (fixed width) or an object array of ``bytes``."""
+    import numpy as np
+
     if not isinstance(value, np.ndarray):
         return False
     if value.dtype.kind == "S":
@@ -123,6 +142,8 @@ def as_string_array(value: np.ndarray) -> np.ndarray:
     ``S`` arrays drop trailing NULs (numpy's own rule), so store object arrays when they matter."""
     if value.dtype.kind == "O":
         return value
+    import numpy as np
+
     out = np.empty(value.shape, dtype=object)
     out.reshape(-1)[:] = value.reshape(-1).tolist()
     return out
@@ -130,13 +151,18 @@ def as_string_array(value: np.ndarray) -> np.ndarray:
 
 def dtype_name(dtype: np.dtype | type, *, tensor: str | None = None) -> str:
     """Return the canonical name of a numpy dtype (native byte order is normalised first)."""
+    import numpy as np
+
     dt = np.dtype(dtype)
     if dt.byteorder == ">":
         dt = dt.newbyteorder("<")
-    if dt not in _BY_DTYPE and dt.kind == "V":
-        DTYPES["bfloat16"]  # ml_dtypes' types are kind "V": make their names known
+    by_dtype = DTYPES.by_dtype  # type: ignore[attr-defined]
+    if dt not in by_dtype:
+        DTYPES["float32"]  # numpy's names
+        if dt.kind == "V":
+            DTYPES["bfloat16"]  # ml_dtypes' types are kind "V": make their names known
     try:
-        return _BY_DTYPE[dt]
+        return by_dtype[dt]
     except KeyError:
         raise UnknownDtypeError(
             f"dtype {dt} cannot be stored (object, string, structured and datetime arrays are "
@@ -152,5 +178,9 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 def itemsize(name: str) -> int:
-    """Bytes per element of a canonical dtype name."""
-    return dtype_from_name(name).itemsize
+    """Bytes per element of a canonical dtype name (without importing numpy)."""
+    if name in _NUMPY_ITEMSIZE:
+        return _NUMPY_ITEMSIZE[name]
+    if name in _ML_DTYPES:
+        return _ML_DTYPES[name][1]
+    return dtype_from_name(name).itemsize  # raises UnknownDtypeError naming the known ones
