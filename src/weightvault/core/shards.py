@@ -216,7 +216,7 @@ class ShardDirectory:
         f.flush()
         if self.fsync:
             os.fsync(f.fileno())
-        self.nbytes += f.tell()
+        self.nbytes += os.fstat(f.fileno()).st_size
         self.written.append(name)
 
 
