@@ -319,3 +319,33 @@ def test_manager_crash_before_commit_leaves_nothing(tmp_path: Path, monkeypatch:
     assert [n for n in os.listdir(tmp_path) if n.startswith("step-")] == ["step-00000001"]
     assert not any(TMP_MARK in n for n in os.listdir(tmp_path))
     assert manager_module.scan_run(tmp_path)[0].step == 1
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_manager_flattens_and_unties_once_per_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, async_save: bool
+) -> None:
+    from weightvault.checkpoint import snapshot
+
+    calls = {"flatten": 0, "split_ties": 0, "unflatten": 0}
+
+    def counting(module: object, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapper(*args: object, **kwargs: object) -> object:
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    with CheckpointManager(tmp_path, async_save=async_save, fsync=False) as mgr:
+        w = np.ones(4, np.float32)
+        for module in (snapshot, native):
+            for name in ("flatten", "split_ties", "unflatten"):
+                if hasattr(module, name):
+                    counting(module, name)
+        mgr.save(1, {"w": w, "tied": w, "opt": {"m": [np.zeros(2, np.float32)]}})
+        mgr.wait_until_finished()
+        assert calls == {"flatten": 1, "split_ties": 1, "unflatten": 0}
+        with weightvault.open(mgr.path(1)) as r:
+            assert r.aliases == {"tied": "w"}

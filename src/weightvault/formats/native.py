@@ -45,14 +45,6 @@ from weightvault.core.dtypes import (
 )
 from weightvault.core.io import atomic_write
 from weightvault.core.progress import progress_bar
-from weightvault.core.shards import (
-    FlatState,
-    plan_shards,
-    read_index,
-    resolve_shard,
-    shard_directory,
-    split_ties,
-)
 from weightvault.core.safetensors_io import (
     SafetensorsFile,
     TensorDigest,
@@ -61,6 +53,14 @@ from weightvault.core.safetensors_io import (
     check_tensor_names,
     load_json,
     write_safetensors,
+)
+from weightvault.core.shards import (
+    FlatState,
+    plan_shards,
+    read_index,
+    resolve_shard,
+    shard_directory,
+    split_ties,
 )
 from weightvault.core.tensors import describe, to_numpy
 from weightvault.core.tree import check_spec, flatten, name_filter, tensor_names, unflatten

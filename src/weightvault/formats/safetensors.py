@@ -32,7 +32,6 @@ import numpy as np
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.io import atomic_write
 from weightvault.core.progress import progress_bar
-from weightvault.core.shards import plan_shards, read_index, resolve_shard, shard_directory
 from weightvault.core.safetensors_io import (
     ST_CODES,
     ProgressDigest,
@@ -42,6 +41,7 @@ from weightvault.core.safetensors_io import (
     check_tensor_names,
     write_safetensors,
 )
+from weightvault.core.shards import plan_shards, read_index, resolve_shard, shard_directory
 from weightvault.errors import (
     CheckpointNotFoundError,
     InvalidHeaderError,
