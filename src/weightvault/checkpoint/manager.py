@@ -12,8 +12,9 @@ or copied and still works; TF's absolute paths in ``checkpoint`` break that, ten
 
 Commit protocol of one save:
 
-1. the native checkpoint is written under ``step-00000100.wvtmp-<random>/`` (files fsynced,
-   ``COMMITTED`` last), then ``checkpoint.json`` is written into it and fsynced;
+1. the native checkpoint is written under ``step-00000100.wvtmp-<random>/`` by the shard layer
+   (:mod:`weightvault.core.shards`): shards, ``manifest.json``, the index, ``checkpoint.json``,
+   then ``COMMITTED``, each fsynced;
 2. the temporary directory is renamed to ``step-00000100`` (atomic) and the run dir fsynced;
 3. only then does retention run: the policy decides from the committed checkpoints which to keep,
    the run state is rewritten, and the others are renamed to a temporary name and deleted.
@@ -63,8 +64,8 @@ from weightvault.checkpoint.policies import (
     KeepPeriod,
     RetentionPolicy,
 )
-from weightvault.checkpoint.snapshot import SnapshotCache, prepare_snapshot, take_snapshot
-from weightvault.core.io import TMP_MARK, atomic_write, fsync_dir, remove_tree
+from weightvault.checkpoint.snapshot import SnapshotCache, prepare_snapshot, snapshot_flat
+from weightvault.core.io import TMP_MARK, atomic_write, remove_tree
 from weightvault.errors import (
     CheckpointDeletedError,
     CheckpointExistsError,
@@ -296,18 +297,6 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
             raise TypeError(f"metric {key!r} must be a number, str, bool or None, not {type(value).__name__}")
         out[key] = value
     return out
-
-
-def _dir_size(path: Path) -> int:
-    return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
-
-
-def _write_json(path: Path, obj: Any, fsync: bool) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
 
 
 def _now() -> tuple[float, str]:
@@ -626,7 +615,7 @@ class CheckpointManager:
                 self._write(job)
                 return final
             self._join_prepare()
-            job.state = take_snapshot(state, self._cache)
+            job.state = snapshot_flat(state, self._cache)  # flattened and untied once, here
             job.stall = time.perf_counter() - started
             meta[METADATA_KEY]["stall_seconds"] = job.stall
             if self._executor is None:
@@ -705,16 +694,13 @@ class CheckpointManager:
     def _write(self, job: _SaveJob) -> None:
         """Write, commit, then apply retention. Runs in the caller (sync) or the writer thread."""
         final = self.directory / step_dir_name(job.step)
-        tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
         write_started = time.perf_counter()
-        try:
-            save_native(
-                tmp, job.state, metadata=job.metadata, shard_size=self.shard_size,
-                single_file=False, fsync=self.fsync, progress=False,
-            )  # fmt: skip
+
+        def record(size_bytes: int) -> dict[str, bytes]:
+            # Written into the step directory before its COMMITTED marker and its rename.
             job.state = None  # let the snapshot buffers' references go as soon as possible
             now, stamp = _now()
-            record = {
+            rec = {
                 "format": RECORD_FORMAT,
                 "version": 1,
                 "step": job.step,
@@ -725,16 +711,18 @@ class CheckpointManager:
                 "mode": job.mode,
                 "stall_seconds": job.stall if job.stall is not None else time.perf_counter() - job.started,
                 "write_seconds": time.perf_counter() - write_started,
-                "size_bytes": _dir_size(tmp),
+                "size_bytes": size_bytes,
             }
-            _write_json(tmp / RECORD_FILE, record, self.fsync)
-            if self.fsync:
-                fsync_dir(tmp)
-            os.rename(tmp, final)  # the commit: the step appears complete or not at all
-            if self.fsync:
-                fsync_dir(self.directory)
+            return {RECORD_FILE: json.dumps(rec, ensure_ascii=False, indent=1, allow_nan=False).encode()}
+
+        try:
+            # The shard layer builds the directory under a temporary name (which a crash leaves
+            # for _remove_leftovers) and renames it to step-N: the commit.
+            save_native(
+                final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                single_file=False, fsync=self.fsync, progress=False, before_commit=record,
+            )  # fmt: skip
         except OSError as exc:
-            remove_tree(tmp)
             error = CheckpointSaveError(
                 f"saving step {job.step} failed: {exc.strerror or exc}; earlier checkpoints are intact",
                 path=final,
@@ -742,9 +730,8 @@ class CheckpointManager:
             )
             error.errno = exc.errno  # callers may test for ENOSPC/EFBIG like any OSError
             raise error from exc
-        except BaseException:
-            remove_tree(tmp)
-            raise
+        finally:
+            job.state = None
         self._apply_retention()
 
     # -- retention and run state --------------------------------------------------------------------

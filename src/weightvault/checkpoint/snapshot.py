@@ -27,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.core.tensors import describe, to_numpy
+from weightvault.core.shards import FlatState, split_ties
+from weightvault.core.tensors import to_numpy
 from weightvault.core.tree import flatten, unflatten
 
-__all__ = ["SnapshotCache", "prepare_snapshot", "take_snapshot"]
+__all__ = ["SnapshotCache", "prepare_snapshot", "snapshot_flat", "take_snapshot"]
 
 
 class SnapshotCache:
@@ -77,35 +78,24 @@ def _nbytes(buf: Any) -> int:
     return int(buf.numel() * buf.element_size())
 
 
-def _unique_tensors(found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``({name: tensor} copied once each, {tied name: the name it shares storage with})``."""
-    unique: dict[str, Any] = {}
-    tied: dict[str, str] = {}
-    first_by_identity: dict[tuple[Any, ...], str] = {}
-    for name, obj in found.items():
-        identity = describe(obj, name=name).identity
-        if identity is not None and identity in first_by_identity:
-            tied[name] = first_by_identity[identity]
-            continue
-        if identity is not None:
-            first_by_identity[identity] = name
-        unique[name] = obj
-    return unique, tied
-
-
-def take_snapshot(state: Any, cache: SnapshotCache | None = None) -> Any:
-    """A deep copy of ``state`` whose tensors live in host memory owned by the snapshot."""
+def snapshot_flat(state: Any, cache: SnapshotCache | None = None) -> FlatState:
+    """A copy of ``state`` taken apart once: its tree spec, each distinct tensor copied once into
+    host memory owned by the snapshot, and the tied names (what the writer stores as aliases)."""
     spec, found = flatten(state)
-    unique, tied = _unique_tensors(found)
+    unique, aliases = split_ties(found)
     cuda_devices: set[Any] = set()
     copies = {name: _copy(name, obj, cache, cuda_devices) for name, obj in unique.items()}
-    for name, first in tied.items():
-        copies[name] = copies[first]
     if cuda_devices:
         _sync_cuda(cuda_devices)
     if cache is not None:
         cache.prune()
-    return unflatten(spec, copies.__getitem__)
+    return FlatState(spec, copies, aliases)
+
+
+def take_snapshot(state: Any, cache: SnapshotCache | None = None) -> Any:
+    """A deep copy of ``state`` whose tensors live in host memory owned by the snapshot."""
+    flat = snapshot_flat(state, cache)
+    return unflatten(flat.spec, lambda name: flat.tensors[flat.aliases.get(name, name)])
 
 
 def prepare_snapshot(state: Any, cache: SnapshotCache) -> int:
@@ -117,7 +107,7 @@ def prepare_snapshot(state: Any, cache: SnapshotCache) -> int:
     (only shapes and dtypes are read).
     """
     _, found = flatten(state)
-    unique, _ = _unique_tensors(found)
+    unique, _ = split_ties(found)
     prepared = 0
     for name, obj in unique.items():
         made = _new_staging_buffer(name, obj, cache)

@@ -43,7 +43,7 @@ from weightvault.core.dtypes import (
     dtype_from_name,
     is_string_array,
 )
-from weightvault.core.io import atomic_dir, atomic_write, create_file
+from weightvault.core.io import atomic_write
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
     SafetensorsFile,
@@ -54,20 +54,27 @@ from weightvault.core.safetensors_io import (
     load_json,
     write_safetensors,
 )
+from weightvault.core.shards import (
+    FlatState,
+    plan_shards,
+    read_index,
+    resolve_shard,
+    shard_directory,
+    split_ties,
+)
 from weightvault.core.tensors import describe, to_numpy
 from weightvault.core.tree import check_spec, flatten, name_filter, tensor_names, unflatten
 from weightvault.errors import (
     AliasError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
-    HeaderTooLargeError,
     InvalidHeaderError,
     InvalidOffsetError,
     TensorNotFoundError,
     UnknownDtypeError,
     UnsupportedOperationError,
 )
-from weightvault.formats._common import safe_relative, span_of
+from weightvault.formats._common import span_of
 
 __all__ = [
     "COMMIT_MARKER",
@@ -211,40 +218,26 @@ def plan_lazy(
 
 
 def plan_tensors(
-    found: Mapping[str, Any],
+    found: Mapping[str, Any], aliases: Mapping[str, str] | None = None
 ) -> tuple[list[TensorSource], dict[str, dict[str, Any]], dict[str, str]]:
-    """Describe every tensor, storing tied tensors once. Returns sources, manifest rows, aliases."""
+    """Describe every tensor, storing tied tensors once. Returns sources, manifest rows, aliases.
+
+    ``aliases`` given: ``found`` is already free of ties (:func:`~weightvault.core.shards.split_ties`
+    ran, e.g. in the async snapshot) and is not searched again."""
+    if aliases is None:
+        found, aliases = split_ties(found)
     sources: list[TensorSource] = []
     rows: dict[str, dict[str, Any]] = {}
-    aliases: dict[str, str] = {}
-    first_by_identity: dict[tuple[Any, ...], str] = {}
     for name, obj in found.items():
         if is_string_array(obj):
             sources.append(_string_source(name, obj))
             rows[name] = _row_for(STRING, tuple(obj.shape))
             continue
         desc = describe(obj, name=name)
-        if desc.identity is not None:
-            if desc.identity in first_by_identity:
-                aliases[name] = first_by_identity[desc.identity]
-                continue
-            first_by_identity[desc.identity] = name
         fetch = (lambda o: lambda: to_numpy(o))(obj)
         sources.append(_source_for(name, fetch, desc.dtype, desc.shape))
         rows[name] = _row_for(desc.dtype, desc.shape)
-    return sources, rows, aliases
-
-
-def _shard_groups(sources: list[TensorSource], shard_size: int) -> list[list[TensorSource]]:
-    groups: list[list[TensorSource]] = [[]]
-    size = 0
-    for src in sources:
-        if groups[-1] and size + src.nbytes > shard_size:
-            groups.append([])
-            size = 0
-        groups[-1].append(src)
-        size += src.nbytes
-    return groups
+    return sources, rows, dict(aliases)
 
 
 def _new_manifest(
@@ -305,11 +298,16 @@ def save_native(
     extra_manifest: Mapping[str, Any] | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    before_commit: Callable[[int], Mapping[str, bytes]] | None = None,
 ) -> Path:
     """Save ``obj`` (a state dict or any nested training state) as a native checkpoint.
 
     ``single_file`` defaults to True when ``path`` ends in ``.safetensors``. ``include`` and
     ``exclude`` are glob patterns over tensor names (``model/encoder.*``) for a partial save.
+    ``obj`` may be a :class:`~weightvault.core.shards.FlatState` (state already flattened and its
+    ties found, as the checkpoint manager's snapshot has it). ``before_commit`` (directories
+    only) is called with the bytes the checkpoint will have once committed and returns more
+    files ``{name: bytes}`` to write before the ``COMMITTED`` marker (the manager's record).
     """
     path = Path(path)
     _refuse_foreign_extension(path)
@@ -318,6 +316,11 @@ def save_native(
     if _is_lazy(obj):
         spec, sources, rows = plan_lazy(obj)
         aliases: dict[str, str] = {}
+    elif isinstance(obj, FlatState):
+        if include or exclude:
+            raise TypeError("include/exclude filter a state as it is flattened, not a FlatState")
+        spec = obj.spec
+        sources, rows, aliases = plan_tensors(obj.tensors, obj.aliases)
     else:
         spec, found = flatten(obj, keep=name_filter(include, exclude))
         sources, rows, aliases = plan_tensors(found)
@@ -339,7 +342,7 @@ def save_native(
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
         else:
-            _save_directory(path, sources, manifest, shard_size, fsync, hook)
+            _save_directory(path, sources, manifest, shard_size, fsync, hook, before_commit)
     return path
 
 
@@ -350,35 +353,28 @@ def _save_directory(
     shard_size: int,
     fsync: bool,
     hook: Callable[[TensorSource], TensorDigest],
+    before_commit: Callable[[int], Mapping[str, bytes]] | None = None,
 ) -> None:
-    groups = _shard_groups(sources, shard_size)
-    count = len(groups)
-    weight_map: dict[str, str] = {}
-    with atomic_dir(path, fsync=fsync) as tmp:
-        for i, group in enumerate(groups, 1):
-            shard = f"model-{i:05d}-of-{count:05d}.safetensors"
-            with create_file(tmp / shard, durable=fsync) as f:
-                write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
-                f.flush()
-                if fsync:
-                    os.fsync(f.fileno())
-            for src in group:
-                manifest["tensors"][src.name]["file"] = shard
-                weight_map[src.name] = shard
-        _write_json(tmp / MANIFEST_FILE, manifest, fsync)
-        total = sum(s.nbytes for s in sources)
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _write_json(tmp / INDEX_FILE, index, fsync)
-        # The marker goes last: a directory without it is never read as a checkpoint.
-        _write_json(tmp / COMMIT_MARKER, {"files": sorted({*weight_map.values(), MANIFEST_FILE})}, fsync)
+    plan = plan_shards(sources, shard_size)
+    weight_map = plan.tensor_to_filename
+    with shard_directory(path, fsync=fsync) as d:
+        d.write_shards(
+            sources, plan, metadata=lambda shard: {"format": "pt", "weightvault.shard": shard},
+            on_tensor=hook,
+        )  # fmt: skip
+        for name, shard in weight_map.items():  # after the checksum, as the rows always had it
+            manifest["tensors"][name]["file"] = shard
+        d.write_file(MANIFEST_FILE, _json_bytes(manifest))  # checksums filled by the hook
+        index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map}
+        d.write_file(INDEX_FILE, _json_bytes(index))
+        marker = _json_bytes({"files": sorted({*plan.files, MANIFEST_FILE})})
+        for name, data in (before_commit(d.nbytes + len(marker)) if before_commit else {}).items():
+            d.write_file(name, data)
+        d.commit(COMMIT_MARKER, marker)
 
 
-def _write_json(path: Path, obj: Any, fsync: bool) -> None:
-    with open(path, "x", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1, allow_nan=False)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
 
 
 def _check_row(name: str, row: Any, path: str) -> None:
@@ -440,16 +436,7 @@ def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
 
 def _read_manifest_file(root: Path) -> bytes:
     """``manifest.json`` of a directory checkpoint: a regular file inside it, of bounded size."""
-    full = Path(safe_relative(root, MANIFEST_FILE, path=root))
-    try:
-        size = full.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise HeaderTooLargeError(
-                f"{MANIFEST_FILE} is {size} bytes, over the {MAX_MANIFEST_BYTES} cap", path=full
-            )
-        return full.read_bytes()
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(f"no {MANIFEST_FILE}", path=root) from None
+    return read_index(root, MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES)
 
 
 class NativeReader(FormatReader):
@@ -504,10 +491,7 @@ class NativeReader(FormatReader):
             raise InvalidHeaderError(f"shard name {file!r} leaves the checkpoint", path=self.path, tensor=tensor)
         if file not in self._shards:
             # resolves links: a shard that is a symlink to a file outside the directory is refused
-            shard_path = safe_relative(self.root, file, path=self.path, tensor=tensor)
-            if not os.path.isfile(shard_path):
-                raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
-            self._shards[file] = SafetensorsFile(shard_path)
+            self._shards[file] = SafetensorsFile(resolve_shard(self.root, file, path=self.path, tensor=tensor))
         return self._shards[file]
 
     def _entry_checked(self, name: str) -> tuple[SafetensorsFile, str, dict[str, Any]]:

@@ -15,7 +15,7 @@ Two layouts, one format name:
 Writing picks the layout from the destination: a name ending in ``.safetensors`` (without a
 ``shard_size`` option) gives a single file; anything else, or ``shard_size=N`` (bytes of tensor data
 per shard, default 5 GB as in transformers), gives a repository directory built under a temporary
-name with :func:`weightvault.core.io.atomic_dir` and named ``model-0000i-of-0000n.safetensors``.
+name with :mod:`weightvault.core.shards` and named ``model-0000i-of-0000n.safetensors``.
 Each shard's ``__metadata__`` carries the (string-valued) metadata plus ``format: pt``, which
 transformers requires.
 """
@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
-from weightvault.core.io import atomic_dir, atomic_write, create_file
+from weightvault.core.io import atomic_write
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
     ST_CODES,
@@ -41,13 +41,13 @@ from weightvault.core.safetensors_io import (
     check_tensor_names,
     write_safetensors,
 )
+from weightvault.core.shards import plan_shards, read_index, resolve_shard, shard_directory
 from weightvault.errors import (
     CheckpointNotFoundError,
-    HeaderTooLargeError,
     InvalidHeaderError,
     UnsupportedOperationError,
 )
-from weightvault.formats._common import fetch_array, safe_relative, span_of
+from weightvault.formats._common import fetch_array, span_of
 
 __all__ = ["INDEX_FILE", "SafetensorsFormat", "SafetensorsReader", "ShardedSafetensorsReader"]
 
@@ -124,11 +124,13 @@ class ShardedSafetensorsReader(FormatReader):
     def _read_index(self, index_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         import json
 
-        size = index_path.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise HeaderTooLargeError(f"index is {size} bytes, over the {MAX_INDEX_BYTES} cap", path=index_path)
+        # An index named by the caller may itself be a link (the Hugging Face cache links every
+        # file to a blob); one found inside the directory must stay inside it.
+        named = os.fspath(index_path) == self.path
+        homes = (os.path.dirname(os.path.realpath(index_path)),) if named else ()
+        raw = read_index(self.root, index_path.name, max_bytes=MAX_INDEX_BYTES, what="index", link_homes=homes)
         try:
-            doc = json.loads(index_path.read_bytes().decode("utf-8"))
+            doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidHeaderError(f"index is not valid UTF-8 JSON: {exc}", path=index_path) from None
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
@@ -143,10 +145,7 @@ class ShardedSafetensorsReader(FormatReader):
 
     def _open_shard(self, file: str, tensor: str | None) -> SafetensorsFile:
         if file not in self._shards:
-            full = safe_relative(self.root, file, path=self.path, tensor=tensor)
-            if not os.path.isfile(full):
-                raise CheckpointNotFoundError(f"shard {file} is missing", path=self.path, tensor=tensor)
-            self._shards[file] = SafetensorsFile(full)
+            self._shards[file] = SafetensorsFile(resolve_shard(self.root, file, path=self.path, tensor=tensor))
         return self._shards[file]
 
     def keys(self) -> list[str]:
@@ -278,28 +277,11 @@ def _write_repository(
 
     if shard_size <= 0:
         raise UnsupportedOperationError(f"shard_size must be positive, got {shard_size}", path=path)
-    groups: list[list[TensorSource]] = [[]]
-    size = 0
-    for src in sources:  # keep the caller's order; a tensor larger than shard_size gets its own shard
-        if groups[-1] and size + src.nbytes > shard_size:
-            groups.append([])
-            size = 0
-        groups[-1].append(src)
-        size += src.nbytes
+    plan = plan_shards(sources, shard_size)  # keeps the caller's order
     shard_meta = {"format": "pt", **_string_metadata(metadata)}
-    weight_map: dict[str, str] = {}
-    with atomic_dir(path) as tmp:
-        for i, group in enumerate(groups, 1):
-            shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-            with create_file(tmp / shard, durable=True) as f:
-                write_safetensors(f, group, shard_meta, on_tensor=digests)
-                f.flush()
-                os.fsync(f.fileno())
-            weight_map.update({src.name: shard for src in group})
+    with shard_directory(path) as d:
+        d.write_shards(sources, plan, metadata=lambda _file: shard_meta, on_tensor=digests)
         index_meta: dict[str, Any] = {k: v for k, v in (metadata or {}).items() if k != "total_size"}
-        index_meta["total_size"] = sum(src.nbytes for src in sources)
-        index = {"metadata": index_meta, "weight_map": weight_map}
-        with open(tmp / INDEX_FILE, "x", encoding="utf-8") as jf:
-            json.dump(index, jf, indent=2, ensure_ascii=False, default=str)
-            jf.flush()
-            os.fsync(jf.fileno())
+        index_meta["total_size"] = plan.total_bytes
+        index = {"metadata": index_meta, "weight_map": plan.tensor_to_filename}
+        d.write_file(INDEX_FILE, json.dumps(index, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
