@@ -209,7 +209,7 @@ def test_a_registered_consumer_sees_every_step_of_a_writer_process(tmp_path: Pat
 def test_a_dead_or_far_behind_consumer_cannot_fill_the_disk(tmp_path: Path) -> None:
     trainer = _Trainer()
     with CheckpointManager(
-        tmp_path, max_to_keep=1, fsync=False, consumer_timeout=1.0, consumer_max_pending=3
+        tmp_path, max_to_keep=1, fsync=False, consumer_timeout=3.0, consumer_max_pending=3
     ) as mgr:
         mgr.save(1, trainer.train())
         watcher = weightvault.watch(tmp_path, poll=0.01, consumer="eval")
@@ -220,7 +220,7 @@ def test_a_dead_or_far_behind_consumer_cannot_fill_the_disk(tmp_path: Path) -> N
         assert mgr.steps() == [1, 2, 3, 8]
         reasons = {c.step: c.kept_because for c in mgr.checkpoints()}
         assert reasons[2] == ["not yet read by consumer 'eval'"]
-        time.sleep(1.2)  # no sign of life for longer than consumer_timeout: it holds nothing
+        time.sleep(3.2)  # no sign of life for longer than consumer_timeout: it holds nothing
         mgr.save(9, trainer.train())
         assert mgr.steps() == [9]
         # it comes back: the steps it missed were deleted, it goes on with what is there
