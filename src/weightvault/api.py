@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weightvault.abc.format import FormatReader, LazyTensors, VerifyResult
+from weightvault.abc.format import DescribedTensors, FormatReader, LazyTensors, VerifyResult
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.tree import unflatten
 from weightvault.errors import (
@@ -478,7 +478,7 @@ class ConversionReport:
         rows = []
         for step in self.plan.steps:
             src_shapes = [list(self._reader.info(s).shape) for s in step.sources]
-            info = self._tensors.info(step.target) if hasattr(self._tensors, "info") else None
+            info = self._tensors.info(step.target) if isinstance(self._tensors, DescribedTensors) else None
             rows.append(
                 {
                     "target": step.target,

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,7 +37,15 @@ from weightvault.abc.guard import guard_format, guard_reader
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
-__all__ = ["FRAMEWORKS", "ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
+__all__ = [
+    "FRAMEWORKS",
+    "ByteSpan",
+    "DescribedTensors",
+    "Format",
+    "FormatReader",
+    "TensorInfo",
+    "VerifyResult",
+]
 
 #: what ``FormatReader.get(name, framework=...)`` (and ``weightvault.load``) can return
 FRAMEWORKS = ("numpy", "torch")
@@ -94,6 +102,28 @@ class ByteSpan:
     fileno: int
     offset: int
     nbytes: int
+
+
+@runtime_checkable
+class DescribedTensors(Protocol):
+    """Tensors by name that can say what each is before producing it.
+
+    What writers receive from ``convert`` (a reader's :class:`LazyTensors`, a conversion plan's
+    tensors, a reader itself): ``info(name)`` gives dtype and shape without reading data, so a
+    writer lays out its header first and then pulls one tensor at a time; ``byte_span(name)``
+    says where the bytes already lie verbatim in a file (or None), so they can be streamed across.
+    A plain dict of arrays is not one: writers then look at the arrays themselves.
+    """
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def info(self, name: str) -> TensorInfo: ...
+
+    def byte_span(self, name: str) -> ByteSpan | None: ...
 
 
 @dataclass

@@ -26,6 +26,7 @@ import numpy as np
 
 from weightvault.abc.format import FormatReader
 from weightvault.core.io import atomic_dir
+from weightvault.core.memory import MemoryReader
 from weightvault.errors import (
     CheckpointExistsError,
     ShapeMismatchError,
@@ -186,32 +187,11 @@ def _scale_suffix(entry: dict[str, Any]) -> str:
 
 
 # -- source ---------------------------------------------------------------------------------------
-class _MappingSource:
-    def __init__(self, tensors: Mapping[str, Any]) -> None:
-        self.tensors = tensors
-        self.path = "<mapping>"
-
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
-    def get(self, name: str) -> np.ndarray:
-        from weightvault.core.tensors import to_numpy
-
-        return np.asarray(to_numpy(self.tensors[name]))
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        value = self.tensors[name]
-        return tuple(getattr(value, "shape", None) or np.shape(value))
-
-    def close(self) -> None:
-        pass
-
-
 def _open_source(src: Any) -> tuple[Any, bool, str]:
     if isinstance(src, FormatReader):
         return src, False, src.path
     if isinstance(src, Mapping):
-        return _MappingSource(src), False, "<mapping>"
+        return MemoryReader(src, nested=False, path="<mapping>"), False, "<mapping>"
     import weightvault
 
     return weightvault.open(src), True, os.fspath(src)
@@ -341,7 +321,7 @@ def export_hw(
         )
     except WeightVaultError as exc:
         # Shape and split errors know the tensor; the message should name the file too.
-        if exc.path is None and not isinstance(reader, _MappingSource):
+        if exc.path is None and not isinstance(reader, MemoryReader):
             exc.path = source
         raise
     finally:
@@ -545,7 +525,7 @@ def _shape_lookup(reader: Any) -> Any:
             return None
         if name not in cache:
             try:
-                shape = reader.shape(name) if hasattr(reader, "shape") else reader.info(name).shape
+                shape = reader.info(name).shape
                 cache[name] = tuple(int(d) for d in shape)
             except (WeightVaultError, TypeError, ValueError):
                 cache[name] = None
