@@ -25,7 +25,7 @@ import inspect
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -194,6 +194,29 @@ class FormatReader(ABC):
     def structure(self) -> Any:
         """The saved object tree with tensors in place (lazily read), or None for a flat file."""
         return None
+
+    def tree_spec(self) -> dict[str, Any] | None:
+        """The saved object tree as a :mod:`weightvault.core.tree` spec whose leaves name tensors
+        (so a loader reads each stored tensor once, ties included), or None: the format keeps no
+        tree, or rebuilds it in :meth:`structure`."""
+        return None
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Names that are the same stored tensor as another name (tied weights): name -> name."""
+        return {}
+
+    def checked_info(self, name: str) -> TensorInfo | None:
+        """``info(name)`` once checked against the bytes the file holds, so a caller may allocate
+        ``nbytes`` and fill them with :meth:`read_jobs`; None (the default) where the format
+        reads through :meth:`get` only."""
+        return None
+
+    def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
+        """Independent reads that together fill ``out`` (dtype and shape of ``checked_info``),
+        safe to run on a thread pool: ``weightvault.load`` runs them in parallel. The default is
+        one job that copies :meth:`get`; formats backed by plain files override it with preads."""
+        return [lambda: np.copyto(out, self.get(name), casting="equiv")]
 
     def get_slice(self, name: str, index: Any) -> np.ndarray:
         """``get(name)[index]``; formats that can read partial ranges override this."""

@@ -593,6 +593,9 @@ class NativeReader(FormatReader):
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
 
+    def tree_spec(self) -> dict[str, Any]:
+        return self.manifest["tree"]
+
     def structure(self) -> Any:
         return unflatten(self.manifest["tree"], self.get)
 

@@ -81,7 +81,7 @@ class Transpose(Transform):
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         self._check(x.shape)
-        return np.ascontiguousarray(np.transpose(x, self.perm))
+        return _contiguous(np.transpose(x, self.perm))
 
     def resolve_info(self, info: TensorInfo) -> TensorInfo:
         self._check(info.shape)
@@ -181,7 +181,7 @@ class Take(Transform):
     index: int
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.take(x, self.index, axis=self.axis))
+        return _contiguous(np.take(x, self.index, axis=self.axis))
 
     def resolve_info(self, info: TensorInfo) -> TensorInfo:
         axis = _axis(self.axis, info.shape)
@@ -359,6 +359,12 @@ class Full(Combine):
     def resolve_info(self, infos: list[TensorInfo]) -> TensorInfo:
         name = infos[0].name if infos else ""
         return TensorInfo(name, dtype_name(dtype_from_name(self.dtype)), tuple(self.shape))
+
+
+def _contiguous(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (``np.ascontiguousarray`` turns a 0-d result,
+    such as ``take`` from a 1-D tensor, into shape ``(1,)``)."""
+    return np.ascontiguousarray(x) if x.ndim else np.array(x, copy=True)
 
 
 # -- shape arithmetic shared by resolve_info -----------------------------------------------------
