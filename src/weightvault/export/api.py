@@ -42,6 +42,7 @@ from weightvault.export.numbers import (
     quantize,
     to_stored,
 )
+from weightvault.transforms.base import Reshape, Transform, Transpose
 
 __all__ = [
     "FILE_FORMATS",
@@ -89,6 +90,8 @@ class ExportItem:
     split: dict[str, Any] | None = None
     transpose: tuple[int, ...] | None = None
     reshape: tuple[int, ...] | None = None
+    #: split, transpose and reshape as transform steps, in order (``export.json`` "transforms")
+    steps: tuple[Transform, ...] = ()
     ident: str = ""
     memory: str = ""
     file: str = ""
@@ -105,6 +108,7 @@ class ExportItem:
             "split": self.split,
             "transpose": list(self.transpose) if self.transpose else None,
             "reshape": list(self.reshape) if self.reshape else None,
+            "transforms": [t.to_dict() for t in self.steps],
             "shape": list(self.shape),
             "order": self.order,
             "number": self.quant.describe(),
@@ -463,15 +467,17 @@ def _collect(
             raise UnsupportedOperationError(f"dtype {arr.dtype} cannot be exported", tensor=name)
         if spec is not None and spec.preset:
             check_preset_split(name, tuple(arr.shape), spec, shape_of)
-        parts: list[tuple[str, np.ndarray, dict[str, Any] | None]]
+        parts: list[tuple[str, np.ndarray, dict[str, Any] | None, list[Transform]]]
         if spec is None:
-            parts = [(name, arr, None)]
+            parts = [(name, arr, None, [])]
         else:
             parts = [
-                (pname, piece, {**spec.describe(), "part": pname.rsplit(".", 1)[1]})
-                for pname, piece in L.split_tensor(name, arr, spec)
+                (pname, piece, {**spec.describe(), "part": part}, [L.split_part(spec, i)])
+                for i, ((pname, piece), part) in enumerate(
+                    zip(L.split_tensor(name, arr, spec), spec.parts, strict=True)
+                )
             ]
-        for pname, piece, split_info in parts:
+        for pname, piece, split_info, steps in parts:
             if pname in seen:
                 raise UnsupportedOperationError("two exported tensors get this name", tensor=pname)
             seen.add(pname)
@@ -479,8 +485,10 @@ def _collect(
             perm = _first_match(pname, transposes)
             if perm is not None:
                 shaped = L.apply_transpose(pname, shaped, perm)
+                steps.append(Transpose(perm))
             new_shape = _first_match(pname, reshapes)
             if new_shape is not None:
+                steps.append(Reshape(new_shape, tuple(shaped.shape)))
                 shaped = L.apply_reshape(pname, shaped, new_shape)
             axis = _channel_axis(pname, tuple(shaped.shape), per_channel)
             q = quantize(
@@ -509,6 +517,7 @@ def _collect(
                     split=split_info,
                     transpose=perm,
                     reshape=new_shape,
+                    steps=tuple(steps),
                     extra=scales,
                 )
             )
