@@ -100,3 +100,19 @@ def test_default_read_jobs_fill_the_array_from_get() -> None:
     for job in reader.read_jobs("w", out):
         job()
     np.testing.assert_array_equal(out, reader.get("w"))
+
+
+def test_a_flat_mapping_is_read_on_access_only() -> None:
+    reads: list[str] = []
+
+    class Lazy(dict):
+        def __getitem__(self, name: str) -> np.ndarray:
+            reads.append(name)
+            return super().__getitem__(name)
+
+        def items(self):  # noqa: ANN202 - would read everything; the reader must not call it
+            raise AssertionError("items() read every value")
+
+    reader = MemoryReader(Lazy(a=np.zeros(2), b=np.ones(3)), nested=False)
+    assert reader.keys() == ["a", "b"] and reads == []
+    assert reader.get("b").shape == (3,) and reads == ["b"]

@@ -35,22 +35,22 @@ class MemoryReader(FormatReader):
         self, state: Mapping[Any, Any], *, nested: bool = True, path: str = "<memory>"
     ) -> None:
         super().__init__(path)
-        self._flat: dict[str, Any] = {}
+        self._flat: Mapping[Any, Any] = state  # flat: looked up on access (it may be lazy)
         if nested:
-            self._walk(state, "", 0)
-        else:
-            self._flat = {str(k): v for k, v in state.items()}
+            found: dict[str, Any] = {}
+            self._walk(state, "", 0, found)
+            self._flat = found
 
-    def _walk(self, node: Any, prefix: str, depth: int) -> None:
+    def _walk(self, node: Any, prefix: str, depth: int, found: dict[str, Any]) -> None:
         check_depth(depth, path=self.path)
         if isinstance(node, Mapping):
             for k, v in node.items():
-                self._walk(v, f"{prefix}/{k}" if prefix else str(k), depth + 1)
+                self._walk(v, f"{prefix}/{k}" if prefix else str(k), depth + 1, found)
         elif isinstance(node, (list, tuple)):
             for i, v in enumerate(node):
-                self._walk(v, f"{prefix}/{i}" if prefix else str(i), depth + 1)
+                self._walk(v, f"{prefix}/{i}" if prefix else str(i), depth + 1, found)
         elif hasattr(node, "shape") and hasattr(node, "dtype"):
-            self._flat[prefix] = node
+            found[prefix] = node
 
     def keys(self) -> list[str]:
         return list(self._flat)
