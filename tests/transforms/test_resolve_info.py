@@ -203,7 +203,7 @@ def test_resolved_info_is_the_info_of_the_output(name: str, data: st.DataObject)
     infos = [_info(x, f"in{i}") for i, x in enumerate(arrays)]
     try:
         out = _run(transform, arrays)
-    except (ValueError, IndexError, TypeError) as exc:
+    except (ValueError, IndexError, TypeError):
         # What apply refuses, resolve_info refuses too: a plan's dry run fails where the run would.
         with pytest.raises((ValueError, IndexError, TypeError)):
             _resolve(transform, infos)
