@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from weightvault.abc.format import FormatReader, LazyTensors, VerifyResult
+from weightvault.abc.format import DescribedTensors, FormatReader, LazyTensors, VerifyResult
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.tree import unflatten
 from weightvault.errors import (
@@ -24,7 +24,7 @@ from weightvault.errors import (
     UnsupportedObjectError,
     UnsupportedOperationError,
 )
-from weightvault.formats.native import DEFAULT_SHARD_SIZE, NativeReader, save_native
+from weightvault.formats.native import DEFAULT_SHARD_SIZE, save_native
 from weightvault.registry import check_options, detect_format, format_for_destination, get_format
 
 __all__ = ["ConversionReport", "convert", "load", "open", "save", "verify"]
@@ -126,8 +126,32 @@ def _not_this_format(fmt: Any, path: PathLike, exc: Exception) -> Exception:
     )
 
 
-def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
-    """Allocate every tensor, then fill them with parallel preads, then rebuild the tree."""
+def _load_reader(reader: FormatReader, framework: str, device: Any) -> Any:
+    """The saved structure, every tensor copied out of the file (so it can be closed).
+
+    A reader that describes its tree by tensor names (``tree_spec``) gets each stored tensor
+    allocated once (tied names share it) and filled by its ``read_jobs`` on a few threads; a
+    reader that can only rebuild its tree (``structure``) is copied as it comes; any other is a
+    flat ``{name: tensor}`` dict.
+    """
+    spec = reader.tree_spec()
+    if spec is None:
+        tree = reader.structure()
+        if tree is not None:
+            return _materialise(tree, framework, device)
+        spec = _flat_spec(reader.keys())
+    made = _read_tensors(reader, framework, device)
+    aliases = reader.aliases
+    return unflatten(spec, lambda name: made[aliases.get(name, name)])
+
+
+def _flat_spec(names: list[str]) -> dict[str, Any]:
+    return {"t": "dict", "items": [[["s", n], {"t": "tensor", "name": n}] for n in names]}
+
+
+def _read_tensors(reader: FormatReader, framework: str, device: Any) -> dict[str, Any]:
+    """Every stored tensor by name: allocated, then filled with parallel reads where the reader
+    offers them (``checked_info`` + ``read_jobs``), else copied from ``get``."""
     made: dict[str, Any] = {}
     strings: dict[str, np.ndarray] = {}  # no framework has string tensors: they stay numpy
     jobs: list[Any] = []
@@ -136,13 +160,15 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
         from weightvault.frameworks.torch import wants_pinned
 
         pinned = wants_pinned(device)
+    aliases = reader.aliases
     for name in reader.keys():
-        target = reader.aliases.get(name, name)
-        if target in made:
+        target = aliases.get(name, name)
+        if target in made or target in strings:
             continue
-        info = reader.checked_info(target)  # the shard holds these bytes: safe to allocate
-        if info.dtype == STRING:
-            strings[target] = reader.get(target)
+        info = reader.checked_info(target)  # not None: the file holds these bytes, safe to allocate
+        if info is None or info.dtype == STRING:
+            arr = np.array(reader.get(target))
+            (strings if arr.dtype.kind == "O" else made)[target] = arr
             continue
         if pinned:
             from weightvault.frameworks.torch import empty_like_info
@@ -156,16 +182,16 @@ def _load_native(reader: NativeReader, framework: str, device: Any) -> Any:
             made[target] = view
         jobs.extend(reader.read_jobs(target, view))
     _run_parallel(jobs)
-    if framework == "torch" and not pinned:
+    if framework == "torch":
         from weightvault.frameworks.torch import from_numpy
 
-        made = {k: from_numpy(v) for k, v in made.items()}
-    if framework == "torch" and device is not None:
-        from weightvault.frameworks.torch import to_device
+        made = {k: v if not isinstance(v, np.ndarray) else from_numpy(v) for k, v in made.items()}
+        if device is not None:
+            from weightvault.frameworks.torch import to_device
 
-        made = to_device(made, device)
+            made = to_device(made, device)
     made.update(strings)
-    return unflatten(reader.manifest["tree"], lambda name: made[reader.aliases.get(name, name)])
+    return made
 
 
 def _run_parallel(jobs: list[Any]) -> None:
@@ -208,12 +234,7 @@ def load(
             result = reader.verify()
             if result.failures:
                 raise ChecksumMismatchError("; ".join(result.failures[:3]), path=path)
-        if isinstance(reader, NativeReader):
-            return _load_native(reader, framework, device)
-        tree = reader.structure()
-        if tree is None:
-            tree = {name: reader.get(name) for name in reader.keys()}
-        return _materialise(tree, framework, device)
+        return _load_reader(reader, framework, device)
 
 
 def _materialise(tree: Any, framework: str, device: Any) -> Any:
@@ -478,7 +499,7 @@ class ConversionReport:
         rows = []
         for step in self.plan.steps:
             src_shapes = [list(self._reader.info(s).shape) for s in step.sources]
-            info = self._tensors.info(step.target) if hasattr(self._tensors, "info") else None
+            info = self._tensors.info(step.target) if isinstance(self._tensors, DescribedTensors) else None
             rows.append(
                 {
                     "target": step.target,

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from weightvault.abc.format import TensorInfo
+from weightvault.core.memory import MemoryReader
 from weightvault.core.tree import name_filter
 from weightvault.errors import (
     ShapeMismatchError,
@@ -360,46 +362,6 @@ def match_names(
 # -- sources ------------------------------------------------------------------------------------------
 
 
-class _MappingSource:
-    """A reader over an in-memory (possibly nested) state: names joined with ``/``."""
-
-    format = "memory"
-
-    def __init__(self, state: Mapping[Any, Any]) -> None:
-        self._flat: dict[str, Any] = {}
-        self._walk(state, "")
-
-    def _walk(self, node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                self._walk(v, f"{prefix}/{k}" if prefix else str(k))
-        elif isinstance(node, (list, tuple)):
-            for i, v in enumerate(node):
-                self._walk(v, f"{prefix}/{i}" if prefix else str(i))
-        elif hasattr(node, "shape") and hasattr(node, "dtype"):
-            self._flat[prefix] = node
-
-    def keys(self) -> list[str]:
-        return list(self._flat)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in self._flat[name].shape)
-
-    def dtype(self, name: str) -> str:
-        return _dtype_name(self._flat[name])
-
-    def get(self, name: str) -> np.ndarray:
-        value = self._flat[name]
-        if _is_torch(value):
-            from weightvault.frameworks.torch import tensor_to_numpy
-
-            return tensor_to_numpy(value)
-        return np.asarray(value)
-
-    def close(self) -> None:
-        pass
-
-
 class _FileSource:
     def __init__(self, path: PathLike) -> None:
         from weightvault.api import open as open_weights
@@ -410,11 +372,8 @@ class _FileSource:
     def keys(self) -> list[str]:
         return list(self.reader.keys())
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.reader.info(name).shape)
-
-    def dtype(self, name: str) -> str:
-        return str(self.reader.info(name).dtype)
+    def info(self, name: str) -> TensorInfo:
+        return self.reader.info(name)
 
     def get(self, name: str) -> np.ndarray:
         return self.reader.get(name)
@@ -445,11 +404,8 @@ class _RuledSource(_FileSource):
     def keys(self) -> list[str]:
         return list(self.tensors)
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in self.tensors.info(name).shape)
-
-    def dtype(self, name: str) -> str:
-        return str(self.tensors.info(name).dtype)
+    def info(self, name: str) -> TensorInfo:
+        return self.tensors.info(name)
 
     def get(self, name: str) -> np.ndarray:
         return self.tensors[name]
@@ -466,8 +422,16 @@ def _open_source(
             raise TypeError("rules= applies to a file, not an in-memory state")
         return _RuledSource(source, rules, hints, use_ema)
     if isinstance(source, Mapping):
-        return _MappingSource(source)
+        return MemoryReader(source)
     return _FileSource(source)
+
+
+def _shape(source: Any, name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in source.info(name).shape)
+
+
+def _dtype(source: Any, name: str) -> str:
+    return str(source.info(name).dtype)
 
 
 def _optimizer_state(key: str) -> str | None:
@@ -601,11 +565,11 @@ def plan(
         shown = model_name or name
         if keep is not None and not keep(shown):
             report.skipped.append(
-                {"name": shown, "source": key, "reason": "not selected", "shape": source.shape(key)}
+                {"name": shown, "source": key, "reason": "not selected", "shape": _shape(source, key)}
             )
             continue
         if model_name is None:
-            row = {"name": name, "source": key, "shape": source.shape(key)}
+            row = {"name": name, "source": key, "shape": _shape(source, key)}
             optimizer = _optimizer_state(key)
             if optimizer is not None:
                 report.skipped.append({**row, "reason": optimizer})
@@ -619,7 +583,7 @@ def plan(
                 {
                     "name": key,
                     "source": key,
-                    "shape": source.shape(key),
+                    "shape": _shape(source, key),
                     "reason": f"also maps to {model_name!r}, loaded from {matched[model_name]!r}",
                 }
             )
@@ -628,7 +592,7 @@ def plan(
         relative[key] = rel
 
     for key in beside:
-        row = {"name": key, "source": key, "shape": source.shape(key)}
+        row = {"name": key, "source": key, "shape": _shape(source, key)}
         if keep is not None and not keep(key):
             report.skipped.append({**row, "reason": "not selected"})
         else:
@@ -641,7 +605,7 @@ def plan(
                 "name": key,
                 "source": key,
                 "reason": "EMA shadow (--use-ema / use_ema=True loads it)",
-                "shape": source.shape(key),
+                "shape": _shape(source, key),
             }
         )
 
@@ -654,7 +618,7 @@ def plan(
                 report.missing.append(name)
             continue
         spec = target[name]
-        src_shape = source.shape(key)
+        src_shape = _shape(source, key)
         if spec.shape is not None and tuple(spec.shape) != src_shape:
             report.mismatched.append(
                 {
@@ -671,7 +635,7 @@ def plan(
                 "name": name,
                 "source": key,
                 "shape": src_shape,
-                "source_dtype": source.dtype(key),
+                "source_dtype": _dtype(source, key),
                 "dtype": spec.dtype,
             }
         )
@@ -1030,8 +994,8 @@ def read_target_spec(
         if group is not None:
             prefix = groups.get(group, group + "/")
             keys = [k for k in keys if k.startswith(prefix)]
-            return {k[len(prefix) :]: TargetSpec(source.shape(k), source.dtype(k)) for k in keys}
-        return {k: TargetSpec(source.shape(k), source.dtype(k)) for k in keys}
+            return {k[len(prefix) :]: TargetSpec(_shape(source, k), _dtype(source, k)) for k in keys}
+        return {k: TargetSpec(_shape(source, k), _dtype(source, k)) for k in keys}
     finally:
         source.close()
 

@@ -25,11 +25,11 @@ import inspect
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from weightvault.abc.guard import guard_format, guard_reader
 from weightvault.core.dtypes import STRING, dtype_from_name
@@ -38,7 +38,15 @@ from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 if TYPE_CHECKING:  # numpy is imported where data is touched: `ls` and `--help` never need it
     import numpy as np
 
-__all__ = ["FRAMEWORKS", "ByteSpan", "Format", "FormatReader", "TensorInfo", "VerifyResult"]
+__all__ = [
+    "FRAMEWORKS",
+    "ByteSpan",
+    "DescribedTensors",
+    "Format",
+    "FormatReader",
+    "TensorInfo",
+    "VerifyResult",
+]
 
 #: what ``FormatReader.get(name, framework=...)`` (and ``weightvault.load``) can return
 FRAMEWORKS = ("numpy", "torch")
@@ -95,6 +103,28 @@ class ByteSpan:
     fileno: int
     offset: int
     nbytes: int
+
+
+@runtime_checkable
+class DescribedTensors(Protocol):
+    """Tensors by name that can say what each is before producing it.
+
+    What writers receive from ``convert`` (a reader's :class:`LazyTensors`, a conversion plan's
+    tensors, a reader itself): ``info(name)`` gives dtype and shape without reading data, so a
+    writer lays out its header first and then pulls one tensor at a time; ``byte_span(name)``
+    says where the bytes already lie verbatim in a file (or None), so they can be streamed across.
+    A plain dict of arrays is not one: writers then look at the arrays themselves.
+    """
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def info(self, name: str) -> TensorInfo: ...
+
+    def byte_span(self, name: str) -> ByteSpan | None: ...
 
 
 @dataclass
@@ -165,6 +195,31 @@ class FormatReader(ABC):
     def structure(self) -> Any:
         """The saved object tree with tensors in place (lazily read), or None for a flat file."""
         return None
+
+    def tree_spec(self) -> dict[str, Any] | None:
+        """The saved object tree as a :mod:`weightvault.core.tree` spec whose leaves name tensors
+        (so a loader reads each stored tensor once, ties included), or None: the format keeps no
+        tree, or rebuilds it in :meth:`structure`."""
+        return None
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """Names that are the same stored tensor as another name (tied weights): name -> name."""
+        return {}
+
+    def checked_info(self, name: str) -> TensorInfo | None:
+        """``info(name)`` once checked against the bytes the file holds, so a caller may allocate
+        ``nbytes`` and fill them with :meth:`read_jobs`; None (the default) where the format
+        reads through :meth:`get` only."""
+        return None
+
+    def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
+        """Independent reads that together fill ``out`` (dtype and shape of ``checked_info``),
+        safe to run on a thread pool: ``weightvault.load`` runs them in parallel. The default is
+        one job that copies :meth:`get`; formats backed by plain files override it with preads."""
+        import numpy as np
+
+        return [lambda: np.copyto(out, self.get(name), casting="equiv")]
 
     def get_slice(self, name: str, index: Any) -> np.ndarray:
         """``get(name)[index]``; formats that can read partial ranges override this."""

@@ -22,7 +22,18 @@ __all__ = ["guard_format", "guard_reader", "translate"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: FormatReader hooks that touch file data (``close`` is left alone: it must not mask the original)
-READER_HOOKS = ("keys", "info", "get", "get_slice", "structure", "verify", "byte_span", "read_jobs")
+READER_HOOKS = (
+    "keys",
+    "info",
+    "get",
+    "get_slice",
+    "structure",
+    "tree_spec",
+    "checked_info",
+    "verify",
+    "byte_span",
+    "read_jobs",
+)
 READER_PROPERTIES = ("metadata", "skipped")
 
 

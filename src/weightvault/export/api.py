@@ -26,6 +26,7 @@ import numpy as np
 
 from weightvault.abc.format import FormatReader
 from weightvault.core.io import atomic_dir
+from weightvault.core.memory import MemoryReader
 from weightvault.errors import (
     CheckpointExistsError,
     ShapeMismatchError,
@@ -41,6 +42,7 @@ from weightvault.export.numbers import (
     quantize,
     to_stored,
 )
+from weightvault.transforms.base import Reshape, Transform, Transpose
 
 if TYPE_CHECKING:
     from weightvault.export.files import MemoryFile
@@ -91,6 +93,8 @@ class ExportItem:
     split: dict[str, Any] | None = None
     transpose: tuple[int, ...] | None = None
     reshape: tuple[int, ...] | None = None
+    #: split, transpose and reshape as transform steps, in order (``export.json`` "transforms")
+    steps: tuple[Transform, ...] = ()
     ident: str = ""
     memory: str = ""
     file: str = ""
@@ -107,6 +111,7 @@ class ExportItem:
             "split": self.split,
             "transpose": list(self.transpose) if self.transpose else None,
             "reshape": list(self.reshape) if self.reshape else None,
+            "transforms": [t.to_dict() for t in self.steps],
             "shape": list(self.shape),
             "order": self.order,
             "number": self.quant.describe(),
@@ -189,32 +194,11 @@ def _scale_suffix(entry: dict[str, Any]) -> str:
 
 
 # -- source ---------------------------------------------------------------------------------------
-class _MappingSource:
-    def __init__(self, tensors: Mapping[str, Any]) -> None:
-        self.tensors = tensors
-        self.path = "<mapping>"
-
-    def keys(self) -> list[str]:
-        return list(self.tensors)
-
-    def get(self, name: str) -> np.ndarray:
-        from weightvault.core.tensors import to_numpy
-
-        return np.asarray(to_numpy(self.tensors[name]))
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        value = self.tensors[name]
-        return tuple(getattr(value, "shape", None) or np.shape(value))
-
-    def close(self) -> None:
-        pass
-
-
 def _open_source(src: Any) -> tuple[Any, bool, str]:
     if isinstance(src, FormatReader):
         return src, False, src.path
     if isinstance(src, Mapping):
-        return _MappingSource(src), False, "<mapping>"
+        return MemoryReader(src, nested=False, path="<mapping>"), False, "<mapping>"
     import weightvault
 
     return weightvault.open(src), True, os.fspath(src)
@@ -344,7 +328,7 @@ def export_hw(
         )
     except WeightVaultError as exc:
         # Shape and split errors know the tensor; the message should name the file too.
-        if exc.path is None and not isinstance(reader, _MappingSource):
+        if exc.path is None and not isinstance(reader, MemoryReader):
             exc.path = source
         raise
     finally:
@@ -486,15 +470,17 @@ def _collect(
             raise UnsupportedOperationError(f"dtype {arr.dtype} cannot be exported", tensor=name)
         if spec is not None and spec.preset:
             check_preset_split(name, tuple(arr.shape), spec, shape_of)
-        parts: list[tuple[str, np.ndarray, dict[str, Any] | None]]
+        parts: list[tuple[str, np.ndarray, dict[str, Any] | None, list[Transform]]]
         if spec is None:
-            parts = [(name, arr, None)]
+            parts = [(name, arr, None, [])]
         else:
             parts = [
-                (pname, piece, {**spec.describe(), "part": pname.rsplit(".", 1)[1]})
-                for pname, piece in L.split_tensor(name, arr, spec)
+                (pname, piece, {**spec.describe(), "part": part}, [L.split_part(spec, i)])
+                for i, ((pname, piece), part) in enumerate(
+                    zip(L.split_tensor(name, arr, spec), spec.parts, strict=True)
+                )
             ]
-        for pname, piece, split_info in parts:
+        for pname, piece, split_info, steps in parts:
             if pname in seen:
                 raise UnsupportedOperationError("two exported tensors get this name", tensor=pname)
             seen.add(pname)
@@ -502,8 +488,10 @@ def _collect(
             perm = _first_match(pname, transposes)
             if perm is not None:
                 shaped = L.apply_transpose(pname, shaped, perm)
+                steps.append(Transpose(perm))
             new_shape = _first_match(pname, reshapes)
             if new_shape is not None:
+                steps.append(Reshape(new_shape, tuple(shaped.shape)))
                 shaped = L.apply_reshape(pname, shaped, new_shape)
             axis = _channel_axis(pname, tuple(shaped.shape), per_channel)
             q = quantize(
@@ -532,6 +520,7 @@ def _collect(
                     split=split_info,
                     transpose=perm,
                     reshape=new_shape,
+                    steps=tuple(steps),
                     extra=scales,
                 )
             )
@@ -548,7 +537,7 @@ def _shape_lookup(reader: Any) -> Any:
             return None
         if name not in cache:
             try:
-                shape = reader.shape(name) if hasattr(reader, "shape") else reader.info(name).shape
+                shape = reader.info(name).shape
                 cache[name] = tuple(int(d) for d in shape)
             except (WeightVaultError, TypeError, ValueError):
                 cache[name] = None

@@ -14,6 +14,10 @@ Order of operations for each selected tensor (the same order the sidecar records
    and lanes past the end of the tensor are zero.
 
 Words are Python ints (any width); a memory is a list of words plus the segments it holds.
+
+Selection, split, transpose and reshape are :mod:`weightvault.transforms` steps (``Split``,
+``Transpose``, ``Reshape``) and the include/exclude rule of :func:`weightvault.core.tree.name_filter`,
+as in ``convert``; ``export.json`` records each tensor's steps under ``transforms``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from weightvault.core.tree import name_filter
 from weightvault.errors import ShapeMismatchError, UnsupportedOperationError
+from weightvault.transforms.base import Reshape, Split, Transpose
 
 __all__ = [
     "SPLIT_PRESETS",
@@ -40,6 +46,7 @@ __all__ = [
     "parse_perm_spec",
     "parse_split",
     "selected",
+    "split_part",
     "split_tensor",
     "unflatten",
     "unpack",
@@ -49,10 +56,10 @@ SPLIT_PRESETS = {"gru": ("r", "z", "n"), "lstm": ("i", "f", "g", "o")}
 
 
 def selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] | None) -> bool:
-    """A name is exported when it matches some include glob (or there is none) and no exclude."""
-    if include and not any(fnmatch.fnmatchcase(name, pat) for pat in include):
-        return False
-    return not (exclude and any(fnmatch.fnmatchcase(name, pat) for pat in exclude))
+    """A name is exported when it matches some include glob (or there is none) and no exclude:
+    the rule of partial saves and selective restores (:func:`weightvault.core.tree.name_filter`)."""
+    keep = name_filter(include, exclude)
+    return keep is None or keep(name)
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,14 @@ def split_tensor(name: str, arr: np.ndarray, spec: SplitSpec) -> list[tuple[str,
             f"entries, not divisible into {len(spec.parts)} parts",
             tensor=name,
         )
-    pieces = np.split(arr, len(spec.parts), axis=spec.axis)
-    return [(f"{name}.{part}", piece) for part, piece in zip(spec.parts, pieces, strict=True)]
+    return [
+        (f"{name}.{part}", split_part(spec, i).apply(arr)) for i, part in enumerate(spec.parts)
+    ]
+
+
+def split_part(spec: SplitSpec, index: int) -> Split:
+    """The transform that keeps part ``index`` of a ``--split`` (equal parts along the axis)."""
+    return Split(spec.axis, len(spec.parts), index)
 
 
 def parse_perm_spec(text: str, what: str) -> tuple[str, tuple[int, ...]]:
@@ -158,12 +171,12 @@ def apply_transpose(name: str, arr: np.ndarray, perm: tuple[int, ...]) -> np.nda
             f"transpose {perm} is not a permutation of the {arr.ndim} axes of shape {arr.shape}",
             tensor=name,
         )
-    return np.transpose(arr, perm)
+    return Transpose(perm).apply(arr)
 
 
 def apply_reshape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     try:
-        return np.reshape(arr, shape)
+        return Reshape(shape, tuple(arr.shape)).apply(arr)
     except ValueError:
         raise ShapeMismatchError(
             f"cannot reshape {tuple(arr.shape)} ({arr.size} values) to {shape}", tensor=name

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan
+from weightvault.abc.format import ByteSpan, DescribedTensors
 from weightvault.core.dtypes import dtype_name
 from weightvault.errors import InvalidHeaderError
 
@@ -18,9 +18,8 @@ __all__ = ["describe_entry", "fetch_array", "safe_relative", "span_of"]
 
 def describe_entry(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, tuple[int, ...]]:
     """(canonical dtype, shape) of one entry, without reading it when the mapping is lazy."""
-    info = getattr(tensors, "info", None)
-    if info is not None:
-        ti = info(name)
+    if isinstance(tensors, DescribedTensors):
+        ti = tensors.info(name)
         return ti.dtype, tuple(ti.shape)
     arr = np.asarray(tensors[name])
     return dtype_name(arr.dtype, tensor=name), tuple(arr.shape)
@@ -36,8 +35,7 @@ def fetch_array(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
 def span_of(tensors: Mapping[str, Any], name: str) -> ByteSpan | None:
     """Where the entry's bytes lie verbatim in a source file, when the mapping is a reader's view."""
-    byte_span = getattr(tensors, "byte_span", None)
-    return byte_span(name) if byte_span is not None else None
+    return tensors.byte_span(name) if isinstance(tensors, DescribedTensors) else None
 
 
 def safe_relative(

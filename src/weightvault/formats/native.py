@@ -34,7 +34,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.abc.format import (
+    ByteSpan,
+    DescribedTensors,
+    Format,
+    FormatReader,
+    TensorInfo,
+    VerifyResult,
+)
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
 from weightvault.core.dtypes import (
     DTYPES,
@@ -197,7 +204,7 @@ def _row_for(dtype: str, shape: tuple[int, ...]) -> dict[str, Any]:
 
 def _is_lazy(obj: Any) -> bool:
     """A mapping that describes tensors before producing them (a reader's view, a conversion plan)."""
-    return isinstance(obj, Mapping) and not isinstance(obj, dict) and callable(getattr(obj, "info", None))
+    return isinstance(obj, Mapping) and not isinstance(obj, dict) and isinstance(obj, DescribedTensors)
 
 
 def plan_lazy(
@@ -569,6 +576,9 @@ class NativeReader(FormatReader):
     @property
     def aliases(self) -> dict[str, str]:
         return dict(self._aliases)
+
+    def tree_spec(self) -> dict[str, Any]:
+        return self.manifest["tree"]
 
     def structure(self) -> Any:
         return unflatten(self.manifest["tree"], self.get)

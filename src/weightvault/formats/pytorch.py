@@ -52,6 +52,7 @@ import numpy as np
 
 from weightvault.abc.format import (
     ByteSpan,
+    DescribedTensors,
     Format,
     FormatReader,
     LazyTensors,
@@ -1393,7 +1394,7 @@ def _object_to_write(
     """The object the pickle will hold, with tensors still as arrays/torch tensors/_LazyName."""
     from weightvault.core.tree import tensor_names, unflatten
 
-    is_lazy = hasattr(tensors, "info")
+    is_lazy = isinstance(tensors, DescribedTensors)
     if _torch_file_source(tensors) is not None:
         is_lazy = False  # views of an mmapped file: cheap, and they carry the storage sharing
     if structure is not None:

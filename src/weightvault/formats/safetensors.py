@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, DescribedTensors, Format, FormatReader, TensorInfo
 from weightvault.core.io import atomic_write
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import (
@@ -233,7 +233,7 @@ class SafetensorsFormat(Format):
         64 MiB or more)."""
         sources = []
         for name in tensors:
-            info = tensors.info(name) if hasattr(tensors, "info") else None
+            info = tensors.info(name) if isinstance(tensors, DescribedTensors) else None
             if info is not None:
                 dtype, shape = info.dtype, info.shape
             else:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.abc.format import ByteSpan, DescribedTensors, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.crc32c import crc32c, mask, unmask
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write
@@ -976,7 +976,7 @@ class TFBundleFormat(Format):
         names = list(tensors)
         plan: list[tuple[str, str, tuple[int, ...], int]] = []
         for name in names:
-            value = tensors[name] if not hasattr(tensors, "info") else None
+            value = tensors[name] if not isinstance(tensors, DescribedTensors) else None
             if value is not None and _is_string_array(value):
                 plan.append((name, "string", tuple(value.shape), 0))
                 continue

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from weightvault.abc.format import ByteSpan, FormatReader, TensorInfo
-from weightvault.core.dtypes import dtype_name
+from weightvault.core.memory import MemoryReader
 from weightvault.transforms.base import Combine, Transform, transform_from_dict
 
 __all__ = ["Plan", "Step"]
@@ -42,6 +42,19 @@ class Step:
         for t in self.transforms:
             x = t.apply(x)
         return x
+
+    def resolve_info(self, infos: list[TensorInfo]) -> TensorInfo:
+        """dtype and shape of ``run``'s output from its sources' (in ``sources`` order), without
+        data: what each transform's ``resolve_info`` says, step by step."""
+        if self.combine is not None:
+            info = self.combine.resolve_info(infos)
+        elif len(infos) == 1:
+            info = infos[0]
+        else:
+            raise ValueError(f"step for {self.target!r} has {len(infos)} sources and no combiner")
+        for t in self.transforms:
+            info = t.resolve_info(info)
+        return TensorInfo(self.target, info.dtype, tuple(info.shape))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -119,21 +132,22 @@ class Plan:
 
 
 class PlannedTensors(Mapping[str, np.ndarray]):
-    """Target tensors of a plan, computed on access (writers pull one at a time)."""
+    """Target tensors of a plan, computed on access (writers pull one at a time).
+
+    ``info`` reads no data (each transform resolves its output's dtype and shape), so a writer
+    that lays out its header first and then pulls each tensor reads every source once.
+    """
 
     def __init__(self, plan: Plan, source: FormatReader | Mapping[str, np.ndarray]) -> None:
         self.plan = plan
-        self.source = source
+        self.source = (
+            source if isinstance(source, FormatReader) else MemoryReader(source, nested=False)
+        )
         self._steps = {s.target: s for s in plan.steps}
         self._infos: dict[str, TensorInfo] = {}
 
-    def _fetch(self, name: str) -> np.ndarray:
-        if isinstance(self.source, FormatReader):
-            return self.source.get(name)
-        return np.asarray(self.source[name])
-
     def __getitem__(self, name: str) -> np.ndarray:
-        return self._steps[name].run(self._fetch)
+        return self._steps[name].run(self.source.get)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._steps)
@@ -150,18 +164,11 @@ class PlannedTensors(Mapping[str, np.ndarray]):
 
     def info(self, name: str) -> TensorInfo:
         if name not in self._infos:
-            source = self._passthrough(name)
-            if source is not None and hasattr(self.source, "info"):
-                found = self.source.info(source)
-                self._infos[name] = TensorInfo(name, found.dtype, found.shape)
-            else:
-                # Shapes depend on the transforms; computing the tensor once is the simple, exact way.
-                arr = self[name]
-                self._infos[name] = TensorInfo(name, dtype_name(arr.dtype), tuple(arr.shape))
+            step = self._steps[name]
+            self._infos[name] = step.resolve_info([self.source.info(s) for s in step.sources])
         return self._infos[name]
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """A renamed tensor keeps its source's bytes, so writers may stream them across."""
         source = self._passthrough(name)
-        byte_span = getattr(self.source, "byte_span", None)
-        return byte_span(source) if source is not None and byte_span is not None else None
+        return self.source.byte_span(source) if source is not None else None
