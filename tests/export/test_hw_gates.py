@@ -104,8 +104,8 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = keras.Sequential(
         [
             keras.Input((5, 3)),
-            keras.layers.GRU(4, return_sequences=True),  # kernel [3, 12], bias [2, 12]
-            keras.layers.LSTM(3),  # kernel [4, 12]
+            keras.layers.GRU(4, return_sequences=True, name="gru"),  # kernel [3, 12], bias [2, 12]
+            keras.layers.LSTM(3, name="lstm"),  # kernel [4, 12]
         ]
     )
     path = tmp_path_factory.mktemp("keras") / "m.weights.h5"
