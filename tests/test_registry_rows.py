@@ -81,9 +81,8 @@ def files(tmp_path: Path) -> Path:
 
 
 def test_converting_to_npz_imports_only_the_numpy_format(files: Path) -> None:
-    # native is weightvault.api's own format (save/load), imported with the API itself
     mods = _format_modules("weightvault.convert('a.npy', 'x.npz')", files)
-    assert set(mods) == {"native", "numpy_npz"}, mods
+    assert set(mods) == {"numpy_npz"}, mods
     assert np.array_equal(weightvault.load(files / "x.npz")["a"], np.arange(3, dtype=np.float32))
     mods = _format_modules("weightvault.convert('b.safetensors', 'y.npz')", files)
     assert set(mods) == {"native", "safetensors", "numpy_npz"}, mods
@@ -91,7 +90,7 @@ def test_converting_to_npz_imports_only_the_numpy_format(files: Path) -> None:
 
 def test_naming_the_target_imports_only_it(files: Path) -> None:
     mods = _format_modules("weightvault.convert('a.npy', 'out', to='torch')", files)
-    assert set(mods) == {"native", "numpy_npz", "pytorch"}, mods
+    assert set(mods) == {"numpy_npz", "pytorch"}, mods
 
 
 def test_opening_by_extension_imports_only_that_family(files: Path) -> None:
@@ -103,7 +102,7 @@ def test_content_sniffing_falls_back_in_priority_order(files: Path) -> None:
     # the name says GGUF, the bytes say .npy: GGUF sniffs first, then the others by priority
     # until one claims it; formats after it are never imported
     mods = _format_modules("r = weightvault.open('misnamed.gguf'); assert r.format == 'numpy'", files)
-    assert mods == ["native", "gguf", "safetensors", "pytorch", "numpy_npz"], mods
+    assert mods == ["gguf", "native", "safetensors", "pytorch", "numpy_npz"], mods
 
 
 def test_listing_writable_names_imports_no_format(files: Path) -> None:

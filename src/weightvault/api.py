@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from weightvault.abc.format import DescribedTensors, FormatReader, LazyTensors, VerifyResult
 from weightvault.core.dtypes import STRING, dtype_from_name
@@ -24,8 +22,11 @@ from weightvault.errors import (
     UnsupportedObjectError,
     UnsupportedOperationError,
 )
-from weightvault.formats.native import DEFAULT_SHARD_SIZE, save_native
+from weightvault.core.shards import DEFAULT_SHARD_SIZE
 from weightvault.registry import check_options, detect_format, format_for_destination, get_format
+
+if TYPE_CHECKING:  # numpy and the native format load with the first save/load, not with `open`
+    import numpy as np
 
 __all__ = ["ConversionReport", "convert", "load", "open", "save", "verify"]
 
@@ -65,6 +66,8 @@ def save(
         >>> weightvault.load(p)["w"].shape
         (2, 3)
     """
+    from weightvault.formats.native import save_native
+
     return save_native(
         path,
         obj,
@@ -152,6 +155,8 @@ def _flat_spec(names: list[str]) -> dict[str, Any]:
 def _read_tensors(reader: FormatReader, framework: str, device: Any) -> dict[str, Any]:
     """Every stored tensor by name: allocated, then filled with parallel reads where the reader
     offers them (``checked_info`` + ``read_jobs``), else copied from ``get``."""
+    import numpy as np
+
     made: dict[str, Any] = {}
     strings: dict[str, np.ndarray] = {}  # no framework has string tensors: they stay numpy
     jobs: list[Any] = []
@@ -239,6 +244,8 @@ def load(
 
 def _materialise(tree: Any, framework: str, device: Any) -> Any:
     """Copy every array out of the file (so it can be closed) and convert for the framework."""
+    import numpy as np
+
     if isinstance(tree, np.ndarray):
         arr = np.array(tree)
         if framework == "torch" and arr.dtype.kind != "O":  # string tensors stay numpy

@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-import numpy as np
-
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.io import write_span
 from weightvault.core.limits import check_depth
@@ -41,6 +39,8 @@ from weightvault.errors import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from weightvault.abc.format import ByteSpan
 
 __all__ = [
@@ -196,15 +196,45 @@ _IDENTITY = bytes(range(256))
 _NOT_STRUCTURAL = bytes(sorted(set(range(256)) - set(b'"[]{}')))
 
 
+#: structural characters up to which :func:`json_depth` counts in Python (no numpy import)
+_SMALL_JSON = 1 << 16
+
+
 def json_depth(raw: bytes) -> int:
     """Deepest bracket nesting of a JSON text, found without recursion (strings are skipped).
 
-    Vectorised, so a 100 MB header costs milliseconds: escaped backslashes and quotes are
-    removed first, then a quote count tells which brackets lie inside strings.
+    Escaped backslashes and quotes are removed first, then only quotes and brackets are kept; a
+    quote count tells which brackets lie inside strings. Small headers are counted in Python (so
+    ``ls`` needs no numpy), large ones vectorised: a 100 MB header costs milliseconds.
     """
     if b"\\" in raw:
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    chars = np.frombuffer(raw.translate(_IDENTITY, _NOT_STRUCTURAL), np.uint8)
+    structural = raw.translate(_IDENTITY, _NOT_STRUCTURAL)
+    if len(structural) <= _SMALL_JSON:
+        return _json_depth_small(structural)
+    return _json_depth_vectorised(structural)
+
+
+def _json_depth_small(structural: bytes) -> int:
+    depth = deepest = 0
+    in_string = False
+    for char in structural:
+        if char == 0x22:  # '"'
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif char in (0x5B, 0x7B):  # '[' '{'
+            depth += 1
+            deepest = max(deepest, depth)
+        else:  # ']' '}'
+            depth -= 1
+    return deepest
+
+
+def _json_depth_vectorised(structural: bytes) -> int:
+    import numpy as np
+
+    chars = np.frombuffer(structural, np.uint8)
     outside = (np.cumsum(chars == ord('"')) & 1) == 0
     opens = outside & ((chars == ord("[")) | (chars == ord("{")))
     closes = outside & ((chars == ord("]")) | (chars == ord("}")))
@@ -334,6 +364,8 @@ class SafetensorsFile:
             )
 
     def view(self, name: str) -> np.ndarray:
+        import numpy as np
+
         e = self.entries[name]
         dt = dtype_from_name(e.dtype)
         if e.end == e.start:
@@ -361,6 +393,8 @@ class SafetensorsFile:
         ``pread`` keeps no shared file position, so the jobs are safe to run on threads, and it
         releases the GIL while the kernel copies, so two threads really do copy at once.
         """
+        import numpy as np
+
         e = self.entries[name]
         buf = memoryview(out.reshape(-1).view(np.uint8))
         fd = self._file.fileno()
@@ -427,6 +461,8 @@ def _header_bytes(meta: dict[str, str], entries: dict[str, Any], pad_to: int | N
 
 
 def _checked_bytes(src: TensorSource) -> memoryview:
+    import numpy as np
+
     arr = src.fetch()
     if arr.nbytes != src.nbytes or tuple(arr.shape) != src.shape:
         raise ValueError(

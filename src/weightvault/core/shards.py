@@ -55,6 +55,7 @@ from weightvault.core.tensors import describe
 from weightvault.errors import CheckpointNotFoundError, HeaderTooLargeError
 
 __all__ = [
+    "DEFAULT_SHARD_SIZE",
     "SHARD_NAME",
     "FlatState",
     "ShardDirectory",
@@ -65,6 +66,9 @@ __all__ = [
     "shard_directory",
     "split_ties",
 ]
+
+#: the largest shard of a native directory (``save``'s and the manager's ``shard_size``)
+DEFAULT_SHARD_SIZE = 2 * 1024**3
 
 #: shard file names, as transformers and huggingface_hub write them
 SHARD_NAME = "model-{index:05d}-of-{count:05d}.safetensors"

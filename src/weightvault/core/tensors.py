@@ -9,12 +9,14 @@ writers one tensor at a time so a model on a GPU never needs a second full copy 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from weightvault.core.dtypes import dtype_name
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["TensorDesc", "describe", "is_tensor", "to_numpy"]
 
@@ -43,12 +45,17 @@ def _adapter_for(obj: Any) -> Any | None:
 
 def is_tensor(obj: Any) -> bool:
     """True for numpy arrays and for tensors of any framework we have an adapter for."""
-    if isinstance(obj, np.ndarray):
+    # Without numpy imported nothing can be an ndarray: answering without importing it keeps
+    # header-only commands (``ls``) free of numpy's start-up cost.
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, numpy.ndarray):
         return True
     return _adapter_for(obj) is not None
 
 
 def describe(obj: Any, *, name: str | None = None) -> TensorDesc:
+    import numpy as np
+
     if isinstance(obj, np.ndarray):
         identity = None
         if obj.size:  # empty arrays share dummy pointers: never treat them as tied
@@ -64,6 +71,8 @@ def describe(obj: Any, *, name: str | None = None) -> TensorDesc:
 
 def to_numpy(obj: Any) -> np.ndarray:
     """Contiguous little-endian host array with the exact dtype (a view where possible)."""
+    import numpy as np
+
     if isinstance(obj, np.ndarray):
         arr = obj
         if arr.dtype.byteorder == ">":

@@ -23,8 +23,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from weightvault.core.limits import MAX_NESTING, check_depth
 from weightvault.core.tensors import is_tensor
 from weightvault.errors import InvalidHeaderError, UnsupportedObjectError
@@ -245,6 +243,8 @@ def flatten(
             n += 1
         return candidate
 
+    import numpy as np  # here, not at import: reading headers (``ls``) needs no numpy
+
     def walk(node: Any, path: str) -> Any:
         if keep is not None and (is_leaf(node) or isinstance(node, np.generic)) and not keep(path):
             return _DROP
@@ -293,6 +293,8 @@ def unflatten(spec: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
     if t == "tensor":
         return fetch(spec["name"])
     if t == "npscalar":
+        import numpy as np
+
         return np.asarray(fetch(spec["name"]))[()]
     if t == "dict":
         return {_decode_key(k): unflatten(v, fetch) for k, v in spec["items"]}

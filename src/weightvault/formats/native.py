@@ -62,6 +62,7 @@ from weightvault.core.safetensors_io import (
     write_safetensors,
 )
 from weightvault.core.shards import (
+    DEFAULT_SHARD_SIZE,
     FlatState,
     plan_shards,
     read_index,
@@ -99,7 +100,6 @@ MANIFEST_KEY = "weightvault.manifest"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "model.safetensors.index.json"
 COMMIT_MARKER = "COMMITTED"
-DEFAULT_SHARD_SIZE = 2 * 1024**3
 #: largest manifest.json read (the safetensors header cap; a manifest is a few bytes per tensor)
 MAX_MANIFEST_BYTES = 100_000_000
 
