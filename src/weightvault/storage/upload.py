@@ -1,0 +1,348 @@
+"""Streaming uploads: a write-only file object that sends what it is given in parts.
+
+:class:`ObjectWriter` is what :func:`~weightvault.core.safetensors_io.write_safetensors` writes
+into instead of a local file. On S3 it is a multipart upload: bytes are gathered into parts of
+``part_size`` and each full part is sent while the writer goes on, with several parts in flight.
+Buffers are bounded: the part being filled, the parts in flight and (for a header rewritten at
+the end) the retained first part together never exceed ``concurrency`` parts, so the extra
+memory of an upload is at most ``concurrency x part_size`` (with ``concurrency >= 3``; below that,
+one part in flight is still allowed).
+
+The object appears only when the upload completes (S3 makes a completed multipart upload visible
+atomically); any failure aborts the multipart upload, so no parts linger and nothing appears. A
+file smaller than one part is sent as one PUT.
+
+``write_safetensors`` rewrites the header once checksums are known (``finalize``): it seeks back
+to the start. The writer allows that by keeping the first part (header + first data) in memory
+until the end and sending it last; S3 parts may arrive in any order.
+
+Other fsspec filesystems get the same interface over a local spool file that is copied up in one
+stream at the end (``memory://`` in tests; GCS and the others: correct, not yet parallel).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+from weightvault.errors import StorageError
+from weightvault.storage.location import Location, stats
+
+__all__ = ["ObjectWriter", "open_writer"]
+
+#: S3's smallest part (all but the last)
+S3_MIN_PART = 5 << 20
+#: a write this small that starts in the first part stays whole in it (the safetensors header cap)
+_WHOLE_IN_FIRST = 100_000_008
+#: S3's largest part count
+S3_MAX_PARTS = 10_000
+
+
+def open_writer(loc: Location, *, exclusive: bool = False) -> Any:
+    """A file object that writes ``loc`` (use as a context manager: leaving it normally commits
+    the object, leaving it by an exception aborts it)."""
+    if loc.is_s3:
+        return ObjectWriter(loc, exclusive=exclusive)
+    return SpoolWriter(loc, exclusive=exclusive)
+
+
+class _WriterBase:
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def flush(self) -> None:
+        pass
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class ObjectWriter(_WriterBase):
+    """An S3 multipart upload behind ``write`` / ``tell`` / ``seek`` (see the module doc)."""
+
+    def __init__(self, loc: Location, *, exclusive: bool = False) -> None:
+        self.loc = loc
+        self.exclusive = exclusive
+        t = loc.transfer
+        self.part_size = max(t.part_size, S3_MIN_PART)
+        # the part being filled and the retained first part count against the budget
+        self._max_in_flight = max(1, t.concurrency - 2)
+        self._bucket, self._key, _ = loc.fs.split_path(loc.path)
+        self._first: bytearray | None = None  # part 1, kept for the header rewrite
+        self._buf = bytearray()
+        self._pos = 0  # logical position of the next write
+        self._size = 0  # bytes written so far (the end of the object)
+        self._next_part = 2
+        self._upload_id: str | None = None
+        self._parts: dict[int, str] = {}
+        self._futures: list[Future[None]] = []
+        self._slots = threading.BoundedSemaphore(self._max_in_flight)
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # -- file interface ------------------------------------------------------------------------------
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 2:
+            pos = self._size + pos
+        elif whence == 1:
+            pos = self._pos + pos
+        if pos != self._size and not self._in_first_part(pos):
+            raise StorageError(
+                f"cannot seek to byte {pos} of an upload: only the first part "
+                f"({self.part_size} bytes) can be rewritten",
+                path=self.loc.url,
+            )
+        self._pos = pos
+        return pos
+
+    def _in_first_part(self, pos: int) -> bool:
+        if self._first is not None:
+            return pos < len(self._first)
+        return not self._parts and self._next_part == 2 and pos < len(self._buf)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self._pos != self._size:
+            self._overwrite(view)
+            return n
+        if self._filling_first() and len(self._buf) < self.part_size and n <= _WHOLE_IN_FIRST:
+            # a header (at most 100 MB) stays whole in the first part, so it can be rewritten
+            self._buf += view
+            view = view[n:]
+        while view:
+            room = self.part_size - len(self._buf)
+            take = view[: max(room, 0)]
+            self._buf += take
+            view = view[len(take) :]
+            if len(self._buf) >= self.part_size:
+                self._part_full()
+        if len(self._buf) >= self.part_size:
+            self._part_full()
+        self._pos += n
+        self._size += n
+        return n
+
+    def _filling_first(self) -> bool:
+        return self._first is None and not self._parts and self._next_part == 2
+
+    def _overwrite(self, view: memoryview) -> None:
+        """A rewrite inside the retained first part (the header, now with its checksums)."""
+        target = self._first if self._first is not None else self._buf
+        if not self._in_first_part(self._pos):
+            raise StorageError("rewrite outside the first part of an upload", path=self.loc.url)
+        end = self._pos + len(view)
+        if end > len(target) or end > self._size:
+            raise StorageError(
+                f"rewrite of bytes {self._pos}-{end} of an upload reaches past the first part",
+                path=self.loc.url,
+            )
+        target[self._pos : end] = view
+        self._pos = end
+
+    # -- parts -----------------------------------------------------------------------------------------
+    def _part_full(self) -> None:
+        part, self._buf = self._buf, bytearray()
+        if self._filling_first():
+            self._first = part  # sent last, after any header rewrite
+            return
+        self._send(self._next_part, part)
+        self._next_part += 1
+
+    def _start(self) -> None:
+        if self._upload_id is not None:
+            return
+        fs = self.loc.fs
+
+        def create() -> str:
+            out = fs.call_s3("create_multipart_upload", Bucket=self._bucket, Key=self._key)
+            return str(out["UploadId"])
+
+        self._upload_id = self.loc._retry(create, "starting a multipart upload")
+        self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="wv-upload")
+
+    def _send(self, number: int, part: bytearray) -> None:
+        if number > S3_MAX_PARTS:
+            raise StorageError(
+                f"upload needs more than {S3_MAX_PARTS} parts of {self.part_size} bytes",
+                path=self.loc.url,
+                hint="raise the part_size storage option",
+            )
+        self._start()
+        self._raise_failed()
+        self._slots.acquire()  # bounded memory: wait for a part to finish before buffering more
+        assert self._pool is not None
+        try:
+            future = self._pool.submit(self._upload_part, number, part)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _f: self._slots.release())
+        self._futures.append(future)
+
+    def _upload_part(self, number: int, part: bytearray) -> None:
+        fs = self.loc.fs
+
+        def op() -> str:
+            out = fs.call_s3(
+                "upload_part",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=bytes(part) if not isinstance(part, bytes) else part,
+            )
+            return str(out["ETag"])
+
+        self._parts[number] = self.loc._retry(op, f"uploading part {number}")
+        stats.add_written(len(part))
+
+    def _raise_failed(self) -> None:
+        for f in self._futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+        self._futures = [f for f in self._futures if not f.done()]
+
+    # -- end ---------------------------------------------------------------------------------------------
+    def commit(self) -> None:
+        if self._closed:
+            return
+        try:
+            if self._upload_id is None and self._first is None:
+                # everything fits one part: one PUT
+                self.loc.write_bytes(bytes(self._buf), exclusive=self.exclusive)
+            else:
+                self._finish_multipart()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+
+    def _finish_multipart(self) -> None:
+        if self._buf:
+            self._send(self._next_part, self._buf)
+            self._next_part += 1
+            self._buf = bytearray()
+        if self._first is not None:
+            self._send(1, self._first)
+            self._first = None
+        for f in self._futures:
+            f.result()
+        self._futures = []
+        parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+        fs = self.loc.fs
+        extra = {"IfNoneMatch": "*"} if self.exclusive else {}
+
+        def complete() -> None:
+            fs.call_s3(
+                "complete_multipart_upload",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+                **extra,
+            )
+
+        self.loc._retry(complete, "completing a multipart upload", passthrough=(FileExistsError,))
+        self._shutdown()
+        self.loc.invalidate()
+
+    def abort(self) -> None:
+        """Cancel: wait for parts in flight, then abort the multipart upload (its parts are
+        deleted; the object never appears)."""
+        if self._closed:
+            return
+        self._closed = True
+        for f in self._futures:
+            f.exception()  # wait, whatever the outcome
+        self._shutdown()
+        self._first, self._buf = None, bytearray()
+        if self._upload_id is None:
+            return
+        fs = self.loc.fs
+
+        def op() -> None:
+            fs.call_s3(
+                "abort_multipart_upload",
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+            )
+
+        try:
+            self.loc._retry(op, "aborting a multipart upload")
+        except Exception:  # noqa: BLE001 - the original failure is what the caller must see;
+            pass  # a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans up the rest
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class SpoolWriter(_WriterBase):
+    """Any other fsspec filesystem: write to a local spool file, copy it up on commit."""
+
+    def __init__(self, loc: Location, *, exclusive: bool = False) -> None:
+        self.loc = loc
+        self.exclusive = exclusive
+        self._spool = tempfile.SpooledTemporaryFile(max_size=loc.transfer.part_size)  # noqa: SIM115
+        self._closed = False
+
+    def write(self, data: Any) -> int:
+        return self._spool.write(data)
+
+    def tell(self) -> int:
+        return self._spool.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._spool.seek(pos, whence)
+
+    def commit(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            size = self._spool.seek(0, 2)
+            if self.exclusive and self.loc.exists():
+                raise FileExistsError(self.loc.url)
+
+            def op() -> None:
+                self._spool.seek(0)
+                with self.loc.fs.open(self.loc.path, "wb") as out:
+                    while chunk := self._spool.read(self.loc.transfer.part_size):
+                        out.write(chunk)
+
+            self.loc._retry(op, "writing", passthrough=(FileExistsError,))
+            stats.add_written(size)
+            self.loc.invalidate()
+        finally:
+            self._spool.close()
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._spool.close()
