@@ -315,12 +315,19 @@ class Location:
     def child(self, name: str) -> Location:
         return replace(self, path=f"{self.path}/{name}", url=f"{self.url}/{name}")
 
+    def __truediv__(self, name: str) -> Location:  # run / "step-00000100", like a Path
+        return self.child(name)
+
+    @property
     def parent(self) -> Location:
         path, url = self.path.rsplit("/", 1)[0], self.url.rsplit("/", 1)[0]
         return replace(self, path=path, url=url)
 
-    def sibling(self, name: str) -> Location:
-        return self.parent().child(name)
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Prefixes exist by having objects under them: nothing to create."""
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        self.delete()
 
     def _retry(self, op: Callable[[], T], what: str, **kw: Any) -> T:
         return retrying(op, what=what, url=self.url, transfer=self.transfer, **kw)

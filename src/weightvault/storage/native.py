@@ -21,7 +21,7 @@ one is complete; an object store cannot offer that without rename).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -66,8 +66,14 @@ def save_url(
     exclude: Sequence[str] | None = None,
     fsync: bool = True,  # noqa: ARG001 - an upload is durable once the store acknowledges it
     exclusive: bool = False,
+    before_commit: Callable[[int], None] | None = None,
 ) -> str:
-    """:func:`weightvault.save` to an object store (same arguments); returns the URL."""
+    """:func:`weightvault.save` to an object store (same arguments); returns the URL.
+
+    ``before_commit(nbytes)`` (directory form) runs after every data object is up and before
+    ``COMMITTED`` is written, with the bytes written so far: the manager writes its record there
+    and renews its lease; if it raises, nothing is committed and what was written is removed.
+    """
     from pathlib import PurePosixPath
 
     _refuse_foreign_extension(PurePosixPath(loc.name))  # type: ignore[arg-type]
@@ -96,12 +102,17 @@ def save_url(
             with open_writer(loc, exclusive=exclusive) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
         else:
-            _save_prefix(loc, sources, manifest, shard_size, hook)
+            _save_prefix(loc, sources, manifest, shard_size, hook, before_commit)
     return loc.url
 
 
 def _save_prefix(
-    loc: Location, sources: list[Any], manifest: dict[str, Any], shard_size: int, hook: Any
+    loc: Location,
+    sources: list[Any],
+    manifest: dict[str, Any],
+    shard_size: int,
+    hook: Any,
+    before_commit: Callable[[int], None] | None = None,
 ) -> None:
     if loc.is_file():
         raise UnsupportedOperationError(
@@ -113,6 +124,7 @@ def _save_prefix(
     count = len(groups)
     weight_map: dict[str, str] = {}
     written: list[Location] = []
+    nbytes = 0
     try:
         for i, group in enumerate(groups, 1):
             shard = f"model-{i:05d}-of-{count:05d}.safetensors"
@@ -120,6 +132,7 @@ def _save_prefix(
             written.append(target)
             with open_writer(target) as f:
                 write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
+                nbytes += f.tell()
             for src in group:
                 manifest["tensors"][src.name]["file"] = shard
                 weight_map[src.name] = shard
@@ -127,12 +140,16 @@ def _save_prefix(
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         for name, obj in ((MANIFEST_FILE, manifest), (INDEX_FILE, index)):
             written.append(loc.child(name))
-            loc.child(name).write_bytes(_json_bytes(obj))
+            data = _json_bytes(obj)
+            loc.child(name).write_bytes(data)
+            nbytes += len(data)
+        if before_commit is not None:
+            before_commit(nbytes)
     except BaseException:
         # nothing was committed; remove what we can (what a crash leaves, the next writer of a
         # run removes, see weightvault.storage.commit)
         try:
-            loc.delete_many(written)
+            delete_checkpoint(loc)  # the prefix was empty when we began: all of it is ours
         except Exception:  # noqa: BLE001, S110 - the save's own error is the one to report
             pass
         raise

@@ -159,7 +159,7 @@ class RemoteNativeReader(NativeReader):
             raw = loc.child(MANIFEST_FILE).read_all(limit=MAX_MANIFEST_BYTES)
             self.manifest = _parse_manifest(raw, f"{loc.url}/{MANIFEST_FILE}")
         else:
-            self.root = loc.parent()  # type: ignore[assignment]
+            self.root = loc.parent  # type: ignore[assignment]
             st = shard or RemoteSafetensorsFile(loc)
             self._shards[loc.name] = st
             self._single = loc.name
