@@ -110,3 +110,11 @@ def deleted_step_error(step_dir: Location) -> CheckpointDeletedError | None:
         hint="the writer's retention does not wait for readers: watch(dir, consumer=NAME) makes it "
         "keep each step until NAME has read it, or keep more checkpoints (max_to_keep)",
     )
+
+
+def uncommitted(run: Any) -> list[str]:
+    """Names of step prefixes without ``COMMITTED`` (interrupted saves or deletes)."""
+    from weightvault.storage import location
+
+    loc = location(run)
+    return [p.name for _s, p in step_prefixes(loc) if not p.child(COMMIT_MARKER).exists()]
