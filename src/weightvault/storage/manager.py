@@ -253,6 +253,8 @@ class ObjectStoreManager(CheckpointManager):
             if taken is not None and times and all(t is not None and t < taken for t in times):
                 delete_checkpoint(prefix)
                 removed.append(prefix.name)
+        if taken is not None and self.loc.is_s3:
+            removed += _abort_stale_uploads(self.loc, taken)
         return removed
 
     def __repr__(self) -> str:
@@ -270,3 +272,29 @@ def _entry_time(entry: dict[str, Any]) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _abort_stale_uploads(run: Any, taken: float) -> list[str]:
+    """Multipart uploads under the run started before this writer's lease: a killed writer's
+    (it could not abort them). Their parts are invisible but billed; abort them."""
+    bucket, key, _ = run.fs.split_path(run.path)
+    prefix = key.rstrip("/") + "/"
+    aborted = []
+
+    def listing() -> list[dict[str, Any]]:
+        out = run.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        return list(out.get("Uploads", []))
+
+    for upload in run._retry(listing, "listing multipart uploads"):
+        started = upload.get("Initiated")
+        if started is None or not hasattr(started, "timestamp") or started.timestamp() >= taken:
+            continue
+
+        def abort(u: dict[str, Any] = upload) -> None:
+            run.fs.call_s3(
+                "abort_multipart_upload", Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]
+            )
+
+        run._retry(abort, "aborting a stale multipart upload")
+        aborted.append(f"upload of {upload['Key'][len(prefix):]}")
+    return aborted
