@@ -33,11 +33,7 @@ def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) ->
     raise RuntimeError("moto_server did not start listening")
 
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+from s3support import CREDENTIALS, s3_options  # noqa: E402 - tests/storage is on sys.path
 
 
 @pytest.fixture(scope="session")
@@ -64,16 +60,6 @@ def moto_endpoint():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def s3_options(endpoint: str, **extra) -> dict:
-    return {
-        "endpoint_url": endpoint,
-        "key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        "secret": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        "client_kwargs": {"region_name": CREDENTIALS["AWS_DEFAULT_REGION"]},
-        **extra,
-    }
 
 
 @pytest.fixture

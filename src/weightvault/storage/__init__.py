@@ -6,7 +6,7 @@ checkpoint manager, ``watch``, the CLI) call into here when they are given a URL
 
 Storage options: ``storage_options={...}`` in the API (``--storage-option KEY=VALUE`` on the
 CLI) go to the fsspec filesystem (``endpoint_url``, ``key``, ``secret``, ``anon`` ...), except
-``part_size``, ``concurrency``, ``retries`` and ``retry_delay``, which are ours (see
+``part_size``, ``concurrency``, ``max_retries`` and ``retry_delay``, which are ours (see
 :class:`~weightvault.storage.location.Transfer`). ``WEIGHTVAULT_STORAGE_OPTIONS`` (JSON) supplies
 defaults; the filesystems' own variables (``AWS_*``, ``FSSPEC_S3_*``) apply as usual.
 """

@@ -150,12 +150,16 @@ class Lease:
             except FileExistsError:
                 found = self._read()
         content, etag, modified = found or ({}, None, None)
+        if content.get("owner") == self.owner:  # our PUT went through, its answer was lost
+            self.etag = etag
+            return
         if not found or not self._expired(content, modified) or etag is None:
             raise self._locked(content)
         try:
             self.etag = self._put(IfMatch=etag)  # take over the expired lease, one winner
-        except _PreconditionFailed:  # someone else took it over first
-            raise self._locked(content) from None
+        except _PreconditionFailed:  # someone else took it over first (or our answer was lost)
+            if not self._still_ours():
+                raise self._locked(content) from None
 
     def _acquire_plain(self) -> None:
         found = self._read()
@@ -183,14 +187,24 @@ class Lease:
             try:
                 self.etag = self._put(IfMatch=self.etag or "*")
             except _PreconditionFailed:
-                self.lost = True
-                raise self._lost() from None
+                if not self._still_ours():  # else: our renewal landed, its answer was lost
+                    self.lost = True
+                    raise self._lost() from None
         else:
             back = self._read()
             if back is None or back[0].get("owner") != self.owner:
                 self.lost = True
                 raise self._lost()
             self.loc.write_bytes(self._body())
+
+    def _still_ours(self) -> bool:
+        """After a refused conditional write: is the lease ours anyway (an earlier attempt of the
+        same write succeeded and only its answer was lost on the way back)?"""
+        found = self._read()
+        if found is not None and found[0].get("owner") == self.owner:
+            self.etag = found[1]
+            return True
+        return False
 
     def _lost(self) -> CheckpointLockedError:
         return CheckpointLockedError(

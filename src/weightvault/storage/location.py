@@ -58,7 +58,7 @@ _EXTRAS = {
 }
 
 #: storage_options keys that are ours (transfer settings), not the filesystem's
-TRANSFER_KEYS = ("part_size", "concurrency", "retries", "retry_delay")
+TRANSFER_KEYS = ("part_size", "concurrency", "max_retries", "retry_delay")
 
 MiB = 1 << 20
 
@@ -67,7 +67,8 @@ MiB = 1 << 20
 class Transfer:
     """How data moves: parts of ``part_size`` bytes, ``concurrency`` requests in flight (so an
     upload holds at most ``concurrency x part_size`` bytes of buffers), ``retries`` further
-    attempts per request after the first, backoff starting at ``retry_delay`` seconds."""
+    attempts per request after the first (storage option ``max_retries``), backoff starting at
+    ``retry_delay`` seconds."""
 
     part_size: int = 16 * MiB
     concurrency: int = 8
@@ -136,6 +137,8 @@ def split_options(
     """The filesystem's options and our transfer settings out of one ``storage_options``."""
     opts = dict(storage_options or {})
     mine = {k: opts.pop(k) for k in TRANSFER_KEYS if k in opts}
+    if "max_retries" in mine:
+        mine["retries"] = mine.pop("max_retries")
     try:
         transfer = Transfer(
             **{k: (float(v) if k == "retry_delay" else int(v)) for k, v in mine.items()}
@@ -184,12 +187,27 @@ def resolve(
     protocol = m.group(1).lower()
     fs_options, parsed = split_options(storage_options)
     cls = _filesystem_class(protocol, url)
+    if protocol in ("s3", "s3a"):
+        fs_options = _s3_defaults(fs_options)
     try:
         fs = cls(**cls._get_kwargs_from_urls(url), **fs_options)
     except (TypeError, ValueError) as exc:
         raise StorageError(f"bad storage options for {protocol}://: {exc}", path=url) from None
+    if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
+        fs.retries = 2  # s3fs's own retry wrapper (a class attribute, not an option): see above
     path = cls._strip_protocol(url)
     return Location(fs, path.rstrip("/"), url.rstrip("/"), transfer or parsed, protocol)
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """No retries inside botocore and fewer inside s3fs (unless the user set them): ours, around
+    each request, back off and are counted in one place; three nested layers would multiply the
+    attempts (5 x 5 x ours) and their backoffs, turning a dead endpoint into minutes of waiting."""
+    out = dict(options)
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+    out["config_kwargs"] = config
+    return out
 
 
 # -- retries ---------------------------------------------------------------------------------------
