@@ -48,7 +48,7 @@ from weightvault.formats.native import (
 )
 from weightvault.storage.location import Location
 from weightvault.storage.reader import RemoteNativeReader, open_remote, run_parallel
-from weightvault.storage.upload import open_writer
+from weightvault.storage.upload import UploadBudget, open_writer
 
 __all__ = ["delete_checkpoint", "load_url", "save_url"]
 
@@ -99,7 +99,7 @@ def save_url(
                 text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
                 return {"format": "pt", MANIFEST_KEY: text}
 
-            with open_writer(loc, exclusive=exclusive) as f:
+            with open_writer(loc, exclusive=exclusive, rewritable_head=True) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
         else:
             _save_prefix(loc, sources, manifest, shard_size, hook, before_commit)
@@ -123,36 +123,47 @@ def _save_prefix(
     groups = _shard_groups(sources, shard_size)
     count = len(groups)
     weight_map: dict[str, str] = {}
-    written: list[Location] = []
     nbytes = 0
+    pending: list[Any] = []  # shards whose last parts are still in flight
+    budget = UploadBudget(loc.transfer) if loc.is_s3 else None
     try:
         for i, group in enumerate(groups, 1):
             shard = f"model-{i:05d}-of-{count:05d}.safetensors"
-            target = loc.child(shard)
-            written.append(target)
-            with open_writer(target) as f:
+            f = open_writer(loc.child(shard), budget=budget)
+            try:
                 write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
                 nbytes += f.tell()
+                f.send_rest()  # the next shard starts while this one's last parts upload
+            except BaseException:
+                f.abort()
+                raise
+            pending.append(f)
             for src in group:
                 manifest["tensors"][src.name]["file"] = shard
                 weight_map[src.name] = shard
+        for f in pending:
+            f.complete()
         total = sum(s.nbytes for s in sources)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         for name, obj in ((MANIFEST_FILE, manifest), (INDEX_FILE, index)):
-            written.append(loc.child(name))
             data = _json_bytes(obj)
             loc.child(name).write_bytes(data)
             nbytes += len(data)
         if before_commit is not None:
             before_commit(nbytes)
     except BaseException:
+        for f in pending:
+            f.abort()
         # nothing was committed; remove what we can (what a crash leaves, the next writer of a
-        # run removes, see weightvault.storage.commit)
+        # run removes, see weightvault.storage.manager)
         try:
             delete_checkpoint(loc)  # the prefix was empty when we began: all of it is ours
         except Exception:  # noqa: BLE001, S110 - the save's own error is the one to report
             pass
         raise
+    finally:
+        if budget is not None:
+            budget.close()
     # The marker goes last: a prefix without it is never read as a checkpoint.
     files = sorted({*weight_map.values(), MANIFEST_FILE})
     loc.child(COMMIT_MARKER).write_bytes(_json_bytes({"files": files}))

@@ -41,12 +41,39 @@ _WHOLE_IN_FIRST = 100_000_008
 S3_MAX_PARTS = 10_000
 
 
-def open_writer(loc: Location, *, exclusive: bool = False) -> Any:
+def open_writer(
+    loc: Location,
+    *,
+    exclusive: bool = False,
+    rewritable_head: bool = False,
+    budget: UploadBudget | None = None,
+) -> Any:
     """A file object that writes ``loc`` (use as a context manager: leaving it normally commits
-    the object, leaving it by an exception aborts it)."""
+    the object, leaving it by an exception aborts it). ``rewritable_head``: keep the first part
+    until the end so it can be rewritten (a header completed after the data); ``budget``: share
+    threads and the in-flight limit with other writers of the same save."""
     if loc.is_s3:
-        return ObjectWriter(loc, exclusive=exclusive)
+        return ObjectWriter(loc, exclusive=exclusive, rewritable_head=rewritable_head, budget=budget)
     return SpoolWriter(loc, exclusive=exclusive)
+
+
+class UploadBudget:
+    """Threads and in-flight part slots shared by the writers of one save, so shards upload
+    concurrently while the total of part buffers stays bounded (``concurrency`` parts)."""
+
+    def __init__(self, transfer: Any) -> None:
+        self.max_in_flight = max(1, transfer.concurrency - 1)  # one more part is being filled
+        self.slots = threading.BoundedSemaphore(self.max_in_flight)
+        self.pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="wv-upload")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> UploadBudget:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _WriterBase:
@@ -80,13 +107,22 @@ class _WriterBase:
 class ObjectWriter(_WriterBase):
     """An S3 multipart upload behind ``write`` / ``tell`` / ``seek`` (see the module doc)."""
 
-    def __init__(self, loc: Location, *, exclusive: bool = False) -> None:
+    def __init__(
+        self,
+        loc: Location,
+        *,
+        exclusive: bool = False,
+        rewritable_head: bool = False,
+        budget: UploadBudget | None = None,
+    ) -> None:
         self.loc = loc
         self.exclusive = exclusive
+        self.rewritable_head = rewritable_head
         t = loc.transfer
         self.part_size = max(t.part_size, S3_MIN_PART)
         # the part being filled and the retained first part count against the budget
-        self._max_in_flight = max(1, t.concurrency - 2)
+        self._max_in_flight = max(1, t.concurrency - 1 - int(rewritable_head))
+        self._budget = budget
         self._bucket, self._key, _ = loc.fs.split_path(loc.path)
         self._first: bytearray | None = None  # part 1, kept for the header rewrite
         self._buf = bytearray()
@@ -96,9 +132,10 @@ class ObjectWriter(_WriterBase):
         self._upload_id: str | None = None
         self._parts: dict[int, str] = {}
         self._futures: list[Future[None]] = []
-        self._slots = threading.BoundedSemaphore(self._max_in_flight)
-        self._pool: ThreadPoolExecutor | None = None
+        self._slots = budget.slots if budget else threading.BoundedSemaphore(self._max_in_flight)
+        self._pool: ThreadPoolExecutor | None = budget.pool if budget else None
         self._closed = False
+        self._sent_rest = False
 
     # -- file interface ------------------------------------------------------------------------------
     def tell(self) -> int:
@@ -119,6 +156,8 @@ class ObjectWriter(_WriterBase):
         return pos
 
     def _in_first_part(self, pos: int) -> bool:
+        if not self.rewritable_head:
+            return False
         if self._first is not None:
             return pos < len(self._first)
         return not self._parts and self._next_part == 2 and pos < len(self._buf)
@@ -129,7 +168,12 @@ class ObjectWriter(_WriterBase):
         if self._pos != self._size:
             self._overwrite(view)
             return n
-        if self._filling_first() and len(self._buf) < self.part_size and n <= _WHOLE_IN_FIRST:
+        if (
+            self.rewritable_head
+            and self._filling_first()
+            and len(self._buf) < self.part_size
+            and n <= _WHOLE_IN_FIRST
+        ):
             # a header (at most 100 MB) stays whole in the first part, so it can be rewritten
             self._buf += view
             view = view[n:]
@@ -166,7 +210,7 @@ class ObjectWriter(_WriterBase):
     # -- parts -----------------------------------------------------------------------------------------
     def _part_full(self) -> None:
         part, self._buf = self._buf, bytearray()
-        if self._filling_first():
+        if self.rewritable_head and self._filling_first():
             self._first = part  # sent last, after any header rewrite
             return
         self._send(self._next_part, part)
@@ -182,7 +226,8 @@ class ObjectWriter(_WriterBase):
             return str(out["UploadId"])
 
         self._upload_id = self.loc._retry(create, "starting a multipart upload")
-        self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="wv-upload")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._max_in_flight, thread_name_prefix="wv-upload")
 
     def _send(self, number: int, part: bytearray) -> None:
         if number > S3_MAX_PARTS:
@@ -228,27 +273,45 @@ class ObjectWriter(_WriterBase):
 
     # -- end ---------------------------------------------------------------------------------------------
     def commit(self) -> None:
-        if self._closed:
+        """Send what is left and complete the upload (the object appears now)."""
+        self.send_rest()
+        self.complete()
+
+    def send_rest(self) -> None:
+        """Send the last parts without waiting for them (a small object: its one PUT, now)."""
+        if self._closed or self._sent_rest:
             return
+        self._sent_rest = True
         try:
             if self._upload_id is None and self._first is None:
                 # everything fits one part: one PUT
                 self.loc.write_bytes(bytes(self._buf), exclusive=self.exclusive)
-            else:
-                self._finish_multipart()
+                self._buf = bytearray()
+                self._closed = True
+                return
+            if self._buf:
+                self._send(self._next_part, self._buf)
+                self._next_part += 1
+                self._buf = bytearray()
+            if self._first is not None:
+                self._send(1, self._first)
+                self._first = None
+        except BaseException:
+            self.abort()
+            raise
+
+    def complete(self) -> None:
+        """Wait for the parts in flight, then complete the multipart upload."""
+        if self._closed:
+            return
+        try:
+            self._finish_multipart()
         except BaseException:
             self.abort()
             raise
         self._closed = True
 
     def _finish_multipart(self) -> None:
-        if self._buf:
-            self._send(self._next_part, self._buf)
-            self._next_part += 1
-            self._buf = bytearray()
-        if self._first is not None:
-            self._send(1, self._first)
-            self._first = None
         for f in self._futures:
             f.result()
         self._futures = []
@@ -298,9 +361,9 @@ class ObjectWriter(_WriterBase):
             pass  # a bucket lifecycle rule (AbortIncompleteMultipartUpload) cleans up the rest
 
     def _shutdown(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._budget is None:  # a shared pool is the budget's
             self._pool.shutdown(wait=True)
-            self._pool = None
+        self._pool = None
 
 
 class SpoolWriter(_WriterBase):
@@ -341,6 +404,12 @@ class SpoolWriter(_WriterBase):
             self.loc.invalidate()
         finally:
             self._spool.close()
+
+    def send_rest(self) -> None:
+        pass
+
+    def complete(self) -> None:
+        self.commit()
 
     def abort(self) -> None:
         if not self._closed:
