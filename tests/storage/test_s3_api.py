@@ -155,3 +155,20 @@ def test_convert_between_urls_and_local(s3, tmp_path):
     # URL to URL: every byte read once, no download of whole objects on the side
     total = sum(v.numel() * 4 for v in model.state_dict().values())
     assert storage.stats.bytes_written >= total
+
+
+@pytest.mark.parametrize("name", ["big.safetensors", "bigdir"])
+def test_convert_large_local_file_up_through_file_spans(s3, tmp_path, name):
+    """Local -> S3 copies tensors file to file (write_span, one reused buffer): parts must hold
+    the bytes as they were, not the buffer's later contents."""
+    bucket, opts, client = s3
+    opts = {**opts, "part_size": 5 * MiB, "concurrency": 3}
+    rng = np.random.default_rng(5)
+    sd = {f"t{i}": rng.standard_normal(MiB).astype(np.float32) for i in range(3)}  # 3 x 4 MiB
+    local = tmp_path / "src.safetensors"
+    weightvault.save(sd, local)
+    weightvault.convert(local, f"{bucket}/{name}", storage_options=opts)
+    got = weightvault.load(f"{bucket}/{name}", storage_options=opts, verify=True)
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got[k], v)
+    assert _uploads(client, bucket) == []

@@ -28,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from weightvault.errors import StorageError
 from weightvault.storage.location import Location, stats
 
@@ -136,6 +138,8 @@ class ObjectWriter(_WriterBase):
         self._pool: ThreadPoolExecutor | None = budget.pool if budget else None
         self._closed = False
         self._sent_rest = False
+        self._pieces: list[memoryview] = []  # views of the caller's buffers, not yet sent
+        self._held = 0
 
     # -- file interface ------------------------------------------------------------------------------
     def tell(self) -> int:
@@ -178,17 +182,38 @@ class ObjectWriter(_WriterBase):
             self._buf += view
             view = view[n:]
         while view:
-            room = self.part_size - len(self._buf)
+            room = self.part_size - self._buffered()
             take = view[: max(room, 0)]
-            self._buf += take
+            self._append(take)
             view = view[len(take) :]
-            if len(self._buf) >= self.part_size:
+            if self._buffered() >= self.part_size:
                 self._part_full()
-        if len(self._buf) >= self.part_size:
+        if self._buffered() >= self.part_size:
             self._part_full()
         self._pos += n
         self._size += n
         return n
+
+    def _buffered(self) -> int:
+        return len(self._buf) + self._held
+
+    def _append(self, view: memoryview) -> None:
+        if self.rewritable_head and self._filling_first():
+            self._buf += view  # the first part is rewritten later: our own copy
+        else:
+            # A view of a tensor (or of bytes) is kept and copied once, when the part is
+            # assembled: write_safetensors' sources stay alive and unchanged during the save
+            # (the state passed to a sync save, the async snapshot). Any other buffer may be
+            # reused by the caller once write() returns (write_span's copy buffer): copied now.
+            keep = isinstance(view.obj, (bytes, np.ndarray))
+            self._pieces.append(view if keep else memoryview(bytes(view)))
+            self._held += len(view)
+
+    def _take(self) -> bytes:
+        """Everything buffered, as one bytes object (the one copy of the data)."""
+        data = b"".join([self._buf, *self._pieces]) if self._buf else b"".join(self._pieces)
+        self._buf, self._pieces, self._held = bytearray(), [], 0
+        return data
 
     def _filling_first(self) -> bool:
         return self._first is None and not self._parts and self._next_part == 2
@@ -209,11 +234,10 @@ class ObjectWriter(_WriterBase):
 
     # -- parts -----------------------------------------------------------------------------------------
     def _part_full(self) -> None:
-        part, self._buf = self._buf, bytearray()
         if self.rewritable_head and self._filling_first():
-            self._first = part  # sent last, after any header rewrite
+            self._first, self._buf = self._buf, bytearray()  # sent last, after the rewrite
             return
-        self._send(self._next_part, part)
+        self._send(self._next_part, self._take())
         self._next_part += 1
 
     def _start(self) -> None:
@@ -258,7 +282,7 @@ class ObjectWriter(_WriterBase):
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=bytes(part) if not isinstance(part, bytes) else part,
+                Body=bytes(part) if isinstance(part, bytearray) else part,
             )
             return str(out["ETag"])
 
@@ -285,14 +309,12 @@ class ObjectWriter(_WriterBase):
         try:
             if self._upload_id is None and self._first is None:
                 # everything fits one part: one PUT
-                self.loc.write_bytes(bytes(self._buf), exclusive=self.exclusive)
-                self._buf = bytearray()
+                self.loc.write_bytes(self._take(), exclusive=self.exclusive)
                 self._closed = True
                 return
-            if self._buf:
-                self._send(self._next_part, self._buf)
+            if self._buffered():
+                self._send(self._next_part, self._take())
                 self._next_part += 1
-                self._buf = bytearray()
             if self._first is not None:
                 self._send(1, self._first)
                 self._first = None
@@ -342,7 +364,7 @@ class ObjectWriter(_WriterBase):
         for f in self._futures:
             f.exception()  # wait, whatever the outcome
         self._shutdown()
-        self._first, self._buf = None, bytearray()
+        self._first, self._buf, self._pieces, self._held = None, bytearray(), [], 0
         if self._upload_id is None:
             return
         fs = self.loc.fs
