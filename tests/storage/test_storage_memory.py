@@ -201,3 +201,22 @@ def test_storage_options_split_ours_from_the_filesystems():
     assert (transfer.part_size, transfer.concurrency) == (8 << 20, 3)
     with pytest.raises(ValueError, match="concurrency"):
         split_options({"concurrency": 0})
+
+
+def test_plain_safetensors_object_is_read_with_ranges(base):
+    """A Hugging Face style model.safetensors (no weightvault manifest): header once, then only
+    the tensor asked for."""
+    from safetensors.numpy import save as st_save
+
+    tensors = {f"layer{i}": np.full((128, 128), i, np.float32) for i in range(6)}
+    url = f"{base}/model.safetensors"
+    fsspec.filesystem("memory").pipe_file(url, st_save(tensors, metadata={"format": "np"}))
+    storage.stats.reset()
+    with weightvault.open(url) as r:
+        assert r.format == "safetensors"
+        assert r.metadata == {"format": "np"}
+        opened = storage.stats.bytes_read
+        np.testing.assert_array_equal(r.get("layer4"), tensors["layer4"])
+    assert storage.stats.bytes_read - opened == tensors["layer4"].nbytes
+    got = weightvault.load(url)
+    np.testing.assert_array_equal(got["layer2"], tensors["layer2"])

@@ -50,6 +50,7 @@ from weightvault.formats.native import (
     NativeReader,
     _parse_manifest,
 )
+from weightvault.formats.safetensors import SafetensorsReader
 from weightvault.storage.location import Location
 
 __all__ = ["RemoteNativeReader", "RemoteSafetensorsFile", "open_remote", "run_parallel"]
@@ -207,33 +208,50 @@ class RemoteNativeReader(NativeReader):
 # -- opening any URL ---------------------------------------------------------------------------------
 
 
-def is_native(loc: Location) -> tuple[bool | None, RemoteSafetensorsFile | None]:
-    """(True, None): a native directory; (False, its file): a native single file; (None, None):
-    something else. The single file's header is read once, here."""
+def probe(loc: Location) -> tuple[str | None, RemoteSafetensorsFile | None]:
+    """What ``loc`` holds: ``("native-dir", None)``, ``("native-file", file)``,
+    ``("safetensors", file)`` (a plain safetensors object, e.g. a Hugging Face model) or
+    ``(None, None)``. A safetensors object's header is read once, here."""
     info = loc.info()
     if info is not None and info.get("type") != "directory":
         if loc.name.endswith(".safetensors"):
             size = int(info.get("size") or 0)
             head = loc.read_range(0, min(size, HEADER_PROBE))
-            if b'"' + MANIFEST_KEY.encode() + b'"' in head[8:]:
-                return False, RemoteSafetensorsFile(loc, head, size)
+            st = RemoteSafetensorsFile(loc, head, size)
+            native = MANIFEST_KEY in st.metadata
+            return ("native-file" if native else "safetensors"), st
         return None, None
     if loc.child(COMMIT_MARKER).exists() or loc.child(MANIFEST_FILE).exists():
-        return True, None
+        return "native-dir", None
     return None, None
 
 
 def open_remote(loc: Location, *, format: str | None = None, **options: Any) -> FormatReader:  # noqa: A002
-    """A reader for ``loc``: ranged for native checkpoints, a private local copy otherwise."""
-    if format in (None, "native"):
-        kind, shard = is_native(loc)
-        if kind is not None:
-            return RemoteNativeReader(loc, single=not kind, shard=shard)
+    """A reader for ``loc``: ranged for native checkpoints and plain safetensors objects, a
+    private local copy for every other format."""
+    if format in (None, "native", "safetensors"):
+        kind, st = probe(loc)
+        if kind == "native-dir" and format != "safetensors":
+            return RemoteNativeReader(loc, single=False)
+        if kind == "native-file" and format != "safetensors":
+            return RemoteNativeReader(loc, single=True, shard=st)
+        if kind in ("native-file", "safetensors") and format != "native":
+            assert st is not None
+            return RemoteSafetensorsReader(loc, st)
         if format == "native":
             if not loc.exists():
                 raise CheckpointNotFoundError("no such object or prefix", path=loc.url)
             raise InvalidHeaderError("not a weightvault checkpoint", path=loc.url)
     return _open_copy(loc, format, options)
+
+
+class RemoteSafetensorsReader(SafetensorsReader):
+    """A plain safetensors object read with ranged requests (header once, then each tensor)."""
+
+    def __init__(self, loc: Location, st: RemoteSafetensorsFile) -> None:
+        FormatReader.__init__(self, loc.url)
+        self._file = st
+        self._names = sorted(st.entries, key=lambda n: st.entries[n].start)
 
 
 def _open_copy(loc: Location, format: str | None, options: dict[str, Any]) -> FormatReader:  # noqa: A002
