@@ -49,8 +49,8 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _EXTRAS = {
     "s3": ("s3fs", "pip install 'weightvault[s3]'"),
     "s3a": ("s3fs", "pip install 'weightvault[s3]'"),
-    "gs": ("gcsfs", "pip install gcsfs"),
-    "gcs": ("gcsfs", "pip install gcsfs"),
+    "gs": ("gcsfs", "pip install 'weightvault[gcs]'"),
+    "gcs": ("gcsfs", "pip install 'weightvault[gcs]'"),
     "az": ("adlfs", "pip install adlfs"),
     "abfs": ("adlfs", "pip install adlfs"),
     "abfss": ("adlfs", "pip install adlfs"),
