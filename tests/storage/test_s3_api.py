@@ -172,3 +172,47 @@ def test_convert_large_local_file_up_through_file_spans(s3, tmp_path, name):
     for k, v in sd.items():
         np.testing.assert_array_equal(got[k], v)
     assert _uploads(client, bucket) == []
+
+
+@pytest.mark.parametrize("name", ["mem.safetensors", "memdir"])
+def test_upload_buffers_stay_within_concurrency_parts(s3, monkeypatch, name):
+    """Part buffers alive at once (assembled or retained, not yet uploaded) <= concurrency."""
+    import threading
+
+    from weightvault.storage import upload
+
+    bucket, opts, _ = s3
+    opts = {**opts, "part_size": 5 * MiB, "concurrency": 3}
+    lock = threading.Lock()
+    alive = {"now": 0, "peak": 0}
+    real_take, real_part_full, real_upload = (
+        upload.ObjectWriter._take, upload.ObjectWriter._part_full, upload.ObjectWriter._upload_part,
+    )  # fmt: skip
+
+    def count(delta):
+        with lock:
+            alive["now"] += delta
+            alive["peak"] = max(alive["peak"], alive["now"])
+
+    def take(self):
+        data = real_take(self)
+        count(len(data))
+        return data
+
+    def part_full(self):
+        retaining = self.rewritable_head and self._filling_first()
+        if retaining:
+            count(len(self._buf))
+        real_part_full(self)
+
+    def upload_part(self, number, part):
+        real_upload(self, number, part)
+        count(-len(part))
+
+    monkeypatch.setattr(upload.ObjectWriter, "_take", take)
+    monkeypatch.setattr(upload.ObjectWriter, "_part_full", part_full)
+    monkeypatch.setattr(upload.ObjectWriter, "_upload_part", upload_part)
+    sd = {f"t{i}": np.full(MiB, i, np.float32) for i in range(8)}  # 32 MiB: 7 parts
+    weightvault.save(sd, f"{bucket}/{name}", storage_options=opts, shard_size=12 * MiB)
+    assert alive["peak"] > 5 * MiB  # parts were really in flight together
+    assert alive["peak"] <= 3 * 5 * MiB + (64 << 10), alive["peak"]  # + the header

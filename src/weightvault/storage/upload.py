@@ -175,10 +175,11 @@ class ObjectWriter(_WriterBase):
         if (
             self.rewritable_head
             and self._filling_first()
-            and len(self._buf) < self.part_size
+            and self._size <= 8
             and n <= _WHOLE_IN_FIRST
         ):
-            # a header (at most 100 MB) stays whole in the first part, so it can be rewritten
+            # the safetensors header (the write after the 8-byte length; at most 100 MB) stays
+            # whole in the first part, so it can be rewritten; data is split as usual
             self._buf += view
             view = view[n:]
         while view:
