@@ -101,3 +101,21 @@ def test_get_over_the_wire_is_header_plus_tensor(s3, moto_endpoint):
             np.testing.assert_array_equal(reader.get("t9"), state["t9"])
         wire = proxy.bytes_out
     assert MiB <= wire <= MiB + (64 << 10) + 4096, wire
+
+
+def test_heavy_faults_are_carried_by_our_retries(s3, moto_endpoint, monkeypatch):
+    """Half the requests fail, and s3fs's own retry wrapper is cut to one attempt: this passes
+    only through weightvault's retry layer (backoff, counted attempts)."""
+    import importlib
+
+    # the module (weightvault.storage.location the attribute is the function of that name)
+    module = importlib.import_module("weightvault.storage.location")
+    monkeypatch.setattr(module, "S3FS_ATTEMPTS", 1)
+    bucket, _, _ = s3
+    with FaultProxy(moto_endpoint, slow_down=0.35, drop=0.15, seed=2) as proxy:
+        opts = s3_options(proxy.endpoint, part_size=5 * MiB, retry_delay=0.005, max_retries=10)
+        state = {"a": np.arange(3 * MiB, dtype=np.float32)}  # 12 MiB: 3 parts
+        weightvault.save(state, f"{bucket}/h.safetensors", storage_options=opts)
+        got = weightvault.load(f"{bucket}/h.safetensors", storage_options=opts, verify=True)
+        assert proxy.faults >= 5, proxy.log
+    np.testing.assert_array_equal(got["a"], state["a"])

@@ -194,9 +194,13 @@ def resolve(
     except (TypeError, ValueError) as exc:
         raise StorageError(f"bad storage options for {protocol}://: {exc}", path=url) from None
     if protocol in ("s3", "s3a") and hasattr(fs, "retries"):
-        fs.retries = 2  # s3fs's own retry wrapper (a class attribute, not an option): see above
+        fs.retries = S3FS_ATTEMPTS  # s3fs's own retry wrapper (a class attribute, not an option)
     path = cls._strip_protocol(url)
     return Location(fs, path.rstrip("/"), url.rstrip("/"), transfer or parsed, protocol)
+
+
+#: attempts s3fs's own wrapper makes per call (its default is 5); ours retry around it
+S3FS_ATTEMPTS = 2
 
 
 def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
