@@ -220,3 +220,16 @@ def test_plain_safetensors_object_is_read_with_ranges(base):
     assert storage.stats.bytes_read - opened == tensors["layer4"].nbytes
     got = weightvault.load(url)
     np.testing.assert_array_equal(got["layer2"], tensors["layer2"])
+
+
+def test_restore_and_export_hw_read_urls(base, tmp_path, cli_run):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(4, 3)
+    url = f"{base}/m.safetensors"
+    weightvault.save(model.state_dict(), url)
+    other = torch.nn.Linear(4, 3)
+    weightvault.restore(other, url)
+    assert torch.equal(other.weight, model.weight) and torch.equal(other.bias, model.bias)
+    code, out, err = cli_run("export-hw", url, tmp_path / "hw")
+    assert code == 0, err
+    assert (tmp_path / "hw" / "export.json").is_file()
