@@ -45,7 +45,7 @@ def test_saves_and_loads_succeed_through_throttling_and_drops(s3, moto_endpoint,
 
 def test_manager_through_faults_never_half_commits(s3, moto_endpoint):
     bucket, _, client = s3
-    with FaultProxy(moto_endpoint, slow_down=0.15, drop=0.1, seed=3) as proxy:
+    with FaultProxy(moto_endpoint, slow_down=0.1, drop=0.05, seed=3) as proxy:
         opts = s3_options(proxy.endpoint, part_size=5 * MiB, retry_delay=0.01)
         run = f"{bucket}/run"
         with CheckpointManager(run, max_to_keep=2, storage_options=opts) as mgr:

@@ -20,7 +20,6 @@ a private temporary directory and opens that with the format's own reader; the c
 from __future__ import annotations
 
 import io
-import math
 import os
 import shutil
 import struct
@@ -301,7 +300,3 @@ class _CopyCleanup:
         reader.close = close_and_clean  # type: ignore[method-assign]
         reader.source_url = url  # type: ignore[attr-defined]
         return reader
-
-
-def elements(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
