@@ -44,6 +44,7 @@ def save(
     progress: bool | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save weights or nested training state as a native weightvault checkpoint.
 
@@ -66,10 +67,17 @@ def save(
         >>> weightvault.load(p)["w"].shape
         (2, 3)
     """
+    if _is_url(path):  # object storage (#17): weightvault.storage
+        from weightvault import storage
+
+        return storage.save_url(  # type: ignore[return-value]
+            obj, path, storage_options=storage_options, metadata=metadata, shard_size=shard_size,
+            single_file=single_file, progress=progress, include=include, exclude=exclude,
+        )  # fmt: skip
     from weightvault.formats.native import save_native
 
     return save_native(
-        path,
+        _local(path),
         obj,
         metadata=metadata,
         shard_size=shard_size,
@@ -81,12 +89,27 @@ def save(
     )
 
 
-def open(path: PathLike, *, format: str | None = None, **options: Any) -> FormatReader:  # noqa: A001
+def open(  # noqa: A001
+    path: PathLike,
+    *,
+    format: str | None = None,  # noqa: A002
+    storage_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> FormatReader:
     """Open any weight file weightvault can read and return a lazy reader.
 
     The reader has ``.format``, ``.metadata``, ``.keys()``, ``.info(name)``, ``.get(name)`` (a
     zero-copy view where the format allows) and ``.get_slice(name, index)``.
+
+    ``path`` may be a URL (``s3://``, ``gs://``, ``memory://``...; ``storage_options`` go to its
+    filesystem): a native checkpoint is then read with ranged requests (see
+    ``docs/object_store.md``).
     """
+    if _is_url(path):  # object storage (#17): weightvault.storage
+        from weightvault import storage
+
+        return storage.open_url(path, format=format, storage_options=storage_options, **options)
+    path = _local(path)
     if format is None:
         fmt = detect_format(path)
         check_options(fmt, options, "read", path=path)
@@ -220,6 +243,7 @@ def load(
     *,
     verify: bool = False,
     format: str | None = None,  # noqa: A002
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load a checkpoint into memory and return the saved structure.
 
@@ -234,6 +258,13 @@ def load(
     """
     if framework not in ("numpy", "torch"):
         raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
+    if _is_url(path):  # object storage (#17): parallel ranged reads into preallocated buffers
+        from weightvault import storage
+
+        return storage.load_url(
+            path, storage_options=storage_options, framework=framework, device=device,
+            verify=verify, format=format,
+        )  # fmt: skip
     with open(path, format=format) as reader:
         if verify:
             result = reader.verify()
@@ -262,13 +293,18 @@ def _materialise(tree: Any, framework: str, device: Any) -> Any:
     return tree
 
 
-def verify(path: PathLike, *, format: str | None = None) -> VerifyResult:  # noqa: A002
+def verify(
+    path: PathLike,
+    *,
+    format: str | None = None,  # noqa: A002
+    storage_options: Mapping[str, Any] | None = None,
+) -> VerifyResult:
     """Check every checksum the file carries; raises :class:`ChecksumMismatchError` on a mismatch.
 
     Formats without checksums are read completely (which catches truncation and bad headers)
     and counted as ``unchecked``.
     """
-    with open(path, format=format) as reader:
+    with open(path, format=format, storage_options=storage_options) as reader:
         result = reader.verify()
     if result.failures:
         first = result.failures[0].split(":", 1)[0]
@@ -298,6 +334,7 @@ def convert(
     dtype: str | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ConversionReport:
     """Convert a weight file from any readable format to any writable one, tensor by tensor.
 
@@ -326,6 +363,9 @@ def convert(
 
     The destination's missing parent directories are created and ``~`` is expanded.
 
+    Either side may be a URL (``storage_options`` go to both filesystems); URL to URL streams
+    tensor by tensor without a local copy when the target is native.
+
     Returns:
         A :class:`ConversionReport` (per target tensor: sources, transforms, shapes; ``skipped``).
     """
@@ -336,7 +376,9 @@ def convert(
     dst = _destination(dst)
     fmt = format_for_destination(dst, to)
     check_options(fmt, dict(write_options or {}), "write", path=dst)
-    with open(src, format=src_format, **dict(read_options or {})) as reader:
+    with open(
+        src, format=src_format, storage_options=storage_options, **dict(read_options or {})
+    ) as reader:
         plan = build_plan(
             reader, rules, hints=hints, rename=rename, name_map=name_map, options=rule_options
         )
@@ -365,8 +407,15 @@ def convert(
             if plan.rules == "rename" and not (rename or name_map or dtype)
             else tensors
         )
-        Path(dst).parent.mkdir(parents=True, exist_ok=True)
-        left_out = fmt.write(dst, source, metadata=metadata, **options)
+        if _is_url(dst):  # object storage (#17)
+            from weightvault import storage
+
+            left_out = storage.write_converted(
+                fmt, dst, source, metadata=metadata, storage_options=storage_options, **options
+            )
+        else:
+            Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            left_out = fmt.write(dst, source, metadata=metadata, **options)
         if isinstance(left_out, Mapping):  # a template writer's training-only tensors (tf_graph)
             report.skipped = {**report.skipped, **left_out}
         report.compute_shapes()
@@ -375,7 +424,23 @@ def convert(
 
 def _destination(dst: PathLike) -> str:
     """``~/out.pt`` as the user meant it."""
-    return os.path.expanduser(os.fspath(dst))
+    if _is_url(dst):
+        return os.fspath(dst)
+    return os.path.expanduser(os.fspath(_local(dst)))
+
+
+def _is_url(path: Any) -> bool:
+    """#17: ``s3://``, ``gs://``, ``memory://``... go to :mod:`weightvault.storage`."""
+    from weightvault.storage.location import is_url
+
+    return is_url(path)
+
+
+def _local(path: Any) -> Any:
+    """#17: a ``file://`` URL as the plain path it names (anything else unchanged)."""
+    from weightvault.storage.location import local_path
+
+    return local_path(path)
 
 
 #: spellings of floating dtypes people type for ``--dtype``

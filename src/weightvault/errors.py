@@ -29,6 +29,7 @@ __all__ = [
     "MissingDependencyError",
     "ResourceLimitError",
     "ShapeMismatchError",
+    "StorageError",
     "StrictRestoreError",
     "TensorNotFoundError",
     "TruncatedFileError",
@@ -167,6 +168,10 @@ class CheckpointLockedError(WeightVaultError, RuntimeError):
 
 class CheckpointSaveError(WeightVaultError, OSError):
     """Writing a checkpoint failed (disk full, file too large, I/O error); earlier ones are intact."""
+
+
+class StorageError(WeightVaultError, OSError):
+    """An object store (S3, GCS, ... through fsspec) failed or refused a request, after retries."""
 
 
 class FormatNotFoundError(WeightVaultError, ValueError):

@@ -148,8 +148,23 @@ class CheckpointInfo:
 # -- reading a run directory (shared by the manager, watch and the CLI) -----------------------------
 
 
+def _on_store(path: Any) -> Any:
+    """#17: the :class:`weightvault.storage.Location` of an object-store URL, else None."""
+    from weightvault.storage.location import is_url
+
+    if not is_url(path):
+        return None
+    from weightvault.storage import location
+
+    return location(path)
+
+
 def _read_record(step_dir: Path, step: int) -> dict[str, Any] | None:
     """The manager's record of a committed step directory, or None if it is not one of ours."""
+    if (loc := _on_store(step_dir)) is not None:  # object storage (#17)
+        from weightvault.storage.runs import read_record
+
+        return read_record(loc, step)
     if not (step_dir / COMMIT_MARKER).is_file():
         return None
     try:
@@ -162,6 +177,10 @@ def _read_record(step_dir: Path, step: int) -> dict[str, Any] | None:
 
 
 def read_state(directory: Path) -> dict[str, Any]:
+    if (loc := _on_store(directory)) is not None:  # object storage (#17)
+        from weightvault.storage.runs import read_state as read_state_on_store
+
+        return read_state_on_store(loc)
     try:
         state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -171,6 +190,10 @@ def read_state(directory: Path) -> dict[str, Any]:
 
 def scan_run(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
     """Committed checkpoints of a run directory in step order, read from the listing itself."""
+    if (loc := _on_store(directory)) is not None:  # object storage (#17)
+        from weightvault.storage.runs import scan_run as scan_run_on_store
+
+        return scan_run_on_store(loc)
     root = Path(directory)
     try:
         names = os.listdir(root)
@@ -217,6 +240,10 @@ def deleted_step_error(path: str | os.PathLike[str]) -> CheckpointDeletedError |
     it in a listing a moment earlier then fails on whatever file it opens next ("shard ... is
     missing"), which blames the wrong thing. None when ``path`` is not a vanished run step.
     """
+    if (loc := _on_store(path)) is not None:  # object storage (#17)
+        from weightvault.storage.runs import deleted_step_error as deleted_on_store
+
+        return deleted_on_store(loc)
     step_dir = Path(path)
     m = STEP_RE.match(step_dir.name)
     if m is None or not (step_dir.parent / STATE_FILE).is_file():
@@ -235,11 +262,17 @@ def deleted_step_error(path: str | os.PathLike[str]) -> CheckpointDeletedError |
 def consumer_file(directory: str | os.PathLike[str], name: str) -> Path:
     if not isinstance(name, str) or not CONSUMER_NAME_RE.match(name):
         raise ValueError(f"a consumer name is 1-64 letters, digits, '_', '.', '-', not {name!r}")
+    if (loc := _on_store(directory)) is not None:  # object storage (#17)
+        return loc / CONSUMERS_DIR / f"{name}.json"
     return Path(directory) / CONSUMERS_DIR / f"{name}.json"
 
 
 def read_consumers(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """``{name: progress}`` of the registered consumers of a run (unreadable files are ignored)."""
+    if (loc := _on_store(directory)) is not None:  # object storage (#17)
+        from weightvault.storage.runs import read_consumers as read_consumers_on_store
+
+        return read_consumers_on_store(loc)
     root = Path(directory) / CONSUMERS_DIR
     try:
         names = sorted(os.listdir(root))
@@ -382,6 +415,16 @@ class CheckpointManager:
         ...     mgr.steps(), float(mgr.load("latest")["w"][0])
         ([20, 30], 30.0)
     """
+
+    def __new__(cls, directory: Any = None, *args: Any, **kwargs: Any) -> CheckpointManager:
+        # object storage (#17): a URL gets the manager with the object-store commit protocol
+        from weightvault.storage.location import is_url
+
+        if cls is CheckpointManager and is_url(directory):
+            from weightvault.storage.manager import ObjectStoreManager
+
+            return super().__new__(ObjectStoreManager)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -73,6 +73,7 @@ def watch(
     *,
     start_after: int | None = None,
     consumer: str | None = None,
+    storage_options: Any = None,
 ) -> Watcher:
     """Yield ``(step, path)`` for each committed checkpoint of a run, once each, in step order.
 
@@ -98,7 +99,10 @@ def watch(
                 continue  # deleted by retention before it could be read: go on with the next
             evaluate(ckpt.step, state)
     """
-    return Watcher(directory, timeout, poll, start_after=start_after, consumer=consumer)
+    return Watcher(
+        directory, timeout, poll, start_after=start_after, consumer=consumer,
+        storage_options=storage_options,
+    )  # fmt: skip
 
 
 class Watcher(Iterator[WatchedCheckpoint]):
@@ -116,10 +120,11 @@ class Watcher(Iterator[WatchedCheckpoint]):
         *,
         start_after: int | None = None,
         consumer: str | None = None,
+        storage_options: Any = None,
     ) -> None:
         if poll <= 0:
             raise ValueError(f"poll must be > 0 seconds, not {poll}")
-        self.directory = Path(directory)
+        self.directory = _run_directory(directory, storage_options)
         self.timeout = timeout
         self.poll = poll
         self.consumer = consumer
@@ -192,6 +197,20 @@ class Watcher(Iterator[WatchedCheckpoint]):
             "host": socket.gethostname(),
         }
         self._progress.parent.mkdir(exist_ok=True)
-        with atomic_write(self._progress, fsync=False) as f:
-            f.write(json.dumps(record).encode())
+        if not isinstance(self._progress, Path):  # object storage (#17): one PUT is atomic
+            self._progress.write_bytes(json.dumps(record).encode())
+        else:
+            with atomic_write(self._progress, fsync=False) as f:
+                f.write(json.dumps(record).encode())
         self._beat = time.monotonic()
+
+
+def _run_directory(directory: Any, storage_options: Any) -> Any:
+    """#17: a URL as a :class:`weightvault.storage.Location`, anything else as a Path."""
+    from weightvault.storage.location import is_url
+
+    if is_url(directory):
+        from weightvault.storage import location
+
+        return location(directory, storage_options)
+    return Path(directory)

@@ -119,17 +119,31 @@ class LazyGroup(click.Group):
                 return None
             raise
         cmd.context_class = _CommandContext
-        return cmd
+        from weightvault.storage.cli import add_storage_option  # object storage (#17)
+
+        return add_storage_option(cmd)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="weightvault")
 @click.option("-v", "--verbose", count=True, help="Show tracebacks on errors.")
+@click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    expose_value=False, callback=lambda c, p, v: _remember_storage_options(c, p, v),
+    help="Option for the filesystem of s3://, gs://... URLs (endpoint_url=..., anon=true); "
+    "repeatable, also after the command.",
+)  # fmt: skip
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:
     """Persist, recover, convert, inspect and export neural-network weights."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+
+
+def _remember_storage_options(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    from weightvault.storage.cli import remember  # object storage (#17)
+
+    remember(ctx, param, value)
 
 
 def main(argv: list[str] | None = None) -> Any:

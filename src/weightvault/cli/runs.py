@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from weightvault.cli.common import emit_json, human_bytes, json_option, print_table, warn
+from weightvault.storage.cli import RunDirectory
 
 __all__ = ["runs"]
 
@@ -31,7 +32,7 @@ def _local_time(ts: float) -> str:
 
 
 @click.command("runs")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=RunDirectory())  # a local directory or a URL (#17)
 @json_option
 def runs(directory: Path, as_json: bool) -> None:
     """List the checkpoints of a run directory: step, time, metrics, size, kept-because."""
@@ -57,7 +58,12 @@ def runs(directory: Path, as_json: bool) -> None:
     if best_policy is not None:
         ranked = best_policy.ranked([c.record for c in infos])
         best = ranked[0].step if ranked else None
-    leftovers = sorted(n for n in os.listdir(directory) if LEFTOVER_RE.match(n))
+    if isinstance(directory, Path):
+        leftovers = sorted(n for n in os.listdir(directory) if LEFTOVER_RE.match(n))
+    else:  # object storage (#17): uncommitted step prefixes
+        from weightvault.storage.runs import uncommitted
+
+        leftovers = uncommitted(directory)
     if as_json:
         emit_json(
             {

@@ -1,0 +1,300 @@
+"""CheckpointManager on an object store.
+
+``CheckpointManager("s3://bucket/runs/exp1", ..., storage_options={...})`` returns an
+:class:`ObjectStoreManager`: the same API, policies, run state and async saves, with the
+directory operations replaced by the object-store protocol:
+
+* **commit without rename:** each step is written straight to ``<run>/step-N/``: shards, then
+  ``manifest.json`` and the index, then the manager's ``checkpoint.json``, then (after the
+  writer's lease is renewed) ``COMMITTED``. Readers, ``watch``, ``runs`` and retention count a
+  step only when ``COMMITTED`` is there;
+* **retention** deletes ``COMMITTED`` first, then the rest: a crash mid-delete leaves an
+  uncommitted prefix, never a committed partial one;
+* **leftovers:** a writer, once it holds the lease, removes uncommitted ``step-N`` prefixes whose
+  every object is older than its lease (the store's own clock: ``LastModified``), i.e. provably
+  written by an earlier writer; anything newer is left alone;
+* **one writer per run:** the lease of :mod:`weightvault.storage.lease` (conditional writes on
+  S3), instead of the local ``flock``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from weightvault.checkpoint.manager import (
+    RECORD_FILE,
+    RECORD_FORMAT,
+    RUN_FORMAT,
+    STATE_FILE,
+    CheckpointInfo,
+    CheckpointManager,
+    _best_from_state,
+    _build_policy,
+    _check_same_policy,
+    _now,
+    _parse_best,
+    _policy_id,
+    _report_unobserved,
+    _stamp,
+    step_dir_name,
+)
+from weightvault.checkpoint.snapshot import SnapshotCache
+from weightvault.errors import CheckpointLockedError, CheckpointSaveError, WeightVaultUserWarning
+from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE
+from weightvault.storage import location
+from weightvault.storage.lease import Lease
+from weightvault.storage.native import delete_checkpoint, save_url
+from weightvault.storage.runs import read_record, read_state, scan_run, step_prefixes
+
+__all__ = ["ObjectStoreManager"]
+
+
+class ObjectStoreManager(CheckpointManager):
+    """A :class:`CheckpointManager` whose run lives on an object store (see the module doc).
+
+    Extra arguments: ``storage_options`` (as everywhere) and ``lease_seconds`` (how long the
+    writer's lease lasts without renewal; a crashed writer's run can be taken over after it).
+    """
+
+    def __init__(
+        self,
+        directory: Any,
+        max_to_keep: int | None = 5,
+        keep_every_n_steps: int | None = None,
+        keep_period_hours: float | None = None,
+        best: Any = None,
+        async_save: bool = False,
+        *,
+        policy: Any = None,
+        read_only: bool = False,
+        allow_policy_change: bool = False,
+        consumer_timeout: float | None = 3600.0,
+        consumer_max_pending: int = 16,
+        state_template: Any = None,
+        fsync: bool = True,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        storage_options: Any = None,
+        lease_seconds: float = 120.0,
+    ) -> None:
+        self.loc = location(directory, storage_options)
+        self.directory = self.loc  # type: ignore[assignment]
+        self.read_only = read_only
+        self.async_save = async_save
+        self.fsync = fsync
+        self.shard_size = shard_size
+        self.consumer_timeout = consumer_timeout
+        self.consumer_max_pending = consumer_max_pending
+        self._best = _parse_best(best)
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
+        self._settings = {
+            "max_to_keep": max_to_keep,
+            "keep_every_n_steps": keep_every_n_steps,
+            "keep_period_hours": keep_period_hours,
+            "best": None
+            if self._best is None
+            else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
+            "async_save": async_save,
+            "custom_policy": None if policy is None else _policy_id(policy),
+        }
+        self.policy = policy or _build_policy(
+            max_to_keep, keep_every_n_steps, keep_period_hours, self._best
+        )
+        self._lock = Lease(self.loc, lease_seconds)  # type: ignore[assignment]
+        self._state_lock = threading.RLock()
+        self._save_lock = threading.Lock()
+        self._future: Future[None] | None = None
+        self._inflight_step: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._cache = SnapshotCache()
+        self._prepare_thread: threading.Thread | None = None
+        self.prepared_bytes = 0
+        self._closed = False
+        self.run_id: str | None = None
+        self.cleaned_up: list[str] = []
+        if read_only:
+            state = read_state(self.loc)
+            if self._best is None:
+                self._best = _best_from_state(state)
+            self.run_id = state.get("run_id")
+            return
+        self._lock.acquire()
+        try:
+            self.cleaned_up = self._remove_leftovers()
+            state = read_state(self.loc)
+            if not allow_policy_change:
+                _check_same_policy(state, self._settings, self.loc)  # type: ignore[arg-type]
+            self.run_id = state.get("run_id") or uuid.uuid4().hex
+            self._created = state.get("created") or _stamp()
+            self._write_state(scan_run(self.loc))
+        except BaseException:
+            self._lock.release()
+            raise
+        atexit.register(_report_unobserved, weakref.ref(self))
+        if state_template is not None:
+            self.prepare(state_template)
+
+    # -- listing ------------------------------------------------------------------------------------
+    def checkpoints(self) -> list[CheckpointInfo]:
+        return scan_run(self.loc)
+
+    def path(self, step: int | str = "latest") -> Any:
+        """The prefix (a :class:`~weightvault.storage.Location`, ``str()`` is its URL)."""
+        from weightvault.errors import CheckpointNotFoundError
+
+        resolved = self._resolve(step)
+        path = self.loc / step_dir_name(resolved)
+        if read_record(path, resolved) is None:
+            raise CheckpointNotFoundError(
+                f"no committed checkpoint for step {resolved}", path=self.loc.url
+            )
+        return path
+
+    # -- writing --------------------------------------------------------------------------------------
+    def _write(self, job: Any) -> None:
+        final = self.loc / step_dir_name(job.step)
+        write_started = time.perf_counter()
+
+        def record_and_renew(nbytes: int) -> None:
+            now, stamp = _now()
+            record = {
+                "format": RECORD_FORMAT,
+                "version": 1,
+                "step": job.step,
+                "run_id": self.run_id,
+                "saved_at": stamp,
+                "time": now,
+                "metrics": job.metrics,
+                "mode": job.mode,
+                "stall_seconds": job.stall
+                if job.stall is not None
+                else time.perf_counter() - job.started,
+                "write_seconds": time.perf_counter() - write_started,
+                "size_bytes": nbytes,
+            }
+            final.child(RECORD_FILE).write_bytes(json.dumps(record, indent=1).encode())
+            self._lock.renew()  # type: ignore[attr-defined] - a writer that lost its lease commits nothing
+
+        try:
+            save_url(
+                final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                single_file=False, progress=False, before_commit=record_and_renew,
+            )  # fmt: skip
+            job.state = None
+        except CheckpointLockedError:
+            raise
+        except OSError as exc:
+            error = CheckpointSaveError(
+                f"saving step {job.step} failed: {exc}; earlier checkpoints are intact",
+                path=final.url,
+            )
+            error.errno = exc.errno
+            raise error from exc
+        self._apply_retention()
+
+    def _delete_owned(self, step: int) -> None:
+        path = self.loc / step_dir_name(step)
+        if read_record(path, step) is None:  # not provably ours: leave it alone
+            warnings.warn(
+                f"not deleting {path.url}: not a checkpoint written by a manager",
+                WeightVaultUserWarning,
+                stacklevel=3,
+            )
+            return
+        delete_checkpoint(path)  # COMMITTED first
+
+    def _write_state(self, checkpoints: list[CheckpointInfo]) -> None:
+        with self._state_lock:
+            kept = {c.step: c for c in checkpoints}
+            previous = {
+                c.get("step"): c.get("kept_because") or []
+                for c in read_state(self.loc).get("checkpoints", [])
+            }
+            rows = []
+            for c in checkpoints:
+                row = c.to_dict()
+                if not row["kept_because"]:
+                    row["kept_because"] = list(previous.get(c.step, []))
+                rows.append(row)
+            best = None
+            if self._best is not None:
+                ranked = self._best.ranked([c.record for c in kept.values()])
+                best = ranked[0].step if ranked else None
+            state = {
+                "format": RUN_FORMAT,
+                "version": 1,
+                "run_id": self.run_id,
+                "created": self._created,
+                "updated": _stamp(),
+                "settings": self._settings,
+                "latest": max(kept) if kept else None,
+                "best": best,
+                "checkpoints": rows,
+            }
+            # one PUT: an object is replaced atomically, readers see the old or the new state
+            self.loc.child(STATE_FILE).write_bytes(json.dumps(state, indent=1, allow_nan=False).encode())
+
+    def _remove_leftovers(self) -> list[str]:
+        """Uncommitted step prefixes provably older than this writer's lease (see module doc)."""
+        taken = self._lock.taken_at  # type: ignore[attr-defined]
+        removed = []
+        for _step, prefix in step_prefixes(self.loc):
+            if prefix.child(COMMIT_MARKER).exists():
+                continue
+            times = [_entry_time(e) for e in prefix.listdir()]
+            if taken is not None and times and all(t is not None and t < taken for t in times):
+                delete_checkpoint(prefix)
+                removed.append(prefix.name)
+        if taken is not None and self.loc.is_s3:
+            removed += _abort_stale_uploads(self.loc, taken)
+        return removed
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else ("async" if self.async_save else "sync")
+        return f"CheckpointManager({self.loc.url!r}, {mode}, policy={self.policy!r})"
+
+
+def _entry_time(entry: dict[str, Any]) -> float | None:
+    value = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _abort_stale_uploads(run: Any, taken: float) -> list[str]:
+    """Multipart uploads under the run started before this writer's lease: a killed writer's
+    (it could not abort them). Their parts are invisible but billed; abort them."""
+    bucket, key, _ = run.fs.split_path(run.path)
+    prefix = key.rstrip("/") + "/"
+    aborted = []
+
+    def listing() -> list[dict[str, Any]]:
+        out = run.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        return list(out.get("Uploads", []))
+
+    for upload in run._retry(listing, "listing multipart uploads"):
+        started = upload.get("Initiated")
+        if started is None or not hasattr(started, "timestamp") or started.timestamp() >= taken:
+            continue
+
+        def abort(u: dict[str, Any] = upload) -> None:
+            run.fs.call_s3(
+                "abort_multipart_upload", Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]
+            )
+
+        run._retry(abort, "aborting a stale multipart upload")
+        aborted.append(f"upload of {upload['Key'][len(prefix):]}")
+    return aborted
