@@ -293,6 +293,27 @@ def _checksum_hook(
     return lambda src: _ChecksumDigest(rows[src.name], advance)
 
 
+def plan_state(
+    obj: Any, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> tuple[dict[str, Any], list[TensorSource], dict[str, dict[str, Any]], dict[str, str]]:
+    """What a save of ``obj`` writes: tree spec, tensor sources, manifest rows and aliases.
+
+    ``obj`` is a nested state, a lazy mapping (a reader or a conversion plan: read one tensor
+    at a time) or a :class:`~weightvault.core.shards.FlatState` (already flattened, ties found).
+    Shared by local saves and object-store saves, so both write the same manifest."""
+    if _is_lazy(obj):
+        spec, sources, rows = plan_lazy(obj)
+        return spec, sources, rows, {}
+    if isinstance(obj, FlatState):
+        if include or exclude:
+            raise TypeError("include/exclude filter a state as it is flattened, not a FlatState")
+        sources, rows, aliases = plan_tensors(obj.tensors, obj.aliases)
+        return obj.spec, sources, rows, aliases
+    spec, found = flatten(obj, keep=name_filter(include, exclude))
+    sources, rows, aliases = plan_tensors(found)
+    return spec, sources, rows, aliases
+
+
 def save_native(
     path: str | os.PathLike[str],
     obj: Any,
@@ -320,17 +341,7 @@ def save_native(
     _refuse_foreign_extension(path)
     if single_file is None:
         single_file = path.suffix == ".safetensors"
-    if _is_lazy(obj):
-        spec, sources, rows = plan_lazy(obj)
-        aliases: dict[str, str] = {}
-    elif isinstance(obj, FlatState):
-        if include or exclude:
-            raise TypeError("include/exclude filter a state as it is flattened, not a FlatState")
-        spec = obj.spec
-        sources, rows, aliases = plan_tensors(obj.tensors, obj.aliases)
-    else:
-        spec, found = flatten(obj, keep=name_filter(include, exclude))
-        sources, rows, aliases = plan_tensors(found)
+    spec, sources, rows, aliases = plan_state(obj, include, exclude)
     check_tensor_names(sources, path=path)
     manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
     total = sum(s.nbytes for s in sources)

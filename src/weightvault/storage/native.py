@@ -30,7 +30,8 @@ from weightvault.core.checksum import PLACEHOLDER
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import check_tensor_names, write_safetensors
-from weightvault.core.tree import flatten, name_filter, unflatten
+from weightvault.core.shards import plan_shards
+from weightvault.core.tree import unflatten
 from weightvault.errors import ChecksumMismatchError, UnsupportedOperationError
 from weightvault.formats.native import (
     COMMIT_MARKER,
@@ -39,12 +40,9 @@ from weightvault.formats.native import (
     MANIFEST_FILE,
     MANIFEST_KEY,
     _checksum_hook,
-    _is_lazy,
     _new_manifest,
     _refuse_foreign_extension,
-    _shard_groups,
-    plan_lazy,
-    plan_tensors,
+    plan_state,
 )
 from weightvault.storage.location import Location
 from weightvault.storage.reader import RemoteNativeReader, open_remote, run_parallel
@@ -79,12 +77,7 @@ def save_url(
     _refuse_foreign_extension(PurePosixPath(loc.name))  # type: ignore[arg-type]
     if single_file is None:
         single_file = loc.name.endswith(".safetensors")
-    if _is_lazy(obj):
-        spec, sources, rows = plan_lazy(obj)
-        aliases: dict[str, str] = {}
-    else:
-        spec, found = flatten(obj, keep=name_filter(include, exclude))
-        sources, rows, aliases = plan_tensors(found)
+    spec, sources, rows, aliases = plan_state(obj, include, exclude)
     check_tensor_names(sources, path=loc.url)
     manifest = _new_manifest(rows, aliases, spec, metadata, extra_manifest)
     total = sum(s.nbytes for s in sources)
@@ -120,15 +113,15 @@ def _save_prefix(
         )
     if loc.listdir():
         delete_checkpoint(loc)  # COMMITTED first: never a committed mix of old and new
-    groups = _shard_groups(sources, shard_size)
-    count = len(groups)
+    plan = plan_shards(sources, shard_size)  # the same plan as a local native directory
+    by_name = {src.name: src for src in sources}
     weight_map: dict[str, str] = {}
     nbytes = 0
     pending: list[Any] = []  # shards whose last parts are still in flight
     budget = UploadBudget(loc.transfer) if loc.is_s3 else None
     try:
-        for i, group in enumerate(groups, 1):
-            shard = f"model-{i:05d}-of-{count:05d}.safetensors"
+        for shard, names in plan.shards:
+            group = [by_name[name] for name in names]
             f = open_writer(loc.child(shard), budget=budget)
             try:
                 write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
