@@ -14,6 +14,7 @@ with a work list (no recursion); their depth is bounded by ``MAX_NESTING``.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from typing import Any
@@ -46,14 +47,16 @@ def onnx_graph(path: str | os.PathLike[str]) -> Graph:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise TruncatedFileError("empty file", path=path)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                return _read(view, path)
-            except ProtobufDecodeError as exc:
-                raise InvalidHeaderError(f"not an ONNX model: {exc.message}", path=path) from None
-            finally:
-                view.release()
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return _read(memoryview(mm), path)
+    except ProtobufDecodeError as exc:
+        raise InvalidHeaderError(f"not an ONNX model: {exc.message}", path=path) from None
+    finally:
+        # Slices of the map may still be alive in an exception's frames: then the map is closed
+        # by the garbage collector once they are gone (the graph itself holds only copies).
+        with contextlib.suppress(BufferError):
+            mm.close()
 
 
 def _read(buf: memoryview, path: str) -> Graph:

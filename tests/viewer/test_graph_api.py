@@ -1,0 +1,205 @@
+"""/api/graph without a browser: graphs of real ONNX (torch), TF1 .meta (Saver) and Keras files,
+weights attached to their nodes, and hostile graph files refused or kept as inert text."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _graph_files import MARKUP, GraphFiles, graph_files_once, hostile_onnx, many_nodes_onnx, nested_subgraphs_onnx
+
+import weightvault
+from weightvault.errors import ResourceLimitError, WeightVaultError
+from weightvault.graph import MAX_NODES, extract_graph
+from weightvault.viewer import ViewerServer
+from weightvault.viewer.data import ViewerData
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> GraphFiles:
+    return graph_files_once(tmp_path_factory)
+
+
+def _graph(path: Path) -> dict[str, Any]:
+    data = ViewerData([path])
+    try:
+        return data.graph("0")
+    finally:
+        data.close()
+
+
+def _node(graph: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(n for n in graph["nodes"] if n["name"] == name)
+
+
+def _edges(graph: dict[str, Any]) -> set[tuple[str, str]]:
+    names = [n["name"] for n in graph["nodes"]]
+    return {(names[e["source"]], names[e["target"]]) for e in graph["edges"]}
+
+
+def test_onnx_graph_from_torch_export(files: GraphFiles) -> None:
+    g = _graph(files.onnx_a)
+    assert g["available"] and g["source"] == "onnx"
+    ops = {n["name"]: n["op"] for n in g["nodes"]}
+    assert ops["/conv/Conv"] == "Conv" and ops["/fc/Gemm"] == "Gemm"
+    assert ops["image"] == "Input" and ops["logits (output)"] == "Output"
+    # initializers are the nodes' weights, and every tensor of the file sits on a node
+    assert _node(g, "/conv/Conv")["weights"] == ["conv.weight", "conv.bias"]
+    assert _node(g, "/fc/Gemm")["weights"] == ["fc.weight", "fc.bias"]
+    with weightvault.open(files.onnx_a) as reader:
+        assert g["unattached"] == [] and set(g["weights"]) == set(reader.keys())
+    # data flows image -> Conv -> Relu -> ... -> Gemm -> logits, with the input's shape on its edge
+    edges = _edges(g)
+    assert ("image", "/conv/Conv") in edges and ("/conv/Conv", "/act/Relu") in edges
+    assert ("/fc/Gemm", "logits (output)") in edges
+    first = next(e for e in g["edges"] if e["tensor"] == "image")
+    assert first["shape"] == [1, 3, 8, 8] and first["dtype"] == "float32"
+    assert {s["id"] for s in g["scopes"]} >= {"conv", "fc"}
+    assert _node(g, "/conv/Conv")["attrs"]["kernel_shape"] == [3, 3]
+
+
+def test_tf_meta_graph_with_its_checkpoint(files: GraphFiles) -> None:
+    g = _graph(files.tf_meta1)
+    assert g["source"] == "tf_meta_graph"
+    top = {s["id"] for s in g["scopes"] if s["parent"] == ""}
+    assert {"layer1", "layer2", "gradients", "GradientDescent", "save"} <= top  # the training graph
+    # the variables of the checkpoint beside the .meta are on the variable and on the ops using it
+    assert _node(g, "layer1/weights")["weights"] == ["layer1/weights"]
+    assert _node(g, "layer1/MatMul")["weights"] == ["layer1/weights"]
+    assert "layer2/weights" in _node(g, "GradientDescent/update_layer2/weights/ResourceApplyGradientDescent")["weights"]
+    assert set(_node(g, "save/SaveV2")["weights"]) == {"global_step", "layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"}
+    assert ("x", "layer1/MatMul") in _edges(g)
+    assert _node(g, "x")["kind"] == "input" and _node(g, "layer1/weights")["kind"] == "variable"
+
+
+def test_tf_checkpoint_prefix_finds_the_meta_beside_it(files: GraphFiles) -> None:
+    prefix = files.tf_meta1.with_suffix("")  # model.ckpt-1
+    g = _graph(prefix)
+    assert g["available"] and g["format"] == "tf_bundle" and g["source"] == "tf_meta_graph"
+    assert any("model.ckpt-1.meta" in note for note in g["notes"])
+    assert _node(g, "layer2/MatMul")["weights"] == ["layer2/weights"]
+
+
+@pytest.mark.parametrize("which", ["keras", "keras_h5"])
+def test_keras_layers_and_nested_model(files: GraphFiles, which: str) -> None:
+    g = _graph(getattr(files, which))
+    assert g["source"] == "keras"
+    ops = {n["name"]: n["op"] for n in g["nodes"]}
+    assert ops == {"inp": "InputLayer", "fc1": "Dense", "fc2": "Dense", "add": "Add",
+                   "inner/input_layer": "InputLayer", "inner/d1": "Dense", "inner/d2": "Dense"}
+    assert [s["id"] for s in g["scopes"]] == ["inner"]  # the nested model is a scope
+    assert _edges(g) == {("inp", "fc1"), ("fc1", "fc2"), ("fc1", "add"), ("fc2", "add"),
+                         ("add", "inner/input_layer"), ("inner/input_layer", "inner/d1"), ("inner/d1", "inner/d2")}
+    assert _node(g, "inner/d1")["weights"] == ["inner/d1/kernel", "inner/d1/bias"]
+    assert _node(g, "fc1")["attrs"]["units"] == 6
+    assert next(e for e in g["edges"] if e["tensor"] == "fc1")["shape"] == [None, 6]
+    assert g["unattached"] == []
+
+
+def test_weights_only_file_has_no_graph(tmp_path: Path) -> None:
+    path = weightvault.save({"w": np.ones(3, np.float32)}, tmp_path / "w.safetensors", fsync=False)
+    g = _graph(Path(path))
+    assert g["available"] is False and "no model graph" in g["reason"]
+
+
+# -- hostile files ------------------------------------------------------------------------------------
+def test_markup_names_are_data_and_cycles_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "hostile.onnx"
+    path.write_bytes(hostile_onnx())
+    g = _graph(path)
+    assert any(MARKUP in n["name"] for n in g["nodes"])  # kept verbatim: the page sets it as text
+    assert ("/loop/b", "/loop/c") in _edges(g) and ("/loop/c", "/loop/b") in _edges(g)
+
+
+def test_too_many_nodes_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(many_nodes_onnx(MAX_NODES + 1))
+    with pytest.raises(ResourceLimitError, match="more than 50,000 nodes") as info:
+        _graph(path)
+    assert str(path) in str(info.value)
+
+
+def test_deeply_nested_subgraphs_are_refused_not_recursed(tmp_path: Path) -> None:
+    ok = tmp_path / "ok.onnx"
+    ok.write_bytes(nested_subgraphs_onnx(5))
+    g = _graph(ok)
+    leaf = next(n for n in g["nodes"] if n["name"] == "leaf")
+    assert leaf["scope"].count("then_branch") == 5  # each If's body is a scope inside the last
+    deep = tmp_path / "deep.onnx"
+    deep.write_bytes(nested_subgraphs_onnx(400))
+    with pytest.raises(WeightVaultError, match="nest"):
+        _graph(deep)
+
+
+def test_scope_depth_is_capped(tmp_path: Path) -> None:
+    from _graph_files import _node as onnx_node
+    from _graph_files import onnx_model
+
+    from weightvault.core.protobuf import Writer
+
+    name = "/".join(f"s{i}" for i in range(5000)) + "/op"  # 5,000 levels of name scope
+    path = tmp_path / "scopes.onnx"
+    path.write_bytes(onnx_model(Writer().message(1, onnx_node(name, "Relu", ["a"], ["b"]))))
+    g = _graph(path)
+    assert len(g["scopes"]) == 32 and g["nodes"][0]["scope"].count("/") == 31
+
+
+def test_truncated_graph_is_a_weightvault_error(files: GraphFiles, tmp_path: Path) -> None:
+    data = files.onnx_a.read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(WeightVaultError):
+        with weightvault.open(path) as r:
+            extract_graph(path, r)
+
+
+# -- over HTTP ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(files: GraphFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerServer]:
+    huge = tmp_path_factory.mktemp("huge") / "huge.onnx"
+    huge.write_bytes(many_nodes_onnx(MAX_NODES + 1))
+    with ViewerServer([files.onnx_a, files.keras, huge]).start() as srv:
+        yield srv
+
+
+def _get(srv: ViewerServer, route: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(srv.url + route) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_graph_endpoint_over_http(server: ViewerServer) -> None:
+    status, g = _get(server, "api/graph?file=0")
+    assert status == 200 and g["file"] == 0 and g["source"] == "onnx" and g["node_count"] == len(g["nodes"])
+    assert g["edge_count"] == len(g["edges"]) and g["weights"]["fc.weight"] == [_node(g, "/fc/Gemm")["id"]]
+    status, g = _get(server, "api/graph?file=1")
+    assert status == 200 and g["source"] == "keras"
+
+
+def test_graph_endpoint_errors(server: ViewerServer) -> None:
+    status, body = _get(server, "api/graph?file=2")
+    assert status == 422 and body["error"]["code"] == "ResourceLimitError"
+    assert "more than 50,000 nodes" in body["error"]["message"]
+    assert _get(server, "api/graph?file=9")[0] == 404
+    assert _get(server, "api/graph")[0] == 400
+
+
+def test_vendored_layout_library_is_served(server: ViewerServer) -> None:
+    with urllib.request.urlopen(server.url + "static/vendor/elk.bundled.js") as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/javascript")
+        assert len(resp.read()) > 1_000_000
+    for bad in ("static/vendor/elk.LICENSE.md", "static/vendor/../app.js", "static/vendor/%2e%2e/app.js"):
+        try:
+            urllib.request.urlopen(server.url + bad)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+        else:
+            raise AssertionError(f"{bad} was served")
