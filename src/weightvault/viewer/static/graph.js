@@ -296,7 +296,11 @@ async function findNode() {
   const text = $("#graph-search").value.trim();
   if (!text) return;
   const match = matcher(text);  // app.js: substring or /regex/
-  const hits = graph.data.nodes.filter((n) => match(n.name) || match(n.op));
+  // exact names first, then other matching names, then matching op types
+  const exact = graph.data.nodes.filter((n) => n.name === text);
+  const named = graph.data.nodes.filter((n) => n.name !== text && match(n.name));
+  const typed = graph.data.nodes.filter((n) => !match(n.name) && match(n.op));
+  const hits = [...exact, ...named, ...typed];
   if (!hits.length) { graphStatus(`no node matches ${JSON.stringify(text)}`); return; }
   // Cycle through the hits on repeated Enter.
   graph.searchIndex = graph.searchText === text ? (graph.searchIndex + 1) % hits.length : 0;
