@@ -151,7 +151,9 @@ def _node(msg: Message, prefix: str, path: str) -> GraphNode:
     outputs = [_text(v) for v in msg.get(2, []) if not isinstance(v, int)]
     if not name:
         name = f"{op}_{outputs[0]}" if outputs else op
-    scope = "/".join(p for p in (prefix, scope_of(name)) if p)
+    # torch's exporter names nodes by module path ("/blocks.3/attn/MatMul"): "." separates scopes
+    # too, so 300 blocks collapse into one "blocks" box, not 300 boxes side by side.
+    scope = "/".join(p for p in (prefix, scope_of(name).replace(".", "/")) if p)
     attrs: dict[str, Any] = {}
     if domain:
         attrs["domain"] = attr_value(domain)
