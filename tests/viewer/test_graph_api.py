@@ -203,3 +203,44 @@ def test_vendored_layout_library_is_served(server: ViewerServer) -> None:
             assert exc.code == 404
         else:
             raise AssertionError(f"{bad} was served")
+
+
+# -- torch.export archives (parser only: weightvault has no .pt2 weight reader yet) --------------------
+def test_torch_export_graph_from_json(tmp_path: Path) -> None:
+    import torch
+
+    from weightvault.graph.torch_export import torch_export_graph
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.bn = torch.nn.BatchNorm1d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.bn(self.fc(x)))
+
+    path = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(Net().eval(), (torch.randn(2, 4),)), path)
+    g = torch_export_graph(path).to_json()
+    ops = {n["name"]: (n["op"], n["scope"], n["weights"]) for n in g["nodes"]}
+    assert ops["linear"] == ("aten.linear", "fc", ["fc.weight", "fc.bias"])
+    assert ops["batch_norm"][1] == "bn" and "bn.running_mean" in ops["batch_norm"][2]
+    assert ("x", "linear") in _edges(g) and ("relu", "relu (output)") in _edges(g)
+    assert next(e for e in g["edges"] if e["tensor"] == "linear")["shape"] == [2, 3]
+
+
+def test_torch_export_hostile_archives(tmp_path: Path) -> None:
+    import zipfile
+
+    from weightvault.graph.torch_export import torch_export_graph
+
+    deep = tmp_path / "deep.pt2"
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr("m/models/model.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ResourceLimitError, match="nested too deeply"):
+        torch_export_graph(deep)
+    broken = tmp_path / "broken.pt2"
+    broken.write_bytes(deep.read_bytes()[:40])
+    with pytest.raises(WeightVaultError, match="torch.export"):
+        torch_export_graph(broken)
