@@ -83,7 +83,6 @@ def _model(
     layers = [layer for layer in layers if isinstance(layer, dict)]
     sequential = model.get("class_name") == "Sequential" or not any("inbound_nodes" in layer for layer in layers)
     previous = list(feeding)
-    last = ""
     for layer in layers:
         name = _layer_name(layer)
         lpath = _join(prefix, name)
@@ -104,8 +103,6 @@ def _model(
             builder.add(GraphNode(lpath, cls, scope=prefix, inputs=inputs, outputs=[lpath], attrs=attrs,
                                   kind="input" if cls == "InputLayer" else "layer"))
         previous = [lpath]
-        last = lpath
-    del last
 
 
 def _output_layer(model: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ from typing import Any
 from weightvault.core.limits import check_depth
 from weightvault.core.protobuf import (
     FIXED32,
-    LEN,
     VARINT,
     Message,
     ProtobufDecodeError,
