@@ -5,7 +5,7 @@
 * ``tf_run``: a TF1 training graph (``tf.compat.v1``, GradientDescent) saved by
   ``tf.compat.v1.train.Saver`` at step 0 and after one training step of ``layer2`` only
   (``model.ckpt-0.meta``, ``model.ckpt-1.meta`` beside their ``.index``/``.data``).
-* ``keras``: a Functional ``.keras`` model with a nested Sequential; ``keras_h5``: the same model as
+* ``keras``: a Functional ``.keras`` model with a nested Sequential and a layer after it; ``keras_h5``: the same model as
   legacy ``model.save("x.h5")``.
 * ``hostile``: an ONNX graph built by hand with node names holding markup, and a cycle.
 """
@@ -116,7 +116,8 @@ def _keras(root: Path) -> tuple[Path, Path]:
     h = keras.layers.Dense(6, name="fc1")(x)
     a = keras.layers.Dense(6, name="fc2")(h)
     s = keras.layers.Add(name="add")([h, a])
-    model = keras.Model(x, inner(s), name="outer")
+    head = keras.layers.Dense(2, name="head")(inner(s))  # reads the nested model's output
+    model = keras.Model(x, head, name="outer")
     path = root / "model.keras"
     h5 = root / "model.h5"
     with warnings.catch_warnings():
@@ -170,10 +171,18 @@ def hostile_onnx() -> bytes:
 
 
 def many_nodes_onnx(count: int) -> bytes:
+    """``count`` Relu nodes in a chain, plus the graph input's node."""
     g = Writer()
     for i in range(count):
         g.message(1, _node(f"n{i}", "Relu", [f"v{i}"], [f"v{i + 1}"]))
     g.message(11, _value_info("v0", [1]))
+    return onnx_model(g)
+
+
+def weight_first_onnx() -> bytes:
+    """A MatMul whose first input is the initializer (w @ x)."""
+    g = Writer().message(1, _node("mm", "MatMul", ["w", "x"], ["y"])).string(2, "w_first")
+    g.message(5, _initializer("w", np.ones((2, 2), np.float32))).message(11, _value_info("x", [2, 1]))
     return onnx_model(g)
 
 

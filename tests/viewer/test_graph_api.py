@@ -12,7 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _graph_files import MARKUP, GraphFiles, graph_files_once, hostile_onnx, many_nodes_onnx, nested_subgraphs_onnx
+from _graph_files import (
+    MARKUP,
+    GraphFiles,
+    graph_files_once,
+    hostile_onnx,
+    many_nodes_onnx,
+    nested_subgraphs_onnx,
+    weight_first_onnx,
+)
 
 import weightvault
 from weightvault.errors import ResourceLimitError, WeightVaultError
@@ -92,10 +100,11 @@ def test_keras_layers_and_nested_model(files: GraphFiles, which: str) -> None:
     assert g["source"] == "keras"
     ops = {n["name"]: n["op"] for n in g["nodes"]}
     assert ops == {"inp": "InputLayer", "fc1": "Dense", "fc2": "Dense", "add": "Add",
-                   "inner/input_layer": "InputLayer", "inner/d1": "Dense", "inner/d2": "Dense"}
+                   "inner/input_layer": "InputLayer", "inner/d1": "Dense", "inner/d2": "Dense", "head": "Dense"}
     assert [s["id"] for s in g["scopes"]] == ["inner"]  # the nested model is a scope
     assert _edges(g) == {("inp", "fc1"), ("fc1", "fc2"), ("fc1", "add"), ("fc2", "add"),
-                         ("add", "inner/input_layer"), ("inner/input_layer", "inner/d1"), ("inner/d1", "inner/d2")}
+                         ("add", "inner/input_layer"), ("inner/input_layer", "inner/d1"), ("inner/d1", "inner/d2"),
+                         ("inner/d2", "head")}  # the nested model's output is its last layer's
     assert _node(g, "inner/d1")["weights"] == ["inner/d1/kernel", "inner/d1/bias"]
     assert _node(g, "fc1")["attrs"]["units"] == 6
     assert next(e for e in g["edges"] if e["tensor"] == "fc1")["shape"] == [None, 6]
@@ -117,9 +126,19 @@ def test_markup_names_are_data_and_cycles_are_kept(tmp_path: Path) -> None:
     assert ("/loop/b", "/loop/c") in _edges(g) and ("/loop/c", "/loop/b") in _edges(g)
 
 
+def test_an_initializer_in_any_input_position_is_a_weight(tmp_path: Path) -> None:
+    path = tmp_path / "w_first.onnx"
+    path.write_bytes(weight_first_onnx())
+    g = _graph(path)
+    assert _node(g, "mm")["weights"] == ["w"] and ("x", "mm") in _edges(g)
+
+
 def test_too_many_nodes_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "full.onnx"
+    path.write_bytes(many_nodes_onnx(MAX_NODES - 1))  # and the input's node: exactly the limit
+    assert _graph(path)["node_count"] == MAX_NODES
     path = tmp_path / "huge.onnx"
-    path.write_bytes(many_nodes_onnx(MAX_NODES + 1))
+    path.write_bytes(many_nodes_onnx(MAX_NODES))
     with pytest.raises(ResourceLimitError, match="more than 50,000 nodes") as info:
         _graph(path)
     assert str(path) in str(info.value)
