@@ -263,3 +263,25 @@ def test_torch_export_hostile_archives(tmp_path: Path) -> None:
     broken.write_bytes(deep.read_bytes()[:40])
     with pytest.raises(WeightVaultError, match="torch.export"):
         torch_export_graph(broken)
+
+
+def test_tf_frozen_graph_consts_are_weights(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4], name="x")
+        w = v1.Variable(np.ones((4, 3), np.float32), name="dense/kernel")
+        tf.nn.relu(tf.matmul(x, w), name="y")
+        with v1.Session() as sess:
+            sess.run(v1.global_variables_initializer())
+            frozen = v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["y"])
+    path = tmp_path / "frozen.pb"
+    path.write_bytes(frozen.SerializeToString())
+    g = _graph(path)
+    assert g["source"] == "tf_frozen_graph"
+    assert _node(g, "dense/kernel")["op"] == "Const" and _node(g, "dense/kernel")["weights"] == ["dense/kernel"]
+    assert _node(g, "MatMul")["weights"] == ["dense/kernel"]  # through dense/kernel/read (Identity)
+    assert ("MatMul", "y") in _edges(g) and ("x", "MatMul") in _edges(g)
+    assert next(e for e in g["edges"] if e["tensor"] == "dense/kernel")["shape"] == [4, 3]
