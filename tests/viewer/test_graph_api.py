@@ -92,6 +92,9 @@ def test_tf_checkpoint_prefix_finds_the_meta_beside_it(files: GraphFiles) -> Non
     assert g["available"] and g["format"] == "tf_bundle" and g["source"] == "tf_meta_graph"
     assert any("model.ckpt-1.meta" in note for note in g["notes"])
     assert _node(g, "layer2/MatMul")["weights"] == ["layer2/weights"]
+    # the run directory: its latest checkpoint (the "checkpoint" file), and that one's .meta
+    g = _graph(files.tf_meta1.parent)
+    assert g["available"] and any("model.ckpt-1.meta" in note for note in g["notes"])
 
 
 @pytest.mark.parametrize("which", ["keras", "keras_h5"])

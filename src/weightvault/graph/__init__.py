@@ -9,7 +9,7 @@ file is executed (no pickle, no ``torch.jit.load``, no Keras deserialization).
 | ONNX ``.onnx`` | nodes, graph inputs/outputs, subgraphs as scopes | initializers read by a node |
 | TF ``.meta`` (MetaGraphDef) | the whole training graph (variables, optimizer, Saver ops) | the checkpoint beside it (``PREFIX.index``) |
 | TF frozen ``.pb`` | GraphDef nodes | ``Const`` values |
-| TF checkpoint ``PREFIX`` with ``PREFIX.meta`` beside | that ``.meta``'s graph | the checkpoint's variables |
+| TF checkpoint ``PREFIX`` (or its directory) with ``PREFIX.meta`` beside | that ``.meta``'s graph | the checkpoint's variables |
 | Keras ``.keras`` / legacy ``.h5`` with ``model_config`` | layers, connections, nested models as scopes | ``<layer>/<variable>`` tensors |
 | ``torch.export`` ``.pt2`` archive | the exported program's FX graph (JSON) | parameters and buffers by FQN |
 
@@ -28,15 +28,18 @@ from weightvault.graph.model import MAX_EDGES, MAX_NODES, Graph, GraphNode
 __all__ = ["MAX_EDGES", "MAX_NODES", "Graph", "GraphNode", "extract_graph", "graph_source"]
 
 
-def graph_source(path: str | os.PathLike[str], fmt: str) -> tuple[str, Path] | None:
-    """Which graph a file of format ``fmt`` has, and the file it is read from; None if none."""
+def graph_source(path: str | os.PathLike[str], fmt: str, prefix: str | None = None) -> tuple[str, Path] | None:
+    """Which graph a file of format ``fmt`` has, and the file it is read from; None if none.
+
+    ``prefix``: a TF checkpoint's prefix as its reader resolved it (a run directory given as the
+    path opens its latest checkpoint)."""
     p = Path(path)
     if fmt == "onnx":
         return "onnx", p
     if fmt == "tf_graph":
         return "tf", p
     if fmt in ("tf_bundle", "tf_v1"):
-        prefix = os.fspath(p)
+        prefix = prefix or os.fspath(p)
         for suffix in (".index", ".meta"):
             if prefix.endswith(suffix):
                 prefix = prefix[: -len(suffix)]
@@ -51,7 +54,8 @@ def graph_source(path: str | os.PathLike[str], fmt: str) -> tuple[str, Path] | N
 
 def extract_graph(path: str | os.PathLike[str], reader: Any) -> Graph | None:
     """The graph of the file ``reader`` has open (``path`` as the user gave it), or None."""
-    found = graph_source(path, reader.format)
+    prefix = getattr(reader, "prefix", None)
+    found = graph_source(path, reader.format, os.fspath(prefix) if isinstance(prefix, (str, os.PathLike)) else None)
     if found is None:
         return None
     kind, source = found
