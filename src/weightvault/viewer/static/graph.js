@@ -148,7 +148,12 @@ async function relayout() {
     children.push({ id: key, ...itemSize(item) });
   }
   const edges = vis.edges.map((e, i) => ({ id: `e${i}`, sources: [vis.items.get(e.source).key], targets: [vis.items.get(e.target).key] }));
-  if (!graph.elk) graph.elk = new ELK();
+  // In a Web Worker (the same vendored file registers itself there): the page stays responsive
+  // (pan, zoom, other tabs) while a large graph is laid out.
+  if (!graph.elk) {
+    try { graph.elk = new ELK({ workerUrl: "/static/vendor/elk.bundled.js" }); }
+    catch (err) { graph.elk = new ELK(); }  // no Worker here: lay out on the page's own thread
+  }
   const result = await graph.elk.layout({ id: "root", layoutOptions: ELK_OPTIONS, children, edges });
   if (token !== graph.token) return;
   const t1 = performance.now();
