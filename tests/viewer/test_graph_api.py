@@ -288,3 +288,25 @@ def test_tf_frozen_graph_consts_are_weights(tmp_path: Path) -> None:
     assert _node(g, "MatMul")["weights"] == ["dense/kernel"]  # through dense/kernel/read (Identity)
     assert ("MatMul", "y") in _edges(g) and ("x", "MatMul") in _edges(g)
     assert next(e for e in g["edges"] if e["tensor"] == "dense/kernel")["shape"] == [4, 3]
+
+
+def test_keras_configs_hostile_nesting_and_cycles(tmp_path: Path) -> None:
+    from weightvault.graph.keras import keras_graph
+
+    def tensor(layer: str) -> dict[str, Any]:
+        return {"class_name": "__keras_tensor__", "config": {"shape": [None, 2], "keras_history": [layer, 0, 0]}}
+
+    cyclic = {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "Dense", "name": "a", "config": {"name": "a"}, "inbound_nodes": [{"args": [tensor("b")]}]},
+        {"class_name": "Dense", "name": "b", "config": {"name": "b"}, "inbound_nodes": [{"args": [tensor("a")]}]},
+    ]}}
+    g = keras_graph(tmp_path / "c.keras", cyclic, ["a/kernel", "b/kernel"]).to_json()
+    assert _edges(g) == {("a", "b"), ("b", "a")}
+    assert _node(g, "a")["weights"] == ["a/kernel"]
+    deep: dict[str, Any] = {"class_name": "Sequential", "config": {"layers": [{"class_name": "Dense", "name": "leaf"}]}}
+    for i in range(300):  # 300 Sequential models, each inside the next
+        deep = {"class_name": "Sequential", "name": f"m{i}", "config": {"name": f"m{i}", "layers": [deep]}}
+    with pytest.raises(ResourceLimitError, match="Keras model nesting"):
+        keras_graph(tmp_path / "d.keras", deep)
+    with pytest.raises(WeightVaultError, match="no model config"):
+        keras_graph(tmp_path / "e.keras", {"weights": "only"})
