@@ -83,6 +83,7 @@ def test_tf_meta_graph_with_its_checkpoint(files: GraphFiles) -> None:
     assert "layer2/weights" in _node(g, "GradientDescent/update_layer2/weights/ResourceApplyGradientDescent")["weights"]
     assert set(_node(g, "save/SaveV2")["weights"]) == {"global_step", "layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"}
     assert ("x", "layer1/MatMul") in _edges(g)
+    assert next(e for e in g["edges"] if e["tensor"] == "x")["shape"] == [None, 6]  # TF's -1: unknown
     assert _node(g, "x")["kind"] == "input" and _node(g, "layer1/weights")["kind"] == "variable"
 
 

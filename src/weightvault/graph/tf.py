@@ -127,7 +127,8 @@ def _attrs(node: Message, path: str) -> dict[str, Message]:
 def _shape(msg: Message | None, path: str) -> list[Any] | None:
     if msg is None or get_int(msg, 3):
         return None
-    return [get_int(d, 1) for d in get_messages(msg, 2, path=path)[:64]]
+    dims = [get_int(d, 1) for d in get_messages(msg, 2, path=path)[:64]]
+    return [d if d >= 0 else None for d in dims]  # -1: unknown (the batch), shown as "?"
 
 
 def _output_shapes(attr: Message | None, path: str) -> list[list[Any] | None]:
