@@ -211,3 +211,21 @@ def test_file_without_a_graph_says_so(browser: Any, tmp_path: Path) -> None:
         page.wait_for_selector(".graph-none")
         assert "carries no model graph" in page.text_content(".graph-none")
         page.close()
+
+
+def test_graph_too_large_shows_the_error(browser: Any, tmp_path: Path) -> None:
+    from _graph_files import many_nodes_onnx
+
+    from weightvault.graph import MAX_NODES
+
+    path = tmp_path / "huge.onnx"
+    path.write_bytes(many_nodes_onnx(MAX_NODES))
+    with ViewerServer([path]).start() as srv:
+        page = browser.new_page()
+        page.goto(srv.url)
+        page.wait_for_selector("#file-select option", state="attached")
+        page.click('#tabs button[data-view="graph"]')
+        page.wait_for_selector("#error-panel:not([hidden])")
+        assert "more than 50,000 nodes" in page.text_content("#error-message")
+        assert page.text_content(".graph-none") == "No graph: see the error above."
+        page.close()

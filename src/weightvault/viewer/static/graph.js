@@ -55,7 +55,7 @@ function graphStatus(text) { $("#graph-status").textContent = text; }
 
 async function showGraph(file) {
   if (file === null || file === undefined) return;
-  if (graph.file === file && graph.data) return;  // already shown
+  if (graph.file === file && graph.data) return;  // already shown (a failed load is retried)
   graph.file = file;
   graph.data = null;
   graph.selected = null;
@@ -63,7 +63,13 @@ async function showGraph(file) {
   clear($("#graph-panel")).append(el("p", { class: "muted", text: "Click a node for its attributes and weights; double-click a box of collapsed nodes to open it." }));
   graphStatus("reading the graph…");
   const t0 = performance.now();
-  const data = await api("graph", { file });
+  let data;
+  try {
+    data = await api("graph", { file });
+  } catch (err) {
+    if (graph.file === file) { graphStatus(""); canvas.append(el("p", { class: "muted graph-none", text: "No graph: see the error above." })); }
+    throw err;
+  }
   if (graph.file !== file) return;
   if (!data.available) {
     graphStatus("");
