@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # Parallel test workers: the CI machines have 2 cores.
 WORKERS ?= 2
 
-.PHONY: demo test setup test-setup system-deps bench fuzz clean
+.PHONY: demo test setup test-setup system-deps bench fuzz clean vendor-js
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,17 @@ bench: test-setup
 
 clean:
 	rm -rf $(VENV) demo-out test-artifacts .pytest_cache
+
+# The viewer's graph layout library, vendored so that a pip install needs no node and no network:
+# re-download the pinned elkjs from npm (npm checks the tarball's integrity) and check the file's
+# sha256 before it replaces the copy in the package. See docs/viewer.md.
+ELK_VERSION := 0.12.1
+ELK_SHA256  := b1032b7cfd2a57c54c6f0e8369d7665e19a579954f7cd20a6dae28f1912ea0d7
+VENDOR_DIR  := src/weightvault/viewer/static/vendor
+vendor-js:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack --silent elkjs@$(ELK_VERSION) >/dev/null && tar xzf elkjs-$(ELK_VERSION).tgz) && \
+	echo "$(ELK_SHA256)  $$tmp/package/lib/elk.bundled.js" | sha256sum -c - && \
+	mkdir -p $(VENDOR_DIR) && cp "$$tmp/package/lib/elk.bundled.js" $(VENDOR_DIR)/elk.bundled.js && \
+	cp "$$tmp/package/LICENSE.md" $(VENDOR_DIR)/elk.LICENSE.md && \
+	echo "vendored elkjs $(ELK_VERSION) into $(VENDOR_DIR)"

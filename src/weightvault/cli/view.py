@@ -31,10 +31,11 @@ def _is_loopback(host: str) -> bool:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; keep the default unless others must reach it.")
 @click.option("--no-browser", is_flag=True, help="Print the URL but do not open a browser.")
 def view(paths: tuple[str, ...], port: int, host: str, no_browser: bool) -> None:
-    """Browse weight files in a local web page: tree, statistics, histograms, compare, runs.
+    """Browse weight files in a local web page: tree, statistics, histograms, model graph, compare, runs.
 
     PATH may be any weight file or directory weightvault reads, or a training-run directory;
-    with PATH2, the page opens on the Compare tab with what changed between the two.
+    with PATH2, the page opens on the Compare tab with what changed between the two, and the Graph
+    tab (ONNX, TF .meta/.pb, Keras files) colours each node by how much its weights changed.
     """
     from weightvault.viewer import ViewerServer
 

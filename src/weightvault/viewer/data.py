@@ -375,6 +375,7 @@ class ViewerData:
         self.entries: list[Entry] = []
         self._summaries = LRUCache(cache_size)
         self._diffs = LRUCache(8)
+        self._graphs = LRUCache(8)
         for raw in paths:
             self._add_path(Path(raw))
 
@@ -484,6 +485,30 @@ class ViewerData:
                 "by_dtype": by_dtype,
             },
         }
+
+    def graph(self, ref: str | None) -> dict[str, Any]:
+        """The model graph of an entry (weightvault.graph), with its tensors attached to nodes.
+
+        ``{"available": false, "reason"}`` for a format that carries no graph. Kept in a small cache:
+        a graph is read once per entry, not per request."""
+        from weightvault.graph import extract_graph
+
+        entry = self.tensor_entry(ref)
+        cached = self._graphs.get(entry.index)
+        if cached is not None:
+            return cached
+        with entry.lock:
+            reader = self.reader(entry)
+            fmt = reader.format
+            graph = extract_graph(entry.path, reader)
+            names = set(reader.keys())
+        base = {"file": entry.index, "label": entry.label, "format": fmt}
+        if graph is None:
+            reason = f"a {fmt} file carries no model graph (weights only)"
+            return {**base, "available": False, "reason": reason}
+        result = {**base, "available": True, **graph.to_json(names)}
+        self._graphs.put(entry.index, result)
+        return result
 
     def _require_tensor(self, entry: Entry, reader: FormatReader, name: str | None) -> str:
         if not name:

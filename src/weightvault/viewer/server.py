@@ -1,8 +1,9 @@
-"""The viewer's HTTP server: three static files and a JSON API, on loopback by default.
+"""The viewer's HTTP server: the page's static files and a JSON API, on loopback by default.
 
 Stdlib only (``http.server.ThreadingHTTPServer``); no build step, no CDN. The routes:
 
-* ``/`` and ``/static/{index.html,app.js,style.css}``: the page. Only the files that are in the
+* ``/`` and ``/static/{index.html,app.js,graph.js,style.css}``, ``/static/vendor/elk.bundled.js``
+  (the vendored graph-layout library): the page. Only the files that are in the
   package's ``static`` folder when the server starts can be served, looked up by exact name, so
   no request path can reach another file.
 * ``/api/...``: JSON, documented in ``docs/viewer.md``. Errors are JSON too
@@ -57,10 +58,15 @@ _DISCONNECTS = (ConnectionError, TimeoutError)
 
 
 def _static_files() -> dict[str, Path]:
-    """The servable files: regular files directly inside STATIC_DIR, by name."""
+    """The servable files, by name: regular files directly inside STATIC_DIR, and those of its
+    ``vendor`` folder (the vendored layout library) as ``vendor/NAME``."""
     if not STATIC_DIR.is_dir():
         return {}
-    return {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _CONTENT_TYPES}
+    found = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file() and p.suffix in _CONTENT_TYPES}
+    vendor = STATIC_DIR / "vendor"
+    if vendor.is_dir():
+        found.update({f"vendor/{p.name}": p for p in vendor.iterdir() if p.is_file() and p.suffix in _CONTENT_TYPES})
+    return found
 
 
 def _float(params: dict[str, str], key: str, default: float) -> float:
@@ -428,6 +434,7 @@ def _routes(data: ViewerData) -> dict[str, Callable[[dict[str, str]], dict[str, 
         "diff": lambda p: data.diff(
             p.get("a", "0"), p.get("b", "1"), atol=_float(p, "atol", 0.0), rtol=_float(p, "rtol", 0.0)
         ),
+        "graph": lambda p: data.graph(p.get("file")),
         "diff_tensor": lambda p: data.diff_tensor(p.get("a", "0"), p.get("b", "1"), p.get("name"), bins=_int(p, "bins", 64)),
     }
 

@@ -127,6 +127,7 @@ function setView(view) {
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== `view-${view}`;
   if (view === "meta") guarded(loadMeta);
   if (view === "runs") guarded(loadRuns);
+  if (view === "graph") guarded(() => showGraph(state.file));  // graph.js
 }
 
 async function selectFile(index) {
@@ -144,6 +145,7 @@ async function selectFile(index) {
     runNote.textContent = latest ? `Run ${f.label}: showing its latest checkpoint (step ${latest.step ?? "?"}); the Runs tab has them all.` : `Run ${f.label} has no checkpoints.`;
   }
   if (state.view === "meta") await guarded(loadMeta);
+  if (state.view === "graph") guarded(() => showGraph(index));
   await guarded(loadTree);
 }
 
@@ -710,6 +712,7 @@ async function init() {
   fillFileSelect($("#compare-a"), files, a, true);
   fillFileSelect($("#compare-b"), files, b, true);
   $('#tabs button[data-view="runs"]').hidden = !firstRun;
+  initGraph(files, given);  // graph.js
   // Two paths given ("weightvault view before after"): comparing them is why the page was opened.
   if (given.length === 2) {
     setView("compare");
