@@ -53,6 +53,7 @@ _known: dict[str, dict[str, str]] = {
     "tf_bundle": {"class": "weightvault.formats.tf_bundle:TFBundleFormat", "err": ""},
     "tf_graph": {"class": "weightvault.formats.tf_graph:TFGraphFormat", "err": ""},
     "tf_v1": {"class": "weightvault.formats.tf_v1:TFV1Format", "err": ""},
+    "torch_dcp": {"class": "weightvault.formats.torch_dcp:TorchDCPFormat", "err": ""},
 }
 assert list(_known) == sorted(_known), "keep the registry table sorted"
 
@@ -90,10 +91,12 @@ _TITLES = {
     "tf_bundle": "TensorFlow checkpoint",
     "tf_graph": "TensorFlow GraphDef",
     "tf_v1": "TensorFlow V1 checkpoint",
+    "torch_dcp": "torch.distributed checkpoint",
 }
 
 #: Formats whose sniff is more specific are tried first (a native file is also a safetensors file).
 DETECTION_ORDER = (
+    "torch_dcp",  # before native: weightvault's DCP backend writes manifest.json + COMMITTED too
     "native",
     "safetensors",
     "pytorch",
