@@ -1,32 +1,68 @@
-"""Worker run by the distributed tests in their own processes (gloo on CPU).
+"""Real torch.distributed runs for the DCP tests: one process per rank, gloo on CPU.
 
-``python _dcp_worker.py ACTION RANK WORLD PORT DIR OUT`` with ACTION one of:
+The tests call :func:`run_ranks`; each rank runs this file as a script::
 
-* ``train_save``: build the model, shard it with FSDP2 (world > 1), train a few AdamW steps on
-  data that depends only on the step (the same global batch at any world size), save with
-  ``WEIGHTVAULT_WRITER`` (``weightvault`` or ``torch``) into DIR;
-* ``load``: build the model, shard it, load DIR with ``WEIGHTVAULT_READER``, and write the full
-  model and optimizer state (gathered) to OUT as a torch file (rank 0).
+    python _dcp_worker.py ACTION RANK WORLD PORT CKPT OUT [WRITER]
+
+* ``train_save``: a small MLP, sharded with FSDP2 ``fully_shard`` when WORLD > 1, trains a few
+  AdamW steps (each rank its slice of a batch that depends only on the step), then saves model and
+  optimizer with ``dcp.save`` / ``dcp.async_save`` through WRITER (``weightvault``, ``async`` or
+  ``torch``; ``torch+hf`` also writes the model with torch's HuggingFaceStorageWriter
+  (``save_distributed=True``) to ``CKPT-hf``). Rank 0 writes the full (gathered) model and
+  optimizer state to OUT with ``torch.save``: the single-process reference.
+* ``load``: the same model, sharded for WORLD ranks, loaded from CKPT with ``dcp.load`` through
+  weightvault's StorageReader; rank 0 writes the gathered full state to OUT.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
-
-import torch
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_state_dict,
-    set_state_dict,
-)
+from pathlib import Path
 
 STEPS = 3
+BATCH = 8
 
 
-def build(world: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(action: str, world: int, ckpt: Path, out: Path, writer: str = "weightvault",
+              timeout: float = 300) -> None:
+    """Run ACTION on WORLD ranks (one process each) and wait; fail with their output."""
+    import weightvault
+
+    env = {**os.environ, "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, action, str(rank), str(world), port, str(ckpt), str(out), writer],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(world)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise AssertionError(f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-3000:] for o in outputs))
+
+
+def _build(world: int):  # type: ignore[no-untyped-def]
+    import torch
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
     if world > 1:
@@ -39,51 +75,73 @@ def build(world: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.AdamW(model.parameters(), lr=0.01)
 
 
-def train(model: torch.nn.Module, opt: torch.optim.Optimizer, rank: int, world: int) -> None:
+def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
     for step in range(STEPS):
         g = torch.Generator().manual_seed(step)
-        x, y = torch.randn(8, 8, generator=g), torch.randn(8, 5, generator=g)
-        lo, hi = rank * 8 // world, (rank + 1) * 8 // world  # this rank's part of the batch
-        loss = torch.nn.functional.mse_loss(model(x[lo:hi]), y[lo:hi], reduction="sum") / 8
+        x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
+        lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
+        # FSDP averages gradients over ranks: scale so every world size takes the same step
+        loss = torch.nn.functional.mse_loss(model(x[lo:hi]), y[lo:hi], reduction="sum") * world / BATCH
         loss.backward()
-        if world == 1:
-            pass
         opt.step()
         opt.zero_grad()
 
 
+def _full_state(model, opt):  # type: ignore[no-untyped-def]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    msd, osd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {"model": msd, "optim": osd}
+
+
 def main() -> None:
-    action, rank, world, port, ckpt, out = sys.argv[1:7]
-    rank, world = int(rank), int(world)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank), WORLD_SIZE=str(world))
+    action, rank_s, world_s, port, ckpt, out, writer = sys.argv[1:8]
+    rank, world = int(rank_s), int(world_s)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank_s, WORLD_SIZE=world_s)
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        model, opt = build(world)
+        model, opt = _build(world)
         if action == "train_save":
-            train(model, opt, rank, world)
+            _train(model, opt, rank, world)
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd, "step": STEPS}
-            if os.environ.get("WEIGHTVAULT_WRITER") == "torch":
+            if writer.startswith("torch"):
                 dcp.save(state, checkpoint_id=ckpt)
-            elif os.environ.get("WEIGHTVAULT_ASYNC") == "1":
-                from weightvault.torch_dcp import WeightVaultWriter
+                if writer == "torch+hf":
+                    from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-                dcp.async_save(state, storage_writer=WeightVaultWriter(ckpt)).result()
+                    dcp.save({k: v for k, v in msd.items()},
+                             storage_writer=HuggingFaceStorageWriter(ckpt + "-hf", save_distributed=True))
             else:
                 from weightvault.torch_dcp import WeightVaultWriter
 
-                dcp.save(state, storage_writer=WeightVaultWriter(ckpt))
-        else:
-            msd, osd = get_state_dict(model, opt)
-            state = {"model": msd, "optim": osd, "step": -1}
+                if writer == "async":
+                    dcp.async_save(state, storage_writer=WeightVaultWriter(ckpt)).result()
+                else:
+                    dcp.save(state, storage_writer=WeightVaultWriter(ckpt))
+            full = _full_state(model, opt)
+            if rank == 0:
+                torch.save(full, out)
+        elif action == "load":
             from weightvault.torch_dcp import WeightVaultReader
 
+            msd, osd = get_state_dict(model, opt)
+            state = {"model": msd, "optim": osd, "step": -1}
             dcp.load(state, storage_reader=WeightVaultReader(ckpt))
             set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-            full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            msd, osd = get_state_dict(model, opt, options=full)
+            full = _full_state(model, opt)
+            full["step"] = state["step"]
             if rank == 0:
-                torch.save({"model": msd, "optim": osd, "step": state["step"]}, out)
+                torch.save(full, out)
+        else:
+            raise SystemExit(f"unknown action {action}")
     finally:
         dist.destroy_process_group()
 

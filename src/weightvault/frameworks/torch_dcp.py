@@ -353,6 +353,17 @@ class WeightVaultReader(StorageReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         reader = self._open()
+        try:
+            self._read_items(reader, plan, planner)
+        finally:
+            # the last step of a load: DCP has no close hook, and every piece is copied out by now
+            reader.close()
+            self._reader = None
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    def _read_items(self, reader: TorchDCPReader, plan: LoadPlan, planner: LoadPlanner) -> None:
         checked: set[tuple[str, int]] = set()
         for req in plan.items:
             name, i = self._storage[req.storage_index]
@@ -363,8 +374,7 @@ class WeightVaultReader(StorageReader):
                 continue
             assert i is not None
             t = reader._tensors[name]
-            piece = t.pieces[i]
-            chunk = reader._piece(t, piece)
+            chunk = reader._piece(t, t.pieces[i])
             if self.verify and (name, i) in self._sums and (name, i) not in checked:
                 self._check_sum(name, i, chunk)
                 checked.add((name, i))
@@ -378,9 +388,6 @@ class WeightVaultReader(StorageReader):
                 )
             target.copy_(src)
             planner.commit_tensor(req, target)
-        fut: Future[None] = Future()
-        fut.set_result(None)
-        return fut
 
     def _check_sum(self, name: str, i: int, chunk: np.ndarray) -> None:
         from weightvault.core.checksum import checksum
