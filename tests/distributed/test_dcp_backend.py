@@ -67,7 +67,7 @@ def test_layout_rank_files_then_manifest_then_marker(saved_on_two: tuple[Path, d
     assert rank0["model.0.weight@0,0"].shape == (8, 8)
 
 
-@pytest.mark.parametrize("world", [1, 4])
+@pytest.mark.parametrize("world", [1, pytest.param(4, marks=pytest.mark.slow)])
 def test_load_at_another_world_size_is_bit_identical(
     saved_on_two: tuple[Path, dict[str, Any]], tmp_path: Path, world: int
 ) -> None:
