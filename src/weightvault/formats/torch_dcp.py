@@ -614,7 +614,7 @@ class TorchDCPReader(FormatReader):
 
     def _manifest_tensor(self, name: str, entry: dict[str, Any], where: str) -> _Tensor:
         dtype = entry.get("dtype")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise UnknownDtypeError(f"manifest dtype {short_repr(dtype)} is not known", path=where, tensor=name)
         shape = _dims(entry.get("shape"), "shape", path=where, tensor=name)
         chunks = entry.get("chunks")
@@ -653,7 +653,13 @@ class TorchDCPReader(FormatReader):
     def _piece(self, t: _Tensor, piece: _Piece) -> np.ndarray:
         if piece.key is not None:
             return self._safetensors[piece.file].view(piece.key)
-        return _load_chunk(self._data(piece.file, t.name), piece, t.dtype, tensor=t.name)
+        try:
+            return _load_chunk(self._data(piece.file, t.name), piece, t.dtype, tensor=t.name)
+        except WeightVaultError as exc:
+            if exc.tensor is not None:
+                raise
+            # errors from inside the chunk's archive (its pickle, its zip) name the tensor too
+            raise type(exc)(exc.message, path=exc.path, tensor=t.name, hint=exc.hint) from None
 
     def get(self, name: str) -> np.ndarray:
         self._require(name)
