@@ -534,8 +534,9 @@ class TorchDCPReader(FormatReader):
     def _checked(self, name: str, dtype: str, shape: tuple[int, ...], pieces: list[_Piece], where: str) -> _Tensor:
         _check_tiling(name, shape, pieces, path=where)
         tensor = _Tensor(name, dtype, shape, tuple(pieces))
-        # tiled exactly, the chunks hold every byte: the assembly cannot expand (checked anyway)
-        stored = sum(p.numel for p in pieces) * DTYPES[dtype].itemsize
+        # tiled exactly, the chunks' stored bytes hold every element: the assembly cannot expand
+        # (checked anyway, against the bytes the files really hold for the chunks)
+        stored = sum(p.length for p in pieces)
         check_expansion(tensor.nbytes, stored, path=where, tensor=name, what="the assembled chunks")
         return tensor
 
@@ -563,7 +564,9 @@ class TorchDCPReader(FormatReader):
                 if dtypes.setdefault(key, entry.dtype) != entry.dtype:
                     raise InvalidHeaderError(f"the chunks disagree on the dtype ({dtypes[key]}, {entry.dtype})",
                                              path=st.path, tensor=key)
-                found.setdefault(key, []).append(_Piece(offsets, entry.shape, rel, key=key))
+                found.setdefault(key, []).append(
+                    _Piece(offsets, entry.shape, rel, entry.start, entry.end - entry.start, key)
+                )
         for key, pieces in found.items():
             rank = {len(p.sizes) for p in pieces}
             if len(rank) != 1:
@@ -634,7 +637,7 @@ class TorchDCPReader(FormatReader):
                     f"{chunk['file']} holds no {dtype} {list(sizes)} record {chunk['key']!r}", path=where,
                     tensor=name,
                 )
-            pieces.append(_Piece(offsets, sizes, chunk["file"], key=chunk["key"]))
+            pieces.append(_Piece(offsets, sizes, chunk["file"], e.start, e.end - e.start, chunk["key"]))
         return self._checked(name, dtype, shape, pieces, where)
 
     # -- FormatReader -----------------------------------------------------------------------------
