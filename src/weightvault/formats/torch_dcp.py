@@ -749,6 +749,7 @@ class TorchDCPFormat(Format):
     extensions = (".distcp",)
     can_write = False
     read_options: ClassVar[Mapping[str, str] | None] = {}
+    write_options: ClassVar[Mapping[str, str] | None] = {}  # read-only: dcp.save writes these
 
     @classmethod
     def sniff(cls, path: Path, head: bytes) -> bool:
