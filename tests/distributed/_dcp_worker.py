@@ -32,18 +32,41 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_ranks(action: str, world: int, ckpt: Path, out: Path, writer: str = "weightvault",
-              timeout: float = 300) -> None:
+def run_ranks(
+    action: str,
+    world: int,
+    ckpt: Path,
+    out: Path,
+    writer: str = "weightvault",
+    timeout: float = 300,
+) -> None:
     """Run ACTION on WORLD ranks (one process each) and wait; fail with their output."""
     import weightvault
 
-    env = {**os.environ, "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     port = str(_free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, action, str(rank), str(world), port, str(ckpt), str(out), writer],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                __file__,
+                action,
+                str(rank),
+                str(world),
+                port,
+                str(ckpt),
+                str(out),
+                writer,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in range(world)
     ]
@@ -57,7 +80,9 @@ def run_ranks(action: str, world: int, ckpt: Path, out: Path, writer: str = "wei
             raise
     failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
     if failed:
-        raise AssertionError(f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-3000:] for o in outputs))
+        raise AssertionError(
+            f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-3000:] for o in outputs)
+        )
 
 
 def _build(world: int):  # type: ignore[no-untyped-def]
@@ -83,7 +108,9 @@ def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untype
         x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
         lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
         # FSDP averages gradients over ranks: scale so every world size takes the same step
-        loss = torch.nn.functional.mse_loss(model(x[lo:hi]), y[lo:hi], reduction="sum") * world / BATCH
+        loss = (
+            torch.nn.functional.mse_loss(model(x[lo:hi]), y[lo:hi], reduction="sum") * world / BATCH
+        )
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -92,7 +119,9 @@ def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untype
 def _full_state(model, opt):  # type: ignore[no-untyped-def]
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    msd, osd = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    msd, osd = get_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     return {"model": msd, "optim": osd}
 
 
@@ -117,8 +146,12 @@ def main() -> None:
                 if writer == "torch+hf":
                     from torch.distributed.checkpoint import HuggingFaceStorageWriter
 
-                    dcp.save({k: v for k, v in msd.items()},
-                             storage_writer=HuggingFaceStorageWriter(ckpt + "-hf", save_distributed=True))
+                    dcp.save(
+                        dict(msd),
+                        storage_writer=HuggingFaceStorageWriter(
+                            ckpt + "-hf", save_distributed=True
+                        ),
+                    )
             else:
                 from weightvault.torch_dcp import WeightVaultWriter
 
@@ -135,7 +168,9 @@ def main() -> None:
             msd, osd = get_state_dict(model, opt)
             state = {"model": msd, "optim": osd, "step": -1}
             dcp.load(state, storage_reader=WeightVaultReader(ckpt))
-            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            set_state_dict(
+                model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            )
             full = _full_state(model, opt)
             full["step"] = state["step"]
             if rank == 0:

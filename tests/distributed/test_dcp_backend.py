@@ -34,7 +34,7 @@ def assert_same_state(got: Any, want: Any, where: str = "") -> None:
             assert_same_state(got[k], want[k], f"{where}/{k}")
     elif isinstance(want, (list, tuple)):
         assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want)):
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_same_state(g, w, f"{where}/{i}")
     else:
         assert got == want, where
@@ -47,17 +47,25 @@ def saved_on_two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return root / "ckpt", torch.load(root / "ref.pt", weights_only=True)
 
 
-def test_layout_rank_files_then_manifest_then_marker(saved_on_two: tuple[Path, dict[str, Any]]) -> None:
+def test_layout_rank_files_then_manifest_then_marker(
+    saved_on_two: tuple[Path, dict[str, Any]],
+) -> None:
     ckpt, _ = saved_on_two
     assert sorted(p.name for p in ckpt.iterdir()) == [
-        "COMMITTED", "manifest.json", "rank-00000.safetensors", "rank-00001.safetensors",
+        "COMMITTED",
+        "manifest.json",
+        "rank-00000.safetensors",
+        "rank-00001.safetensors",
     ]
     manifest = json.loads((ckpt / "manifest.json").read_text())
     assert manifest["format"] == "weightvault" and manifest["layout"] == "torch_dcp"
     assert manifest["world_size"] == 2
     weight = manifest["entries"]["model.0.weight"]
     assert weight["dtype"] == "float32" and weight["shape"] == [16, 8]
-    assert [c["file"] for c in weight["chunks"]] == ["rank-00000.safetensors", "rank-00001.safetensors"]
+    assert [c["file"] for c in weight["chunks"]] == [
+        "rank-00000.safetensors",
+        "rank-00001.safetensors",
+    ]
     assert all(c["checksum"].startswith("xxh3_64:") for c in weight["chunks"])
     assert manifest["entries"]["optim.param_groups.0.lr"]["type"] == "bytes"
     # the rank files are plain safetensors: no pickle, readable by the safetensors library
@@ -111,7 +119,9 @@ def quiet() -> Any:
 def test_resave_over_a_checkpoint_and_corruption_is_caught(tmp_path: Path, quiet: None) -> None:
     ckpt = tmp_path / "c"
     dcp.save({"w": torch.ones(3)}, storage_writer=WeightVaultWriter(ckpt))
-    dcp.save({"w": torch.arange(3.0), "b": torch.tensor([True])}, storage_writer=WeightVaultWriter(ckpt))
+    dcp.save(
+        {"w": torch.arange(3.0), "b": torch.tensor([True])}, storage_writer=WeightVaultWriter(ckpt)
+    )
     target = {"w": torch.zeros(3), "b": torch.tensor([False])}
     dcp.load(target, storage_reader=WeightVaultReader(ckpt))
     assert torch.equal(target["w"], torch.arange(3.0)) and bool(target["b"])

@@ -70,18 +70,26 @@ def test_fsdp2_checkpoint_reads_exactly(fsdp_run: tuple[Path, dict[str, Any]]) -
         assert "not a tensor" in reader.skipped["step"]
 
 
-def test_the_metadata_file_and_a_distcp_file_open_the_checkpoint(fsdp_run: tuple[Path, dict[str, Any]]) -> None:
+def test_the_metadata_file_and_a_distcp_file_open_the_checkpoint(
+    fsdp_run: tuple[Path, dict[str, Any]],
+) -> None:
     ckpt, full = fsdp_run
     for path in (ckpt / ".metadata", next(ckpt.glob("*.distcp"))):
         with weightvault.open(path) as reader:
             assert reader.format == "torch_dcp"
-            assert torch.equal(reader.get("model.2.bias", framework="torch"), full["model"]["2.bias"])
+            assert torch.equal(
+                reader.get("model.2.bias", framework="torch"), full["model"]["2.bias"]
+            )
 
 
-def test_hugging_face_storage_writer_shards_read_exactly(fsdp_run: tuple[Path, dict[str, Any]]) -> None:
+def test_hugging_face_storage_writer_shards_read_exactly(
+    fsdp_run: tuple[Path, dict[str, Any]],
+) -> None:
     ckpt, full = fsdp_run
     hf = ckpt.with_name(ckpt.name + "-hf")
-    assert len(list(hf.glob("shard-*.safetensors"))) == 2  # one per rank, no index: not plain safetensors
+    assert (
+        len(list(hf.glob("shard-*.safetensors"))) == 2
+    )  # one per rank, no index: not plain safetensors
     with weightvault.open(hf) as reader:
         assert reader.format == "torch_dcp"
         assert sorted(reader.keys()) == sorted(full["model"])
@@ -91,11 +99,13 @@ def test_hugging_face_storage_writer_shards_read_exactly(fsdp_run: tuple[Path, d
 
 
 @pytest.mark.parametrize("dst", ["full.safetensors", "full.pt", "native-dir"])
-def test_convert_consolidates_the_shards(fsdp_run: tuple[Path, dict[str, Any]], tmp_path: Path, dst: str) -> None:
+def test_convert_consolidates_the_shards(
+    fsdp_run: tuple[Path, dict[str, Any]], tmp_path: Path, dst: str
+) -> None:
     ckpt, full = fsdp_run
     expected = expected_tensors(full)
     # the param_groups entries are Python objects, not tensors: convert leaves them out when told
-    with pytest.raises(weightvault.WeightVaultError, match="param_groups|step"):
+    with pytest.raises(weightvault.WeightVaultError, match=r"param_groups|step"):
         weightvault.convert(ckpt, tmp_path / dst)
     report = weightvault.convert(ckpt, tmp_path / dst, skip_unsupported=True)
     assert "optim.param_groups.0.lr" in report.skipped
@@ -146,7 +156,7 @@ def test_single_process_save_every_dtype_and_object(tmp_path: Path) -> None:
         assert sorted(reader.keys()) == sorted(
             ["bf16", "f16", "i64", "u8", "flag", "scalar", "empty", "transposed", "nested.w"]
         )
-        for name in reader.keys():
+        for name in reader:
             want = state["nested"]["w"] if name == "nested.w" else state[name]
             got = reader.get(name, framework="torch")
             assert got.dtype == want.dtype and got.shape == want.shape, name
@@ -154,8 +164,13 @@ def test_single_process_save_every_dtype_and_object(tmp_path: Path) -> None:
         assert reader.info("bf16").dtype == "bfloat16"
         objects = reader.metadata["torch_dcp"]["objects"]
         # DCP flattens containers down to their leaves
-        assert objects == {"nested.count": 4, "nested.name": "run-1", "nested.sizes.0": 1, "nested.sizes.1": 2,
-                           "nested.sizes.2.a": None}
+        assert objects == {
+            "nested.count": 4,
+            "nested.name": "run-1",
+            "nested.sizes.0": 1,
+            "nested.sizes.1": 2,
+            "nested.sizes.2.a": None,
+        }
         assert np.array_equal(reader.get("transposed"), base.t().numpy())
 
 

@@ -33,8 +33,8 @@ from weightvault.errors import (
 
 torch = pytest.importorskip("torch")
 dcp = pytest.importorskip("torch.distributed.checkpoint")
-from torch.distributed.checkpoint.filesystem import _StorageInfo  # noqa: E402
-from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex  # noqa: E402
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 
 W = torch.arange(12, dtype=torch.float32).reshape(3, 4)
 PAYLOAD_MARK = "weightvault-dcp-payload-ran"
@@ -65,7 +65,7 @@ def ckpt(tmp_path: Path) -> Path:
 def _metadata(ckpt: Path) -> Any:
     # The test's own file, just written by torch: loading it with pickle here is trusted.
     with open(ckpt / ".metadata", "rb") as f:
-        return pickle.load(f)  # noqa: S301
+        return pickle.load(f)
 
 
 def _write_metadata(ckpt: Path, md: Any) -> None:
@@ -89,22 +89,30 @@ def _two_chunks(ckpt: Path) -> Any:
         spans.append((start, buf.tell() - start))
     (ckpt / "__1_0.distcp").write_bytes(buf.getvalue())
     entry = md.state_dict_metadata["w"]
-    entry.chunks = [ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([2, 4])),
-                    ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([1, 4]))]
+    entry.chunks = [
+        ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([2, 4])),
+        ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([1, 4])),
+    ]
     del md.storage_data[MetadataIndex("w", (0, 0))]
-    for chunk, (start, length) in zip(entry.chunks, spans):
-        md.storage_data[MetadataIndex("w", chunk.offsets)] = _StorageInfo("__1_0.distcp", start, length)
+    for chunk, (start, length) in zip(entry.chunks, spans, strict=True):
+        md.storage_data[MetadataIndex("w", chunk.offsets)] = _StorageInfo(
+            "__1_0.distcp", start, length
+        )
     _write_metadata(ckpt, md)
     return md
 
 
-def _refused(path: Path, error: type[WeightVaultError] = WeightVaultError, *, tensor: str | None = None,
-             match: str | None = None) -> WeightVaultError:
+def _refused(
+    path: Path,
+    error: type[WeightVaultError] = WeightVaultError,
+    *,
+    tensor: str | None = None,
+    match: str | None = None,
+) -> WeightVaultError:
     """Open and read everything; the first error must be ``error`` naming a file of the checkpoint."""
-    with pytest.raises(error, match=match) as excinfo:
-        with weightvault.open(path) as reader:
-            for name in reader.keys():
-                reader.get(name)
+    with pytest.raises(error, match=match) as excinfo, weightvault.open(path) as reader:
+        for name in reader:
+            reader.get(name)
     exc = excinfo.value
     assert exc.path is not None and str(path) in exc.path, exc
     if tensor is not None:
@@ -123,7 +131,9 @@ def test_the_unmodified_checkpoints_read(ckpt: Path) -> None:
 
 # -- the .metadata pickle --------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["entry", "whole"])
-def test_a_payload_in_the_metadata_is_refused_and_never_runs(ckpt: Path, tmp_path: Path, where: str) -> None:
+def test_a_payload_in_the_metadata_is_refused_and_never_runs(
+    ckpt: Path, tmp_path: Path, where: str
+) -> None:
     marker = tmp_path / PAYLOAD_MARK
     if where == "entry":
         md = _metadata(ckpt)
@@ -184,11 +194,18 @@ def test_chunk_bytes_past_the_end_of_the_file(ckpt: Path) -> None:
         ([((0, 0), (2, 4)), ((2,), (1,))], InvalidHeaderError, "dimensions"),
     ],
 )
-def test_chunks_that_do_not_tile_the_tensor(ckpt: Path, chunks: list[Any], error: type, match: str) -> None:
+def test_chunks_that_do_not_tile_the_tensor(
+    ckpt: Path, chunks: list[Any], error: type, match: str
+) -> None:
     md = _two_chunks(ckpt)
-    spots = [md.storage_data.pop(MetadataIndex("w", c.offsets)) for c in md.state_dict_metadata["w"].chunks]
-    md.state_dict_metadata["w"].chunks = [ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in chunks]
-    for (offsets, _), spot in zip(chunks, spots * 2):
+    spots = [
+        md.storage_data.pop(MetadataIndex("w", c.offsets))
+        for c in md.state_dict_metadata["w"].chunks
+    ]
+    md.state_dict_metadata["w"].chunks = [
+        ChunkStorageMetadata(torch.Size(o), torch.Size(s)) for o, s in chunks
+    ]
+    for (offsets, _), spot in zip(chunks, spots, strict=False):
         md.storage_data[MetadataIndex("w", offsets)] = spot
     _write_metadata(ckpt, md)
     _refused(ckpt, error, tensor="w", match=match)
@@ -201,7 +218,9 @@ def test_a_chunk_without_a_storage_record(ckpt: Path) -> None:
     _refused(ckpt, InvalidHeaderError, tensor="w", match="no storage record")
 
 
-@pytest.mark.parametrize("rel", ["../outside.distcp", "/etc/hostname", "sub/../../outside.distcp", "a\x00b"])
+@pytest.mark.parametrize(
+    "rel", ["../outside.distcp", "/etc/hostname", "sub/../../outside.distcp", "a\x00b"]
+)
 def test_chunk_paths_that_leave_the_directory(ckpt: Path, rel: str) -> None:
     (ckpt.parent / "outside.distcp").write_bytes((ckpt / "__0_0.distcp").read_bytes())
     md = _metadata(ckpt)
@@ -247,9 +266,13 @@ def test_a_payload_in_a_chunk_archive_never_runs(ckpt: Path, tmp_path: Path) -> 
     torch.save(_Payload(marker), buf)
     (ckpt / "evil.distcp").write_bytes(buf.getvalue())
     md = _metadata(ckpt)
-    md.storage_data[MetadataIndex("w", (0, 0))] = _StorageInfo("evil.distcp", 0, len(buf.getvalue()))
+    md.storage_data[MetadataIndex("w", (0, 0))] = _StorageInfo(
+        "evil.distcp", 0, len(buf.getvalue())
+    )
     md.state_dict_metadata["w"].size = torch.Size([1, 1])
-    md.state_dict_metadata["w"].chunks = [ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([1, 1]))]
+    md.state_dict_metadata["w"].chunks = [
+        ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([1, 1]))
+    ]
     _write_metadata(ckpt, md)
     _refused(ckpt, UnsafePickleError, tensor="w")
     assert not marker.exists()
@@ -283,7 +306,10 @@ def _hf(tmp_path: Path) -> Path:
     hf = tmp_path / "hf"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save({"w": W.clone()}, storage_writer=dcp.HuggingFaceStorageWriter(str(hf), save_distributed=True))
+        dcp.save(
+            {"w": W.clone()},
+            storage_writer=dcp.HuggingFaceStorageWriter(str(hf), save_distributed=True),
+        )
     return hf
 
 

@@ -200,7 +200,8 @@ class DCPTensorProperties(_DCPRecord):
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, tuple) or len(state) != 5:
             raise UnsafePickleError(f"TensorProperties state {short_repr(state)} is not a 5-tuple")
-        self.__dict__.update(zip(("dtype", "layout", "requires_grad", "memory_format", "pin_memory"), state))
+        names = ("dtype", "layout", "requires_grad", "memory_format", "pin_memory")
+        self.__dict__.update(zip(names, state, strict=True))
 
 
 class TorchDtype(metaclass=StandInMeta):

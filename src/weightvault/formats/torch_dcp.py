@@ -30,6 +30,7 @@ containers) and reported in ``metadata["torch_dcp"]["objects"]``, and listed in 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import mmap
@@ -148,11 +149,14 @@ def _dims(value: Any, what: str, *, path: str, tensor: str) -> tuple[int, ...]:
         value = tuple(value)
     if not isinstance(value, tuple) or not all(type(v) is int and v >= 0 for v in value):
         raise InvalidHeaderError(
-            f"{what} {short_repr(value)} is not a list of non-negative integers", path=path, tensor=tensor
+            f"{what} {short_repr(value)} is not a list of non-negative integers",
+            path=path,
+            tensor=tensor,
         )
     if len(value) > MAX_DIMS:
-        raise InvalidHeaderError(f"{what} has {len(value)} dimensions, more than {MAX_DIMS}", path=path,
-                                 tensor=tensor)
+        raise InvalidHeaderError(
+            f"{what} has {len(value)} dimensions, more than {MAX_DIMS}", path=path, tensor=tensor
+        )
     return value
 
 
@@ -166,21 +170,31 @@ def _check_tiling(name: str, shape: tuple[int, ...], pieces: list[_Piece], *, pa
         if len(p.offsets) != len(shape) or len(p.sizes) != len(shape):
             raise InvalidHeaderError(
                 f"a chunk at {list(p.offsets)} of size {list(p.sizes)} does not have the tensor's "
-                f"{len(shape)} dimensions", path=path, tensor=name,
+                f"{len(shape)} dimensions",
+                path=path,
+                tensor=name,
             )
-        for d, (o, s, n) in enumerate(zip(p.offsets, p.sizes, shape)):
+        for d, (o, s, n) in enumerate(zip(p.offsets, p.sizes, shape, strict=True)):
             if o + s > n:
                 raise InvalidOffsetError(
                     f"the chunk at {list(p.offsets)} of size {list(p.sizes)} reaches past the "
-                    f"tensor's shape {list(shape)} in dimension {d}", path=path, tensor=name,
+                    f"tensor's shape {list(shape)} in dimension {d}",
+                    path=path,
+                    tensor=name,
                 )
-    bounds = [sorted({0, n, *(p.offsets[d] for p in pieces), *(p.offsets[d] + p.sizes[d] for p in pieces)})
-              for d, n in enumerate(shape)]
+    bounds = [
+        sorted(
+            {0, n, *(p.offsets[d] for p in pieces), *(p.offsets[d] + p.sizes[d] for p in pieces)}
+        )
+        for d, n in enumerate(shape)
+    ]
     cells = math.prod(len(b) - 1 for b in bounds)
     if cells > MAX_GRID_CELLS:
         raise ResourceLimitError(
             f"{len(pieces)} chunks cut the tensor into {cells} blocks; more than {MAX_GRID_CELLS} are "
-            "not checked", path=path, tensor=name,
+            "not checked",
+            path=path,
+            tensor=name,
         )
     grid = np.zeros([len(b) - 1 for b in bounds], np.int32)
     for p in pieces:
@@ -188,7 +202,7 @@ def _check_tiling(name: str, shape: tuple[int, ...], pieces: list[_Piece], *, pa
             continue
         index = tuple(
             slice(int(np.searchsorted(b, o)), int(np.searchsorted(b, o + s)))
-            for b, o, s in zip(bounds, p.offsets, p.sizes)
+            for b, o, s in zip(bounds, p.offsets, p.sizes, strict=True)
         )
         grid[index] += 1
     if grid.size and grid.max(initial=0) > 1:
@@ -200,7 +214,9 @@ def _check_tiling(name: str, shape: tuple[int, ...], pieces: list[_Piece], *, pa
         volume = volume & (w > 0)
     if np.any((grid == 0) & volume):
         raise InvalidHeaderError(
-            f"the chunks leave part of the tensor's shape {list(shape)} uncovered", path=path, tensor=name
+            f"the chunks leave part of the tensor's shape {list(shape)} uncovered",
+            path=path,
+            tensor=name,
         )
 
 
@@ -249,7 +265,9 @@ class _DataFile:
         self.file = open(path, "rb")  # noqa: SIM115 - kept open for the map, see close()
         try:
             self.size = os.fstat(self.file.fileno()).st_size
-            self.map = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            self.map = (
+                mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            )
         except BaseException:
             self.file.close()
             raise
@@ -261,14 +279,15 @@ class _DataFile:
 
     def close(self) -> None:
         if self.map is not None:
-            try:
+            # arrays handed out may still view the map; it then goes with them
+            with contextlib.suppress(BufferError):
                 self.map.close()
-            except BufferError:
-                pass  # arrays handed out still view the map; it goes with them
         self.file.close()
 
 
-def _archive(data: _DataFile, start: int, length: int, *, tensor: str) -> tuple[Any, str, dict[str, Any]]:
+def _archive(
+    data: _DataFile, start: int, length: int, *, tensor: str
+) -> tuple[Any, str, dict[str, Any]]:
     """The records of the ``torch.save`` archive at ``start`` (offsets relative to it)."""
     from weightvault.formats.pytorch import _read_zip_records
 
@@ -277,19 +296,25 @@ def _archive(data: _DataFile, start: int, length: int, *, tensor: str) -> tuple[
     try:
         records = _read_zip_records(window, buf, length, data.path)  # type: ignore[arg-type]
     except WeightVaultError as exc:
-        raise type(exc)(f"chunk at byte {start}: {exc.message}", path=data.path, tensor=tensor,
-                        hint=exc.hint) from None
+        raise type(exc)(
+            f"chunk at byte {start}: {exc.message}", path=data.path, tensor=tensor, hint=exc.hint
+        ) from None
     first = next(iter(records), "")
     prefix = first.split("/", 1)[0] if "/" in first else ""
     for rec in records.values():
         if rec.compressed:
             raise UnsupportedOperationError(
                 f"record {rec.name} of the chunk at byte {start} is compressed; torch stores them "
-                "uncompressed", path=data.path, tensor=tensor,
+                "uncompressed",
+                path=data.path,
+                tensor=tensor,
             )
     if f"{prefix}/data.pkl" not in records:
-        raise InvalidHeaderError(f"the chunk at byte {start} is not a torch.save archive (no data.pkl)",
-                                 path=data.path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"the chunk at byte {start} is not a torch.save archive (no data.pkl)",
+            path=data.path,
+            tensor=tensor,
+        )
     return buf, prefix, records
 
 
@@ -312,44 +337,70 @@ def _load_chunk(data: _DataFile, piece: _Piece, dtype: str, *, tensor: str) -> n
         storage = _parse_storage_pid(pid, data.path)
         record = records.get(f"{prefix}/data/{storage.key}")
         if record is None:
-            raise InvalidHeaderError(f"the chunk's pickle refers to storage data/{storage.key}, which its "
-                                     "archive lacks", path=data.path, tensor=tensor)
+            raise InvalidHeaderError(
+                f"the chunk's pickle refers to storage data/{storage.key}, which its archive lacks",
+                path=data.path,
+                tensor=tensor,
+            )
         used[storage.key] = record
         return storage
 
     pkl = records[f"{prefix}/data.pkl"]
-    ref = safe_unpickle(buf[pkl.data_offset : pkl.data_offset + pkl.size], allowed=_Rebuilders(data.path).allowed(),
-                        persistent_load=persistent_load, path=data.path, what=f"chunk {tensor!r} data.pkl",
-                        encoding="utf-8", refuse=_refusal(data.path))
+    ref = safe_unpickle(
+        buf[pkl.data_offset : pkl.data_offset + pkl.size],
+        allowed=_Rebuilders(data.path).allowed(),
+        persistent_load=persistent_load,
+        path=data.path,
+        what=f"chunk {tensor!r} data.pkl",
+        encoding="utf-8",
+        refuse=_refusal(data.path),
+    )
     if not isinstance(ref, _TensorRef):
-        raise InvalidHeaderError(f"the chunk at byte {piece.start} holds a {type(ref).__name__}, not a tensor",
-                                 path=data.path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"the chunk at byte {piece.start} holds a {type(ref).__name__}, not a tensor",
+            path=data.path,
+            tensor=tensor,
+        )
     if ref.dtype != dtype or ref.shape != piece.sizes:
         raise InvalidHeaderError(
             f"the chunk at {list(piece.offsets)} holds {ref.dtype} {list(ref.shape)} but the metadata says "
-            f"{dtype} {list(piece.sizes)}", path=data.path, tensor=tensor,
+            f"{dtype} {list(piece.sizes)}",
+            path=data.path,
+            tensor=tensor,
         )
     record = used[ref.storage.key]
     st_itemsize = DTYPES[ref.storage.dtype].itemsize if ref.storage.dtype else 1
     itemsize = DTYPES[dtype].itemsize
     if ref.storage.numel * st_itemsize != record.size or ref.storage.elem_offset:
-        raise InvalidOffsetError(f"the chunk's storage holds {record.size} bytes but its pickle says "
-                                 f"{ref.storage.numel} elements", path=data.path, tensor=tensor)
+        raise InvalidOffsetError(
+            f"the chunk's storage holds {record.size} bytes but its pickle says "
+            f"{ref.storage.numel} elements",
+            path=data.path,
+            tensor=tensor,
+        )
     if ref.extent() * itemsize > record.size:
         raise InvalidOffsetError(
             f"the chunk of shape {list(ref.shape)} at storage offset {ref.offset} with stride {list(ref.stride)} "
-            f"needs more than the {record.size} bytes of its storage", path=data.path, tensor=tensor,
+            f"needs more than the {record.size} bytes of its storage",
+            path=data.path,
+            tensor=tensor,
         )
     dt = DTYPES[dtype]
     if ref.numel == 0:
         return np.empty(ref.shape, dt)
     raw = data.bytes_at(piece.start + record.data_offset, record.size)
     start = ref.offset * itemsize
-    arr = raw[start : start + ref.numel * itemsize].view(dt).reshape(ref.shape) if ref.is_contiguous() \
+    arr = (
+        raw[start : start + ref.numel * itemsize].view(dt).reshape(ref.shape)
+        if ref.is_contiguous()
         else _strided(raw, start, dt, ref)
+    )
     byteorder = records.get(f"{prefix}/byteorder")
-    if byteorder is not None and bytes(buf[byteorder.data_offset : byteorder.data_offset + 3]) == b"big" \
-            and itemsize > 1:
+    if (
+        byteorder is not None
+        and bytes(buf[byteorder.data_offset : byteorder.data_offset + 3]) == b"big"
+        and itemsize > 1
+    ):
         arr = _from_big_endian(arr, dt)
     return arr
 
@@ -359,8 +410,13 @@ def _load_object(data: _DataFile, blob: _Blob) -> Any:
     allow-list only (numbers, strings, containers; a tensor or any class is refused)."""
     buf, prefix, records = _archive(data, blob.start, blob.length, tensor=blob.name)
     pkl = records[f"{prefix}/data.pkl"]
-    return safe_unpickle(buf[pkl.data_offset : pkl.data_offset + pkl.size], allowed=BASE_ALLOWED,
-                         path=data.path, what=f"entry {blob.name!r}", encoding="utf-8")
+    return safe_unpickle(
+        buf[pkl.data_offset : pkl.data_offset + pkl.size],
+        allowed=BASE_ALLOWED,
+        path=data.path,
+        what=f"entry {blob.name!r}",
+        encoding="utf-8",
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,26 +457,34 @@ class TorchDCPReader(FormatReader):
         """The data file ``rel`` names, inside the checkpoint directory and present."""
         full = safe_relative(self.root, rel, path=where, tensor=tensor)
         if not os.path.isfile(full):
-            raise CheckpointNotFoundError(f"the data file {rel!r} is missing", path=where, tensor=tensor)
+            raise CheckpointNotFoundError(
+                f"the data file {rel!r} is missing", path=where, tensor=tensor
+            )
         return full
 
     def _data(self, rel: str, tensor: str) -> _DataFile:
         data = self._files.get(rel)
         if data is None:
-            data = self._files[rel] = _DataFile(self._file(rel, where=os.fspath(self.root), tensor=tensor))
+            data = self._files[rel] = _DataFile(
+                self._file(rel, where=os.fspath(self.root), tensor=tensor)
+            )
         return data
 
     def _st(self, rel: str, *, where: str, tensor: str | None = None) -> SafetensorsFile:
         st = self._safetensors.get(rel)
         if st is None:
-            st = self._safetensors[rel] = SafetensorsFile(self._file(rel, where=where, tensor=tensor))
+            st = self._safetensors[rel] = SafetensorsFile(
+                self._file(rel, where=where, tensor=tensor)
+            )
         return st
 
     def _bounded_read(self, name: str) -> tuple[str, bytes]:
         full = safe_relative(self.root, name, path=self.root)
         size = os.path.getsize(full)
         if size > MAX_METADATA_BYTES:
-            raise HeaderTooLargeError(f"{name} is {size} bytes, over the {MAX_METADATA_BYTES} cap", path=full)
+            raise HeaderTooLargeError(
+                f"{name} is {size} bytes, over the {MAX_METADATA_BYTES} cap", path=full
+            )
         with open(full, "rb") as f:
             return full, f.read(MAX_METADATA_BYTES)
 
@@ -429,14 +493,22 @@ class TorchDCPReader(FormatReader):
         from weightvault.formats.pytorch import TORCH_DTYPES
 
         where, raw = self._bounded_read(METADATA_FILE)
-        allowed = {**BASE_ALLOWED, **DCP_METADATA_ALLOWED, **{("torch", n): TorchDtype(n) for n in TORCH_DTYPES}}
+        allowed = {
+            **BASE_ALLOWED,
+            **DCP_METADATA_ALLOWED,
+            **{("torch", n): TorchDtype(n) for n in TORCH_DTYPES},
+        }
         md = safe_unpickle(raw, allowed=allowed, path=where, what=".metadata", encoding="utf-8")
         if not isinstance(md, DCPMetadata):
-            raise InvalidHeaderError(f".metadata holds a {type(md).__name__}, not DCP Metadata", path=where)
+            raise InvalidHeaderError(
+                f".metadata holds a {type(md).__name__}, not DCP Metadata", path=where
+            )
         fields = vars(md)
         entries, storage = fields.get("state_dict_metadata"), fields.get("storage_data")
         if not isinstance(entries, dict) or not isinstance(storage, dict):
-            raise InvalidHeaderError(".metadata has no state_dict_metadata / storage_data dicts", path=where)
+            raise InvalidHeaderError(
+                ".metadata has no state_dict_metadata / storage_data dicts", path=where
+            )
         located = self._dcp_storage(storage, where)
         for name, entry in entries.items():
             if not isinstance(name, str):
@@ -444,31 +516,42 @@ class TorchDCPReader(FormatReader):
             if isinstance(entry, DCPBytesStorageMetadata):
                 info = located.pop((name, None), None) or located.pop((name, ()), None)
                 if info is None:
-                    raise InvalidHeaderError("the entry has no storage record", path=where, tensor=name)
+                    raise InvalidHeaderError(
+                        "the entry has no storage record", path=where, tensor=name
+                    )
                 self._blobs[name] = _Blob(name, *info)
             elif isinstance(entry, DCPTensorStorageMetadata):
                 self._tensors[name] = self._dcp_tensor(name, entry, located, where)
             else:
-                raise InvalidHeaderError(f"the entry is a {type(entry).__name__}", path=where, tensor=name)
-        self._facts["version"] = fields.get("version") if isinstance(fields.get("version"), str) else None
+                raise InvalidHeaderError(
+                    f"the entry is a {type(entry).__name__}", path=where, tensor=name
+                )
+        self._facts["version"] = (
+            fields.get("version") if isinstance(fields.get("version"), str) else None
+        )
         meta = fields.get("storage_meta")
         if meta is not None:
             save_id = vars(meta).get("save_id") if hasattr(meta, "__dict__") else None
             if isinstance(save_id, str):
                 self._facts["save_id"] = save_id
 
-    def _dcp_storage(self, storage: dict[Any, Any], where: str) -> dict[tuple[str, Any], tuple[str, int, int]]:
+    def _dcp_storage(
+        self, storage: dict[Any, Any], where: str
+    ) -> dict[tuple[str, Any], tuple[str, int, int]]:
         """(entry, chunk offsets) -> (file, start, length), every file and span checked."""
         located: dict[tuple[str, Any], tuple[str, int, int]] = {}
         sizes: dict[str, int] = {}
         for index, info in storage.items():
             if not isinstance(index, DCPMetadataIndex) or not isinstance(info, DCPStorageInfo):
                 raise InvalidHeaderError(
-                    f"storage_data maps a {type(index).__name__} to a {type(info).__name__}", path=where
+                    f"storage_data maps a {type(index).__name__} to a {type(info).__name__}",
+                    path=where,
                 )
             fqn, offset = vars(index).get("fqn"), vars(index).get("offset")
             if not isinstance(fqn, str):
-                raise InvalidHeaderError(f"storage_data names an entry {short_repr(fqn)}", path=where)
+                raise InvalidHeaderError(
+                    f"storage_data names an entry {short_repr(fqn)}", path=where
+                )
             if offset is not None:
                 offset = _dims(offset, "chunk offset", path=where, tensor=fqn)
             rel, start, length = (vars(info).get(k) for k in ("relative_path", "offset", "length"))
@@ -476,27 +559,42 @@ class TorchDCPReader(FormatReader):
                 raise UnsupportedOperationError(
                     f"the chunk is stored through transforms {short_repr(vars(info)['transform_descriptors'])} "
                     "(a compressed or encrypted checkpoint); only plain chunks are read",
-                    path=where, tensor=fqn,
+                    path=where,
+                    tensor=fqn,
                 )
-            if not isinstance(rel, str) or type(start) is not int or type(length) is not int \
-                    or start < 0 or length < 0:
+            if (
+                not isinstance(rel, str)
+                or type(start) is not int
+                or type(length) is not int
+                or start < 0
+                or length < 0
+            ):
                 raise InvalidHeaderError(
-                    f"storage record {short_repr(vars(info))} is not (file, offset, length)", path=where, tensor=fqn
+                    f"storage record {short_repr(vars(info))} is not (file, offset, length)",
+                    path=where,
+                    tensor=fqn,
                 )
             if rel not in sizes:
                 sizes[rel] = os.path.getsize(self._file(rel, where=where, tensor=fqn))
             if start + length > sizes[rel]:
                 raise InvalidOffsetError(
                     f"the chunk needs bytes {start}..{start + length} of {rel}, which has {sizes[rel]}",
-                    path=where, tensor=fqn,
+                    path=where,
+                    tensor=fqn,
                 )
             if (fqn, offset) in located:
-                raise InvalidHeaderError(f"two storage records for the chunk at {offset}", path=where, tensor=fqn)
+                raise InvalidHeaderError(
+                    f"two storage records for the chunk at {offset}", path=where, tensor=fqn
+                )
             located[(fqn, offset)] = (rel, start, length)
         return located
 
     def _dcp_tensor(
-        self, name: str, entry: Any, located: dict[tuple[str, Any], tuple[str, int, int]], where: str
+        self,
+        name: str,
+        entry: Any,
+        located: dict[tuple[str, Any], tuple[str, int, int]],
+        where: str,
     ) -> _Tensor:
         from weightvault.formats.pytorch import TORCH_DTYPES
 
@@ -504,15 +602,24 @@ class TorchDCPReader(FormatReader):
         props = fields.get("properties")
         torch_dtype = vars(props).get("dtype") if isinstance(props, DCPTensorProperties) else None
         if not isinstance(torch_dtype, TorchDtype):
-            raise InvalidHeaderError(f"the tensor's properties give no dtype ({short_repr(props)})", path=where,
-                                     tensor=name)
+            raise InvalidHeaderError(
+                f"the tensor's properties give no dtype ({short_repr(props)})",
+                path=where,
+                tensor=name,
+            )
         dtype = TORCH_DTYPES.get(torch_dtype.name)
         if dtype is None:
-            raise UnknownDtypeError(f"torch dtype {torch_dtype.name} is not supported", path=where, tensor=name)
+            raise UnknownDtypeError(
+                f"torch dtype {torch_dtype.name} is not supported", path=where, tensor=name
+            )
         shape = _dims(fields.get("size"), "size", path=where, tensor=name)
         chunks = fields.get("chunks")
-        if not isinstance(chunks, list) or not all(isinstance(c, DCPChunkStorageMetadata) for c in chunks):
-            raise InvalidHeaderError("the tensor's chunks are not a list of chunk records", path=where, tensor=name)
+        if not isinstance(chunks, list) or not all(
+            isinstance(c, DCPChunkStorageMetadata) for c in chunks
+        ):
+            raise InvalidHeaderError(
+                "the tensor's chunks are not a list of chunk records", path=where, tensor=name
+            )
         pieces = []
         itemsize = DTYPES[dtype].itemsize
         for chunk in chunks:
@@ -520,18 +627,23 @@ class TorchDCPReader(FormatReader):
             sizes = _dims(vars(chunk).get("sizes"), "chunk sizes", path=where, tensor=name)
             spot = located.pop((name, offsets), None)
             if spot is None:
-                raise InvalidHeaderError(f"no storage record for the chunk at {list(offsets)}", path=where,
-                                         tensor=name)
+                raise InvalidHeaderError(
+                    f"no storage record for the chunk at {list(offsets)}", path=where, tensor=name
+                )
             piece = _Piece(offsets, sizes, *spot)
             if piece.numel * itemsize > piece.length:
                 raise InvalidOffsetError(
                     f"the chunk at {list(offsets)} of size {list(sizes)} needs {piece.numel * itemsize} bytes "
-                    f"but its record holds {piece.length}", path=where, tensor=name,
+                    f"but its record holds {piece.length}",
+                    path=where,
+                    tensor=name,
                 )
             pieces.append(piece)
         return self._checked(name, dtype, shape, pieces, where)
 
-    def _checked(self, name: str, dtype: str, shape: tuple[int, ...], pieces: list[_Piece], where: str) -> _Tensor:
+    def _checked(
+        self, name: str, dtype: str, shape: tuple[int, ...], pieces: list[_Piece], where: str
+    ) -> _Tensor:
         _check_tiling(name, shape, pieces, path=where)
         tensor = _Tensor(name, dtype, shape, tuple(pieces))
         # tiled exactly, the chunks' stored bytes hold every element: the assembly cannot expand
@@ -544,47 +656,66 @@ class TorchDCPReader(FormatReader):
     def _read_hf_shards(self) -> None:
         names = sorted(n for n in os.listdir(self.root) if n.endswith(".safetensors"))
         if not names:
-            raise InvalidHeaderError("no .metadata, manifest.json or safetensors shards: not a DCP checkpoint",
-                                     path=self.root)
+            raise InvalidHeaderError(
+                "no .metadata, manifest.json or safetensors shards: not a DCP checkpoint",
+                path=self.root,
+            )
         found: dict[str, list[_Piece]] = {}
         dtypes: dict[str, str] = {}
         for rel in names:
             st = self._st(rel, where=os.fspath(self.root))
             sharding = st.metadata.get(HF_SHARDING_KEY)
             if sharding is None:
-                raise InvalidHeaderError(f"the header has no {HF_SHARDING_KEY}: not a DCP shard", path=st.path)
+                raise InvalidHeaderError(
+                    f"the header has no {HF_SHARDING_KEY}: not a DCP shard", path=st.path
+                )
             info = load_json(sharding, path=st.path, what=HF_SHARDING_KEY)
             if not isinstance(info, dict):
                 raise InvalidHeaderError(f"{HF_SHARDING_KEY} is not a JSON object", path=st.path)
             for key, entry in st.entries.items():
                 spec = info.get(key)
                 offsets = spec.get("saved_offsets") if isinstance(spec, dict) else None
-                offsets = _dims(offsets if offsets is not None else [0] * len(entry.shape), "saved_offsets",
-                                path=st.path, tensor=key)
+                offsets = _dims(
+                    offsets if offsets is not None else [0] * len(entry.shape),
+                    "saved_offsets",
+                    path=st.path,
+                    tensor=key,
+                )
                 if dtypes.setdefault(key, entry.dtype) != entry.dtype:
-                    raise InvalidHeaderError(f"the chunks disagree on the dtype ({dtypes[key]}, {entry.dtype})",
-                                             path=st.path, tensor=key)
+                    raise InvalidHeaderError(
+                        f"the chunks disagree on the dtype ({dtypes[key]}, {entry.dtype})",
+                        path=st.path,
+                        tensor=key,
+                    )
                 found.setdefault(key, []).append(
                     _Piece(offsets, entry.shape, rel, entry.start, entry.end - entry.start, key)
                 )
         for key, pieces in found.items():
             rank = {len(p.sizes) for p in pieces}
             if len(rank) != 1:
-                raise InvalidHeaderError("the chunks disagree on the number of dimensions", path=self.root,
-                                         tensor=key)
+                raise InvalidHeaderError(
+                    "the chunks disagree on the number of dimensions", path=self.root, tensor=key
+                )
             # the full shape is where the chunks end (as torch's HuggingFaceStorageReader infers it)
             shape = tuple(max(p.offsets[d] + p.sizes[d] for p in pieces) for d in range(rank.pop()))
-            self._tensors[key] = self._checked(key, dtypes[key], shape, pieces, os.fspath(self.root))
+            self._tensors[key] = self._checked(
+                key, dtypes[key], shape, pieces, os.fspath(self.root)
+            )
 
     # -- weightvault's DCP backend: manifest.json + rank files + COMMITTED ------------------------
     def _read_manifest(self) -> None:
         where, raw = self._bounded_read(MANIFEST_FILE)
         manifest = load_json(raw, path=where, what="manifest")
         if not isinstance(manifest, dict) or manifest.get("layout") != MANIFEST_LAYOUT:
-            raise InvalidHeaderError("manifest.json does not describe a weightvault DCP checkpoint", path=where)
+            raise InvalidHeaderError(
+                "manifest.json does not describe a weightvault DCP checkpoint", path=where
+            )
         if manifest.get("format_version") != MANIFEST_VERSION:
-            raise InvalidHeaderError(f"manifest format_version {short_repr(manifest.get('format_version'))} is "
-                                     f"not {MANIFEST_VERSION}", path=where)
+            raise InvalidHeaderError(
+                f"manifest format_version {short_repr(manifest.get('format_version'))} is "
+                f"not {MANIFEST_VERSION}",
+                path=where,
+            )
         if not (self.root / COMMIT_MARKER).is_file():
             raise CheckpointNotFoundError(
                 "the checkpoint has no COMMITTED marker: its save did not finish", path=self.root
@@ -598,17 +729,22 @@ class TorchDCPReader(FormatReader):
             if entry.get("type") == "bytes":
                 rel, key = entry.get("file"), entry.get("key")
                 if not isinstance(rel, str) or not isinstance(key, str):
-                    raise InvalidHeaderError("bytes entry without file and key", path=where, tensor=name)
+                    raise InvalidHeaderError(
+                        "bytes entry without file and key", path=where, tensor=name
+                    )
                 st = self._st(rel, where=where, tensor=name)
                 e = st.entries.get(key)
                 if e is None or e.dtype != "uint8" or len(e.shape) != 1:
-                    raise InvalidHeaderError(f"{rel} holds no uint8 record {key!r}", path=where, tensor=name)
+                    raise InvalidHeaderError(
+                        f"{rel} holds no uint8 record {key!r}", path=where, tensor=name
+                    )
                 self._blobs[name] = _Blob(name, rel, e.start, e.end - e.start, key)
             elif entry.get("type") == "tensor":
                 self._tensors[name] = self._manifest_tensor(name, entry, where)
             else:
-                raise InvalidHeaderError(f"manifest entry type {short_repr(entry.get('type'))}", path=where,
-                                         tensor=name)
+                raise InvalidHeaderError(
+                    f"manifest entry type {short_repr(entry.get('type'))}", path=where, tensor=name
+                )
         for key in ("world_size", "library_version", "created"):
             if isinstance(manifest.get(key), (int, str)):
                 self._facts[key] = manifest[key]
@@ -618,26 +754,36 @@ class TorchDCPReader(FormatReader):
     def _manifest_tensor(self, name: str, entry: dict[str, Any], where: str) -> _Tensor:
         dtype = entry.get("dtype")
         if not isinstance(dtype, str) or dtype not in DTYPES:
-            raise UnknownDtypeError(f"manifest dtype {short_repr(dtype)} is not known", path=where, tensor=name)
+            raise UnknownDtypeError(
+                f"manifest dtype {short_repr(dtype)} is not known", path=where, tensor=name
+            )
         shape = _dims(entry.get("shape"), "shape", path=where, tensor=name)
         chunks = entry.get("chunks")
         if not isinstance(chunks, list):
             raise InvalidHeaderError("the tensor's chunks are not a list", path=where, tensor=name)
         pieces = []
         for chunk in chunks:
-            if not isinstance(chunk, dict) or not isinstance(chunk.get("file"), str) \
-                    or not isinstance(chunk.get("key"), str):
-                raise InvalidHeaderError(f"chunk {short_repr(chunk)} has no file and key", path=where, tensor=name)
+            if (
+                not isinstance(chunk, dict)
+                or not isinstance(chunk.get("file"), str)
+                or not isinstance(chunk.get("key"), str)
+            ):
+                raise InvalidHeaderError(
+                    f"chunk {short_repr(chunk)} has no file and key", path=where, tensor=name
+                )
             offsets = _dims(chunk.get("offsets"), "chunk offsets", path=where, tensor=name)
             sizes = _dims(chunk.get("sizes"), "chunk sizes", path=where, tensor=name)
             st = self._st(chunk["file"], where=where, tensor=name)
             e = st.entries.get(chunk["key"])
             if e is None or e.dtype != dtype or e.shape != sizes:
                 raise InvalidHeaderError(
-                    f"{chunk['file']} holds no {dtype} {list(sizes)} record {chunk['key']!r}", path=where,
+                    f"{chunk['file']} holds no {dtype} {list(sizes)} record {chunk['key']!r}",
+                    path=where,
                     tensor=name,
                 )
-            pieces.append(_Piece(offsets, sizes, chunk["file"], e.start, e.end - e.start, chunk["key"]))
+            pieces.append(
+                _Piece(offsets, sizes, chunk["file"], e.start, e.end - e.start, chunk["key"])
+            )
         return self._checked(name, dtype, shape, pieces, where)
 
     # -- FormatReader -----------------------------------------------------------------------------
@@ -673,7 +819,9 @@ class TorchDCPReader(FormatReader):
         out = np.empty(t.shape, DTYPES[t.dtype])
         for piece in t.pieces:
             if piece.numel:
-                where = tuple(slice(o, o + s) for o, s in zip(piece.offsets, piece.sizes))
+                where = tuple(
+                    slice(o, o + s) for o, s in zip(piece.offsets, piece.sizes, strict=True)
+                )
                 out[where] = self._piece(t, piece)
         return out
 
@@ -686,8 +834,10 @@ class TorchDCPReader(FormatReader):
     def metadata(self) -> dict[str, Any]:
         objects = self._read_objects()
         facts = {k: v for k, v in self._facts.items() if v is not None and k != "metadata"}
-        facts["files"] = len({p.file for t in self._tensors.values() for p in t.pieces}
-                             | {b.file for b in self._blobs.values()})
+        facts["files"] = len(
+            {p.file for t in self._tensors.values() for p in t.pieces}
+            | {b.file for b in self._blobs.values()}
+        )
         if objects:
             facts["objects"] = objects
         out: dict[str, Any] = {"torch_dcp": facts}
@@ -745,7 +895,9 @@ def _is_hf_dcp_dir(path: Path) -> bool:
 
 class TorchDCPFormat(Format):
     name = "torch_dcp"
-    description = "torch.distributed.checkpoint directory (.metadata + .distcp, or DCP safetensors shards)"
+    description = (
+        "torch.distributed.checkpoint directory (.metadata + .distcp, or DCP safetensors shards)"
+    )
     extensions = (".distcp",)
     can_write = False
     read_options: ClassVar[Mapping[str, str] | None] = {}

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,8 @@ from weightvault.formats.torch_dcp import (
     RANK_FILE,
     TorchDCPReader,
 )
-from weightvault.frameworks.torch import tensor_to_numpy, torch_dtype
 from weightvault.frameworks.torch import from_numpy as _from_numpy
+from weightvault.frameworks.torch import tensor_to_numpy, torch_dtype
 
 __all__ = ["WeightVaultReader", "WeightVaultWriter", "load", "save"]
 
@@ -128,7 +128,9 @@ class WeightVaultWriter(StorageWriter):
 
     def _root(self) -> Path:
         if self.path is None:
-            raise ValueError("WeightVaultWriter needs a path (or dcp.save(..., checkpoint_id=path))")
+            raise ValueError(
+                "WeightVaultWriter needs a path (or dcp.save(..., checkpoint_id=path))"
+            )
         return self.path
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
@@ -153,14 +155,19 @@ class WeightVaultWriter(StorageWriter):
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         # plans[i] is rank i's: each rank learns the name of its own file
-        return [dataclasses.replace(p, storage_data=RANK_FILE.format(rank=i)) for i, p in enumerate(plans)]
+        return [
+            dataclasses.replace(p, storage_data=RANK_FILE.format(rank=i))
+            for i, p in enumerate(plans)
+        ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         root = self._root()
         root.mkdir(parents=True, exist_ok=True)
         rel = plan.storage_data
         if not isinstance(rel, str) or not _RANK_FILE_RE.match(rel):
-            raise UnsupportedOperationError(f"the save plan names file {rel!r}, not a rank file", path=root)
+            raise UnsupportedOperationError(
+                f"the save plan names file {rel!r}, not a rank file", path=root
+            )
         sources: list[TensorSource] = []
         results: list[WriteResult] = []
         for item in plan.items:
@@ -168,19 +175,26 @@ class WeightVaultWriter(StorageWriter):
             data = planner.resolve_data(item)
             if item.type == WriteItemType.BYTE_IO:
                 raw = np.frombuffer(data.getbuffer(), np.uint8).copy()  # type: ignore[union-attr]
-                sources.append(TensorSource(key, "uint8", (raw.size,), (lambda a: lambda: a)(raw)))
+                sources.append(TensorSource(key, "uint8", (raw.size,), _constant(raw)))
                 size = raw.size
             else:
                 arr = tensor_to_numpy(torch.as_tensor(data).detach())
-                src = TensorSource(key, _dtype_name(arr), tuple(arr.shape), (lambda a: lambda: a)(arr))
+                src = TensorSource(key, _dtype_name(arr), tuple(arr.shape), _constant(arr))
                 sources.append(src)
                 size = src.nbytes
-            results.append(WriteResult(index=item.index, size_in_bytes=size,
-                                       storage_data={"file": rel, "key": key}))
+            results.append(
+                WriteResult(
+                    index=item.index, size_in_bytes=size, storage_data={"file": rel, "key": key}
+                )
+            )
         sums: dict[str, str] = {}
         with atomic_write(root / rel, fsync=self.fsync) as f:
-            write_safetensors(f, sources, {"weightvault.dcp": "chunks of one rank"},
-                              on_tensor=lambda src: _Digest(sums, src.name))
+            write_safetensors(
+                f,
+                sources,
+                {"weightvault.dcp": "chunks of one rank"},
+                on_tensor=lambda src: _Digest(sums, src.name),
+            )
         for result in results:
             result.storage_data["checksum"] = sums[result.storage_data["key"]]
         fut: Future[list[WriteResult]] = Future()
@@ -198,7 +212,9 @@ class WeightVaultWriter(StorageWriter):
             chunks = []
             for chunk in md.chunks:
                 stored = where[MetadataIndex(fqn, chunk.offsets)]
-                chunks.append({"offsets": list(chunk.offsets), "sizes": list(chunk.sizes), **stored})
+                chunks.append(
+                    {"offsets": list(chunk.offsets), "sizes": list(chunk.sizes), **stored}
+                )
             entries[fqn] = {
                 "type": "tensor",
                 "dtype": _dtype_name_torch(md.properties.dtype),
@@ -212,7 +228,7 @@ class WeightVaultWriter(StorageWriter):
             "format_version": MANIFEST_VERSION,
             "layout": MANIFEST_LAYOUT,
             "library_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "world_size": len(results),
             "save_id": self.save_id,
             "metadata": self.user_metadata,
@@ -233,6 +249,11 @@ class WeightVaultWriter(StorageWriter):
         return isinstance(checkpoint_id, (str, os.PathLike))
 
 
+def _constant(arr: np.ndarray) -> Callable[[], np.ndarray]:
+    """A ``TensorSource.fetch`` that returns ``arr`` (bound now, not at call time)."""
+    return lambda: arr
+
+
 def _dtype_name(arr: np.ndarray) -> str:
     from weightvault.core.dtypes import dtype_name
 
@@ -251,8 +272,11 @@ def _jsonable_planner_data(data: Any) -> Any:
         return None
     out = {}
     for fqn, path in data.items():
-        if not isinstance(fqn, str) or not isinstance(path, (tuple, list)) or \
-                not all(isinstance(p, (str, int)) for p in path):
+        if (
+            not isinstance(fqn, str)
+            or not isinstance(path, (tuple, list))
+            or not all(isinstance(p, (str, int)) for p in path)
+        ):
             return None
         out[fqn] = list(path)
     return out
@@ -285,7 +309,9 @@ class WeightVaultReader(StorageReader):
     def _open(self) -> TorchDCPReader:
         if self._reader is None:
             if self.path is None:
-                raise ValueError("WeightVaultReader needs a path (or dcp.load(..., checkpoint_id=path))")
+                raise ValueError(
+                    "WeightVaultReader needs a path (or dcp.load(..., checkpoint_id=path))"
+                )
             if not self.path.is_dir():
                 raise CheckpointNotFoundError("no such checkpoint directory", path=self.path)
             self._reader = TorchDCPReader(self.path)
@@ -298,10 +324,16 @@ class WeightVaultReader(StorageReader):
         for name, t in reader._tensors.items():
             chunks = []
             for i, piece in enumerate(t.pieces):
-                chunks.append(ChunkStorageMetadata(offsets=torch.Size(piece.offsets), sizes=torch.Size(piece.sizes)))
+                chunks.append(
+                    ChunkStorageMetadata(
+                        offsets=torch.Size(piece.offsets), sizes=torch.Size(piece.sizes)
+                    )
+                )
                 storage[MetadataIndex(name, piece.offsets)] = (name, i)
             entries[name] = TensorStorageMetadata(
-                properties=TensorProperties(dtype=torch_dtype(t.dtype)), size=torch.Size(t.shape), chunks=chunks
+                properties=TensorProperties(dtype=torch_dtype(t.dtype)),
+                size=torch.Size(t.shape),
+                chunks=chunks,
             )
         for name in reader._blobs:
             entries[name] = BytesStorageMetadata()
@@ -309,8 +341,12 @@ class WeightVaultReader(StorageReader):
         self._storage = storage
         self._sums = self._manifest_sums()
         planner_data = self._planner_data()
-        return Metadata(state_dict_metadata=entries, planner_data=planner_data, storage_data=storage,
-                        storage_meta=StorageMeta(checkpoint_id=self.path))
+        return Metadata(
+            state_dict_metadata=entries,
+            planner_data=planner_data,
+            storage_data=storage,
+            storage_meta=StorageMeta(checkpoint_id=self.path),
+        )
 
     def _manifest(self) -> dict[str, Any] | None:
         assert self.path is not None
@@ -340,7 +376,9 @@ class WeightVaultReader(StorageReader):
             return None
         return {k: tuple(v) for k, v in data.items() if isinstance(v, list)}
 
-    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
         self._open()
         if not self._storage:
             self._storage = dict(metadata.storage_data)
@@ -378,13 +416,16 @@ class WeightVaultReader(StorageReader):
             if self.verify and (name, i) in self._sums and (name, i) not in checked:
                 self._check_sum(name, i, chunk)
                 checked.add((name, i))
-            cut = tuple(slice(o, o + n) for o, n in zip(req.storage_offsets, req.lengths))
+            cut = tuple(
+                slice(o, o + n) for o, n in zip(req.storage_offsets, req.lengths, strict=True)
+            )
             src = _from_numpy(np.array(chunk[cut]))  # a C-order copy; 0-d stays 0-d
             target = planner.resolve_tensor(req).detach()
             if target.size() != src.size():
                 raise InvalidHeaderError(
                     f"DCP asks for a piece of size {list(target.size())} but the chunk gives {list(src.size())}",
-                    path=self.path, tensor=name,
+                    path=self.path,
+                    tensor=name,
                 )
             target.copy_(src)
             planner.commit_tensor(req, target)
@@ -396,7 +437,8 @@ class WeightVaultReader(StorageReader):
         if got != self._sums[(name, i)]:
             raise ChecksumMismatchError(
                 f"chunk {i} of the tensor has checksum {got}, the manifest says {self._sums[(name, i)]}",
-                path=self.path, tensor=name,
+                path=self.path,
+                tensor=name,
             )
 
     @classmethod
@@ -453,4 +495,6 @@ def load(
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, storage_reader=WeightVaultReader(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
