@@ -39,12 +39,15 @@ def run_ranks(
     out: Path,
     writer: str = "weightvault",
     timeout: float = 300,
+    backend: str = "gloo",
 ) -> None:
-    """Run ACTION on WORLD ranks (one process each) and wait; fail with their output."""
+    """Run ACTION on WORLD ranks (one process each) and wait; fail with their output.
+    ``backend="nccl"`` puts rank r on ``cuda:r`` (and shards with FSDP2 even on one rank)."""
     import weightvault
 
     env = {
         **os.environ,
+        "WV_DIST_BACKEND": backend,
         "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
         "OMP_NUM_THREADS": "1",
         "PYTHONWARNINGS": "ignore",
@@ -85,12 +88,17 @@ def run_ranks(
         )
 
 
-def _build(world: int):  # type: ignore[no-untyped-def]
+def _device(rank: int) -> str:
+    return f"cuda:{rank}" if os.environ.get("WV_DIST_BACKEND") == "nccl" else "cpu"
+
+
+def _build(world: int, rank: int):  # type: ignore[no-untyped-def]
     import torch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
-    if world > 1:
+    model = model.to(_device(rank))
+    if world > 1 or _device(rank) != "cpu":
         from torch.distributed.fsdp import fully_shard
 
         for layer in model:
@@ -106,6 +114,7 @@ def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untype
     for step in range(STEPS):
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
+        x, y = x.to(_device(rank)), y.to(_device(rank))
         lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
         # FSDP averages gradients over ranks: scale so every world size takes the same step
         loss = (
@@ -134,9 +143,12 @@ def main() -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    backend = os.environ.get("WV_DIST_BACKEND", "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        model, opt = _build(world)
+        model, opt = _build(world, rank)
         if action == "train_save":
             _train(model, opt, rank, world)
             msd, osd = get_state_dict(model, opt)

@@ -125,6 +125,9 @@ def test_resave_over_a_checkpoint_and_corruption_is_caught(tmp_path: Path, quiet
     target = {"w": torch.zeros(3), "b": torch.tensor([False])}
     dcp.load(target, storage_reader=WeightVaultReader(ckpt))
     assert torch.equal(target["w"], torch.arange(3.0)) and bool(target["b"])
+    with weightvault.open(ckpt) as reader:
+        result = reader.verify()
+        assert result.ok and result.checked == 2 and result.unchecked == 0
     # flip a byte of the stored tensor: the manifest checksum refuses it
     raw = bytearray((ckpt / "rank-00000.safetensors").read_bytes())
     raw[-1] ^= 0x40
@@ -136,6 +139,10 @@ def test_resave_over_a_checkpoint_and_corruption_is_caught(tmp_path: Path, quiet
     error = excinfo.value.failures[0][0]
     assert isinstance(error, weightvault.errors.ChecksumMismatchError)
     assert error.tensor == "b" and "checksum" in error.message
+    assert error.path is not None and error.path.endswith("rank-00000.safetensors")
+    with weightvault.open(ckpt) as reader:
+        result = reader.verify()
+        assert not result.ok and result.checked == 1 and "'b'" in result.failures[0]
 
 
 def test_an_unfinished_save_is_not_a_checkpoint(tmp_path: Path, quiet: None) -> None:
@@ -174,3 +181,15 @@ def test_cuda_tensors_save_and_load(tmp_path: Path, quiet: None) -> None:
     target = {"w": torch.zeros(32, 8, device="cuda")}
     dcp.load(target, storage_reader=WeightVaultReader(tmp_path / "c"))
     assert torch.equal(target["w"], state["w"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs CUDA GPUs")
+def test_nccl_fsdp2_save_and_load(tmp_path: Path) -> None:
+    """The same round trip over NCCL, each rank on its own GPU (as many as there are, up to 2)."""
+    world = min(torch.cuda.device_count(), 2)
+    run_ranks("train_save", world, tmp_path / "ckpt", tmp_path / "ref.pt", backend="nccl")
+    run_ranks("load", world, tmp_path / "ckpt", tmp_path / "loaded.pt", backend="nccl")
+    full = torch.load(tmp_path / "ref.pt", weights_only=True)
+    loaded = torch.load(tmp_path / "loaded.pt", weights_only=True)
+    assert_same_state(loaded["model"], full["model"], "model")
+    assert_same_state(loaded["optim"], full["optim"], "optim")

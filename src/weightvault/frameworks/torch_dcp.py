@@ -62,7 +62,6 @@ from weightvault.core.io import atomic_write
 from weightvault.core.safetensors_io import TensorSource, write_safetensors
 from weightvault.errors import (
     CheckpointNotFoundError,
-    ChecksumMismatchError,
     InvalidHeaderError,
     UnsupportedOperationError,
 )
@@ -297,7 +296,6 @@ class WeightVaultReader(StorageReader):
         self.verify = verify
         self._reader: TorchDCPReader | None = None
         self._storage: dict[MetadataIndex, tuple[str, int | None]] = {}
-        self._sums: dict[tuple[str, int], str] = {}
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         if checkpoint_id is not None:
@@ -339,7 +337,6 @@ class WeightVaultReader(StorageReader):
             entries[name] = BytesStorageMetadata()
             storage[MetadataIndex(name)] = (name, None)
         self._storage = storage
-        self._sums = self._manifest_sums()
         planner_data = self._planner_data()
         return Metadata(
             state_dict_metadata=entries,
@@ -357,17 +354,6 @@ class WeightVaultReader(StorageReader):
         with open(self.path / MANIFEST_FILE, "rb") as f:
             manifest = load_json(f.read(), path=self.path / MANIFEST_FILE, what="manifest")
         return manifest if isinstance(manifest, dict) else None
-
-    def _manifest_sums(self) -> dict[tuple[str, int], str]:
-        manifest = self._manifest()
-        sums: dict[tuple[str, int], str] = {}
-        if manifest is None:
-            return sums
-        for name, entry in manifest.get("entries", {}).items():
-            for i, chunk in enumerate(entry.get("chunks", []) if isinstance(entry, dict) else []):
-                if isinstance(chunk, dict) and isinstance(chunk.get("checksum"), str):
-                    sums[(name, i)] = chunk["checksum"]
-        return sums
 
     def _planner_data(self) -> dict[str, tuple[Any, ...]] | None:
         manifest = self._manifest()
@@ -413,8 +399,8 @@ class WeightVaultReader(StorageReader):
             assert i is not None
             t = reader._tensors[name]
             chunk = reader._piece(t, t.pieces[i])
-            if self.verify and (name, i) in self._sums and (name, i) not in checked:
-                self._check_sum(name, i, chunk)
+            if self.verify and (name, i) not in checked:
+                reader.check_chunk(name, i, chunk)
                 checked.add((name, i))
             cut = tuple(
                 slice(o, o + n) for o, n in zip(req.storage_offsets, req.lengths, strict=True)
@@ -429,17 +415,6 @@ class WeightVaultReader(StorageReader):
                 )
             target.copy_(src)
             planner.commit_tensor(req, target)
-
-    def _check_sum(self, name: str, i: int, chunk: np.ndarray) -> None:
-        from weightvault.core.checksum import checksum
-
-        got = checksum(memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)))
-        if got != self._sums[(name, i)]:
-            raise ChecksumMismatchError(
-                f"chunk {i} of the tensor has checksum {got}, the manifest says {self._sums[(name, i)]}",
-                path=self.path,
-                tensor=name,
-            )
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
