@@ -36,6 +36,7 @@ import math
 import mmap
 import os
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,8 @@ MAX_OBJECT_BYTES = 16 << 20
 #: refused rather than walked
 MAX_GRID_CELLS = 1 << 22
 MAX_DIMS = 64
+#: most of a shard's safetensors header that detection reads looking for the sharding key
+MAX_SNIFF_HEADER = 16 << 20
 
 _HF_SHARD_RE = re.compile(r"^shard-\d+-model-\d+-of-\d+\.safetensors$")
 
@@ -887,10 +890,12 @@ def _is_hf_dcp_dir(path: Path) -> bool:
         return False
     try:
         with open(path / names[0], "rb") as f:
-            head = f.read(4096)
+            # the key sits in the header's __metadata__, which may follow many tensor entries
+            (n,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
+            header = f.read(min(n, MAX_SNIFF_HEADER))
     except OSError:
         return False
-    return HF_SHARDING_KEY.encode() in head
+    return HF_SHARDING_KEY.encode() in header
 
 
 class TorchDCPFormat(Format):
