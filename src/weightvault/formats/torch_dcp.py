@@ -44,7 +44,8 @@ from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
-from weightvault.abc.format import Format, FormatReader, TensorInfo
+from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.core.checksum import checksum
 from weightvault.core.dtypes import DTYPES
 from weightvault.core.limits import check_expansion
 from weightvault.core.safetensors_io import SafetensorsFile, load_json
@@ -64,6 +65,7 @@ from weightvault.core.unpickler import (
 )
 from weightvault.errors import (
     CheckpointNotFoundError,
+    ChecksumMismatchError,
     CorruptFileError,
     HeaderTooLargeError,
     InvalidHeaderError,
@@ -118,6 +120,8 @@ class _Piece:
     start: int = 0
     length: int = 0
     key: str | None = None
+    #: xxh3 of the chunk's bytes (weightvault's DCP layout records one per chunk)
+    checksum: str | None = None
 
     @property
     def numel(self) -> int:
@@ -784,8 +788,17 @@ class TorchDCPReader(FormatReader):
                     path=where,
                     tensor=name,
                 )
+            checksum = chunk.get("checksum")
+            if checksum is not None and not isinstance(checksum, str):
+                raise InvalidHeaderError(
+                    f"chunk checksum {short_repr(checksum)} is not a string",
+                    path=where,
+                    tensor=name,
+                )
             pieces.append(
-                _Piece(offsets, sizes, chunk["file"], e.start, e.end - e.start, chunk["key"])
+                _Piece(
+                    offsets, sizes, chunk["file"], e.start, e.end - e.start, chunk["key"], checksum
+                )
             )
         return self._checked(name, dtype, shape, pieces, where)
 
@@ -827,6 +840,39 @@ class TorchDCPReader(FormatReader):
                 )
                 out[where] = self._piece(t, piece)
         return out
+
+    def check_chunk(self, name: str, index: int, chunk: np.ndarray) -> bool:
+        """Compare chunk ``index`` of ``name`` (its array, as read) with its recorded checksum:
+        True when checked, False when the layout records none; ChecksumMismatchError otherwise."""
+        piece = self._tensors[name].pieces[index]
+        if piece.checksum is None:
+            return False
+        got = checksum(memoryview(np.ascontiguousarray(chunk).reshape(-1).view(np.uint8)))
+        if got != piece.checksum:
+            raise ChecksumMismatchError(
+                f"chunk {index} (at {list(piece.offsets)}) has checksum {got}, the manifest says "
+                f"{piece.checksum}",
+                path=os.fspath(self.root / piece.file),
+                tensor=name,
+            )
+        return True
+
+    def verify(self) -> VerifyResult:
+        """Read every chunk; the weightvault layout's chunks are checked against their checksums."""
+        result = VerifyResult(self.path)
+        for name, t in self._tensors.items():
+            try:
+                checked = [
+                    self.check_chunk(name, i, self._piece(t, p)) for i, p in enumerate(t.pieces)
+                ]
+            except ChecksumMismatchError as exc:
+                result.failures.append(str(exc))
+                continue
+            if checked and all(checked):
+                result.checked += 1
+            else:
+                result.unchecked += 1
+        return result
 
     @property
     def skipped(self) -> dict[str, str]:
