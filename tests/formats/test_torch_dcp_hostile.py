@@ -372,3 +372,10 @@ def test_too_many_chunk_boundaries_are_refused(ckpt: Path, monkeypatch: pytest.M
     _two_chunks(ckpt)
     monkeypatch.setattr(torch_dcp, "MAX_GRID_CELLS", 1)
     _refused(ckpt, ResourceLimitError, tensor="w", match="blocks")
+
+
+def test_another_file_is_not_taken_for_its_directory(ckpt: Path) -> None:
+    other = ckpt / "notes.pt"
+    other.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidHeaderError, match="open its directory"):
+        weightvault.open(other, format="torch_dcp")

@@ -437,6 +437,13 @@ class TorchDCPReader(FormatReader):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
         p = Path(self.path)
+        if p.is_file() and p.name != METADATA_FILE and not p.name.endswith(".distcp"):
+            # a DCP checkpoint is its directory: never read the siblings of some other file
+            raise InvalidHeaderError(
+                "not a torch.distributed checkpoint: open its directory, its .metadata or a .distcp "
+                "file",
+                path=p,
+            )
         self.root = p.parent if p.is_file() else p
         self._files: dict[str, _DataFile] = {}
         self._safetensors: dict[str, SafetensorsFile] = {}
