@@ -171,14 +171,18 @@ class WeightVaultWriter(StorageWriter):
         results: list[WriteResult] = []
         for item in plan.items:
             key = _key(item.index)
-            data = planner.resolve_data(item)
             if item.type == WriteItemType.BYTE_IO:
+                data = planner.resolve_data(item)
                 raw = np.frombuffer(data.getbuffer(), np.uint8).copy()  # type: ignore[union-attr]
                 sources.append(TensorSource(key, "uint8", (raw.size,), _constant(raw)))
                 size = raw.size
             else:
-                arr = tensor_to_numpy(torch.as_tensor(data).detach())
-                src = TensorSource(key, _dtype_name(arr), tuple(arr.shape), _constant(arr))
+                # resolved (and copied off the GPU) only when the writer reaches it: one chunk at
+                # a time in memory, not the whole plan
+                td = item.tensor_data
+                assert td is not None
+                dtype = _dtype_name_torch(td.properties.dtype)
+                src = TensorSource(key, dtype, tuple(td.chunk.sizes), _resolver(planner, item))
                 sources.append(src)
                 size = src.nbytes
             results.append(
@@ -251,6 +255,11 @@ class WeightVaultWriter(StorageWriter):
 def _constant(arr: np.ndarray) -> Callable[[], np.ndarray]:
     """A ``TensorSource.fetch`` that returns ``arr`` (bound now, not at call time)."""
     return lambda: arr
+
+
+def _resolver(planner: SavePlanner, item: Any) -> Callable[[], np.ndarray]:
+    """A ``TensorSource.fetch`` that asks the planner for the chunk when it is written."""
+    return lambda: tensor_to_numpy(torch.as_tensor(planner.resolve_data(item)).detach())
 
 
 def _dtype_name(arr: np.ndarray) -> str:
