@@ -695,6 +695,13 @@ class TorchDCPReader(FormatReader):
                     path=st.path,
                     tensor=key,
                 )
+                if len(offsets) != len(entry.shape):
+                    raise InvalidHeaderError(
+                        f"saved_offsets {list(offsets)} do not match the chunk's shape "
+                        f"{list(entry.shape)}",
+                        path=st.path,
+                        tensor=key,
+                    )
                 if dtypes.setdefault(key, entry.dtype) != entry.dtype:
                     raise InvalidHeaderError(
                         f"the chunks disagree on the dtype ({dtypes[key]}, {entry.dtype})",
