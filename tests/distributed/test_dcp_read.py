@@ -7,6 +7,7 @@ tensor the run gathered, and convert must consolidate it into one file of anothe
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,7 @@ def test_single_process_save_every_dtype_and_object(tmp_path: Path) -> None:
         "empty": torch.zeros(0, 3),
         "transposed": base.t(),  # not contiguous: torch.save keeps its strides
         "nested": {"w": base, "count": 4, "name": "run-1", "sizes": [1, 2, {"a": None}]},
+        "odd": {"tags": {"x"}, "nan": float("nan")},  # plain data with no JSON form
     }
     ctx = _quiet_single_process()
     try:
@@ -170,7 +172,10 @@ def test_single_process_save_every_dtype_and_object(tmp_path: Path) -> None:
             "nested.sizes.0": 1,
             "nested.sizes.1": 2,
             "nested.sizes.2.a": None,
+            "odd.tags": "{'x'}",
+            "odd.nan": "nan",
         }
+        json.dumps(reader.metadata, allow_nan=False)  # metadata stays JSON
         assert np.array_equal(reader.get("transposed"), base.t().numpy())
 
 

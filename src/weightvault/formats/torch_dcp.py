@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import mmap
 import os
@@ -66,7 +67,6 @@ from weightvault.core.unpickler import (
 from weightvault.errors import (
     CheckpointNotFoundError,
     ChecksumMismatchError,
-    CorruptFileError,
     HeaderTooLargeError,
     InvalidHeaderError,
     InvalidOffsetError,
@@ -922,10 +922,10 @@ class TorchDCPReader(FormatReader):
                 continue
             try:
                 value = _load_object(self._data(blob.file, name), blob)
-            except CorruptFileError as exc:
+            except WeightVaultError as exc:  # a bad entry never stops the tensors from reading
                 self._skipped[name] = f"{kind} not read: {exc.message}"
                 continue
-            self._objects[name] = jsonable(value)
+            self._objects[name] = _json_value(value)
             self._skipped[name] = f"{kind}, not a tensor: {short_repr(value, 60)}"
         return self._objects
 
@@ -936,6 +936,17 @@ class TorchDCPReader(FormatReader):
             st.close()
         self._files.clear()
         self._safetensors.clear()
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON (metadata must stay JSON-able); its short repr when it has no JSON form
+    (a set, a complex number, NaN)."""
+    value = jsonable(value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return short_repr(value, 200)
+    return value
 
 
 # ------------------------------------------------------------------------------------------------
