@@ -974,7 +974,9 @@ class TorchDCPFormat(Format):
     description = (
         "torch.distributed.checkpoint directory (.metadata + .distcp, or DCP safetensors shards)"
     )
-    extensions = (".distcp",)
+    # no extensions: a .distcp file is recognised by its directory (sniff), and native.py keeps
+    # a list of every format's endings it refuses to save under
+    extensions = ()
     can_write = False
     read_options: ClassVar[Mapping[str, str] | None] = {}
     write_options: ClassVar[Mapping[str, str] | None] = {}  # read-only: dcp.save writes these
