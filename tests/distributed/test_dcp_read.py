@@ -71,6 +71,21 @@ def test_fsdp2_checkpoint_reads_exactly(fsdp_run: tuple[Path, dict[str, Any]]) -
         assert "not a tensor" in reader.skipped["step"]
 
 
+def test_load_gives_back_the_nested_state_dict(fsdp_run: tuple[Path, dict[str, Any]]) -> None:
+    """DCP's planner data rebuilds the state dict as dcp.save was given it."""
+    ckpt, full = fsdp_run
+    state = weightvault.load(ckpt, framework="torch")
+    assert sorted(state) == ["model", "optim", "step"] and state["step"] == 3
+    assert sorted(state["model"]) == sorted(full["model"])
+    assert all(torch.equal(state["model"][k], v) for k, v in full["model"].items())
+    for fqn, moments in full["optim"]["state"].items():
+        assert all(torch.equal(state["optim"]["state"][fqn][k], v) for k, v in moments.items())
+    group = state["optim"]["param_groups"][0]
+    assert group["lr"] == 0.01 and group["params"] == full["optim"]["param_groups"][0]["params"]
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    model.load_state_dict(state["model"])  # straight into a plain module, no process group
+
+
 def test_the_metadata_file_and_a_distcp_file_open_the_checkpoint(
     fsdp_run: tuple[Path, dict[str, Any]],
 ) -> None:

@@ -379,3 +379,22 @@ def test_another_file_is_not_taken_for_its_directory(ckpt: Path) -> None:
     other.write_bytes(b"not a checkpoint")
     with pytest.raises(InvalidHeaderError, match="open its directory"):
         weightvault.open(other, format="torch_dcp")
+
+
+@pytest.mark.parametrize(
+    "planner_data",
+    [
+        {"w": ("a",), "b": ("a", "x"), "step": ("s",)},  # a path through a leaf
+        {"w": ("a",), "b": ("a",), "step": ("s",)},  # two entries at one place
+        {"w": ("a",), "b": (1.5,), "step": ("s",)},  # a key that is not a name or index
+        {"w": ("a",)},  # entries it does not place
+        "not a dict",
+    ],
+)
+def test_planner_data_that_is_not_a_tree_gives_flat_names(ckpt: Path, planner_data: Any) -> None:
+    md = _metadata(ckpt)
+    md.planner_data = planner_data
+    _write_metadata(ckpt, md)
+    with weightvault.open(ckpt) as reader:
+        assert reader.structure() is None
+    assert sorted(weightvault.load(ckpt)) == ["b", "w"]

@@ -48,7 +48,7 @@ import numpy as np
 from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import checksum
 from weightvault.core.dtypes import DTYPES
-from weightvault.core.limits import check_expansion
+from weightvault.core.limits import MAX_NESTING, check_expansion
 from weightvault.core.safetensors_io import SafetensorsFile, load_json
 from weightvault.core.unpickler import (
     BASE_ALLOWED,
@@ -452,6 +452,8 @@ class TorchDCPReader(FormatReader):
         self._facts: dict[str, Any] = {}
         self._objects: dict[str, Any] | None = None
         self._skipped: dict[str, str] = {}
+        #: DCP's planner data: entry name -> its path of keys in the saved state dict
+        self._paths: dict[str, tuple[str | int, ...]] | None = None
         try:
             if (self.root / METADATA_FILE).is_file():
                 self._facts["layout"] = "torch.distributed.checkpoint"
@@ -540,6 +542,7 @@ class TorchDCPReader(FormatReader):
                 raise InvalidHeaderError(
                     f"the entry is a {type(entry).__name__}", path=where, tensor=name
                 )
+        self._paths = _planner_paths(fields.get("planner_data"))
         self._facts["version"] = (
             fields.get("version") if isinstance(fields.get("version"), str) else None
         )
@@ -771,6 +774,7 @@ class TorchDCPReader(FormatReader):
                 self._facts[key] = manifest[key]
         if isinstance(manifest.get("metadata"), dict):
             self._facts["metadata"] = manifest["metadata"]
+        self._paths = _planner_paths(manifest.get("planner_data"))
 
     def _manifest_tensor(self, name: str, entry: dict[str, Any], where: str) -> _Tensor:
         dtype = entry.get("dtype")
@@ -893,6 +897,30 @@ class TorchDCPReader(FormatReader):
         self._read_objects()
         return dict(self._skipped)
 
+    def structure(self) -> Any:
+        """The state dict as ``dcp.save`` was given it (nested dicts and lists, tensors whole,
+        plain-data objects by value), rebuilt from DCP's planner data; None when the checkpoint
+        has none or it does not describe every entry (then the names are the flat keys)."""
+        if self._paths is None:
+            return None
+        objects = self._read_objects()
+        names = [*self._tensors, *objects]
+        if any(n not in self._paths for n in names):
+            return None
+        root: dict[Any, Any] = {}
+        for name in names:
+            *parents, last = self._paths[name]
+            node = root
+            for key in parents:
+                child = node.setdefault(key, {})
+                if not isinstance(child, dict):
+                    return None  # a path runs through a leaf: not a tree
+                node = child
+            if last in node:
+                return None
+            node[last] = self.get(name) if name in self._tensors else objects[name]
+        return _lists(root)
+
     @property
     def metadata(self) -> dict[str, Any]:
         objects = self._read_objects()
@@ -936,6 +964,33 @@ class TorchDCPReader(FormatReader):
             st.close()
         self._files.clear()
         self._safetensors.clear()
+
+
+def _planner_paths(data: Any) -> dict[str, tuple[str | int, ...]] | None:
+    """DCP's planner data (entry -> path of keys), when it is that; None otherwise."""
+    if not isinstance(data, dict):
+        return None
+    paths: dict[str, tuple[str | int, ...]] = {}
+    for name, path in data.items():
+        if (
+            not isinstance(name, str)
+            or not isinstance(path, (tuple, list))
+            or not 0 < len(path) <= MAX_NESTING
+            or not all(type(k) in (str, int) for k in path)
+        ):
+            return None
+        paths[name] = tuple(path)
+    return paths
+
+
+def _lists(node: Any) -> Any:
+    """Dicts keyed 0..n-1 (DCP flattens lists that way) back into lists, bottom up."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: _lists(v) for k, v in node.items()}
+    if out and all(type(k) is int for k in out) and sorted(out) == list(range(len(out))):
+        return [out[i] for i in range(len(out))]
+    return out
 
 
 def _json_value(value: Any) -> Any:
