@@ -80,6 +80,7 @@ def test_load_gives_back_the_nested_state_dict(fsdp_run: tuple[Path, dict[str, A
     assert all(torch.equal(state["model"][k], v) for k, v in full["model"].items())
     for fqn, moments in full["optim"]["state"].items():
         assert all(torch.equal(state["optim"]["state"][fqn][k], v) for k, v in moments.items())
+    assert isinstance(state["optim"]["param_groups"], list)  # DCP flattened the list by index
     group = state["optim"]["param_groups"][0]
     assert group["lr"] == 0.01 and group["params"] == full["optim"]["param_groups"][0]["params"]
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
