@@ -150,6 +150,10 @@ ROWS: tuple[FormatRow, ...] = (
         aliases=("pb",),
     ),
     FormatRow("tf_v1", "weightvault.formats.tf_v1:TFV1Format", "TensorFlow V1 checkpoint", 70),
+    # before native: weightvault's DCP backend writes manifest.json + COMMITTED too
+    FormatRow(
+        "torch_dcp", "weightvault.formats.torch_dcp:TorchDCPFormat", "torch.distributed checkpoint", 5
+    ),
 )
 assert [r.name for r in ROWS] == sorted(r.name for r in ROWS), "keep the registry rows sorted"
 

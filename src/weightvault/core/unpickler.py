@@ -62,6 +62,7 @@ from weightvault.errors import (
 
 __all__ = [
     "BASE_ALLOWED",
+    "DCP_METADATA_ALLOWED",
     "OrderedDict",
     "RestrictedUnpickler",
     "StandInMeta",
@@ -144,6 +145,122 @@ BASE_ALLOWED: Mapping[tuple[str, str], Callable[..., Any]] = {
     ("builtins", "bytearray"): _bytearray,
     ("builtins", "range"): _plain(range),
     ("_codecs", "encode"): _codecs_encode,
+}
+
+
+# -- torch.distributed.checkpoint metadata ----------------------------------------------------------
+# A DCP ``.metadata`` file is a pickle of dataclasses from torch.distributed.checkpoint. These are
+# plain stand-ins with the same field names, filled by BUILD (a dict of attributes) or, for
+# TensorProperties, by its own ``__setstate__`` (a tuple); the format checks every field's type
+# afterwards. Nothing from torch is imported. Dtypes (``torch.float32``...) are added by the
+# format, which knows the dtype table, as :class:`TorchDtype` markers.
+
+
+class _DCPRecord(metaclass=StandInMeta):
+    """Base of the DCP stand-ins; their fields are whatever BUILD put in ``vars(self)``."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={short_repr(v, 40)}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class DCPMetadata(_DCPRecord):
+    """Stand-in for ``torch.distributed.checkpoint.metadata.Metadata``."""
+
+
+class DCPTensorStorageMetadata(_DCPRecord):
+    """Stand-in for ``TensorStorageMetadata`` (properties, size, chunks)."""
+
+
+class DCPBytesStorageMetadata(_DCPRecord):
+    """Stand-in for ``BytesStorageMetadata`` (no fields)."""
+
+
+class DCPChunkStorageMetadata(_DCPRecord):
+    """Stand-in for ``ChunkStorageMetadata`` (offsets, sizes)."""
+
+
+class DCPMetadataIndex(_DCPRecord):
+    """Stand-in for ``MetadataIndex`` (fqn, offset, index); identity-hashed, used as a dict key."""
+
+
+class DCPStorageInfo(_DCPRecord):
+    """Stand-in for ``torch.distributed.checkpoint.filesystem._StorageInfo``
+    (relative_path, offset, length, transform_descriptors)."""
+
+
+class DCPStorageMeta(_DCPRecord):
+    """Stand-in for ``StorageMeta`` (checkpoint_id, save_id, load_id, modules)."""
+
+
+class DCPTensorProperties(_DCPRecord):
+    """Stand-in for ``TensorProperties``: its pickled state is the tuple
+    (dtype, layout, requires_grad, memory format code, pin_memory)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise UnsafePickleError(f"TensorProperties state {short_repr(state)} is not a 5-tuple")
+        names = ("dtype", "layout", "requires_grad", "memory_format", "pin_memory")
+        self.__dict__.update(zip(names, state, strict=True))
+
+
+class TorchDtype(metaclass=StandInMeta):
+    """Marker for a ``torch.<dtype>`` global (``torch.float32``): only its name is kept."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+def _dcp_size(dims: Any = ()) -> tuple[int, ...]:
+    """``torch.Size(dims)``: a tuple of ints."""
+    if not isinstance(dims, (tuple, list)) or not all(type(d) is int for d in dims):
+        raise UnsafePickleError(f"torch.Size called with {short_repr(dims)}")
+    return tuple(dims)
+
+
+def _dcp_layout(name: Any) -> str:
+    """``torch.serialization._get_layout("torch.strided")``: the layout's name."""
+    if not isinstance(name, str):
+        raise UnsafePickleError(f"_get_layout called with {short_repr(name)}")
+    return name
+
+
+def _dcp_mem_format(code: Any) -> int:
+    """``_MEM_FORMAT_ENCODING(n)``: the enum's integer value."""
+    if type(code) is not int:
+        raise UnsafePickleError(f"_MEM_FORMAT_ENCODING called with {short_repr(code)}")
+    return code
+
+
+def _dcp_path(*parts: Any) -> str:
+    """``pathlib.PosixPath(*parts)`` (StorageMeta.checkpoint_id): the joined string."""
+    if not all(isinstance(p, str) for p in parts):
+        raise UnsafePickleError("a path built from something that is not a string")
+    return "/".join(parts).replace("//", "/")
+
+
+_DCP = "torch.distributed.checkpoint.metadata"
+#: Stand-ins for what a torch.distributed.checkpoint ``.metadata`` pickle names (add dtypes and
+#: :data:`BASE_ALLOWED`); the real classes are never imported.
+DCP_METADATA_ALLOWED: Mapping[tuple[str, str], Callable[..., Any]] = {
+    (_DCP, "Metadata"): DCPMetadata,
+    (_DCP, "TensorStorageMetadata"): DCPTensorStorageMetadata,
+    (_DCP, "BytesStorageMetadata"): DCPBytesStorageMetadata,
+    (_DCP, "ChunkStorageMetadata"): DCPChunkStorageMetadata,
+    (_DCP, "MetadataIndex"): DCPMetadataIndex,
+    (_DCP, "TensorProperties"): DCPTensorProperties,
+    (_DCP, "StorageMeta"): DCPStorageMeta,
+    (_DCP, "_MEM_FORMAT_ENCODING"): _dcp_mem_format,
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): DCPStorageInfo,
+    ("torch", "Size"): _dcp_size,
+    ("torch.serialization", "_get_layout"): _dcp_layout,
+    ("pathlib", "PosixPath"): _dcp_path,
+    ("pathlib", "PurePosixPath"): _dcp_path,
+    ("pathlib", "WindowsPath"): _dcp_path,
+    ("pathlib", "PureWindowsPath"): _dcp_path,
 }
 
 

@@ -205,6 +205,27 @@ def _oneflow(out: Path, rng: np.random.Generator) -> list[Path]:
     ]
 
 
+def _torch_dcp(out: Path, rng: np.random.Generator) -> list[Path]:
+    """torch.distributed.checkpoint directories, one process: torch's FileSystemWriter (.metadata
+    pickle + .distcp chunks), its HuggingFaceStorageWriter shards, weightvault's DCP backend."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from weightvault.torch_dcp import WeightVaultWriter
+
+    sd = {k: torch.from_numpy(v.copy()) for k, v in _state(rng).items()}
+    state = {"model": {**sd, "bf16": torch.linspace(-1, 1, 6).to(torch.bfloat16)}, "step": 4,
+             "groups": [{"lr": 0.1, "betas": (0.9, 0.999)}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save(state, checkpoint_id=out / "dcp")
+        dcp.save(sd, storage_writer=dcp.HuggingFaceStorageWriter(str(out / "hf"), save_distributed=True))
+        dcp.save(state, storage_writer=WeightVaultWriter(out / "wv"))
+    return [out / "dcp", out / "hf", out / "wv"]
+
+
 FORMATS: dict[str, Callable[[Path, np.random.Generator], list[Path]]] = {
     "native": _native,
     "safetensors": _safetensors,
@@ -219,6 +240,7 @@ FORMATS: dict[str, Callable[[Path, np.random.Generator], list[Path]]] = {
     "hwexport": _hwexport,
     "gob": _gob,
     "oneflow": _oneflow,
+    "torch_dcp": _torch_dcp,
 }
 
 

@@ -1,0 +1,197 @@
+"""Real torch.distributed runs for the DCP tests: one process per rank, gloo on CPU.
+
+The tests call :func:`run_ranks`; each rank runs this file as a script::
+
+    python _dcp_worker.py ACTION RANK WORLD PORT CKPT OUT [WRITER]
+
+* ``train_save``: a small MLP, sharded with FSDP2 ``fully_shard`` when WORLD > 1, trains a few
+  AdamW steps (each rank its slice of a batch that depends only on the step), then saves model and
+  optimizer with ``dcp.save`` / ``dcp.async_save`` through WRITER (``weightvault``, ``async`` or
+  ``torch``; ``torch+hf`` also writes the model with torch's HuggingFaceStorageWriter
+  (``save_distributed=True``) to ``CKPT-hf``). Rank 0 writes the full (gathered) model and
+  optimizer state to OUT with ``torch.save``: the single-process reference.
+* ``load``: the same model, sharded for WORLD ranks, loaded from CKPT with ``dcp.load`` through
+  weightvault's StorageReader; rank 0 writes the gathered full state to OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+STEPS = 3
+BATCH = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(
+    action: str,
+    world: int,
+    ckpt: Path,
+    out: Path,
+    writer: str = "weightvault",
+    timeout: float = 300,
+    backend: str = "gloo",
+) -> None:
+    """Run ACTION on WORLD ranks (one process each) and wait; fail with their output.
+    ``backend="nccl"`` puts rank r on ``cuda:r`` (and shards with FSDP2 even on one rank)."""
+    import weightvault
+
+    env = {
+        **os.environ,
+        "WV_DIST_BACKEND": backend,
+        "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                action,
+                str(rank),
+                str(world),
+                port,
+                str(ckpt),
+                str(out),
+                writer,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(world)
+    ]
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise AssertionError(
+            f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-3000:] for o in outputs)
+        )
+
+
+def _device(rank: int) -> str:
+    return f"cuda:{rank}" if os.environ.get("WV_DIST_BACKEND") == "nccl" else "cpu"
+
+
+def _build(world: int, rank: int):  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    model = model.to(_device(rank))
+    if world > 1 or _device(rank) != "cpu":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+    return model, torch.optim.AdamW(model.parameters(), lr=0.01)
+
+
+def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    for step in range(STEPS):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
+        x, y = x.to(_device(rank)), y.to(_device(rank))
+        lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
+        # FSDP averages gradients over ranks: scale so every world size takes the same step
+        loss = (
+            torch.nn.functional.mse_loss(model(x[lo:hi]), y[lo:hi], reduction="sum") * world / BATCH
+        )
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _full_state(model, opt):  # type: ignore[no-untyped-def]
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    msd, osd = get_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    return {"model": msd, "optim": osd}
+
+
+def main() -> None:
+    action, rank_s, world_s, port, ckpt, out, writer = sys.argv[1:8]
+    rank, world = int(rank_s), int(world_s)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank_s, WORLD_SIZE=world_s)
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    backend = os.environ.get("WV_DIST_BACKEND", "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        model, opt = _build(world, rank)
+        if action == "train_save":
+            _train(model, opt, rank, world)
+            msd, osd = get_state_dict(model, opt)
+            state = {"model": msd, "optim": osd, "step": STEPS}
+            if writer.startswith("torch"):
+                dcp.save(state, checkpoint_id=ckpt)
+                if writer == "torch+hf":
+                    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+                    dcp.save(
+                        dict(msd),
+                        storage_writer=HuggingFaceStorageWriter(
+                            ckpt + "-hf", save_distributed=True
+                        ),
+                    )
+            else:
+                from weightvault.torch_dcp import WeightVaultWriter
+
+                if writer == "async":
+                    dcp.async_save(state, storage_writer=WeightVaultWriter(ckpt)).result()
+                else:
+                    dcp.save(state, storage_writer=WeightVaultWriter(ckpt))
+            full = _full_state(model, opt)
+            if rank == 0:
+                torch.save(full, out)
+        elif action == "load":
+            from weightvault.torch_dcp import WeightVaultReader
+
+            msd, osd = get_state_dict(model, opt)
+            state = {"model": msd, "optim": osd, "step": -1}
+            dcp.load(state, storage_reader=WeightVaultReader(ckpt))
+            set_state_dict(
+                model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            )
+            full = _full_state(model, opt)
+            full["step"] = state["step"]
+            if rank == 0:
+                torch.save(full, out)
+        else:
+            raise SystemExit(f"unknown action {action}")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
