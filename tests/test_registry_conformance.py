@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -98,6 +99,26 @@ class TestTFV1ReadConformance(ReadFormatTests):
                 sess.run(tf1.global_variables_initializer())
                 path = saver.save(sess, str(tmp_path / "model.ckpt"))
         return Path(path), values
+
+
+class TestTorchDCPReadConformance(ReadFormatTests):
+    format_name = "torch_dcp"
+
+    def make_file(self, tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+        torch = pytest.importorskip("torch")
+        import torch.distributed.checkpoint as dcp
+
+        values = {
+            "fc.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
+            "fc.bias": np.array([1.5, -2.0, 0.25], np.float64),
+            "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
+        }
+        path = tmp_path / "dcp"
+        # one process, no process group: dcp.save writes a one-rank checkpoint (and warns so)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.save({k: torch.from_numpy(v.copy()) for k, v in values.items()}, checkpoint_id=str(path))
+        return path, values
 
 
 class TestHWExportReadConformance(ReadFormatTests):

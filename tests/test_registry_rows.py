@@ -57,7 +57,7 @@ def test_tables_are_derived_from_the_rows() -> None:
     assert list(known_formats) == [r.name for r in ROWS]
     assert ALIASES == {a: r.name for r in ROWS for a in r.aliases}
     assert list(ALIASES) == sorted(ALIASES)
-    assert DETECTION_ORDER[:3] == ("native", "safetensors", "pytorch")
+    assert DETECTION_ORDER[:4] == ("torch_dcp", "native", "safetensors", "pytorch")
     assert DETECTION_ORDER.index("tf_v1") < DETECTION_ORDER.index("tf_bundle")
     assert len({r.priority for r in ROWS}) == len(ROWS), "priorities must not tie"
 
@@ -102,7 +102,7 @@ def test_content_sniffing_falls_back_in_priority_order(files: Path) -> None:
     # the name says GGUF, the bytes say .npy: GGUF sniffs first, then the others by priority
     # until one claims it; formats after it are never imported
     mods = _format_modules("r = weightvault.open('misnamed.gguf'); assert r.format == 'numpy'", files)
-    assert mods == ["gguf", "native", "safetensors", "pytorch", "numpy_npz"], mods
+    assert mods == ["gguf", "torch_dcp", "native", "safetensors", "pytorch", "numpy_npz"], mods
 
 
 def test_listing_writable_names_imports_no_format(files: Path) -> None:
