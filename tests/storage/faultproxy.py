@@ -103,9 +103,9 @@ class FaultProxy:
                     self.wfile.flush()
                     self._drop()
                     return
-                self.wfile.write(data)
-                with proxy._lock:
+                with proxy._lock:  # counted before sending: the client never sees uncounted bytes
                     proxy.bytes_out += len(data)
+                self.wfile.write(data)
 
             def _drop(self) -> None:
                 self.close_connection = True
