@@ -393,3 +393,38 @@ def test_incremental_is_off_by_default(tmp_path: Path) -> None:
         assert "incremental" not in _manifest(mgr.path(1))
         c = mgr.info(1)
         assert c.written_bytes == c.size_bytes
+
+
+# -- the plan on its own -------------------------------------------------------------------------
+
+
+def test_plan_keeps_unchanged_shards_and_separates_what_moves() -> None:
+    from weightvault.core.safetensors_io import TensorSource
+    from weightvault.core.shards import BaseShard, plan_incremental
+
+    def src(name: str, n: int) -> TensorSource:
+        return TensorSource(name, "uint8", (n,), lambda: np.zeros(n, np.uint8))
+
+    sources = [src("a", 40), src("x", 10), src("b", 40), src("c", 40), src("y", 10)]
+    first = plan_incremental(sources, 100, base=None, unchanged=lambda n: False)
+    assert [list(t) for _, t in first.plan.shards] == [["a", "x", "b"], ["c", "y"]]
+    base = [BaseShard(f, t) for f, t in first.plan.shards]
+    # x changed: its shard breaks up; a and b are packed again apart from x, c+y stays as it was
+    second = plan_incremental(sources, 100, base=base, unchanged=lambda n: n != "x")
+    assert [list(t) for _, t in second.plan.shards] == [["a", "b"], ["x"], ["c", "y"]]
+    assert second.reused == {second.plan.files[2]: first.plan.files[1]}
+    assert second.volatile == {second.plan.files[1]}
+    # next step x is unchanged: everything is reused, and x stays volatile (once moved, always)
+    base2 = [BaseShard(f, t, f in second.volatile) for f, t in second.plan.shards]
+    third = plan_incremental(sources, 100, base=base2, unchanged=lambda n: True)
+    assert third.plan == second.plan and set(third.reused) == set(third.plan.files)
+    assert third.volatile == second.volatile
+    # y changes now: it leaves c's shard, c is repacked alone; a volatile shard whose tensor
+    # changes is written again but a volatile tensor never joins the stable ones
+    fourth = plan_incremental(sources, 100, base=base2, unchanged=lambda n: n != "y")
+    assert [list(t) for _, t in fourth.plan.shards] == [["a", "b"], ["x"], ["c"], ["y"]]
+    assert fourth.volatile == {fourth.plan.files[1], fourth.plan.files[3]}
+    # a tensor no longer saved breaks its shard: the rest of it is packed again
+    fifth = plan_incremental(sources[:4], 100, base=base2, unchanged=lambda n: True)
+    assert [list(t) for _, t in fifth.plan.shards] == [["a", "b"], ["x"], ["c"]]
+    assert fifth.plan.files[2] not in fifth.reused
