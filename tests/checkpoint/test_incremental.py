@@ -341,6 +341,7 @@ def test_links_refused_fall_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.M
     assert reused and all(i["how"] in ("reflink", "copy") for i in reused)
     for i in reused:  # a copy writes its bytes and says so; a reflink shares blocks
         assert i["written_bytes"] == (i["nbytes"] if i["how"] == "copy" else 0)
+    assert _record(last)["written_bytes"] >= _manifest(last)["incremental"]["written_bytes"]
     assert not set(_inodes(last)) & set(_inodes(run / "step-00000001"))
     weightvault.verify(last)
     for k, v in saved[2].items():
@@ -424,6 +425,15 @@ def test_plan_keeps_unchanged_shards_and_separates_what_moves() -> None:
     fourth = plan_incremental(sources, 100, base=base2, unchanged=lambda n: n != "y")
     assert [list(t) for _, t in fourth.plan.shards] == [["a", "b"], ["x"], ["c"], ["y"]]
     assert fourth.volatile == {fourth.plan.files[1], fourth.plan.files[3]}
+    # x and w move together; later only w does: x stays with it (once moved, always volatile),
+    # it does not rejoin the frozen tensors (whose shard it would break again next time)
+    sources6 = [src("a", 40), src("x", 10), src("w", 10), src("b", 40)]
+    sixth = plan_incremental(sources6, 100, base=base, unchanged=lambda n: n not in "xw")
+    assert [list(t) for _, t in sixth.plan.shards] == [["a", "b"], ["x", "w"]]
+    base6 = [BaseShard(f, t, f in sixth.volatile) for f, t in sixth.plan.shards]
+    seventh = plan_incremental(sources6, 100, base=base6, unchanged=lambda n: n != "w")
+    assert [list(t) for _, t in seventh.plan.shards] == [["a", "b"], ["x", "w"]]
+    assert seventh.volatile == {seventh.plan.files[1]} and len(seventh.reused) == 1
     # a tensor no longer saved breaks its shard: the rest of it is packed again
     fifth = plan_incremental(sources[:4], 100, base=base2, unchanged=lambda n: True)
     assert [list(t) for _, t in fifth.plan.shards] == [["a", "b"], ["x"], ["c"]]
