@@ -19,6 +19,10 @@ Commit protocol of one save:
 3. only then does retention run: the policy decides from the committed checkpoints which to keep,
    the run state is rewritten, and the others are renamed to a temporary name and deleted.
 
+With ``incremental=True`` step 1 hard-links the shards whose tensors are unchanged since the
+newest committed step instead of writing them (docs/incremental.md); each step directory stays
+complete, and deleting one (retention, by hand) only drops link counts of the others' files.
+
 So a listed step is always complete; a crash leaves at worst a ``*.wvtmp-*`` directory, which
 the next writer removes at start *after* taking the lock (never before: it could belong to a
 live writer). Deletion touches only ``step-N`` directories whose ``checkpoint.json`` says they
