@@ -64,7 +64,7 @@ def _assert_same(saved: Any, loaded: Any, where: str = "") -> None:
             _assert_same(saved[k], loaded[k], f"{where}/{k}")
     elif isinstance(saved, (list, tuple)):
         assert len(saved) == len(loaded), where
-        for i, (a, b) in enumerate(zip(saved, loaded)):
+        for i, (a, b) in enumerate(zip(saved, loaded, strict=True)):
             _assert_same(a, b, f"{where}/{i}")
     else:
         assert saved == loaded, where
@@ -375,7 +375,7 @@ def test_retention_and_the_runs_listing(tmp_path: Path, cli_run: Any) -> None:
     report = json.loads(out)
     sizes = [c["size_bytes"] for c in report["checkpoints"]]
     written = [c["written_bytes"] for c in report["checkpoints"]]
-    assert all(w < 0.1 * s for w, s in zip(written, sizes))
+    assert all(w < 0.1 * s for w, s in zip(written, sizes, strict=True))
     disk = report["disk"]
     shard_bytes = sum(v.nbytes for v in frozen.values())
     assert disk["sum_of_steps_bytes"] > 3 * shard_bytes

@@ -242,7 +242,7 @@ def plan_incremental(
     position = {src.name: i for i, src in enumerate(sources)}
     # (first tensor's position, tensors, base file reused or None, volatile)
     parts: list[tuple[int, list[str], str | None, bool]] = [
-        (position[b.tensors[0]], list(b.tensors), b.file, b.volatile) for b in kept
+        (min(position[n] for n in b.tensors), list(b.tensors), b.file, b.volatile) for b in kept
     ]
     parts += [(position[g[0]], g, None, False) for g in _pack(stable, max_bytes)]
     parts += [(position[g[0]], g, None, True) for g in _pack(volatile, max_bytes)]
@@ -250,8 +250,9 @@ def plan_incremental(
     if not parts:
         parts = [(0, [], None, False)]
     plan = _named_plan([names for _, names, _, _ in parts], pattern, max_bytes, total)
-    reused = {file: part[2] for file, part in zip(plan.files, parts) if part[2] is not None}
-    moving_files = frozenset(file for file, part in zip(plan.files, parts) if part[3])
+    named = list(zip(plan.files, parts, strict=True))
+    reused = {file: part[2] for file, part in named if part[2] is not None}
+    moving_files = frozenset(file for file, part in named if part[3])
     return IncrementalPlan(plan, reused, moving_files)
 
 
