@@ -438,3 +438,50 @@ def test_plan_keeps_unchanged_shards_and_separates_what_moves() -> None:
     fifth = plan_incremental(sources[:4], 100, base=base2, unchanged=lambda n: True)
     assert [list(t) for _, t in fifth.plan.shards] == [["a", "b"], ["x"], ["c"]]
     assert fifth.plan.files[2] not in fifth.reused
+
+
+def test_async_incremental_saves_and_restore_into_a_model(tmp_path: Path) -> None:
+    """Async saves link the same way (the snapshot is compared, not the live tensors), and
+    weightvault.restore puts a linked step into a fresh model after the other steps are gone."""
+    torch.manual_seed(5)
+    model = Backboned()
+    model.backbone.requires_grad_(False)
+    opt = torch.optim.SGD(model.head.parameters(), lr=0.1)
+    x = torch.randn(16, 96)
+    run = tmp_path / "run"
+    with CheckpointManager(run, max_to_keep=2, incremental=True, async_save=True, shard_size=20_000, fsync=False) as mgr:
+        for step in range(4):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            mgr.save(step, model.state_dict())
+        mgr.wait_until_finished()
+        last = mgr.path(3)
+        shards = _manifest(last)["incremental"]["shards"]
+        assert sum(i["how"] == "link" for i in shards.values()) >= 3
+        assert any(i["reused_from"] == "step-00000000" for i in shards.values())  # deleted since
+        assert mgr.steps() == [2, 3]
+    shutil.rmtree(run / "step-00000002")
+    fresh = Backboned()
+    weightvault.restore(fresh, last)
+    for name, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+
+def test_turning_incremental_on_in_an_existing_run(tmp_path: Path) -> None:
+    """A run saved in full can go incremental: the first incremental save compares with the
+    full step's manifest (its shards mix frozen and trained tensors: all written, regrouped),
+    the next links."""
+    run = tmp_path / "run"
+    rng = np.random.default_rng(6)
+    frozen = {f"frozen{i}": rng.standard_normal(4096, dtype=np.float32) for i in range(4)}
+    with CheckpointManager(run, max_to_keep=None, fsync=False) as mgr:
+        mgr.save(0, {**frozen, "head": np.zeros(64, np.float32)})
+    with CheckpointManager(run, max_to_keep=None, incremental=True, shard_size=16 << 10, fsync=False) as mgr:
+        for step in (1, 2):
+            mgr.save(step, {**frozen, "head": np.full(64, step, np.float32)})
+        first, second = (_manifest(mgr.path(s))["incremental"] for s in (1, 2))
+    assert first["base"] == "step-00000000" and first["written_bytes"] == first["nbytes"]
+    assert second["written_bytes"] < 0.1 * second["nbytes"]
+    for step in (0, 1, 2):
+        weightvault.verify(run / f"step-{step:08d}")
