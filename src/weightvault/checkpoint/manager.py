@@ -19,6 +19,10 @@ Commit protocol of one save:
 3. only then does retention run: the policy decides from the committed checkpoints which to keep,
    the run state is rewritten, and the others are renamed to a temporary name and deleted.
 
+With ``incremental=True`` step 1 hard-links the shards whose tensors are unchanged since the
+newest committed step instead of writing them (docs/incremental.md); each step directory stays
+complete, and deleting one (retention, by hand) only drops link counts of the others' files.
+
 So a listed step is always complete; a crash leaves at worst a ``*.wvtmp-*`` directory, which
 the next writer removes at start *after* taking the lock (never before: it could belong to a
 live writer). Deletion touches only ``step-N`` directories whose ``checkpoint.json`` says they
@@ -102,6 +106,9 @@ RUN_FORMAT = "weightvault-run"
 RECORD_FORMAT = "weightvault-checkpoint"
 METADATA_KEY = "weightvault.checkpoint"
 STEP_RE = re.compile(r"^step-(\d+)$")
+#: default shard size of incremental runs: small enough that a frozen backbone's first step
+#: leaves little collateral in the shards a trained head breaks up (docs/incremental.md)
+INCREMENTAL_SHARD_SIZE = 64 * 1024**2
 # Leftovers of an interrupted save or delete: temp names derived from ours, nothing else.
 LEFTOVER_RE = re.compile(r"^(?:step-\d+|" + re.escape(STATE_FILE) + ")" + re.escape(TMP_MARK))
 
@@ -124,6 +131,8 @@ class CheckpointInfo:
     write_seconds: float | None = None
     size_bytes: int | None = None
     kept_because: list[str] = field(default_factory=list)
+    #: bytes the save really wrote (an incremental save links unchanged shards); None: unknown
+    written_bytes: int | None = None
 
     @property
     def record(self) -> CheckpointRecord:
@@ -141,6 +150,7 @@ class CheckpointInfo:
             "stall_seconds": self.stall_seconds,
             "write_seconds": self.write_seconds,
             "size_bytes": self.size_bytes,
+            "written_bytes": self.written_bytes,
             "kept_because": list(self.kept_because),
         }
 
@@ -230,6 +240,7 @@ def _info_from_record(path: Path, record: dict[str, Any], kept_because: list[str
         write_seconds=record.get("write_seconds"),
         size_bytes=record.get("size_bytes"),
         kept_because=kept_because,
+        written_bytes=record.get("written_bytes", record.get("size_bytes")),
     )
 
 
@@ -405,7 +416,13 @@ class CheckpointManager:
             training state itself is fine): its snapshot buffers are allocated now on a helper
             thread (see :meth:`prepare`), so the first save stalls no longer than later ones.
         fsync: flush files and directories to disk at commit (turn off only for tests).
-        shard_size: largest shard of each checkpoint, in bytes.
+        shard_size: largest shard of each checkpoint, in bytes (default 2 GiB, or 64 MiB when
+            ``incremental``).
+        incremental: write only the shards whose tensors changed since the latest committed
+            checkpoint and hard-link the others from it (each step stays a complete, standalone
+            directory; see docs/incremental.md). Off by default: it pays off only when parts of
+            the state stay unchanged (frozen backbones, adapters, teachers), and the steps of a
+            run then share those files, so one damaged shared file damages every step using it.
 
     Example:
         >>> import numpy as np, tempfile, weightvault
@@ -442,12 +459,16 @@ class CheckpointManager:
         consumer_max_pending: int = 16,
         state_template: Any = None,
         fsync: bool = True,
-        shard_size: int = DEFAULT_SHARD_SIZE,
+        shard_size: int | None = None,
+        incremental: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.read_only = read_only
         self.async_save = async_save
         self.fsync = fsync
+        self.incremental = incremental
+        if shard_size is None:
+            shard_size = INCREMENTAL_SHARD_SIZE if incremental else DEFAULT_SHARD_SIZE
         self.shard_size = shard_size
         self.consumer_timeout = consumer_timeout
         self.consumer_max_pending = consumer_max_pending
@@ -461,6 +482,7 @@ class CheckpointManager:
             "best": None if self._best is None else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
             "async_save": async_save,
             "custom_policy": None if policy is None else _policy_id(policy),
+            "incremental": incremental,
         }
         self.policy: RetentionPolicy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
@@ -738,6 +760,8 @@ class CheckpointManager:
         """Write, commit, then apply retention. Runs in the caller (sync) or the writer thread."""
         final = self.directory / step_dir_name(job.step)
         write_started = time.perf_counter()
+        stats: dict[str, Any] = {}
+        base = self._incremental_base() if self.incremental else None
 
         def record(size_bytes: int) -> dict[str, bytes]:
             # Written into the step directory before its COMMITTED marker and its rename.
@@ -755,7 +779,10 @@ class CheckpointManager:
                 "stall_seconds": job.stall if job.stall is not None else time.perf_counter() - job.started,
                 "write_seconds": time.perf_counter() - write_started,
                 "size_bytes": size_bytes,
+                "written_bytes": stats.get("written_bytes", size_bytes),
             }
+            if self.incremental:
+                rec["incremental"] = {"base": None if base is None else base.name}
             return {RECORD_FILE: json.dumps(rec, ensure_ascii=False, indent=1, allow_nan=False).encode()}
 
         try:
@@ -764,6 +791,7 @@ class CheckpointManager:
             save_native(
                 final, job.state, metadata=job.metadata, shard_size=self.shard_size,
                 single_file=False, fsync=self.fsync, progress=False, before_commit=record,
+                incremental=self.incremental, base=base, stats=stats,
             )  # fmt: skip
         except OSError as exc:
             error = CheckpointSaveError(
@@ -776,6 +804,12 @@ class CheckpointManager:
         finally:
             job.state = None
         self._apply_retention()
+
+    def _incremental_base(self) -> Path | None:
+        """The checkpoint an incremental save links unchanged shards from: the newest committed
+        step (retention never deletes the newest, and the next save starts only after it)."""
+        found = scan_run(self.directory)
+        return found[-1].path if found else None
 
     # -- retention and run state --------------------------------------------------------------------
     def _apply_retention(self) -> None:

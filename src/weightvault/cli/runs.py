@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,39 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def disk_usage(step_dirs: list[Path]) -> dict[str, int]:
+    """Bytes of the files in ``step_dirs``: ``sum_of_steps`` counts every file of every step
+    (what each step holds on its own), ``on_disk`` counts each inode once (hard links shared
+    between the steps of an incremental run are paid for once). Sizes are file sizes (st_size),
+    so the two compare like for like; files that vanish meanwhile (retention) are skipped."""
+    seen: set[tuple[int, int]] = set()
+    total = unique = 0
+    for step_dir in step_dirs:
+        try:
+            names = os.listdir(step_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                st = os.lstat(step_dir / name)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            total += st.st_size
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                unique += st.st_size
+    return {"on_disk": unique, "sum_of_steps": total}
+
+
+def _written(c: Any) -> str:
+    if c.written_bytes is None or c.size_bytes is None:
+        return ""
+    share = f" ({100 * c.written_bytes / c.size_bytes:.0f}%)" if c.size_bytes else ""
+    return human_bytes(c.written_bytes) + share
+
+
 def _local_time(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
@@ -35,7 +69,9 @@ def _local_time(ts: float) -> str:
 @click.argument("directory", type=RunDirectory())  # a local directory or a URL (#17)
 @json_option
 def runs(directory: Path, as_json: bool) -> None:
-    """List the checkpoints of a run directory: step, time, metrics, size, kept-because."""
+    """List the checkpoints of a run directory: step, time, metrics, size, bytes written,
+    kept-because, and the run's disk use (each hard-linked file counted once) against the sum of
+    its steps."""
     from weightvault.checkpoint.manager import (
         LEFTOVER_RE,
         STATE_FILE,
@@ -60,10 +96,13 @@ def runs(directory: Path, as_json: bool) -> None:
         best = ranked[0].step if ranked else None
     if isinstance(directory, Path):
         leftovers = sorted(n for n in os.listdir(directory) if LEFTOVER_RE.match(n))
-    else:  # object storage (#17): uncommitted step prefixes
+        usage = disk_usage([c.path for c in infos])
+    else:  # object storage (#17): uncommitted step prefixes; no hard links there
         from weightvault.storage.runs import uncommitted
 
         leftovers = uncommitted(directory)
+        steps_total = sum(c.size_bytes or 0 for c in infos)  # no links: every object is paid for
+        usage = {"on_disk": steps_total, "sum_of_steps": steps_total}
     if as_json:
         emit_json(
             {
@@ -74,6 +113,10 @@ def runs(directory: Path, as_json: bool) -> None:
                 "best": best,
                 "best_metric": None if best_policy is None else {"metric": best_policy.metric, "mode": best_policy.mode},
                 "checkpoints": [c.to_dict() for c in infos],
+                "disk": {
+                    "on_disk_bytes": usage["on_disk"],
+                    "sum_of_steps_bytes": usage["sum_of_steps"],
+                },
                 "leftovers": leftovers,
             }
         )
@@ -87,6 +130,7 @@ def runs(directory: Path, as_json: bool) -> None:
                 _local_time(c.time),
                 _format_metrics(c.metrics),
                 human_bytes(c.size_bytes) if c.size_bytes is not None else "",
+                _written(c),
                 f"{c.stall_seconds:.3f}s {c.mode}" if c.stall_seconds is not None else c.mode,
                 "; ".join(c.kept_because) or "(not yet retained)",
                 ",".join(marks),
@@ -95,12 +139,17 @@ def runs(directory: Path, as_json: bool) -> None:
     footer = f"{len(infos)} checkpoint(s); latest {latest}"
     if best_policy is not None:
         footer += f"; best {best} by {best_policy.metric} ({best_policy.mode})"
+    # its own line: shared (hard-linked) files of an incremental run are counted once on disk
+    footer += (
+        f"\non disk {human_bytes(usage['on_disk'])}, sum of the steps "
+        f"{human_bytes(usage['sum_of_steps'])}"
+    )
     print_table(
-        ["step", "saved", "metrics", "size", "stall", "kept because", ""],
+        ["step", "saved", "metrics", "size", "written", "stall", "kept because", ""],
         rows,
         title=os.fspath(directory),
         footer=footer,
-        justify={"step": "right", "size": "right", "stall": "right"},
+        justify={"step": "right", "size": "right", "written": "right", "stall": "right"},
         wrap=("metrics", "kept because"),
     )
     if leftovers:

@@ -33,16 +33,21 @@ Built to carry later work (none of it is implemented yet):
   marker as the commit point: write the data objects (shards), then the manifest, then
   ``COMMITTED``; readers already refuse a directory without the marker. The writer touches the
   filesystem only through :class:`ShardDirectory`, which is the piece to swap.
-* **incremental checkpoints**: a plan groups tensors by order and size only, so the same state
-  layout gives the same shard files with the same tensors from one step to the next; a shard
-  whose tensors did not change (same checksums in the previous manifest) can then be hard-linked
-  from the previous step instead of written.
+* **incremental checkpoints** (implemented, see docs/incremental.md): :func:`plan_incremental`
+  plans a step against the previous one: a previous shard whose tensors are all unchanged keeps
+  its exact tensor list and is hard-linked (:meth:`ShardDirectory.link_shard`) instead of
+  written; the other tensors are packed anew, those that ever changed apart from those that
+  did not, so a trained head or LoRA adapters interleaved with a frozen base end up in shards of
+  their own after one step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +62,12 @@ from weightvault.errors import CheckpointNotFoundError, HeaderTooLargeError
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "SHARD_NAME",
+    "BaseShard",
     "FlatState",
+    "IncrementalPlan",
     "ShardDirectory",
     "ShardPlan",
+    "plan_incremental",
     "plan_shards",
     "read_index",
     "resolve_shard",
@@ -148,23 +156,108 @@ def plan_shards(sources: Sequence[_Sized], max_bytes: int, *, pattern: str = SHA
     ``max_bytes`` data bytes, keeping their order; a tensor larger than that gets a shard alone.
     No sources give one empty shard (a checkpoint of nothing is still a valid directory);
     ``max_bytes`` under 1 gives every tensor with data a shard of its own."""
-    groups: list[list[str]] = [[]]
-    size = 0
+    _check_unique(sources)
+    groups = _pack(sources, max_bytes) or [[]]
+    return _named_plan(groups, pattern, max_bytes, sum(src.nbytes for src in sources))
+
+
+def _check_unique(sources: Sequence[_Sized]) -> None:
     seen: set[str] = set()
     for src in sources:
         if src.name in seen:
             raise ValueError(f"tensor {src.name!r} is planned twice (record ties as aliases)")
         seen.add(src.name)
-        if groups[-1] and size + src.nbytes > max_bytes:
+
+
+def _pack(sources: Sequence[_Sized], max_bytes: int) -> list[list[str]]:
+    """Consecutive groups of at most ``max_bytes`` (a larger tensor alone); none for no sources."""
+    groups: list[list[str]] = []
+    size = 0
+    for src in sources:
+        if not groups or (groups[-1] and size + src.nbytes > max_bytes):
             groups.append([])
             size = 0
         groups[-1].append(src.name)
         size += src.nbytes
+    return groups
+
+
+def _named_plan(groups: list[list[str]], pattern: str, max_bytes: int, total: int) -> ShardPlan:
     count = len(groups)
     shards = tuple(
         (pattern.format(index=i, count=count), tuple(names)) for i, names in enumerate(groups, 1)
     )
-    return ShardPlan(shards, max_bytes, sum(src.nbytes for src in sources))
+    return ShardPlan(shards, max_bytes, total)
+
+
+@dataclass(frozen=True)
+class BaseShard:
+    """A shard of the previous checkpoint: its file, its tensors, and whether it holds tensors
+    that changed at some earlier step (``volatile``: they are packed apart from frozen ones)."""
+
+    file: str
+    tensors: tuple[str, ...]
+    volatile: bool = False
+
+
+@dataclass(frozen=True)
+class IncrementalPlan:
+    """A plan whose ``reused`` shards (new file -> previous file) are taken over unchanged;
+    ``volatile`` lists the new files packed from tensors that changed at some step."""
+
+    plan: ShardPlan
+    reused: dict[str, str]
+    volatile: frozenset[str]
+
+
+def plan_incremental(
+    sources: Sequence[_Sized],
+    max_bytes: int,
+    *,
+    base: Sequence[BaseShard] | None,
+    unchanged: Callable[[str], bool],
+    pattern: str = SHARD_NAME,
+) -> IncrementalPlan:
+    """Plan a step against the previous step's shards ``base`` (None: there is none).
+
+    A base shard is reused as it is when every tensor in it is still saved and ``unchanged``
+    (same dtype, shape and checksum). The remaining tensors are packed like :func:`plan_shards`
+    in two streams, so that a shard never mixes them: *volatile* ones (they changed now, are new
+    since the base, or sat in a volatile base shard: once volatile, always volatile, so a tensor
+    that changes every other step does not churn the layout) and *stable* ones (unchanged, but
+    their base shard was broken up by a changed neighbour; they are written once more and reused
+    from then on). Shards are ordered by their first tensor's position in ``sources`` and named
+    by ``pattern``; when the set of shards stays the same, so do their names."""
+    _check_unique(sources)
+    total = sum(src.nbytes for src in sources)
+    if base is None:
+        groups = _pack(sources, max_bytes) or [[]]
+        return IncrementalPlan(_named_plan(groups, pattern, max_bytes, total), {}, frozenset())
+    present = {src.name for src in sources}
+    kept = [b for b in base if b.tensors and all(n in present and unchanged(n) for n in b.tensors)]
+    taken = {n for b in kept for n in b.tensors}
+    was_volatile = {n for b in base if b.volatile for n in b.tensors}
+    stable, volatile = [], []
+    for src in sources:
+        if src.name in taken:
+            continue
+        moving = not unchanged(src.name) or src.name in was_volatile
+        (volatile if moving else stable).append(src)
+    position = {src.name: i for i, src in enumerate(sources)}
+    # (first tensor's position, tensors, base file reused or None, volatile)
+    parts: list[tuple[int, list[str], str | None, bool]] = [
+        (min(position[n] for n in b.tensors), list(b.tensors), b.file, b.volatile) for b in kept
+    ]
+    parts += [(position[g[0]], g, None, False) for g in _pack(stable, max_bytes)]
+    parts += [(position[g[0]], g, None, True) for g in _pack(volatile, max_bytes)]
+    parts.sort(key=lambda part: part[0])
+    if not parts:
+        parts = [(0, [], None, False)]
+    plan = _named_plan([names for _, names, _, _ in parts], pattern, max_bytes, total)
+    named = list(zip(plan.files, parts, strict=True))
+    reused = {file: part[2] for file, part in named if part[2] is not None}
+    moving_files = frozenset(file for file, part in named if part[3])
+    return IncrementalPlan(plan, reused, moving_files)
 
 
 # -- write -------------------------------------------------------------------------------------------
@@ -176,8 +269,9 @@ class ShardDirectory:
     def __init__(self, root: Path, fsync: bool) -> None:
         self.root = root
         self.fsync = fsync
-        self.written: list[str] = []  # file names in the order written
-        self.nbytes = 0  # bytes of every file written so far
+        self.written: list[str] = []  # file names in the order written (or linked)
+        self.nbytes = 0  # bytes of every file so far (the checkpoint's logical size)
+        self.new_nbytes = 0  # of those, bytes really written (a hard link writes none)
         self.marker: str | None = None
 
     def write_shards(
@@ -200,6 +294,29 @@ class ShardDirectory:
                 write_safetensors(f, [by_name[n] for n in names], metadata(file), on_tensor=on_tensor)
                 self._finish(f, file)
 
+    def link_shard(self, name: str, source: str | os.PathLike[str]) -> str:
+        """Put the committed file ``source`` (a shard of an earlier checkpoint) here as ``name``
+        without writing its bytes: a hard link where the filesystem allows one, else a reflink
+        (FICLONE: shared blocks, copy on write), else a plain copy. Returns ``"link"``,
+        ``"reflink"`` or ``"copy"``. Either way the new directory holds a complete file that
+        deleting the source's directory never breaks, and nothing ever writes into a shard
+        after its directory is committed, so sharing the inode is safe."""
+        self._check_open(name)
+        target = self.root / name
+        try:
+            os.link(source, target)
+            how = "link"
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            how = _clone_or_copy(source, target, self.fsync)
+        size = os.stat(target).st_size
+        self.nbytes += size
+        if how == "copy":
+            self.new_nbytes += size
+        self.written.append(name)
+        return how
+
     def write_file(self, name: str, data: bytes) -> None:
         """Write one small file (manifest, index, record); never after the marker."""
         self._check_open(name)
@@ -220,8 +337,30 @@ class ShardDirectory:
         f.flush()
         if self.fsync:
             os.fsync(f.fileno())
-        self.nbytes += os.fstat(f.fileno()).st_size
+        size = os.fstat(f.fileno()).st_size
+        self.nbytes += size
+        self.new_nbytes += size
         self.written.append(name)
+
+
+#: errors of os.link that mean "not here" (other filesystem, links refused, too many links)
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}
+_FICLONE = 0x40049409  # <linux/fs.h>: _IOW(0x94, 9, int)
+
+
+def _clone_or_copy(source: str | os.PathLike[str], target: Path, fsync: bool) -> str:
+    """Reflink ``source`` to ``target`` where the filesystem can (btrfs, XFS), else copy it."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            how = "reflink"
+        except OSError:
+            shutil.copyfileobj(src, dst, 4 << 20)
+            how = "copy"
+        dst.flush()
+        if fsync:
+            os.fsync(dst.fileno())
+    return how
 
 
 @contextlib.contextmanager

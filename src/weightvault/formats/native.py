@@ -327,6 +327,9 @@ def save_native(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     before_commit: Callable[[int], Mapping[str, bytes]] | None = None,
+    incremental: bool = False,
+    base: str | os.PathLike[str] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``obj`` (a state dict or any nested training state) as a native checkpoint.
 
@@ -336,6 +339,12 @@ def save_native(
     ties found, as the checkpoint manager's snapshot has it). ``before_commit`` (directories
     only) is called with the bytes the checkpoint will have once committed and returns more
     files ``{name: bytes}`` to write before the ``COMMITTED`` marker (the manager's record).
+
+    ``incremental`` (directories only): shards whose tensors are unchanged since the committed
+    checkpoint directory ``base`` are hard-linked from it instead of written (see
+    :mod:`weightvault.formats.native_incremental`); the result is still a standalone checkpoint.
+    ``stats``, a dict, receives ``written_bytes`` and ``reused_bytes`` before ``before_commit``
+    runs.
     """
     path = Path(path)
     _refuse_foreign_extension(path)
@@ -359,8 +368,14 @@ def save_native(
 
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
+        elif incremental:
+            from weightvault.formats.native_incremental import save_directory_incremental
+
+            save_directory_incremental(
+                path, sources, manifest, shard_size, fsync, hook, before_commit, base, stats
+            )
         else:
-            _save_directory(path, sources, manifest, shard_size, fsync, hook, before_commit)
+            _save_directory(path, sources, manifest, shard_size, fsync, hook, before_commit, stats)
     return path
 
 
@@ -372,6 +387,7 @@ def _save_directory(
     fsync: bool,
     hook: Callable[[TensorSource], TensorDigest],
     before_commit: Callable[[int], Mapping[str, bytes]] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> None:
     plan = plan_shards(sources, shard_size)
     weight_map = plan.tensor_to_filename
@@ -386,6 +402,8 @@ def _save_directory(
         index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map}
         d.write_file(INDEX_FILE, _json_bytes(index))
         marker = _json_bytes({"files": sorted({*plan.files, MANIFEST_FILE})})
+        if stats is not None:
+            stats.update(written_bytes=d.nbytes + len(marker), reused_bytes=0)
         for name, data in (before_commit(d.nbytes + len(marker)) if before_commit else {}).items():
             d.write_file(name, data)
         d.commit(COMMIT_MARKER, marker)

@@ -1,0 +1,221 @@
+"""Incremental native checkpoint directories: write only the shards that changed since a base.
+
+``save_native(path, state, incremental=True, base=previous_checkpoint_dir)`` (the checkpoint
+manager passes its latest committed step) saves a complete, standalone checkpoint directory, but
+a shard whose tensors all have the same dtype, shape and checksum as in ``base`` is hard-linked
+from ``base`` instead of written (a reflink or a copy where links are refused; see
+:meth:`~weightvault.core.shards.ShardDirectory.link_shard`). Every step stays a plain native
+directory: stock safetensors readers read each shard, and deleting ``base`` only drops a link
+count. See docs/incremental.md for the design and the measurements behind it.
+
+Order of work:
+
+1. the base's manifest is read (a base that is missing, uncommitted or unreadable is no base:
+   everything is written);
+2. every tensor that exists in the base with the same dtype and shape is hashed (xxh3, the
+   manifest's checksum); the others are changed anyway and are not read here;
+3. :func:`~weightvault.core.shards.plan_incremental` keeps each base shard whose tensors are all
+   unchanged, and packs the rest, tensors that ever changed apart from those that did not;
+4. kept shards are checked (the base file lies inside the base, is a regular file and its
+   safetensors header lists exactly the planned tensors with the planned dtypes and shapes) and
+   linked; a shard that fails the check, or vanished meanwhile, is written instead;
+5. the other shards are written as by a full save (checksums from the bytes written), then the
+   manifest with an ``"incremental"`` section, the index, ``before_commit``'s files and the
+   ``COMMITTED`` marker.
+
+The manifest's ``"incremental"`` section: ``base`` (the directory name linked from, or None),
+``nbytes`` and ``written_bytes`` (shard bytes in the checkpoint and really written), and per shard
+file ``{"reused_from": name of the checkpoint directory whose save wrote these bytes, or None,
+"how": "write" | "link" | "reflink" | "copy", "nbytes", "written_bytes", "volatile"}``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weightvault.core.checksum import checksum
+from weightvault.core.safetensors_io import (
+    SafetensorsFile,
+    TensorDigest,
+    TensorSource,
+    _checked_bytes,
+)
+from weightvault.core.shards import BaseShard, plan_incremental, resolve_shard, shard_directory
+from weightvault.errors import WeightVaultError
+
+__all__ = ["IncrementalBase", "read_base", "save_directory_incremental"]
+
+#: how a shard came to be in the new directory, when no byte of it was written
+_SHARED = ("link", "reflink")
+
+
+@dataclass(frozen=True)
+class IncrementalBase:
+    """The committed checkpoint a save compares against."""
+
+    root: Path
+    rows: dict[str, dict[str, Any]]
+    shards: list[BaseShard]
+    origin: dict[str, str]  # base file -> the directory whose save wrote its bytes
+
+
+def read_base(base: str | os.PathLike[str] | None) -> IncrementalBase | None:
+    """The base checkpoint's tensors and shards, or None when there is no usable base."""
+    if base is None:
+        return None
+    from weightvault.formats.native import NativeReader
+
+    root = Path(base)
+    try:
+        reader = NativeReader(root)
+    except (WeightVaultError, OSError):
+        return None  # gone, uncommitted or corrupt: this save writes everything
+    try:
+        rows = reader.manifest["tensors"]
+        section = reader.manifest.get("incremental")
+    finally:
+        reader.close()
+    info = section.get("shards") if isinstance(section, dict) else None
+    info = info if isinstance(info, dict) else {}
+    by_file: dict[str, list[str]] = {}
+    for name, row in rows.items():
+        by_file.setdefault(row.get("file", ""), []).append(name)
+    shards, origin = [], {}
+    for file, names in by_file.items():
+        meta = info.get(file) if isinstance(info.get(file), dict) else {}
+        shards.append(BaseShard(file, tuple(names), meta.get("volatile") is True))
+        came_from = meta.get("reused_from")
+        origin[file] = came_from if isinstance(came_from, str) and came_from else root.name
+    return IncrementalBase(root, rows, shards, origin)
+
+
+def _same_layout(row: dict[str, Any], base_row: dict[str, Any] | None) -> bool:
+    return base_row is not None and all(
+        row.get(key) == base_row.get(key) for key in ("dtype", "shape", "stored_as")
+    )
+
+
+def _prehash(
+    sources: list[TensorSource], rows: dict[str, dict[str, Any]], base: IncrementalBase
+) -> dict[str, str]:
+    """Checksums of the tensors that could be unchanged (same dtype and shape as in the base).
+
+    Read here once; a tensor found unchanged is never read again (its shard is linked)."""
+    return {
+        src.name: checksum(_checked_bytes(src))
+        for src in sources
+        if _same_layout(rows[src.name], base.rows.get(src.name))
+    }
+
+
+def _linkable(
+    base: IncrementalBase, file: str, names: tuple[str, ...], by_name: dict[str, TensorSource]
+) -> str | None:
+    """The base shard's real path if its own header holds exactly ``names`` as planned."""
+    try:
+        full = os.path.realpath(resolve_shard(base.root, file, path=base.root, tensor=None))
+        st = SafetensorsFile(full)
+    except (WeightVaultError, OSError):
+        return None
+    try:
+        if set(st.entries) != set(names):
+            return None
+        for name in names:
+            entry, src = st.entries[name], by_name[name]
+            if entry.dtype != src.dtype or entry.shape != src.shape:
+                return None
+    finally:
+        st.close()
+    return full
+
+
+def save_directory_incremental(
+    path: Path,
+    sources: list[TensorSource],
+    manifest: dict[str, Any],
+    shard_size: int,
+    fsync: bool,
+    hook: Callable[[TensorSource], TensorDigest],
+    before_commit: Callable[[int], Mapping[str, bytes]] | None,
+    base_dir: str | os.PathLike[str] | None,
+    stats: dict[str, Any] | None,
+) -> None:
+    from weightvault.formats.native import COMMIT_MARKER, INDEX_FILE, MANIFEST_FILE, _json_bytes
+
+    rows: dict[str, dict[str, Any]] = manifest["tensors"]
+    base = read_base(base_dir)
+    sums = _prehash(sources, rows, base) if base is not None else {}
+
+    def unchanged(name: str) -> bool:
+        base_row = base.rows.get(name) if base is not None else None
+        return (
+            name in sums
+            and base_row is not None
+            and _same_layout(rows[name], base_row)
+            and base_row.get("checksum") == sums[name]
+        )
+
+    inc = plan_incremental(
+        sources, shard_size, base=None if base is None else base.shards, unchanged=unchanged
+    )
+    plan, by_name = inc.plan, {src.name: src for src in sources}
+    tensors_of = dict(plan.shards)
+    shard_info: dict[str, dict[str, Any]] = {}
+    with shard_directory(path, fsync=fsync) as d:
+        to_write = [f for f in plan.files if f not in inc.reused]
+        for file, base_file in inc.reused.items():
+            assert base is not None  # reuse needs a base
+            how = None
+            full = _linkable(base, base_file, tensors_of[file], by_name)
+            if full is not None:
+                try:
+                    how = d.link_shard(file, full)
+                except FileNotFoundError:  # deleted since the check (by hand): write it
+                    how = None
+            if how is None:
+                to_write.append(file)
+                continue
+            for name in tensors_of[file]:
+                rows[name]["checksum"] = sums[name]
+            size = os.stat(d.root / file).st_size
+            shard_info[file] = {
+                "reused_from": base.origin.get(base_file, base.root.name),
+                "how": how,
+                "nbytes": size,
+                "written_bytes": 0 if how in _SHARED else size,
+            }
+        written = set(to_write)
+        d.write_shards(
+            sources, plan, metadata=lambda shard: {"format": "pt"}, on_tensor=hook, only=written
+        )
+        for file in written:
+            size = os.stat(d.root / file).st_size
+            shard_info[file] = {
+                "reused_from": None, "how": "write", "nbytes": size, "written_bytes": size,
+            }  # fmt: skip
+        for file in plan.files:
+            shard_info[file]["volatile"] = file in inc.volatile
+        weight_map = plan.tensor_to_filename
+        for name, shard in weight_map.items():
+            rows[name]["file"] = shard
+        ordered = {file: shard_info[file] for file in plan.files}
+        manifest["incremental"] = {
+            "base": None if base is None else base.root.name,
+            "nbytes": sum(i["nbytes"] for i in ordered.values()),
+            "written_bytes": sum(i["written_bytes"] for i in ordered.values()),
+            "shards": ordered,
+        }
+        d.write_file(MANIFEST_FILE, _json_bytes(manifest))
+        index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map}
+        d.write_file(INDEX_FILE, _json_bytes(index))
+        marker = _json_bytes({"files": sorted({*plan.files, MANIFEST_FILE})})
+        if stats is not None:
+            stats["written_bytes"] = d.new_nbytes + len(marker)
+            stats["reused_bytes"] = d.nbytes - d.new_nbytes
+        for name, data in (before_commit(d.nbytes + len(marker)) if before_commit else {}).items():
+            d.write_file(name, data)
+        d.commit(COMMIT_MARKER, marker)
