@@ -192,7 +192,7 @@ class ShapeMismatchError(WeightVaultError, ValueError):
 class StrictRestoreError(WeightVaultError, KeyError):
     """``strict=True`` restore: names missing in the checkpoint or unexpected in it.
 
-    ``.report`` holds the full :class:`weightvault.restore.RestoreReport`.
+    ``.report`` holds the full :class:`weightvault.checkpoint.restore.RestoreReport`.
     """
 
     report: Any

@@ -672,7 +672,7 @@ def _sidecar(
     warnings: list[str],
     notes: list[str],
 ) -> dict[str, Any]:
-    from weightvault import __version__
+    from weightvault._version import __version__
     from weightvault.export.c_header import is_typed
 
     mems = []
