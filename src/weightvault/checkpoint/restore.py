@@ -708,6 +708,18 @@ def restore(
         StrictRestoreError: ``strict`` and names are missing or unexpected.
         TensorNotFoundError: ``use_ema`` without EMA weights, or ``source_key`` not found.
         Nothing is loaded when an error is raised.
+
+    The target may be a dict of numpy arrays, filled in place (a ``torch.nn.Module`` works the
+    same way); DDP's ``module.`` prefix is stripped and the model group of a training state found:
+
+    >>> weights = {"module.fc.weight": np.full((2, 2), 3.0, np.float32)}
+    >>> path = weightvault.save({"model": weights, "step": 5}, tmp_path / "c.wv")
+    >>> target = {"fc.weight": np.zeros((2, 2), np.float32)}
+    >>> report = weightvault.restore(target, path)
+    >>> report.ok, target["fc.weight"].tolist()
+    (True, [[3.0, 3.0], [3.0, 3.0]])
+    >>> [(e["name"], e["source"]) for e in report.loaded]
+    [('fc.weight', 'model/module.fc.weight')]
     """
     module = _is_module(model)
     if not module and not isinstance(model, dict):
