@@ -4,32 +4,13 @@ The code lives in :mod:`weightvault.frameworks.torch_state` (torch is imported u
 ``weightvault/frameworks`` only); this module re-exports its public names unchanged.
 
 >>> import weightvault.torch as wvt
->>> wvt.STATE_FORMAT
-'weightvault.torch/1'
+>>> wvt.STATE_FORMAT, wvt.capture is weightvault.frameworks.torch_state.capture
+('weightvault.torch/1', True)
 """
 
 from __future__ import annotations
 
-from weightvault.frameworks.torch_state import (
-    STATE_FORMAT,
-    apply,
-    capture,
-    capture_rng,
-    epoch_generator,
-    load_training_state,
-    restore_rng,
-    save_training_state,
-    to_torch,
-)
+from weightvault.frameworks import torch_state as _state
+from weightvault.frameworks.torch_state import *  # noqa: F403 - the public spelling of it all
 
-__all__ = [
-    "STATE_FORMAT",
-    "apply",
-    "capture",
-    "capture_rng",
-    "epoch_generator",
-    "load_training_state",
-    "restore_rng",
-    "save_training_state",
-    "to_torch",
-]
+__all__ = list(_state.__all__)

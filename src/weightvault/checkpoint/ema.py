@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from weightvault.core.ema_names import ema_names
-from weightvault.core.names import strip_wrappers
+from weightvault.core.names import match_names, strip_wrappers
 
 __all__ = ["EMA", "EMA_NAMESPACE", "ema_source_names"]
 
@@ -126,8 +126,6 @@ class EMA:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` output (torch or numpy arrays, as loaded)."""
         from weightvault.frameworks.torch import torch
-
-        from weightvault.core.names import match_names
         from weightvault.frameworks.torch_state import to_torch
 
         saved = state[_SHADOW]
