@@ -15,6 +15,7 @@ import os
 import pydoc
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import ml_dtypes
@@ -79,8 +80,8 @@ def test_restore_shows_its_real_signature() -> None:
 @pytest.mark.parametrize(
     "first_import",
     [
-        "import weightvault.restore",  # what the CLI's restore-report does
-        "from weightvault.restore import compare",
+        "import weightvault.checkpoint.restore",  # what the CLI's restore-report does
+        "from weightvault.checkpoint.restore import compare",
         "import weightvault.cli.restore",
         "import weightvault",
     ],
@@ -90,15 +91,15 @@ def test_restore_is_the_function_whatever_was_imported_first(first_import: str) 
         f"{first_import}\n"
         "import inspect, weightvault\n"
         "from weightvault import restore\n"
-        "import weightvault.restore as aliased\n"
+        "from weightvault.checkpoint.restore import restore as defined\n"
         "print(inspect.isfunction(weightvault.restore), restore is weightvault.restore,"
-        " aliased is restore, weightvault.restore.select.__name__)"
+        " defined is restore, weightvault.restore.select.__name__)"
     )
     assert out == "True True True select"
 
 
 def test_restore_helpers_keep_their_old_spellings() -> None:
-    from weightvault.restore import compare, match_names, select, strip_wrappers
+    from weightvault.checkpoint.restore import compare, match_names, select, strip_wrappers
 
     # code written when weightvault.restore was a module reads these as attributes
     assert weightvault.restore.select is select
@@ -107,14 +108,13 @@ def test_restore_helpers_keep_their_old_spellings() -> None:
     assert weightvault.restore.strip_wrappers("module.fc.weight") == "fc.weight"
 
 
-def test_calling_the_restore_module_is_deprecated(tmp_path: Path) -> None:
-    model = torch.nn.Linear(3, 2)
-    path = weightvault.save(model.state_dict(), tmp_path / "lin.safetensors")
-    module = importlib.import_module("weightvault.restore")
-    assert not inspect.isfunction(module)
-    with pytest.warns(DeprecationWarning, match="call the function"):
-        report = module(torch.nn.Linear(3, 2), path)
-    assert report.ok
+def test_restore_has_no_module_of_its_name() -> None:
+    # The module moved to weightvault.checkpoint.restore, so nothing can rebind the package's
+    # `restore` to a module (no module-class swap is needed to keep the function).
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("weightvault.restore")
+    assert type(weightvault) is types.ModuleType
+    assert inspect.isfunction(weightvault.restore)
 
 
 # -- load vs restore ----------------------------------------------------------------------------

@@ -8,13 +8,10 @@ True
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
+from weightvault._version import __version__
 from weightvault.errors import WeightVaultError
-
-__version__ = "0.1.0"
 
 # Everything but the errors is imported on first attribute access, so `import weightvault` (and
 # with it every CLI command, `weightvault --help` included) stays cheap and never imports a
@@ -27,11 +24,11 @@ _LAZY = {
     "open": "weightvault.api",
     "save": "weightvault.api",
     "verify": "weightvault.api",
-    "EMA": "weightvault.ema",
+    "EMA": "weightvault.checkpoint.ema",
     "expansion_limit": "weightvault.core.limits",
     "export_hw": "weightvault.export.api",
     "import_hw": "weightvault.export.api",
-    "restore": "weightvault.restore",
+    "restore": "weightvault.checkpoint.restore",
     "torch": "weightvault.torch",
     "watch": "weightvault.checkpoint.watch",
 }
@@ -63,25 +60,9 @@ def __getattr__(name: str) -> Any:
     module_name, _, attr = _LAZY[name].partition(":")
     module = importlib.import_module(module_name)
     # `torch` is the module weightvault.torch; everything else, `restore` included, is the
-    # function or class of that name (weightvault.restore is the function, not its module).
+    # function or class of that name (its module is weightvault.checkpoint.restore, so no
+    # submodule of the package shares the name of the function).
     value = module if name == "torch" else getattr(module, attr or name)
     globals()[name] = value
     return value
 
-
-class _Package(types.ModuleType):
-    """The package's module type: keeps ``weightvault.restore`` the function.
-
-    Importing the submodule ``weightvault.restore`` (the CLI and ``from weightvault.restore import
-    select`` do) makes the import system bind the submodule as the package's ``restore``
-    attribute, which would hide the function behind a module. Binding the function instead means
-    ``weightvault.restore`` is the same plain function whichever import happened first.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "restore" and isinstance(value, types.ModuleType):
-            value = value.restore
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

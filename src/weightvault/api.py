@@ -104,6 +104,11 @@ def open(  # noqa: A001
     ``path`` may be a URL (``s3://``, ``gs://``, ``memory://``...; ``storage_options`` go to its
     filesystem): a native checkpoint is then read with ranged requests (see
     ``docs/object_store.md``).
+
+    >>> path = weightvault.save({"w": np.arange(4, dtype=np.float32)}, tmp_path / "m.wv")
+    >>> with weightvault.open(path) as reader:
+    ...     reader.format, reader.keys(), reader.get("w").tolist()
+    ('native', ['w'], [0.0, 1.0, 2.0, 3.0])
     """
     if _is_url(path):  # object storage (#17): weightvault.storage
         from weightvault import storage
@@ -255,6 +260,14 @@ def load(
         framework: ``"numpy"`` or ``"torch"``.
         device: torch device to move tensors to (torch only).
         verify: check every checksum before returning.
+
+    >>> path = weightvault.save({"fc": {"weight": np.ones((2, 3), np.float32)}, "step": 7}, tmp_path / "c.wv")
+    >>> state = weightvault.load(path)
+    >>> state["step"], state["fc"]["weight"].shape
+    (7, (2, 3))
+    >>> # torch is an optional dependency: the next line is shown, not run
+    >>> weightvault.load(path, framework="torch")["fc"]["weight"].dtype  # doctest: +SKIP
+    torch.float32
     """
     if framework not in ("numpy", "torch"):
         raise ValueError(f"framework must be 'numpy' or 'torch', not {framework!r}")
@@ -303,6 +316,10 @@ def verify(
 
     Formats without checksums are read completely (which catches truncation and bad headers)
     and counted as ``unchecked``.
+
+    >>> result = weightvault.verify(weightvault.save({"w": np.ones(3)}, tmp_path / "m.wv"))
+    >>> result.checked, result.failures
+    (1, [])
     """
     with open(path, format=format, storage_options=storage_options) as reader:
         result = reader.verify()
@@ -368,6 +385,14 @@ def convert(
 
     Returns:
         A :class:`ConversionReport` (per target tensor: sources, transforms, shapes; ``skipped``).
+
+    >>> src = weightvault.save({"fc": {"weight": np.ones((2, 3), np.float32)}}, tmp_path / "c.wv")
+    >>> report = weightvault.convert(src, tmp_path / "c.npz", rename=[("^fc/", "head.")])
+    >>> [(t["target"], t["target_shape"]) for t in report.to_dict()["tensors"]]
+    [('head.weight', [2, 3])]
+    >>> with weightvault.open(tmp_path / "c.npz") as reader:
+    ...     reader.format, reader.keys()
+    ('numpy', ['head.weight'])
     """
     from weightvault.rules import build_plan, load_name_map
 

@@ -51,6 +51,15 @@ class WeightVaultError(Exception):
         path: the file or directory concerned.
         tensor: the tensor concerned, if any.
         hint: one line telling the user how to fix it (the CLI prints it as ``TIP``).
+
+    >>> err = WeightVaultError("header too short", path="m.bin", tensor="fc.weight", hint="re-download it")
+    >>> str(err), err.hint
+    ("m.bin: tensor 'fc.weight': header too short", 're-download it')
+    >>> try:
+    ...     weightvault.open(tmp_path / "missing.pt")
+    ... except WeightVaultError as exc:
+    ...     print(type(exc).__name__)
+    FormatNotFoundError
     """
 
     def __init__(
@@ -197,7 +206,7 @@ class ShapeMismatchError(WeightVaultError, ValueError):
 class StrictRestoreError(WeightVaultError, KeyError):
     """``strict=True`` restore: names missing in the checkpoint or unexpected in it.
 
-    ``.report`` holds the full :class:`weightvault.restore.RestoreReport`.
+    ``.report`` holds the full :class:`weightvault.checkpoint.restore.RestoreReport`.
     """
 
     report: Any

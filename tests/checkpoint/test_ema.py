@@ -12,9 +12,9 @@ torch = pytest.importorskip("torch")
 
 import weightvault
 import weightvault.torch as wvt
-from weightvault.ema import ema_source_names
+from weightvault.checkpoint.ema import ema_source_names
 from weightvault.errors import TensorNotFoundError
-from weightvault.restore import restore
+from weightvault.checkpoint.restore import restore
 
 
 def _net() -> torch.nn.Module:

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import weightvault
 from weightvault.errors import ShapeMismatchError, TensorNotFoundError
-from weightvault.restore import RestoreReport, StrictRestoreError, compare, restore, select
+from weightvault.checkpoint.restore import RestoreReport, StrictRestoreError, compare, restore, select
 
 
 class Net(torch.nn.Module):
@@ -278,11 +278,9 @@ def test_restore_is_the_function_whatever_was_imported_first(flat: Path) -> None
     import importlib
     import inspect
 
-    mod = importlib.import_module("weightvault.restore")  # the import the CLI does
+    importlib.import_module("weightvault.checkpoint.restore")  # the import the CLI does
     assert weightvault.restore is restore and inspect.isfunction(weightvault.restore)
     assert weightvault.restore(Net(), flat).ok
-    with pytest.warns(DeprecationWarning, match="call the function"):
-        assert mod(Net(), flat).ok  # calling the module: deprecated, still works
 
 
 def test_ddp_prefixed_fixture(fixtures_dir: Path) -> None:
@@ -498,8 +496,8 @@ def test_compiled_and_plain_states_load_both_ways_alike(tmp_path: Path, compiled
 
 
 def test_one_prefix_stripper() -> None:
-    from weightvault import ema, restore as restore_module
-    from weightvault.restore import match_names, strip_wrappers
+    from weightvault.checkpoint import ema, restore as restore_module
+    from weightvault.checkpoint.restore import match_names, strip_wrappers
 
     assert strip_wrappers("_orig_mod.module.a.b") == strip_wrappers("module._orig_mod.a.b") == "a.b"
     matched = match_names(["_orig_mod.x", "y", "module.y"], ["x", "y"])

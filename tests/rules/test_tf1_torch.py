@@ -432,7 +432,7 @@ class _Net(torch.nn.Module):
 
 @pytest.mark.parametrize("use_ema", [False, True])
 def test_restore_with_rules_matches_tf(adam_run, use_ema: bool) -> None:
-    from weightvault.restore import restore
+    from weightvault.checkpoint.restore import restore
 
     model = _Net()
     report = restore(model, adam_run["ckpt"], rules="tf1-to-torch", use_ema=use_ema)  # strict
@@ -448,7 +448,7 @@ def test_restore_with_rules_matches_tf(adam_run, use_ema: bool) -> None:
 
 
 def test_report_without_rules_separates_optimizer_slots(adam_run) -> None:
-    from weightvault.restore import compare
+    from weightvault.checkpoint.restore import compare
 
     spec = {"fc1/kernel": [4, 8], "fc1/bias": [8], "fc2/kernel": [8, 2], "fc2/bias": [2]}
     report = compare(adam_run["ckpt"], spec)

@@ -143,7 +143,18 @@ class VerifyResult:
 
 
 class FormatReader(ABC):
-    """An open weight file (or directory). Use as a context manager or call :meth:`close`."""
+    """An open weight file (or directory). Use as a context manager or call :meth:`close`.
+
+    ``weightvault.open`` returns one (``weightvault.CheckpointReader`` is this class):
+
+    >>> state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(2, np.float32)}
+    >>> path = weightvault.save(state, tmp_path / "sample.safetensors")
+    >>> with weightvault.open(path) as reader:
+    ...     print(reader.keys(), reader.info("w").shape, isinstance(reader, weightvault.CheckpointReader))
+    ['w', 'b'] (2, 3) True
+
+    The method examples below use ``reader``, such a reader of that file.
+    """
 
     #: registry name of the format this reader belongs to
     format_name: ClassVar[str] = ""
@@ -160,11 +171,20 @@ class FormatReader(ABC):
     # -- hooks -----------------------------------------------------------------------------------
     @abstractmethod
     def keys(self) -> list[str]:
-        """Tensor names, in the file's order."""
+        """Tensor names, in the file's order.
+
+        >>> reader.keys()
+        ['w', 'b']
+        """
 
     @abstractmethod
     def info(self, name: str) -> TensorInfo:
-        """dtype and shape of one tensor, without reading its data."""
+        """dtype and shape of one tensor, without reading its data.
+
+        >>> info = reader.info("w")
+        >>> info.dtype, info.shape, info.nbytes
+        ('float32', (2, 3), 24)
+        """
 
     @abstractmethod
     def get(self, name: str) -> np.ndarray:
@@ -173,67 +193,130 @@ class FormatReader(ABC):
 
         Callers may pass ``framework="torch"`` for a torch tensor (see :func:`_with_framework`);
         a format implements the numpy case only.
+
+        >>> reader.get("w")
+        array([[0., 1., 2.],
+               [3., 4., 5.]], dtype=float32)
+        >>> # torch is an optional dependency: the next line is shown, not run
+        >>> reader.get("b", framework="torch")  # doctest: +SKIP
+        tensor([0., 0.])
         """
 
     # -- optional hooks with defaults --------------------------------------------------------------
     @property
     def format(self) -> str:
+        """The registry name of the file's format (:attr:`format_name`).
+
+        >>> reader.format, reader.format == reader.format_name
+        ('native', True)
+        """
         return self.format_name
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Format-level metadata (JSON-able): framework facts, training step, user metadata."""
+        """Format-level metadata (JSON-able): framework facts, training step, user metadata.
+
+        >>> path = weightvault.save({"w": np.ones(2)}, tmp_path / "m.wv", metadata={"step": 7})
+        >>> with weightvault.open(path) as r:
+        ...     r.metadata["step"]
+        7
+        """
         return {}
 
     @property
     def skipped(self) -> dict[str, str]:
         """Entries of the file this reader cannot return as tensors (name -> why, e.g. an ``.npz``
         member of dtype ``<U3``). Commands that carry a whole file refuse them, or skip them when
-        asked and list them in their report: an entry is never dropped silently."""
+        asked and list them in their report: an entry is never dropped silently.
+
+        >>> np.savez(tmp_path / "mixed.npz", w=np.ones(2), tag=np.array(["abc"]))
+        >>> with weightvault.open(tmp_path / "mixed.npz") as r:
+        ...     r.keys(), sorted(r.skipped)
+        (['w'], ['tag'])
+        """
         return {}
 
     def structure(self) -> Any:
-        """The saved object tree with tensors in place (lazily read), or None for a flat file."""
+        """The saved object tree with tensors in place (lazily read), or None for a flat file.
+
+        >>> sorted(reader.structure())
+        ['b', 'w']
+        """
         return None
 
     def tree_spec(self) -> dict[str, Any] | None:
         """The saved object tree as a :mod:`weightvault.core.tree` spec whose leaves name tensors
         (so a loader reads each stored tensor once, ties included), or None: the format keeps no
-        tree, or rebuilds it in :meth:`structure`."""
+        tree, or rebuilds it in :meth:`structure`.
+
+        >>> reader.tree_spec()["t"]
+        'dict'
+        """
         return None
 
     @property
     def aliases(self) -> dict[str, str]:
-        """Names that are the same stored tensor as another name (tied weights): name -> name."""
+        """Names that are the same stored tensor as another name (tied weights): name -> name.
+
+        >>> w = np.ones(3, np.float32)
+        >>> with weightvault.open(weightvault.save({"a": w, "tied": w}, tmp_path / "t.wv")) as r:
+        ...     r.aliases
+        {'tied': 'a'}
+        """
         return {}
 
     def checked_info(self, name: str) -> TensorInfo | None:
         """``info(name)`` once checked against the bytes the file holds, so a caller may allocate
         ``nbytes`` and fill them with :meth:`read_jobs`; None (the default) where the format
-        reads through :meth:`get` only."""
+        reads through :meth:`get` only.
+
+        >>> reader.checked_info("w").nbytes
+        24
+        """
         return None
 
     def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
         """Independent reads that together fill ``out`` (dtype and shape of ``checked_info``),
         safe to run on a thread pool: ``weightvault.load`` runs them in parallel. The default is
-        one job that copies :meth:`get`; formats backed by plain files override it with preads."""
+        one job that copies :meth:`get`; formats backed by plain files override it with preads.
+
+        >>> out = np.empty((2, 3), np.float32)
+        >>> for job in reader.read_jobs("w", out):
+        ...     job()
+        >>> out.sum()
+        np.float32(15.0)
+        """
         import numpy as np
 
         return [lambda: np.copyto(out, self.get(name), casting="equiv")]
 
     def get_slice(self, name: str, index: Any) -> np.ndarray:
-        """``get(name)[index]``; formats that can read partial ranges override this."""
+        """``get(name)[index]``; formats that can read partial ranges override this.
+
+        >>> reader.get_slice("w", (1, slice(0, 2)))
+        array([3., 4.], dtype=float32)
+        """
         import numpy as np
 
         return np.asarray(self.get(name)[index])
 
     def byte_span(self, name: str) -> ByteSpan | None:
         """Where ``name``'s bytes lie verbatim in the file, or None (compressed, strided,
-        byte-swapped, or a format that cannot tell). Readers backed by plain files override this."""
+        byte-swapped, or a format that cannot tell). Readers backed by plain files override this.
+
+        >>> span = reader.byte_span("w")
+        >>> span.nbytes
+        24
+        """
         return None
 
     def verify(self) -> VerifyResult:
-        """Read every tensor; formats that store checksums override this to check them."""
+        """Read every tensor; formats that store checksums override this to check them.
+
+        >>> result = reader.verify()
+        >>> result.checked, result.failures
+        (2, [])
+        """
         result = VerifyResult(self.path)
         for name in self.keys():
             self.get(name)
@@ -241,7 +324,11 @@ class FormatReader(ABC):
         return result
 
     def close(self) -> None:  # noqa: B027 - optional hook, most readers hold nothing
-        """Release files and maps."""
+        """Release files and maps (``with weightvault.open(...)`` calls it on leaving).
+
+        >>> r = weightvault.open(weightvault.save({"w": np.ones(2)}, tmp_path / "c.wv"))
+        >>> r.close()
+        """
 
     # -- conveniences built on the hooks --------------------------------------------------------
     def _require(self, name: str) -> None:
@@ -266,20 +353,39 @@ class FormatReader(ABC):
         return self.get(name)
 
     def infos(self) -> list[TensorInfo]:
+        """:meth:`info` of every tensor, in the file's order.
+
+        >>> [(i.name, i.shape) for i in reader.infos()]
+        [('w', (2, 3)), ('b', (2,))]
+        """
         return [self.info(n) for n in self.keys()]
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` pairs, each tensor read as it is reached.
+
+        >>> [(name, a.shape) for name, a in reader.items()]
+        [('w', (2, 3)), ('b', (2,))]
+        """
         for name in self.keys():
             yield name, self.get(name)
 
     def tensors(self) -> dict[str, np.ndarray]:
-        """Every tensor, read into memory (copies, so the file can be closed)."""
+        """Every tensor, read into memory (copies, so the file can be closed).
+
+        >>> {name: a.tolist() for name, a in reader.tensors().items()}
+        {'w': [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 'b': [0.0, 0.0]}
+        """
         import numpy as np
 
         return {name: np.array(self.get(name)) for name in self.keys()}
 
     def as_mapping(self) -> LazyTensors:
-        """A read-only mapping that reads each tensor only when a writer asks for it."""
+        """A read-only mapping that reads each tensor only when a writer asks for it.
+
+        >>> lazy = reader.as_mapping()
+        >>> len(lazy), lazy["b"].tolist()
+        (2, [0.0, 0.0])
+        """
         return LazyTensors(self)
 
     def __enter__(self) -> FormatReader:

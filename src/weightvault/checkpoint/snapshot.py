@@ -86,7 +86,9 @@ def snapshot_flat(state: Any, cache: SnapshotCache | None = None) -> FlatState:
     cuda_devices: set[Any] = set()
     copies = {name: _copy(name, obj, cache, cuda_devices) for name, obj in unique.items()}
     if cuda_devices:
-        _sync_cuda(cuda_devices)
+        from weightvault.frameworks.torch import sync_devices
+
+        sync_devices(cuda_devices)
     if cache is not None:
         cache.prune()
     return FlatState(spec, copies, aliases)
@@ -130,7 +132,9 @@ def _new_staging_buffer(name: str, obj: Any, cache: SnapshotCache) -> Any:
     if isinstance(obj, np.ndarray):
         return cache.create(_np_key(name, obj), lambda: np.empty(obj.shape, obj.dtype))
     if type(obj).__module__.partition(".")[0] == "torch":
-        key, make = _torch_buffer_key(name, obj)
+        from weightvault.frameworks.torch import host_buffer_key
+
+        key, make = host_buffer_key(name, obj)
         return None if key is None else cache.create(key, make)
     return None
 
@@ -151,51 +155,8 @@ def _copy(name: str, obj: Any, cache: SnapshotCache | None, cuda_devices: set[An
         np.copyto(buf, obj)
         return buf
     if type(obj).__module__.partition(".")[0] == "torch":
-        return _copy_torch(name, obj, cache, cuda_devices)
+        from weightvault.frameworks.torch import host_copy
+
+        return host_copy(name, obj, cache.get if cache is not None else None, cuda_devices)
     # jax / TensorFlow: the adapter hands over host bytes; copy them so the snapshot owns them.
     return np.array(to_numpy(obj), copy=True)
-
-
-def _torch_buffer_key(name: str, t: Any) -> tuple[Any, Any]:
-    """Cache key and allocator of the host buffer for a torch tensor (None for other devices)."""
-    import torch
-
-    if t.device.type not in ("cpu", "cuda"):
-        return None, None
-    pinned = t.device.type == "cuda"
-    key = ("torch-pinned" if pinned else "torch", name, str(t.dtype), tuple(t.shape))
-
-    def make() -> Any:
-        return torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=pinned)
-
-    return key, make
-
-
-def _copy_torch(name: str, t: Any, cache: SnapshotCache | None, cuda_devices: set[Any]) -> Any:
-    import torch
-
-    t = t.detach()
-    if t.layout != torch.strided:
-        t = t.to_dense()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    device = t.device
-    key, make = _torch_buffer_key(name, t)
-    if key is None:
-        return t.to("cpu", copy=True)
-    pinned = device.type == "cuda"
-    buf = cache.get(key, make) if cache is not None else make()
-    buf.copy_(t, non_blocking=pinned)
-    if pinned:
-        cuda_devices.add(device)
-    return buf
-
-
-def _sync_cuda(devices: set[Any]) -> None:
-    import torch
-
-    # The non-blocking copies were queued on each device's current stream; wait for all of them.
-    for device in devices:
-        torch.cuda.current_stream(device).synchronize()

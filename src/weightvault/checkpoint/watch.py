@@ -98,6 +98,14 @@ def watch(
             except weightvault.errors.CheckpointDeletedError:
                 continue  # deleted by retention before it could be read: go on with the next
             evaluate(ckpt.step, state)
+
+    With ``timeout=0`` it hands out what is committed now and returns:
+
+    >>> with weightvault.CheckpointManager(tmp_path / "run", fsync=False) as mgr:
+    ...     for step in (1, 2):
+    ...         _ = mgr.save(step, {"w": np.full(2, float(step))})
+    >>> [(c.step, c.load()["w"].tolist()) for c in weightvault.watch(tmp_path / "run", timeout=0)]
+    [(1, [1.0, 1.0]), (2, [2.0, 2.0])]
     """
     return Watcher(
         directory, timeout, poll, start_after=start_after, consumer=consumer,

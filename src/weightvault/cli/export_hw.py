@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from weightvault.cli.common import emit_json, json_option, print_table, warn
-from weightvault.cli.options import reader_options
+from weightvault.cli.options import print_options, reader_options
 
 _FORMATS = ("coe", "mif", "mem", "hex", "c", "txt", "npy")
 _ROUNDING = ("half-even", "half-away", "half-up", "truncate", "floor")
@@ -119,20 +119,7 @@ _ROUNDING = ("half-even", "half-away", "half-up", "truncate", "floor")
     show_default=True,
     help="Flatten order: C row-major, F column-major.",
 )
-@click.option(
-    "--precision",
-    type=int,
-    default=None,
-    help="txt: digits after the point (default: exact shortest).",
-)
-@click.option(
-    "--linewidth", type=int, default=80, show_default=True, help="txt: characters per line."
-)
-@click.option("--threshold", type=int, default=None, help="txt: summarise above this many values.")
-@click.option(
-    "--edgeitems", type=int, default=3, show_default=True, help="txt: items at each edge."
-)
-@click.option("--sci/--no-sci", default=None, help="txt: force or forbid scientific notation.")
+@print_options(precision=None, threshold=None, scope="txt")
 @click.option("--c-typedefs", is_flag=True, help="c: emit ap_fixed typedefs (hls4ml style).")
 @click.option("--c-align", type=int, default=16, show_default=True, help="c: array alignment.")
 @click.option("--input-format", default=None, help="Force the checkpoint's format.")

@@ -10,7 +10,7 @@ import click
 
 from weightvault.cli import EXIT_DIFFERS
 from weightvault.cli.common import emit_json, human_bytes, json_option, print_table
-from weightvault.cli.options import open_options, reader_options
+from weightvault.cli.options import open_options, print_options, reader_options
 
 
 def _open(path: str, fmt: str | None, options: tuple[str, ...], names: str | None) -> Any:
@@ -134,11 +134,7 @@ def _print_tree(fmt: str, path: str, infos: list[Any]) -> None:
 @click.command()
 @click.argument("path")
 @click.argument("name")
-@click.option("--precision", default=4, show_default=True, help="Digits after the decimal point.")
-@click.option("--linewidth", default=80, show_default=True, help="Characters per line.")
-@click.option("--threshold", default=1000, show_default=True, help="Summarise above this many elements.")
-@click.option("--edgeitems", default=3, show_default=True, help="Items shown at each edge when summarised.")
-@click.option("--sci/--no-sci", default=None, help="Force or forbid scientific notation.")
+@print_options(precision=4, threshold=1000)
 @click.option("--full", is_flag=True, help="Print every element (no summarisation).")
 @open_options
 @json_option

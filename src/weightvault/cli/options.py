@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["FormatOption", "open_options", "reader_options"]
+__all__ = ["FormatOption", "open_options", "print_options", "reader_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +56,52 @@ def open_options(func: F) -> F:
         metavar="FORMAT",
         help="Force the input format (`weightvault formats FORMAT` lists its -o options).",
     )(func)
+
+
+def print_options(
+    *, precision: int | None, threshold: int | None, scope: str = ""
+) -> Callable[[F], F]:
+    """numpy-style print options (``--precision --linewidth --threshold --edgeitems --sci``),
+    declared once for ``show`` and ``export-hw``; ``scope`` prefixes their help (``txt``)."""
+
+    def say(text: str) -> str:
+        return f"{scope}: {text[0].lower()}{text[1:]}" if scope else text
+
+    shortest = "" if precision is not None else " (default: exact shortest)"
+    options = [
+        click.option(
+            "--precision",
+            type=int,
+            default=precision,
+            show_default=precision is not None,
+            help=say(f"Digits after the decimal point{shortest}."),
+        ),
+        click.option(
+            "--linewidth", type=int, default=80, show_default=True, help=say("Characters per line.")
+        ),
+        click.option(
+            "--threshold",
+            type=int,
+            default=threshold,
+            show_default=threshold is not None,
+            help=say("Summarise above this many elements."),
+        ),
+        click.option(
+            "--edgeitems",
+            type=int,
+            default=3,
+            show_default=True,
+            help=say("Items shown at each edge when summarised."),
+        ),
+        click.option("--sci/--no-sci", default=None, help=say("Force or forbid scientific notation.")),
+    ]
+
+    def apply(func: F) -> F:
+        for option in reversed(options):  # the first listed is the first in --help
+            func = option(func)
+        return func
+
+    return apply
 
 
 def reader_options(options: tuple[str, ...], names: str | None) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def restore_report(
       weightvault restore-report ddp.pt -t expected.txt --exclude 'head.*' --json
       weightvault restore-report run/model.ckpt-1000 -t torch_model.pt --rules tf1-to-torch
     """
-    from weightvault.restore import DEFAULT_STRIP_PREFIXES, compare
+    from weightvault.checkpoint.restore import DEFAULT_STRIP_PREFIXES, compare
 
     renames = _split_pairs(rename, "--rename")
     if rename_file and renames:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from weightvault.abc.format import FormatReader
+from weightvault.core.jsonable import NOT_SPECIAL, jsonable
 from weightvault.core.limits import check_depth
 
 __all__ = ["StateValue", "find_state", "state_values", "suggest"]
@@ -64,16 +65,17 @@ def format_value(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    return jsonable(value, _listing_value)
+
+
+def _listing_value(value: Any) -> Any:
+    """Tensors by name, bytes as (escaped) text, non-JSON leaves as their ``str``."""
     if isinstance(value, TensorLeaf):
         return f"<tensor {value.name}>"
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, _SCALARS):
-        return value
+    if isinstance(value, (dict, list, tuple, *_SCALARS)):
+        return NOT_SPECIAL
     return str(value)
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "TMP_MARK",
     "atomic_dir",
     "atomic_write",
+    "close_mmap",
     "create_file",
     "fsync_dir",
     "read_exact",
@@ -268,6 +269,28 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def close_mmap(m: Any) -> None:
+    """Close a memory map (None: nothing), unless arrays handed out still view it.
+
+    numpy views of an ``mmap`` keep its buffer exported, and closing it then raises
+    ``BufferError``; the map is released with the last view instead, so a reader's ``close()``
+    never fails because the caller kept a tensor.
+
+    >>> import mmap
+    >>> m = mmap.mmap(-1, 16)
+    >>> view = memoryview(m)
+    >>> close_mmap(m)  # still viewed: left open for the view
+    >>> view.release()
+    >>> close_mmap(m)
+    >>> m.closed
+    True
+    """
+    if m is None:
+        return
+    with contextlib.suppress(BufferError):
+        m.close()
 
 
 def read_exact(f: BinaryIO, n: int, *, path: str | os.PathLike[str], what: str) -> bytes:

@@ -77,7 +77,12 @@ def set_limits(*, max_expanded: int | None = None) -> None:
 
 @contextlib.contextmanager
 def expansion_limit(nbytes: int) -> Iterator[None]:
-    """Within the block (this thread), allow expansions up to ``nbytes``."""
+    """Within the block (this thread), allow expansions up to ``nbytes``.
+
+    >>> with weightvault.expansion_limit(1 << 20):
+    ...     max_expanded_bytes()
+    1048576
+    """
     previous = getattr(_local, "limit", None)
     _local.limit = nbytes
     try:

@@ -79,14 +79,30 @@ class ProtobufDecodeError(InvalidHeaderError):
 
 
 # -- primitives --------------------------------------------------------------------------------------
-def decode_varint(buf: Buffer, pos: int, end: int | None = None, *, path: Any = None) -> tuple[int, int]:
-    """Decode an unsigned LEB128 varint at ``pos``; returns ``(value, new_pos)``."""
+def decode_varint(
+    buf: Buffer,
+    pos: int,
+    end: int | None = None,
+    *,
+    path: Any = None,
+    what: str = "protobuf",
+    error: type[InvalidHeaderError] | None = None,
+) -> tuple[int, int]:
+    """Decode an unsigned LEB128 varint at ``pos``; returns ``(value, new_pos)``.
+
+    The one varint decoder (protobuf messages, SSTable blocks). ``what`` starts the error
+    message and ``error`` is its class (default :class:`ProtobufDecodeError`).
+
+    >>> decode_varint(bytes([0xAC, 0x02, 0x07]), 0)
+    (300, 2)
+    """
+    error = error or ProtobufDecodeError
     limit = len(buf) if end is None else end
     result = 0
     shift = 0
     while True:
         if pos >= limit:
-            raise ProtobufDecodeError("protobuf varint runs past the end of the message", path=path)
+            raise error(f"{what} varint runs past the end of the message", path=path)
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -94,7 +110,7 @@ def decode_varint(buf: Buffer, pos: int, end: int | None = None, *, path: Any = 
             return result, pos
         shift += 7
         if shift >= 70:
-            raise ProtobufDecodeError("protobuf varint longer than 10 bytes", path=path)
+            raise error(f"{what} varint longer than 10 bytes", path=path)
 
 
 def encode_varint(value: int) -> bytes:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from weightvault.core.dtypes import dtype_from_name
-from weightvault.core.io import write_span
+from weightvault.core.io import close_mmap, write_span
 from weightvault.core.limits import check_depth
 from weightvault.errors import (
     CorruptFileError,
@@ -417,12 +417,7 @@ class SafetensorsFile:
             job()
 
     def close(self) -> None:
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                # numpy views handed out still reference the map; it is released with them.
-                pass
+        close_mmap(self._mmap)
         self._file.close()
 
 

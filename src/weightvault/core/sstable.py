@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from weightvault.core.crc32c import crc32c, mask, unmask
+from weightvault.core.protobuf import decode_varint, encode_varint
 from weightvault.errors import (
     ChecksumMismatchError,
     InvalidHeaderError,
@@ -41,25 +42,7 @@ _NO_COMPRESSION, _SNAPPY = 0, 1
 
 
 def _varint(buf: bytes, pos: int, end: int, path: Any, what: str) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end:
-            raise InvalidHeaderError(f"table {what}: varint runs past its block", path=path)
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise InvalidHeaderError(f"table {what}: varint too long", path=path)
-
-
-def _put_varint(out: bytearray, value: int) -> None:
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    return decode_varint(buf, pos, end, path=path, what=f"table {what}:", error=InvalidHeaderError)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -225,9 +208,9 @@ class _BlockBuilder:
         else:
             self.restarts.append(len(self.buf))
             self.counter = 0
-        _put_varint(self.buf, shared)
-        _put_varint(self.buf, len(key) - shared)
-        _put_varint(self.buf, len(value))
+        self.buf += encode_varint(shared)
+        self.buf += encode_varint(len(key) - shared)
+        self.buf += encode_varint(len(value))
         self.buf += key[shared:]
         self.buf += value
         self.last_key = key
@@ -266,8 +249,8 @@ def _short_successor(key: bytes) -> bytes:
 
 def _handle(offset: int, size: int) -> bytes:
     out = bytearray()
-    _put_varint(out, offset)
-    _put_varint(out, size)
+    out += encode_varint(offset)
+    out += encode_varint(size)
     return bytes(out)
 
 

@@ -254,6 +254,13 @@ def export_hw(
     """Export tensors of ``src`` (a path, an open reader or a ``{name: array}`` mapping) to
     hardware initialisation files in ``outdir``. See ``docs/export-hw.md`` for every convention.
 
+    >>> weights = {"fc.weight": np.array([[0.5, -0.25], [1.0, 0.0]], np.float32)}
+    >>> report = weightvault.export_hw(weights, tmp_path / "hw", file_format="mem", number="Q1.7")
+    >>> sorted(p.name for p in (tmp_path / "hw").iterdir())
+    ['export.json', 'fc.weight.mem']
+    >>> report.tensors[0]["error"]["saturated"]  # 1.0 is above Q1.7's largest value
+    1
+
     Args:
         file_format: the output files: ``coe``, ``mif``, ``mem``, ``hex`` (both ``$readmemh/b``),
             ``c``, ``txt``, ``npy``. (``format=`` is its deprecated spelling: in
@@ -672,7 +679,7 @@ def _sidecar(
     warnings: list[str],
     notes: list[str],
 ) -> dict[str, Any]:
-    from weightvault import __version__
+    from weightvault._version import __version__
     from weightvault.export.c_header import is_typed
 
     mems = []
@@ -842,6 +849,13 @@ def import_hw(
     shape, so ``weightvault diff source imported --atol A`` is clean with ``A`` the export's
     error (the returned dict's ``bounds`` holds it per tensor). ``layout="exported"`` (the only
     layout for codes, which belong to the memories) returns the exported tensors as float32.
+
+    >>> weights = {"fc.weight": np.array([[0.5, -0.25], [1.0, 0.0]], np.float32)}
+    >>> _ = weightvault.export_hw(weights, tmp_path / "hw", file_format="mem", number="Q1.7")
+    >>> weightvault.import_hw(tmp_path / "hw")["fc.weight"].tolist()
+    [[0.5, -0.25], [0.9921875, 0.0]]
+    >>> weightvault.import_hw(tmp_path / "hw", values="codes")["fc.weight"].tolist()
+    [[64, -32], [127, 0]]
     """
     from weightvault.export.reader import HWExportReader
     from weightvault.export.rejoin import restore_source_layout

@@ -11,6 +11,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, DescribedTensors
 from weightvault.core.dtypes import dtype_name
+from weightvault.core.jsonable import jsonable
 from weightvault.errors import InvalidHeaderError
 
 __all__ = ["describe_entry", "fetch_array", "safe_relative", "span_of"]
@@ -77,21 +78,3 @@ def safe_relative(
             f"file reference {relative!r} is a {got}, not a {want}", path=path, tensor=tensor
         )
     return full
-
-
-def jsonable(value: Any) -> Any:
-    """Turn numpy scalars/arrays and bytes into JSON-able Python values (for ``metadata``)."""
-    if isinstance(value, np.ndarray):
-        return [jsonable(v) for v in value.tolist()] if value.ndim else jsonable(value.item())
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    return value

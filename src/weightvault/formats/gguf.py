@@ -35,6 +35,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import DTYPES
+from weightvault.core.io import close_mmap
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -338,11 +339,7 @@ class GGUFReader(FormatReader):
         return out
 
     def close(self) -> None:
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # views handed out keep the map alive
+        close_mmap(self._mmap)
         self._file.close()
 
 

@@ -56,7 +56,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from weightvault.abc.format import Format, FormatReader, TensorInfo
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_write, close_mmap
+from weightvault.core.jsonable import NOT_SPECIAL, jsonable
 from weightvault.errors import (
     DuplicateTensorError,
     InvalidHeaderError,
@@ -666,8 +667,13 @@ def _decode_elements(h: DenseHeader, *, path: str, tensor: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # trailing values <-> JSON
 def _jsonable(value: Any) -> Any:
+    return jsonable(value, _go_value)
+
+
+def _go_value(value: Any) -> Any:
+    """Go values as JSON: structs as objects, interfaces as {type, value}, bytes as hex."""
     if isinstance(value, GoStruct):
-        return {k: _jsonable(v) for k, v in value.fields.items()}
+        return _jsonable(value.fields)
     if isinstance(value, GoInterface):
         return {"type": value.name, "value": _jsonable(value.value)}
     if isinstance(value, GobEncoded):
@@ -676,11 +682,7 @@ def _jsonable(value: Any) -> Any:
         return value.hex()
     if isinstance(value, complex):
         return [value.real, value.imag]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
+    return NOT_SPECIAL
 
 
 def _split_names(names: Any) -> list[str] | None:
@@ -838,10 +840,7 @@ class GobReader(FormatReader):
         if m is not None:
             self._headers = []
             self._by_name = {}
-            try:
-                m.close()
-            except BufferError:
-                pass  # a returned array still views it; the map goes with it
+            close_mmap(m)
             self._map = None
         f = getattr(self, "_file", None)
         if f is not None:

@@ -974,7 +974,7 @@ class KerasFormat(Format):
 
     @classmethod
     def _write_legacy(cls, f: Any, tensors: Mapping[str, np.ndarray], paths: dict[str, str]) -> None:
-        from weightvault import __version__
+        from weightvault._version import __version__
 
         layers: dict[str, list[tuple[str, str]]] = {}
         optimizer: list[tuple[str, str]] = []

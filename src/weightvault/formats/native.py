@@ -75,7 +75,6 @@ from weightvault.core.tree import check_spec, flatten, name_filter, tensor_names
 from weightvault.errors import (
     AliasError,
     CheckpointNotFoundError,
-    ChecksumMismatchError,
     InvalidHeaderError,
     InvalidOffsetError,
     TensorNotFoundError,
@@ -176,7 +175,7 @@ def _string_source(name: str, values: np.ndarray) -> TensorSource:
 
 
 def _library_version() -> str:
-    from weightvault import __version__
+    from weightvault._version import __version__
 
     return __version__
 
@@ -624,17 +623,6 @@ class NativeReader(FormatReader):
             result.checked += 1
             if actual != expected:
                 result.failures.append(f"{name}: checksum {actual} != recorded {expected}")
-        return result
-
-    def verify_or_raise(self) -> VerifyResult:
-        result = self.verify()
-        if result.failures:
-            first = result.failures[0].split(":", 1)[0]
-            raise ChecksumMismatchError(
-                f"{len(result.failures)} tensor(s) fail their checksum: {'; '.join(result.failures[:3])}",
-                path=self.path,
-                tensor=first,
-            )
         return result
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.formats._carry import decode_carried, encode_carried
 from weightvault.core.dtypes import dtype_from_name, dtype_name
-from weightvault.core.io import atomic_write, write_span
+from weightvault.core.io import atomic_write, close_mmap, write_span
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -349,11 +349,7 @@ class NumpyReader(FormatReader):
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # views handed out keep the map alive
+        close_mmap(self._mmap)
         self._file.close()
 
 

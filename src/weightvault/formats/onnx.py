@@ -51,7 +51,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
 from weightvault.core.dtypes import dtype_from_name, is_float
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_write, close_mmap
 from weightvault.core.protobuf import LEN, VARINT, decode_varint, encode_varint, get_packed
 from weightvault.core.safetensors_io import TensorSource
 from weightvault.errors import (
@@ -423,18 +423,10 @@ class OnnxReader(FormatReader):
 
     def close(self) -> None:
         for fh, mm, _ in self._ext.values():
-            if mm is not None:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass
+            close_mmap(mm)
             fh.close()
         self._ext.clear()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # views handed out keep the map alive
+        close_mmap(self._mmap)
         self._file.close()
 
 

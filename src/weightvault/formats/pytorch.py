@@ -61,7 +61,7 @@ from weightvault.abc.format import (
 )
 from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
-from weightvault.core.io import atomic_write, write_span
+from weightvault.core.io import atomic_write, close_mmap, write_span
 from weightvault.core.progress import progress_bar
 from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle, short_repr
 from weightvault.errors import (
@@ -752,11 +752,7 @@ class PyTorchReader(FormatReader):
 
     def close(self) -> None:
         self._storage_cache.clear()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:
-                pass  # numpy views handed out still reference the map; it goes with them
+        close_mmap(self._mmap)
         self._file.close()
 
 
@@ -1012,9 +1008,7 @@ def _root_buffer(arr: np.ndarray) -> tuple[np.ndarray, int] | None:
 
 def _torch_leaf(obj: Any, name: str) -> _Leaf:
     """A torch tensor: its whole untyped storage is the memory it may share (lazy torch import)."""
-    import torch
-
-    from weightvault.frameworks.torch import describe as torch_describe
+    from weightvault.frameworks.torch import describe as torch_describe, storage_bytes
 
     t = obj.detach()
     desc = torch_describe(t)
@@ -1023,13 +1017,12 @@ def _torch_leaf(obj: Any, name: str) -> _Leaf:
         return _array_leaf(arr, name)
     if t.numel() == 0 or any(s < 0 for s in t.stride()):
         return _array_leaf(_to_numpy_any(t), name)
-    storage = t.untyped_storage()
-    raw = torch.empty(0, dtype=torch.uint8).set_(storage).numpy()
+    raw, data_ptr = storage_bytes(t)
     itemsize = t.element_size()
     lo = t.storage_offset() * itemsize
     extent = (t.storage_offset() + sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * itemsize
     return _Leaf(desc.dtype, tuple(t.shape), array=None, fetch=None, root=raw,
-                 root_key=("torch", storage.data_ptr()), lo=lo, hi=extent,
+                 root_key=("torch", data_ptr), lo=lo, hi=extent,
                  strides=tuple(s * itemsize for s in t.stride()))
 
 

@@ -50,7 +50,7 @@ import numpy as np
 from weightvault.abc.format import ByteSpan, DescribedTensors, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.crc32c import crc32c, mask, unmask
 from weightvault.core.dtypes import DTYPES, dtype_name
-from weightvault.core.io import atomic_write
+from weightvault.core.io import atomic_write, close_mmap
 from weightvault.core.limits import check_expansion
 from weightvault.core.protobuf import (
     ProtobufDecodeError,
@@ -814,11 +814,7 @@ class TFBundleReader(FormatReader):
 
     def close(self) -> None:
         for mm in self._maps.values():
-            if mm is not None:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass  # numpy views handed out still reference the map; it goes with them
+            close_mmap(mm)
         for f in self._files.values():
             f.close()
         self._maps.clear()

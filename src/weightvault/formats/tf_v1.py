@@ -48,6 +48,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.dtypes import DTYPES
+from weightvault.core.io import close_mmap
 from weightvault.core.limits import check_expansion
 from weightvault.core.protobuf import (
     LEN,
@@ -709,11 +710,7 @@ class TFV1Reader(FormatReader):
     def close(self) -> None:
         self._tensors = {}
         for mm in self._maps:
-            if mm is not None:
-                try:
-                    mm.close()
-                except BufferError:
-                    pass  # numpy views handed out still reference the map; it goes with them
+            close_mmap(mm)
         for f in self._handles:
             f.close()
         self._maps = []

@@ -1,6 +1,7 @@
 """PyTorch adapter: torch tensors to and from numpy, without copies where the dtypes allow.
 
-torch is imported here and nowhere in the core. dtypes numpy lacks (bfloat16, float8, the wide
+torch is imported here and nowhere else (the training state, EMA, snapshots and the pickle
+writer reach it through this module). dtypes numpy lacks (bfloat16, float8, the wide
 unsigned ints on older numpy bridges) cross as same-width integer views, so no value is rounded.
 """
 
@@ -59,17 +60,23 @@ def numpy_dtype(dt: torch.dtype) -> np.dtype:
     return DTYPES[_NAME_BY_TORCH[dt]]
 
 
-def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor (contiguous copy first if needed), with the exact dtype."""
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, dense, with lazy conjugation/negation resolved (what its values are)."""
     t = t.detach()
     if t.layout != torch.strided:
         t = t.to_dense()
-    if t.device.type != "cpu":
-        t = t.cpu()
     if t.is_conj():
         t = t.resolve_conj()
     if t.is_neg():
         t = t.resolve_neg()
+    return t
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (contiguous copy first if needed), with the exact dtype."""
+    t = _plain(t)
+    if t.device.type != "cpu":
+        t = t.cpu()
     t = t.contiguous()
     target = numpy_dtype(t.dtype)
     if t.dtype in _DIRECT:
@@ -136,3 +143,50 @@ def to_device(tensors: dict[str, torch.Tensor], device: Any) -> dict[str, torch.
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return moved
+
+
+def storage_bytes(t: torch.Tensor) -> tuple[np.ndarray, int]:
+    """The whole untyped storage under ``t`` as a uint8 numpy view, and its data pointer."""
+    storage = t.untyped_storage()
+    return torch.empty(0, dtype=torch.uint8).set_(storage).numpy(), storage.data_ptr()
+
+
+# -- host snapshots (checkpoint.snapshot) -----------------------------------------------------------
+
+
+def host_buffer_key(name: str, t: torch.Tensor) -> tuple[Any, Any]:
+    """Cache key and allocator of the host buffer for a tensor (None, None for other devices)."""
+    if t.device.type not in ("cpu", "cuda"):
+        return None, None
+    pinned = t.device.type == "cuda"
+    key = ("torch-pinned" if pinned else "torch", name, str(t.dtype), tuple(t.shape))
+
+    def make() -> torch.Tensor:
+        return torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=pinned)
+
+    return key, make
+
+
+def host_copy(name: str, t: torch.Tensor, get_buffer: Any, cuda_devices: set[Any]) -> torch.Tensor:
+    """A host copy of ``t`` in ``get_buffer(key, make)``'s buffer (or a new one when None).
+
+    CUDA tensors are copied into pinned memory without blocking; their devices are added to
+    ``cuda_devices`` for one :func:`sync_devices` after all copies are queued.
+    """
+    t = _plain(t)
+    device = t.device
+    key, make = host_buffer_key(name, t)
+    if key is None:
+        return t.to("cpu", copy=True)
+    pinned = device.type == "cuda"
+    buf = get_buffer(key, make) if get_buffer is not None else make()
+    buf.copy_(t, non_blocking=pinned)
+    if pinned:
+        cuda_devices.add(device)
+    return buf
+
+
+def sync_devices(devices: set[Any]) -> None:
+    """Wait for the copies queued on each device's current stream."""
+    for device in devices:
+        torch.cuda.current_stream(device).synchronize()

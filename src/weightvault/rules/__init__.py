@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the plan machinery imports numpy: only a conversion pays fo
     from weightvault.abc.format import FormatReader
     from weightvault.transforms.plan import Plan
 
-__all__ = ["RULES", "RULE_SETS", "AmbiguousLayoutError", "Hints", "build_plan", "load_name_map"]
+__all__ = ["RULES", "RULE_SETS", "AmbiguousLayoutError", "Hints", "build_plan", "load_name_map", "load_rename_file"]
 
 
 class AmbiguousLayoutError(WeightVaultError, ValueError):
@@ -66,18 +66,66 @@ RULE_SETS = LazyTable(
 RULES = RULE_SETS.names()
 
 
-def load_name_map(path: str | Path) -> dict[str, str]:
-    """A ``{source_or_target_name: new_name}`` map from JSON or YAML."""
+def load_rename_file(path: str | Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Renames from a JSON or YAML file (``.yaml``/``.yml``): ``(exact map, regex rules)``.
+
+    The one rename-file loader (``restore(rename=...)``, ``restore-report --rename``,
+    ``convert(name_map=...)``, ``convert --map``). Accepted shapes:
+
+    * an object ``{"old": "new", ...}``: exact names;
+    * a list of ``[regex, replacement]`` pairs, applied in order;
+    * ``{"map": {...}, "rules": [[regex, replacement], ...]}``: both.
+
+    >>> import json
+    >>> path = tmp_path / "renames.json"  # tmp_path: a fresh directory (tests/test_doctests.py)
+    >>> _ = path.write_text(json.dumps({"map": {"fc.w": "fc.weight"}, "rules": [["^enc", "encoder"]]}))
+    >>> load_rename_file(path)
+    ({'fc.w': 'fc.weight'}, [('^enc', 'encoder')])
+    """
     text = Path(path).read_text(encoding="utf-8")
     if str(path).endswith((".yaml", ".yml")):
-        import yaml  # optional dependency, only for YAML maps
+        import yaml  # optional dependency, only for YAML files
 
         data = yaml.safe_load(text)
     else:
-        data = json.loads(text)
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise WeightVaultError("a name map must be an object of string to string", path=path)
-    return data
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WeightVaultError(f"rename file is not valid JSON: {exc}", path=path) from exc
+    exact: dict[str, str] = {}
+    rules: list[tuple[str, str]] = []
+    if isinstance(data, dict) and set(data) <= {"map", "rules"} and data:
+        exact = dict(data.get("map") or {})
+        rules = [tuple(p) for p in data.get("rules") or []]  # type: ignore[misc]
+    elif isinstance(data, dict):
+        exact = dict(data)
+    elif isinstance(data, list):
+        rules = [tuple(p) for p in data]  # type: ignore[misc]
+    else:
+        raise WeightVaultError(
+            "a rename file holds an object of names or a list of [regex, replacement]", path=path
+        )
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in exact.items()):
+        raise WeightVaultError("a rename map must be an object of string to string", path=path)
+    if not all(len(r) == 2 and all(isinstance(x, str) for x in r) for r in rules):
+        raise WeightVaultError("rename rules must be [regex, replacement] string pairs", path=path)
+    return exact, rules
+
+
+
+def load_name_map(path: str | Path) -> dict[str, str]:
+    """A ``{source_or_target_name: new_name}`` map: :func:`load_rename_file`'s exact part.
+
+    A file that also holds regex rules is refused here (``convert`` takes them as ``rename=``).
+    """
+    exact, rules = load_rename_file(path)
+    if rules:
+        raise WeightVaultError(
+            "a name map must be an object of string to string, not regex rules",
+            path=path,
+            hint="pass regex rules as rename= (--rename REGEX=REPL)",
+        )
+    return exact
 
 
 def _rename(plan: Plan, renames: list[tuple[str, str]], name_map: Mapping[str, str]) -> Plan:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from weightvault.abc.format import FormatReader
+from weightvault.core.names import strip_wrappers
 from weightvault.rules import AmbiguousLayoutError, Hints
 from weightvault.transforms import Transpose
 from weightvault.transforms.plan import Plan, Step
@@ -17,22 +18,12 @@ __all__ = ["gorgonia_to_torch", "oneflow_to_torch"]
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def _clean(name: str, strip: tuple[str, ...]) -> str:
-    changed = True
-    while changed:  # prefixes nest in either order ("_orig_mod.module.")
-        changed = False
-        for prefix in strip:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name
-
-
 def oneflow_to_torch(reader: FormatReader, hints: Hints, options: dict[str, Any]) -> Plan:
     """Identity layouts; names lose wrapper prefixes and OneFlow's ``/`` separators become dots."""
     strip = tuple(options.get("strip_prefixes", ("module.", "_orig_mod.")))
     plan = Plan("oneflow-to-torch")
     for name in reader.keys():
-        target = _clean(name.replace("/", "."), strip)
+        target = strip_wrappers(name.replace("/", "."), strip)
         plan.steps.append(Step(target, (name,)))
     return plan
 

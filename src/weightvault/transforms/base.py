@@ -17,6 +17,7 @@ import numpy as np
 
 from weightvault.abc.format import TensorInfo
 from weightvault.core.dtypes import dtype_from_name, dtype_name
+from weightvault.core.jsonable import jsonable
 
 __all__ = [
     "AddConstant",
@@ -65,11 +66,7 @@ class Transform(ABC):
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    return obj
+    return jsonable(obj)
 
 
 @dataclass(frozen=True)

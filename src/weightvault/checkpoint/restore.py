@@ -27,9 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
-import types
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +36,7 @@ import numpy as np
 
 from weightvault.abc.format import TensorInfo
 from weightvault.core.memory import MemoryReader
+from weightvault.core.names import DEFAULT_STRIP_PREFIXES, match_names, strip_wrappers
 from weightvault.core.tree import name_filter
 from weightvault.errors import (
     ShapeMismatchError,
@@ -46,6 +44,7 @@ from weightvault.errors import (
     TensorNotFoundError,
     WeightVaultError,
 )
+from weightvault.rules import load_rename_file
 
 __all__ = [
     "DEFAULT_STRIP_PREFIXES",
@@ -62,7 +61,6 @@ __all__ = [
     "strip_wrappers",
 ]
 
-DEFAULT_STRIP_PREFIXES = ("module.", "_orig_mod.")
 # Top-level groups of a training state that hold the model weights, most specific first.
 MODEL_GROUPS = ("model_state_dict", "state_dict", "model")
 _SEPARATORS = ("/", ".")
@@ -259,42 +257,6 @@ def _globs(value: Sequence[str] | str | None) -> list[str]:
 # -- renames ------------------------------------------------------------------------------------------
 
 
-def load_rename_file(path: PathLike) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Renames from a JSON or YAML file: ``(exact map, regex rules)``.
-
-    Accepted shapes: an object ``{"old": "new", ...}`` (exact names); a list of
-    ``[regex, replacement]`` pairs; or ``{"map": {...}, "rules": [[regex, repl], ...]}``.
-    """
-    text = Path(path).read_text(encoding="utf-8")
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml  # optional dependency, only for YAML files
-
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WeightVaultError(f"rename file is not valid JSON: {exc}", path=path) from exc
-    exact: dict[str, str] = {}
-    rules: list[tuple[str, str]] = []
-    if isinstance(data, dict) and set(data) <= {"map", "rules"} and data:
-        exact = dict(data.get("map") or {})
-        rules = [tuple(p) for p in data.get("rules") or []]  # type: ignore[misc]
-    elif isinstance(data, dict):
-        exact = dict(data)
-    elif isinstance(data, list):
-        rules = [tuple(p) for p in data]  # type: ignore[misc]
-    else:
-        raise WeightVaultError(
-            "a rename file holds an object of names or a list of [regex, replacement]", path=path
-        )
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in exact.items()):
-        raise WeightVaultError("rename map entries must be strings", path=path)
-    if not all(len(r) == 2 and all(isinstance(x, str) for x in r) for r in rules):
-        raise WeightVaultError("rename rules must be [regex, replacement] string pairs", path=path)
-    return exact, rules
-
-
 def _parse_rename(rename: Rename) -> tuple[dict[str, str], list[tuple[str, str]]]:
     if rename is None:
         return {}, []
@@ -308,55 +270,6 @@ def _parse_rename(rename: Rename) -> tuple[dict[str, str], list[tuple[str, str]]
             raise ValueError(f"rename rules are (regex, replacement) pairs, not {pair!r}")
         rules.append((str(pair[0]), str(pair[1])))
     return {}, rules
-
-
-def strip_wrappers(
-    name: str, prefixes: Sequence[str] = DEFAULT_STRIP_PREFIXES, keep: Iterable[str] = ()
-) -> str:
-    """``name`` without wrapper decorations: DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``.
-
-    Stripped repeatedly (``_orig_mod.module.x`` and ``module._orig_mod.x`` both give ``x``); a
-    name in ``keep`` is left as it is. The one prefix stripper of restore, ``weightvault.torch``
-    and the EMA name mapping, so they all agree on what a checkpoint name means.
-    """
-    keep_set = set(keep)
-    changed = True
-    while changed and name not in keep_set:
-        changed = False
-        for p in prefixes:
-            if p and name.startswith(p) and len(name) > len(p):
-                name = name[len(p) :]
-                changed = True
-    return name
-
-
-def match_names(
-    saved: Iterable[str], wanted: Iterable[str], prefixes: Sequence[str] = DEFAULT_STRIP_PREFIXES
-) -> dict[str, str]:
-    """``{saved name: wanted name}``: exact names first, then equal after :func:`strip_wrappers`.
-
-    Saved names with no counterpart are absent from the result (the caller reports them).
-    """
-    wanted_list = list(wanted)
-    direct = set(wanted_list)
-    by_stripped: dict[str, str] = {}
-    for name in wanted_list:
-        by_stripped.setdefault(strip_wrappers(name, prefixes), name)
-    out: dict[str, str] = {}
-    taken: set[str] = set()
-    saved_list = list(saved)
-    for name in saved_list:  # exact matches claim their names before any stripped one
-        if name in direct:
-            out[name] = name
-            taken.add(name)
-    for name in saved_list:
-        if name in out:
-            continue
-        target = by_stripped.get(strip_wrappers(name, prefixes))
-        if target is not None and target not in taken:
-            out[name] = target
-            taken.add(target)
-    return out
 
 
 # -- sources ------------------------------------------------------------------------------------------
@@ -496,7 +409,7 @@ def plan(
     source_name: str | None = None,
 ) -> _Plan:
     """Match a source (an open source from :func:`_open_source`) with target specs; reads no data."""
-    from weightvault.ema import ema_source_names
+    from weightvault.checkpoint.ema import ema_source_names
 
     keys = source.keys()
     exact, rules = _parse_rename(rename)
@@ -795,6 +708,18 @@ def restore(
         StrictRestoreError: ``strict`` and names are missing or unexpected.
         TensorNotFoundError: ``use_ema`` without EMA weights, or ``source_key`` not found.
         Nothing is loaded when an error is raised.
+
+    The target may be a dict of numpy arrays, filled in place (a ``torch.nn.Module`` works the
+    same way); DDP's ``module.`` prefix is stripped and the model group of a training state found:
+
+    >>> weights = {"module.fc.weight": np.full((2, 2), 3.0, np.float32)}
+    >>> path = weightvault.save({"model": weights, "step": 5}, tmp_path / "c.wv")
+    >>> target = {"fc.weight": np.zeros((2, 2), np.float32)}
+    >>> report = weightvault.restore(target, path)
+    >>> report.ok, target["fc.weight"].tolist()
+    (True, [[3.0, 3.0], [3.0, 3.0]])
+    >>> [(e["name"], e["source"]) for e in report.loaded]
+    [('fc.weight', 'model/module.fc.weight')]
     """
     module = _is_module(model)
     if not module and not isinstance(model, dict):
@@ -1078,30 +1003,10 @@ def compare(
         source.close()
 
 
-class _CallableModule(types.ModuleType):
-    """Calling the module itself is the deprecated spelling of calling :func:`restore`.
-
-    ``weightvault.restore`` is the function (see ``weightvault/__init__.py``); only code that
-    holds this module object (``sys.modules["weightvault.restore"]``) can still call it, and is
-    told to call the function instead. Kept for one release (docs/api.md, deprecation policy).
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> RestoreReport:
-        warnings.warn(
-            "calling the module weightvault.restore is deprecated; call the function "
-            "weightvault.restore(model, path, ...) (from weightvault import restore)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return restore(*args, **kwargs)
-
-
-# Code written when ``weightvault.restore`` could be this module reads
-# ``weightvault.restore.select`` and friends; the function carries them as attributes so that keeps working. The documented
-# spelling is ``from weightvault.restore import select``.
+# Code written when ``weightvault.restore`` could be the module reads ``weightvault.restore.select``
+# and friends; the function carries them as attributes so that keeps working. The documented
+# spelling is ``from weightvault.checkpoint.restore import select``.
 for _name in __all__:
     if _name != "restore":
         setattr(restore, _name, globals()[_name])
 del _name
-
-sys.modules[__name__].__class__ = _CallableModule

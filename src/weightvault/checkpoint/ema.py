@@ -22,6 +22,9 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from weightvault.core.ema_names import ema_names
+from weightvault.core.names import match_names, strip_wrappers
+
 __all__ = ["EMA", "EMA_NAMESPACE", "ema_source_names"]
 
 # Where our shadows live inside a training state: state["ema"]["shadow"][name].
@@ -54,7 +57,7 @@ class EMA:
     def __init__(
         self, model: Any, decay: float = 0.999, warmup: int = 0, *, device: Any = None
     ) -> None:
-        import torch
+        from weightvault.frameworks.torch import torch
 
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], not {decay}")
@@ -89,7 +92,7 @@ class EMA:
 
     def update(self, model: Any = None) -> None:
         """Move every shadow toward the model's current weights (call after ``optimizer.step()``)."""
-        import torch
+        from weightvault.frameworks.torch import torch
 
         if self.is_applied:
             raise RuntimeError(
@@ -122,11 +125,8 @@ class EMA:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict` output (torch or numpy arrays, as loaded)."""
-        import torch
-
-        from weightvault.torch import to_torch
-
-        from weightvault.restore import match_names
+        from weightvault.frameworks.torch import torch
+        from weightvault.frameworks.torch_state import to_torch
 
         saved = state[_SHADOW]
         # Shadows of a compiled / DDP-wrapped model ("_orig_mod.x") load into a bare one's EMA.
@@ -158,7 +158,7 @@ class EMA:
     # -- using the averages -----------------------------------------------------------------------
     def copy_to(self, model: Any = None) -> None:
         """Overwrite the model's weights with the averages (for export; see :meth:`applied`)."""
-        import torch
+        from weightvault.frameworks.torch import torch
 
         target = self.model if model is None else model
         with torch.no_grad():
@@ -169,7 +169,7 @@ class EMA:
     @contextlib.contextmanager
     def applied(self, model: Any = None) -> Iterator[Any]:
         """Evaluate with the averages: swap them in, and always swap the raw weights back."""
-        import torch
+        from weightvault.frameworks.torch import torch
 
         target = self.model if model is None else model
         if self.is_applied:
@@ -210,10 +210,6 @@ def ema_source_names(keys: Iterable[str]) -> tuple[dict[str, str], str | None]:
     mapping = {k[len(ours) :]: k for k in names if k.startswith(ours)}
     if mapping:
         return mapping, "weightvault"
-    try:
-        from weightvault.core.ema_names import ema_names
-    except ImportError:  # pragma: no cover - core module from another area
-        ema_names = _fallback_ema_names
     mapping = ema_names(names)
     for key in names:  # a natively saved {"model_ema": {...}} group ("/"-separated)
         if key.startswith("model_ema/"):
@@ -224,23 +220,5 @@ def ema_source_names(keys: Iterable[str]) -> tuple[dict[str, str], str | None]:
         "tensorflow" if any("ExponentialMovingAverage" in v for v in mapping.values()) else "timm"
     )
     # timm's ModelEmaV2 wraps the model: "model_ema.module.x" / "state_dict_ema/module.x".
-    from weightvault.restore import strip_wrappers
-
     return {strip_wrappers(raw): shadow for raw, shadow in mapping.items()}, convention
 
-
-def _fallback_ema_names(keys: Iterable[str]) -> dict[str, str]:
-    import re
-
-    out: dict[str, str] = {}
-    prefixes = re.compile(
-        r"^(?:model_ema\.module\.|model_ema\.|model_ema/|state_dict_ema[./]|ema\.module\.)"
-    )
-    for key in keys:
-        if key.endswith("/ExponentialMovingAverage"):
-            out.setdefault(key[: -len("/ExponentialMovingAverage")], key)
-            continue
-        m = prefixes.match(key)
-        if m:
-            out.setdefault(key[m.end() :], key)
-    return out
