@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from weightvault.abc.guard import guard_format, guard_reader
-from weightvault.core.dtypes import STRING, dtype_from_name
+from weightvault.core.dtypes import STRING, itemsize
 from weightvault.errors import TensorNotFoundError, UnsupportedOperationError
 
 if TYPE_CHECKING:  # numpy is imported where data is touched: `ls` and `--help` never need it
@@ -73,7 +73,7 @@ class TensorInfo:
         (``extra["nbytes"]``), else 0."""
         if self.dtype == STRING:
             return int(self.extra.get("nbytes", 0))
-        return self.numel * dtype_from_name(self.dtype).itemsize
+        return self.numel * itemsize(self.dtype)
 
     @property
     def is_string(self) -> bool:

@@ -15,10 +15,9 @@ the walker.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 __all__ = ["NOT_SPECIAL", "jsonable"]
 
@@ -35,10 +34,11 @@ def jsonable(value: Any, special: Callable[[Any], Any] | None = None) -> Any:
         return {str(k): jsonable(v, special) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v, special) for v in value]
-    if isinstance(value, np.ndarray):
+    np = sys.modules.get("numpy")  # without numpy imported there are no numpy values: no import
+    if np is not None and isinstance(value, np.ndarray):
         items = value.tolist() if value.ndim else value.item()
         return jsonable(items, special)
-    if isinstance(value, np.generic):
+    if np is not None and isinstance(value, np.generic):
         return jsonable(value.item(), special)
     if isinstance(value, bytes):
         try:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from weightvault.core.dtypes import dtype_from_name
+from weightvault.core.dtypes import dtype_from_name, itemsize
 from weightvault.core.io import close_mmap, write_span
 from weightvault.core.limits import check_depth
 from weightvault.errors import (
@@ -118,7 +118,7 @@ class TensorSource:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
+        return math.prod(self.shape) * itemsize(self.dtype)
 
 
 class TensorDigest(Protocol):
@@ -335,7 +335,7 @@ class SafetensorsFile:
         ):
             raise InvalidOffsetError(f"data_offsets {offs!r} are not [begin, end]", path=path, tensor=name)
         dtype = ST_NAMES[code]
-        expected = math.prod(shape) * dtype_from_name(dtype).itemsize  # exact: Python ints
+        expected = math.prod(shape) * itemsize(dtype)  # exact: Python ints
         if offs[1] - offs[0] != expected:
             raise InvalidOffsetError(
                 f"byte span {offs[1] - offs[0]} does not match shape {shape} x {dtype} = {expected}",

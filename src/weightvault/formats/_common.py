@@ -5,20 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from weightvault.abc.format import ByteSpan, DescribedTensors
 from weightvault.core.dtypes import dtype_name
 from weightvault.core.jsonable import jsonable
 from weightvault.errors import InvalidHeaderError
 
+if TYPE_CHECKING:  # numpy is imported where data is touched: header-only commands never need it
+    import numpy as np
+
 __all__ = ["describe_entry", "fetch_array", "safe_relative", "span_of"]
 
 
 def describe_entry(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, tuple[int, ...]]:
     """(canonical dtype, shape) of one entry, without reading it when the mapping is lazy."""
+    import numpy as np
+
     if isinstance(tensors, DescribedTensors):
         ti = tensors.info(name)
         return ti.dtype, tuple(ti.shape)
@@ -28,6 +31,8 @@ def describe_entry(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, t
 
 def fetch_array(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     """The entry as a C-contiguous little-endian numpy array (a view when it already is one)."""
+    import numpy as np
+
     from weightvault.core.tensors import to_numpy
 
     value = tensors[name]

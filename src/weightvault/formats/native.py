@@ -30,9 +30,7 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightvault.abc.format import (
     ByteSpan,
@@ -83,6 +81,9 @@ from weightvault.errors import (
 )
 from weightvault.formats._common import span_of
 
+if TYPE_CHECKING:  # numpy is imported where data is touched: header-only commands never need it
+    import numpy as np
+
 __all__ = [
     "COMMIT_MARKER",
     "DEFAULT_SHARD_SIZE",
@@ -132,6 +133,8 @@ _STORED_AS = {"complex128": ("float64", 2)}
 
 def encode_strings(values: np.ndarray) -> np.ndarray:
     """A string tensor as its stored ``uint8`` tensor: (n+1) u64le offsets, then the bytes."""
+    import numpy as np
+
     items = as_string_array(values).reshape(-1).tolist()
     ends = np.cumsum([len(b) for b in items], dtype="<u8") if items else np.zeros(0, "<u8")
     offsets = np.concatenate([np.zeros(1, "<u8"), ends]).astype("<u8")
@@ -143,6 +146,8 @@ def decode_strings(
 ) -> np.ndarray:
     """The object array of ``bytes`` a stored ``uint8`` tensor encodes, every offset checked
     against the bytes present before anything is allocated."""
+    import numpy as np
+
     count = math.prod(shape)
     head = 8 * (count + 1)
     if stored.ndim != 1 or head > stored.size:
@@ -210,6 +215,8 @@ def plan_lazy(
     tensors: Mapping[str, Any],
 ) -> tuple[dict[str, Any], list[TensorSource], dict[str, dict[str, Any]]]:
     """Plan a flat checkpoint from a lazy mapping without reading any data yet (streaming convert)."""
+    import numpy as np
+
     spec = {"t": "dict", "items": [[["s", n], {"t": "tensor", "name": n}] for n in tensors]}
     sources, rows = [], {}
     for name in tensors:

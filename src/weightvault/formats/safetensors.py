@@ -25,9 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from weightvault.abc.format import ByteSpan, DescribedTensors, Format, FormatReader, TensorInfo
 from weightvault.core.io import atomic_write
@@ -48,6 +46,9 @@ from weightvault.errors import (
     UnsupportedOperationError,
 )
 from weightvault.formats._common import fetch_array, span_of
+
+if TYPE_CHECKING:  # numpy is imported where data is touched: header-only commands never need it
+    import numpy as np
 
 __all__ = ["INDEX_FILE", "SafetensorsFormat", "SafetensorsReader", "ShardedSafetensorsReader"]
 
@@ -231,6 +232,8 @@ class SafetensorsFormat(Format):
         """Write one ``.safetensors`` file, or a sharded repository (a directory, or any name with
         ``shard_size=`` bytes per shard). ``progress``: show a bar (default: on a terminal, for
         64 MiB or more)."""
+        import numpy as np
+
         sources = []
         for name in tensors:
             info = tensors.info(name) if isinstance(tensors, DescribedTensors) else None

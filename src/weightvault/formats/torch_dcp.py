@@ -41,9 +41,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from weightvault.abc.format import Format, FormatReader, TensorInfo, VerifyResult
 from weightvault.core.checksum import checksum
@@ -76,6 +74,9 @@ from weightvault.errors import (
     WeightVaultError,
 )
 from weightvault.formats._common import jsonable, safe_relative
+
+if TYPE_CHECKING:  # numpy is imported where data is touched: header-only commands never need it
+    import numpy as np
 
 __all__ = ["TorchDCPFormat", "TorchDCPReader"]
 
@@ -173,6 +174,8 @@ def _check_tiling(name: str, shape: tuple[int, ...], pieces: list[_Piece], *, pa
     Checked on the grid the chunks' own boundaries cut the tensor into (a handful of cells for
     FSDP's row slabs), so the cost does not depend on the tensor's size.
     """
+    import numpy as np
+
     for p in pieces:
         if len(p.offsets) != len(shape) or len(p.sizes) != len(shape):
             raise InvalidHeaderError(
@@ -280,6 +283,8 @@ class _DataFile:
             raise
 
     def bytes_at(self, start: int, length: int) -> np.ndarray:
+        import numpy as np
+
         if length == 0 or self.map is None:
             return np.empty(0, np.uint8)
         return np.frombuffer(self.map, np.uint8, count=length, offset=start)
@@ -328,6 +333,8 @@ def _archive(
 def _load_chunk(data: _DataFile, piece: _Piece, dtype: str, *, tensor: str) -> np.ndarray:
     """The chunk saved with ``torch.save`` at ``piece``'s bytes, checked against what the metadata
     says (dtype and size) and against its archive's records before any data is read."""
+    import numpy as np
+
     from weightvault.formats.pytorch import (
         _from_big_endian,
         _parse_storage_pid,
@@ -845,6 +852,8 @@ class TorchDCPReader(FormatReader):
             raise type(exc)(exc.message, path=exc.path, tensor=t.name, hint=exc.hint) from None
 
     def get(self, name: str) -> np.ndarray:
+        import numpy as np
+
         self._require(name)
         t = self._tensors[name]
         whole = [p for p in t.pieces if p.sizes == t.shape]
@@ -862,6 +871,8 @@ class TorchDCPReader(FormatReader):
     def check_chunk(self, name: str, index: int, chunk: np.ndarray) -> bool:
         """Compare chunk ``index`` of ``name`` (its array, as read) with its recorded checksum:
         True when checked, False when the layout records none; ChecksumMismatchError otherwise."""
+        import numpy as np
+
         piece = self._tensors[name].pieces[index]
         if piece.checksum is None:
             return False
