@@ -45,6 +45,8 @@ def save(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    process_group: Any = None,
+    timeout: float | None = None,
 ) -> Path:
     """Save weights or nested training state as a native weightvault checkpoint.
 
@@ -56,6 +58,12 @@ def save(
         shard_size: maximum data bytes per shard in the directory form.
         include, exclude: glob patterns over tensor names for a partial save (a tensor is
             saved when it matches some ``include`` (or there is none) and no ``exclude``).
+        process_group: save from every rank of this torch.distributed group (a collective: call
+            it on every rank). Also taken without it when torch.distributed is initialised and
+            ``obj`` holds DTensors. Each rank writes only its own chunks; see
+            :mod:`weightvault.frameworks.torch_distributed` and ``docs/distributed-save.md``.
+        timeout: distributed saves: seconds a rank waits for the others before it raises
+            :class:`~weightvault.errors.CheckpointSaveError` (default 600).
 
     Returns:
         The path written.
@@ -74,6 +82,13 @@ def save(
             obj, path, storage_options=storage_options, metadata=metadata, shard_size=shard_size,
             single_file=single_file, progress=progress, include=include, exclude=exclude,
         )  # fmt: skip
+    if _wants_distributed(obj, process_group):
+        from weightvault.frameworks.torch_distributed import save_distributed
+
+        return save_distributed(
+            path, obj, metadata=metadata, shard_size=shard_size, fsync=fsync,
+            process_group=process_group, timeout=timeout, include=include, exclude=exclude,
+        )  # fmt: skip
     from weightvault.formats.native import save_native
 
     return save_native(
@@ -87,6 +102,18 @@ def save(
         include=include,
         exclude=exclude,
     )
+
+
+def _wants_distributed(obj: Any, process_group: Any) -> bool:
+    """A distributed save: a process group given, or torch.distributed running and DTensors in
+    ``obj``. Imports nothing unless torch.distributed is already imported."""
+    import sys
+
+    if process_group is None and "torch.distributed" not in sys.modules:
+        return False
+    from weightvault.frameworks.torch_distributed import wants_distributed
+
+    return wants_distributed(obj, process_group)
 
 
 def open(  # noqa: A001

@@ -387,6 +387,7 @@ class _SaveJob:
     mode: str
     started: float  # perf_counter when save() was entered
     stall: float | None = None  # known before the write for async saves
+    distributed: bool = False  # every rank writes its chunks, rank 0 commits
 
 
 class CheckpointManager:
@@ -423,6 +424,11 @@ class CheckpointManager:
             directory; see docs/incremental.md). Off by default: it pays off only when parts of
             the state stay unchanged (frozen backbones, adapters, teachers), and the steps of a
             run then share those files, so one damaged shared file damages every step using it.
+        process_group, timeout: torch.distributed jobs. Make the manager on every rank; rank 0
+            owns the run directory. A save of DTensors (any save, with ``process_group``) is a
+            collective: every rank writes its own chunks, rank 0 commits, and ``timeout``
+            seconds (default 600) bound the wait for a dead or hung rank. A save of plain state
+            is written by rank 0 alone. See ``docs/distributed-save.md``.
 
     Example:
         >>> import numpy as np, tempfile, weightvault
@@ -461,8 +467,14 @@ class CheckpointManager:
         fsync: bool = True,
         shard_size: int | None = None,
         incremental: bool = False,
+        process_group: Any = None,
+        timeout: float | None = None,
     ) -> None:
         self.directory = Path(directory)
+        # In a torch.distributed job rank 0 owns the run directory (lock, run state, retention);
+        # a save of DTensors (or with process_group=) is a collective. See torch_distributed.
+        self.process_group, self.timeout = process_group, timeout
+        self._rank = None if read_only else _distributed_rank(process_group)
         self.read_only = read_only
         self.async_save = async_save
         self.fsync = fsync
@@ -504,6 +516,8 @@ class CheckpointManager:
                 self._best = _best_from_state(read_state(self.directory))
             self.run_id = read_state(self.directory).get("run_id")
             return
+        if self._rank not in (None, 0):
+            return  # rank 0 owns the run directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
@@ -676,11 +690,19 @@ class CheckpointManager:
             meta[METADATA_KEY] = {"step": step, "metrics": clean, "run_id": self.run_id}
             mode = "async" if self.async_save else "sync"
             job = _SaveJob(step, state, clean, meta, mode, started)
+            job.distributed = _is_distributed_save(state, self._rank, self.process_group, self.timeout)
+            if self._rank not in (None, 0) and not job.distributed:
+                return final  # plain state in a distributed job: rank 0 writes it
             if not self.async_save:
                 self._write(job)
                 return final
             self._join_prepare()
-            job.state = snapshot_flat(state, self._cache)  # flattened and untied once, here
+            if job.distributed:  # this rank's chunks, copied to host memory
+                from weightvault.frameworks.torch_distributed import stage
+
+                job.state = stage(state, self._rank)
+            else:
+                job.state = snapshot_flat(state, self._cache)  # flattened and untied once, here
             job.stall = time.perf_counter() - started
             meta[METADATA_KEY]["stall_seconds"] = job.stall
             if self._executor is None:
@@ -788,11 +810,20 @@ class CheckpointManager:
         try:
             # The shard layer builds the directory under a temporary name (which a crash leaves
             # for _remove_leftovers) and renames it to step-N: the commit.
-            save_native(
-                final, job.state, metadata=job.metadata, shard_size=self.shard_size,
-                single_file=False, fsync=self.fsync, progress=False, before_commit=record,
-                incremental=self.incremental, base=base, stats=stats,
-            )  # fmt: skip
+            if job.distributed:  # every rank its own chunks; rank 0 commits
+                from weightvault.frameworks.torch_distributed import save_distributed
+
+                save_distributed(
+                    final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                    fsync=self.fsync, process_group=self.process_group, timeout=self.timeout,
+                    before_commit=record,
+                )  # fmt: skip
+            else:
+                save_native(
+                    final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                    single_file=False, fsync=self.fsync, progress=False, before_commit=record,
+                    incremental=self.incremental, base=base, stats=stats,
+                )  # fmt: skip
         except OSError as exc:
             error = CheckpointSaveError(
                 f"saving step {job.step} failed: {exc.strerror or exc}; earlier checkpoints are intact",
@@ -803,7 +834,8 @@ class CheckpointManager:
             raise error from exc
         finally:
             job.state = None
-        self._apply_retention()
+        if self._rank in (None, 0):  # once, after the commit
+            self._apply_retention()
 
     def _incremental_base(self) -> Path | None:
         """The checkpoint an incremental save links unchanged shards from: the newest committed
@@ -948,6 +980,30 @@ def _ranked_metrics(policy: Any, best: KeepBestK | None) -> list[str]:
             found.append(p.metric)
         stack.extend(getattr(p, "policies", ()) if isinstance(p, AnyOf) else ())
     return found
+
+
+def _distributed_rank(process_group: Any) -> int | None:
+    """This rank in a torch.distributed job (None outside one)."""
+    import sys
+
+    if process_group is None and "torch.distributed" not in sys.modules:
+        return None
+    from weightvault.frameworks.torch_distributed import job_rank
+
+    return job_rank(process_group)
+
+
+def _is_distributed_save(state: Any, rank: int | None, process_group: Any, timeout: float | None) -> bool:
+    """A save every rank takes part in: a process group given, or DTensors in the state. Makes
+    the save's coordination group now, on the caller's (main) thread, for the writer thread."""
+    if rank is None:
+        return False
+    from weightvault.frameworks.torch_distributed import holds_dtensor, prepare_group
+
+    if process_group is None and not holds_dtensor(state):
+        return False  # e.g. DDP: rank 0 saves its replica, as without torch.distributed
+    prepare_group(process_group, timeout)
+    return True
 
 
 # Settings that decide what retention deletes (async_save does not).

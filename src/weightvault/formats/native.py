@@ -41,6 +41,7 @@ from weightvault.abc.format import (
     VerifyResult,
 )
 from weightvault.core.checksum import PLACEHOLDER, StreamingChecksum, checksum
+from weightvault.core.chunks import Box, byte_runs, check_tiling, intersect
 from weightvault.core.dtypes import (
     DTYPES,
     STRING,
@@ -96,6 +97,10 @@ __all__ = [
 
 FORMAT_NAME = "weightvault"
 FORMAT_VERSION = 1
+#: the manifest version of a checkpoint with chunked rows (a distributed save, see
+#: :mod:`weightvault.frameworks.torch_distributed`): readers of version 1 refuse it instead of
+#: listing tensors they cannot read
+CHUNKED_FORMAT_VERSION = 2
 MANIFEST_KEY = "weightvault.manifest"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -415,8 +420,74 @@ def _save_directory(
         d.commit(COMMIT_MARKER, marker)
 
 
+#: runs shorter than this are copied from the mmap rather than read one pread each
+_SMALL_RUN_BYTES = 64 << 10
+
+
+def _unmap_pages(shard: SafetensorsFile, key: str) -> None:
+    """Drop the record's pages from this process's mapping once copied (they stay in the page
+    cache): a reshard touches every page of every chunk, and mapped pages count as its memory."""
+    import mmap
+
+    entry, mapped = shard.entries[key], getattr(shard, "_mmap", None)
+    if mapped is None or entry.end <= entry.start or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = entry.start - entry.start % mmap.PAGESIZE
+    try:
+        mapped.madvise(mmap.MADV_DONTNEED, start, entry.end - start)
+    except (OSError, ValueError):  # only a memory hint
+        pass
+
+
+def _pread_exact(span: ByteSpan | None, view: memoryview, offset: int, name: str) -> None:
+    """Fill ``view`` from byte ``offset`` of the tensor at ``span``."""
+    if span is None:  # an empty record: nothing to read
+        return
+    done = 0
+    while done < len(view):
+        got = os.preadv(span.fileno, [view[done:]], span.offset + offset + done)
+        if got == 0:
+            raise InvalidOffsetError("file shrank while reading", path=span.path, tensor=name)
+        done += got
+
+
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
+
+
+def _int_list(value: Any, what: str, *, path: str, tensor: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise InvalidHeaderError(f"chunk {what} {value!r} is not a list of non-negative ints", path=path, tensor=tensor)
+    return tuple(value)
+
+
+def _check_chunked_row(name: str, row: dict[str, Any], path: str) -> None:
+    """A chunked row (a distributed save): global dtype and shape, and chunks that tile it."""
+    if row["dtype"] == STRING or "stored_as" in row or "file" in row:
+        raise InvalidHeaderError("a chunked row has no file, string dtype or stored_as", path=path, tensor=name)
+    chunks = row["chunks"]
+    if not isinstance(chunks, list):
+        raise InvalidHeaderError("manifest chunks is not a list", path=path, tensor=name)
+    boxes = []
+    for chunk in chunks:
+        if not isinstance(chunk, dict):
+            raise InvalidHeaderError("a chunk is not an object", path=path, tensor=name)
+        for key in ("file", "key", "checksum"):
+            if not isinstance(chunk.get(key, ""), str) or (key != "checksum" and key not in chunk):
+                raise InvalidHeaderError(f"chunk {key} {chunk.get(key)!r} is not a string", path=path, tensor=name)
+        if "data_offsets" in chunk:
+            offs = _int_list(chunk["data_offsets"], "data_offsets", path=path, tensor=name)
+            if len(offs) != 2 or offs[1] < offs[0]:
+                raise InvalidHeaderError(f"chunk data_offsets {list(offs)} are not [begin, end]", path=path, tensor=name)
+        boxes.append(
+            Box(
+                _int_list(chunk.get("offsets"), "offsets", path=path, tensor=name),
+                _int_list(chunk.get("sizes"), "sizes", path=path, tensor=name),
+            )
+        )
+    check_tiling(tuple(row["shape"]), boxes, path=path, tensor=name)
 
 
 def _check_row(name: str, row: Any, path: str) -> None:
@@ -443,6 +514,8 @@ def _check_row(name: str, row: Any, path: str) -> None:
             path=path,
             tensor=name,
         )
+    if "chunks" in row:
+        _check_chunked_row(name, row, path)
 
 
 def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
@@ -450,11 +523,19 @@ def _parse_manifest(raw: str | bytes, path: str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise InvalidHeaderError("manifest does not describe a weightvault checkpoint", path=path)
     version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > CHUNKED_FORMAT_VERSION:
         raise InvalidHeaderError(
-            f"manifest format_version {version!r} is newer than this library reads ({FORMAT_VERSION})",
+            f"manifest format_version {version!r} is newer than this library reads "
+            f"({CHUNKED_FORMAT_VERSION})",
             path=path,
             hint="upgrade weightvault",
+        )
+    layout = manifest.get("layout", "native")
+    if layout != "native":  # weightvault's DCP backend writes "torch_dcp" (its own reader)
+        raise InvalidHeaderError(
+            f"manifest has layout {layout!r}, not a native checkpoint",
+            path=path,
+            hint=f"open it with format={layout!r}" if isinstance(layout, str) else None,
         )
     for key in ("tensors", "aliases", "tree"):
         if not isinstance(manifest.get(key), dict):
@@ -518,6 +599,9 @@ class NativeReader(FormatReader):
         self._names = [n for n in tensor_names(self.manifest["tree"]) if n in self._rows or n in self._aliases]
         seen = set(self._names)
         self._names += [n for n in self._rows if n not in seen]
+        self._parts: dict[str, list[tuple[Box, SafetensorsFile, dict[str, Any]]]] = {}
+        #: data bytes read by :meth:`read_region` and :meth:`read_jobs` of chunked tensors
+        self.bytes_read = 0
 
     # -- shard access ----------------------------------------------------------------------------
     def _row(self, name: str) -> dict[str, Any]:
@@ -556,12 +640,141 @@ class NativeReader(FormatReader):
             )
         return shard, target, row
 
+    # -- chunked tensors (distributed saves) ---------------------------------------------------
+    def is_chunked(self, name: str) -> bool:
+        """True for a tensor stored as chunks of its global shape (a distributed save)."""
+        return "chunks" in self._row(name)
+
+    def chunks(self, name: str) -> list[Box]:
+        """The boxes of the global tensor stored as chunks (one box for a whole tensor)."""
+        row = self._row(name)
+        if "chunks" not in row:
+            return [Box((0,) * len(row["shape"]), tuple(row["shape"]))]
+        return [Box(tuple(c["offsets"]), tuple(c["sizes"])) for c in row["chunks"]]
+
+    def _chunk_parts(self, name: str) -> list[tuple[Box, SafetensorsFile, dict[str, Any]]]:
+        """Each chunk's box, shard and manifest entry, after checking the manifest against the
+        shard's own header (dtype, shape = the chunk's sizes, the recorded byte range)."""
+        target = self._aliases.get(name, name)
+        if target in self._parts:
+            return self._parts[target]
+        row = self._row(name)
+        parts = []
+        for chunk in row["chunks"]:
+            shard = self._shard(chunk["file"], target)
+            entry = shard.entries.get(chunk["key"])
+            box = Box(tuple(chunk["offsets"]), tuple(chunk["sizes"]))
+            if entry is None:
+                raise InvalidHeaderError(
+                    f"the manifest's chunk record {chunk['key']!r} is not in the shard",
+                    path=shard.path,
+                    tensor=target,
+                )
+            if entry.dtype != row["dtype"] or entry.shape != box.sizes:
+                raise InvalidHeaderError(
+                    f"manifest says chunk {row['dtype']} {list(box.sizes)} but the shard holds "
+                    f"{entry.dtype} {list(entry.shape)}",
+                    path=shard.path,
+                    tensor=target,
+                )
+            base = 8 + shard.header_len
+            if "data_offsets" in chunk and chunk["data_offsets"] != [entry.start - base, entry.end - base]:
+                raise InvalidOffsetError(
+                    f"manifest puts chunk {chunk['key']!r} at data bytes {chunk['data_offsets']}, the "
+                    f"shard at {[entry.start - base, entry.end - base]}",
+                    path=shard.path,
+                    tensor=target,
+                )
+            parts.append((box, shard, chunk))
+        self._parts[target] = parts
+        return parts
+
+    def read_region(
+        self,
+        name: str,
+        offsets: Sequence[int],
+        sizes: Sequence[int],
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The box ``offsets`` x ``sizes`` of the global tensor, reading only the bytes of the
+        stored chunks that overlap it (``pread`` of their C-order runs; counted in
+        :attr:`bytes_read`). ``out``: a C-contiguous array of ``sizes`` to fill."""
+        row = self._row(name)
+        if row["dtype"] == STRING or "stored_as" in row:
+            raise UnsupportedOperationError("a region of a string or complex128 tensor", path=self.path, tensor=name)
+        want = Box(tuple(int(o) for o in offsets), tuple(int(s) for s in sizes))
+        shape = tuple(row["shape"])
+        if len(want.offsets) != len(shape) or any(
+            o < 0 or s < 0 or o + s > d for o, s, d in zip(want.offsets, want.sizes, shape, strict=False)
+        ):
+            raise ValueError(f"{name}: region {list(want.offsets)} + {list(want.sizes)} is outside {list(shape)}")
+        dtype = dtype_from_name(row["dtype"])
+        if out is None:
+            out = np.empty(want.sizes, dtype)
+        elif out.shape != want.sizes or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{name}: out must be a C-contiguous {dtype} array of shape {want.sizes}")
+        for job in self._region_jobs(name, want, out):
+            job()
+        return out
+
+    def _region_jobs(self, name: str, want: Box, out: np.ndarray) -> list[Callable[[], None]]:
+        if self.is_chunked(name):
+            pieces = [(box, shard, c["key"]) for box, shard, c in self._chunk_parts(name)]
+        else:
+            shard, target, _ = self._entry_checked(name)
+            pieces = [(self.chunks(name)[0], shard, target)]
+        jobs = []
+        for box, shard, key in pieces:
+            common = intersect(box, want)
+            if common is None or common.numel == 0:
+                continue
+            jobs.append(self._piece_job(shard, key, box, common, want, out, name))
+        return jobs
+
+    def _piece_job(
+        self, shard: SafetensorsFile, key: str, box: Box, common: Box, want: Box, out: np.ndarray, name: str
+    ) -> Callable[[], None]:
+        local = Box(tuple(c - b for c, b in zip(common.offsets, box.offsets, strict=True)), common.sizes)
+        starts, run = byte_runs(box.sizes, local)
+        itemsize = out.dtype.itemsize
+        span = shard.span(key)
+        if len(starts) > 1 and run * itemsize < _SMALL_RUN_BYTES:
+            # Many short runs (a column slice of a row-sharded chunk): one pread each costs more
+            # than the copy, so copy them out of the mmapped record; the kernel pages in only the
+            # pages holding them (the bytes between runs that share a page come along).
+            def copy_job() -> None:
+                out[(*common.slices(want.offsets), Ellipsis)] = shard.view(key)[local.slices()]
+                self.bytes_read += local.numel * itemsize
+                _unmap_pages(shard, key)
+
+            return copy_job
+
+        def job() -> None:
+            dest = out[(*common.slices(want.offsets), Ellipsis)]  # a view, also for 0-d
+            buf = dest if dest.flags.c_contiguous else np.empty(common.sizes, out.dtype)
+            flat = memoryview(buf.reshape(-1).view(np.uint8))
+            step = run * itemsize
+            for i, start in enumerate(starts.tolist()):
+                _pread_exact(span, flat[i * step : (i + 1) * step], start * itemsize, name)
+            self.bytes_read += step * len(starts)
+            if buf is not dest:
+                dest[...] = buf
+
+        return job
+
     # -- FormatReader hooks ----------------------------------------------------------------------
     def keys(self) -> list[str]:
         return list(self._names)
 
     def info(self, name: str) -> TensorInfo:
         row = self._row(name)
+        if "chunks" in row:
+            files = sorted({c["file"] for c in row["chunks"]})
+            return TensorInfo(name, row["dtype"], tuple(row["shape"]), {
+                "file": files[0] if len(files) == 1 else None, "files": files,
+                "chunks": len(row["chunks"]), "checksum": None,
+                **({"alias_of": self._aliases[name]} if name in self._aliases else {}),
+            })  # fmt: skip
         extra: dict[str, Any] = {"file": row.get("file"), "checksum": row.get("checksum")}
         if name in self._aliases:
             extra["alias_of"] = self._aliases[name]
@@ -573,10 +786,16 @@ class NativeReader(FormatReader):
     def checked_info(self, name: str) -> TensorInfo:
         """``info(name)`` after checking the manifest row against the shard's own header, so a
         caller may allocate ``nbytes`` (the shard's bytes are there)."""
-        self._entry_checked(name)
+        if self.is_chunked(name):
+            self._chunk_parts(name)  # every chunk's bytes are there and they tile the shape
+        else:
+            self._entry_checked(name)
         return self.info(name)
 
     def get(self, name: str) -> np.ndarray:
+        if self.is_chunked(name):  # assembled whole from its chunks
+            info = self.checked_info(name)
+            return self.read_region(name, (0,) * len(info.shape), info.shape)
         shard, target, row = self._entry_checked(name)
         arr = shard.view(target)
         if row["dtype"] == STRING:
@@ -586,6 +805,8 @@ class NativeReader(FormatReader):
         return arr
 
     def byte_span(self, name: str) -> ByteSpan | None:
+        if self.is_chunked(name):
+            return None
         shard, target, row = self._entry_checked(name)
         return None if row["dtype"] == STRING else shard.span(target)
 
@@ -597,6 +818,11 @@ class NativeReader(FormatReader):
     def read_jobs(self, name: str, out: np.ndarray) -> list[Callable[[], None]]:
         """Independent reads that together fill ``out``; safe to run on a thread pool. Not for
         string tensors (``get`` decodes those)."""
+        if self.is_chunked(name):  # one job per chunk
+            info = self.checked_info(name)
+            if out.shape != info.shape or not out.flags.c_contiguous:
+                raise ValueError(f"{name}: out must be C-contiguous of shape {info.shape}")
+            return self._region_jobs(name, Box((0,) * len(info.shape), info.shape), out)
         shard, target, row = self._entry_checked(name)
         if row["dtype"] == STRING:
             raise UnsupportedOperationError(
@@ -621,6 +847,18 @@ class NativeReader(FormatReader):
     def verify(self) -> VerifyResult:
         result = VerifyResult(self.path)
         for name in self._rows:
+            if self.is_chunked(name):
+                for box, shard, chunk in self._chunk_parts(name):
+                    if not chunk.get("checksum"):
+                        result.unchecked += 1
+                        continue
+                    result.checked += 1
+                    actual = checksum(shard.raw(chunk["key"]))
+                    if actual != chunk["checksum"]:
+                        result.failures.append(
+                            f"{name}: chunk at {list(box.offsets)} checksum {actual} != recorded {chunk['checksum']}"
+                        )
+                continue
             shard, target, row = self._entry_checked(name)
             expected = row.get("checksum")
             if not expected:
