@@ -111,7 +111,12 @@ def _keras(root: Path) -> tuple[Path, Path]:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
-    inner = keras.Sequential([keras.layers.Dense(4, activation="relu", name="d1"), keras.layers.Dense(3, name="d2")], name="inner")
+    # every layer named: Keras numbers auto-named ones per process (input_layer_3 after other tests)
+    inner = keras.Sequential(
+        [keras.Input((6,), name="input_layer"), keras.layers.Dense(4, activation="relu", name="d1"),
+         keras.layers.Dense(3, name="d2")],
+        name="inner",
+    )
     x = keras.Input((5,), name="inp")
     h = keras.layers.Dense(6, name="fc1")(x)
     a = keras.layers.Dense(6, name="fc2")(h)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from weightvault.errors import InvalidHeaderError, InvalidOffsetError, ResourceLimitError
+
+if TYPE_CHECKING:  # numpy is imported where data is touched: header-only commands never need it
+    import numpy as np
 
 __all__ = ["MAX_CHUNKS", "Box", "byte_runs", "check_tiling", "intersect"]
 
@@ -61,6 +63,8 @@ def intersect(a: Box, b: Box) -> Box | None:
 
 def check_tiling(shape: Sequence[int], chunks: Sequence[Box], *, path: str, tensor: str) -> None:
     """Refuse chunks that do not tile ``shape`` exactly once (inside it, disjoint, complete)."""
+    import numpy as np
+
     if len(chunks) > MAX_CHUNKS:
         raise ResourceLimitError(
             f"{len(chunks)} chunks, over the {MAX_CHUNKS} one tensor may have",
@@ -110,6 +114,8 @@ def byte_runs(chunk_sizes: Sequence[int], part: Box) -> tuple[np.ndarray, int]:
     """The element runs of a C-order chunk of ``chunk_sizes`` that hold ``part`` (a box in the
     chunk's own coordinates): ``(starts, run_length)``, in elements, in the C order of ``part``,
     so reading them one after the other fills a C-order array of ``part.sizes``."""
+    import numpy as np
+
     ndim = len(chunk_sizes)
     if ndim == 0:
         return np.zeros(1, np.int64), 1

@@ -699,6 +699,8 @@ class NativeReader(FormatReader):
         """The box ``offsets`` x ``sizes`` of the global tensor, reading only the bytes of the
         stored chunks that overlap it (``pread`` of their C-order runs; counted in
         :attr:`bytes_read`). ``out``: a C-contiguous array of ``sizes`` to fill."""
+        import numpy as np
+
         row = self._row(name)
         if row["dtype"] == STRING or "stored_as" in row:
             raise UnsupportedOperationError("a region of a string or complex128 tensor", path=self.path, tensor=name)
@@ -734,6 +736,8 @@ class NativeReader(FormatReader):
     def _piece_job(
         self, shard: SafetensorsFile, key: str, box: Box, common: Box, want: Box, out: np.ndarray, name: str
     ) -> Callable[[], None]:
+        import numpy as np
+
         local = Box(tuple(c - b for c, b in zip(common.offsets, box.offsets, strict=True)), common.sizes)
         starts, run = byte_runs(box.sizes, local)
         itemsize = out.dtype.itemsize

@@ -47,7 +47,12 @@ from weightvault.checkpoint.manager import (
     step_dir_name,
 )
 from weightvault.checkpoint.snapshot import SnapshotCache
-from weightvault.errors import CheckpointLockedError, CheckpointSaveError, WeightVaultUserWarning
+from weightvault.errors import (
+    CheckpointLockedError,
+    CheckpointSaveError,
+    UnsupportedOperationError,
+    WeightVaultUserWarning,
+)
 from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE
 from weightvault.storage import location
 from weightvault.storage.lease import Lease
@@ -80,16 +85,30 @@ class ObjectStoreManager(CheckpointManager):
         consumer_max_pending: int = 16,
         state_template: Any = None,
         fsync: bool = True,
-        shard_size: int = DEFAULT_SHARD_SIZE,
+        shard_size: int | None = None,
         storage_options: Any = None,
         lease_seconds: float = 120.0,
+        incremental: bool = False,
+        process_group: Any = None,
+        timeout: float | None = None,
     ) -> None:
+        if incremental or process_group is not None:
+            what = "incremental=True" if incremental else "process_group="
+            raise UnsupportedOperationError(
+                f"{what} is not supported on object storage yet (local directories only)",
+                path=str(directory),
+                hint="save to a local run directory, or drop the option",
+            )
         self.loc = location(directory, storage_options)
         self.directory = self.loc  # type: ignore[assignment]
+        # Not on object stores yet: distributed saves (#16) and incremental links (#18) are
+        # local-disk features; these keep the base class's code paths on their plain branch.
+        self.process_group, self.timeout, self._rank = None, None, None
+        self.incremental = False
         self.read_only = read_only
         self.async_save = async_save
         self.fsync = fsync
-        self.shard_size = shard_size
+        self.shard_size = shard_size or DEFAULT_SHARD_SIZE
         self.consumer_timeout = consumer_timeout
         self.consumer_max_pending = consumer_max_pending
         self._best = _parse_best(best)
