@@ -676,7 +676,9 @@ class CheckpointManager:
         with self._save_lock:
             self._wait_and_raise()
             final = self.directory / step_dir_name(step)
-            if final.exists():
+            # Rank 0 owns the run directory: another rank may look after rank 0 has already
+            # committed this step (a plain state it does not write itself).
+            if self._rank in (None, 0) and final.exists():
                 raise CheckpointExistsError(
                     f"step {step} already has a checkpoint",
                     path=final,
