@@ -877,33 +877,41 @@ class CheckpointManager:
 
     def _write_state(self, checkpoints: list[CheckpointInfo]) -> None:
         with self._state_lock:
-            kept = {c.step: c for c in checkpoints}
-            previous = {
-                c.get("step"): c.get("kept_because") or [] for c in read_state(self.directory).get("checkpoints", [])
-            }
-            rows = []
-            for c in checkpoints:
-                row = c.to_dict()
-                if not row["kept_because"]:
-                    row["kept_because"] = list(previous.get(c.step, []))
-                rows.append(row)
-            best = None
-            if self._best is not None:
-                ranked = self._best.ranked([c.record for c in kept.values()])
-                best = ranked[0].step if ranked else None
-            state = {
-                "format": RUN_FORMAT,
-                "version": 1,
-                "run_id": self.run_id,
-                "created": self._created,
-                "updated": _stamp(),
-                "settings": self._settings,
-                "latest": max(kept) if kept else None,
-                "best": best,
-                "checkpoints": rows,
-            }
-            with atomic_write(self.directory / STATE_FILE, fsync=self.fsync) as f:
-                f.write(json.dumps(state, indent=1, allow_nan=False).encode())
+            self._store_state(self._run_state(checkpoints, self._read_run_state()))
+
+    def _run_state(self, checkpoints: list[CheckpointInfo], old: dict[str, Any]) -> dict[str, Any]:
+        """The run's state file: settings, latest, best, and each kept checkpoint (a step that has
+        no reason this time keeps the one recorded before)."""
+        kept = {c.step: c for c in checkpoints}
+        previous = {c.get("step"): c.get("kept_because") or [] for c in old.get("checkpoints", [])}
+        rows = []
+        for c in checkpoints:
+            row = c.to_dict()
+            if not row["kept_because"]:
+                row["kept_because"] = list(previous.get(c.step, []))
+            rows.append(row)
+        best = None
+        if self._best is not None:
+            ranked = self._best.ranked([c.record for c in kept.values()])
+            best = ranked[0].step if ranked else None
+        return {
+            "format": RUN_FORMAT,
+            "version": 1,
+            "run_id": self.run_id,
+            "created": self._created,
+            "updated": _stamp(),
+            "settings": self._settings,
+            "latest": max(kept) if kept else None,
+            "best": best,
+            "checkpoints": rows,
+        }
+
+    def _read_run_state(self) -> dict[str, Any]:
+        return read_state(self.directory)
+
+    def _store_state(self, state: dict[str, Any]) -> None:
+        with atomic_write(self.directory / STATE_FILE, fsync=self.fsync) as f:
+            f.write(json.dumps(state, indent=1, allow_nan=False).encode())
 
     def _remove_leftovers(self) -> list[str]:
         """Delete temp files/dirs of interrupted saves and deletes. Only called under the lock."""

@@ -32,7 +32,6 @@ from typing import Any
 from weightvault.checkpoint.manager import (
     RECORD_FILE,
     RECORD_FORMAT,
-    RUN_FORMAT,
     STATE_FILE,
     CheckpointInfo,
     CheckpointManager,
@@ -230,36 +229,12 @@ class ObjectStoreManager(CheckpointManager):
             return
         delete_checkpoint(path)  # COMMITTED first
 
-    def _write_state(self, checkpoints: list[CheckpointInfo]) -> None:
-        with self._state_lock:
-            kept = {c.step: c for c in checkpoints}
-            previous = {
-                c.get("step"): c.get("kept_because") or []
-                for c in read_state(self.loc).get("checkpoints", [])
-            }
-            rows = []
-            for c in checkpoints:
-                row = c.to_dict()
-                if not row["kept_because"]:
-                    row["kept_because"] = list(previous.get(c.step, []))
-                rows.append(row)
-            best = None
-            if self._best is not None:
-                ranked = self._best.ranked([c.record for c in kept.values()])
-                best = ranked[0].step if ranked else None
-            state = {
-                "format": RUN_FORMAT,
-                "version": 1,
-                "run_id": self.run_id,
-                "created": self._created,
-                "updated": _stamp(),
-                "settings": self._settings,
-                "latest": max(kept) if kept else None,
-                "best": best,
-                "checkpoints": rows,
-            }
-            # one PUT: an object is replaced atomically, readers see the old or the new state
-            self.loc.child(STATE_FILE).write_bytes(json.dumps(state, indent=1, allow_nan=False).encode())
+    def _read_run_state(self) -> dict[str, Any]:
+        return read_state(self.loc)
+
+    def _store_state(self, state: dict[str, Any]) -> None:
+        # one PUT: an object is replaced atomically, readers see the old or the new state
+        self.loc.child(STATE_FILE).write_bytes(json.dumps(state, indent=1, allow_nan=False).encode())
 
     def _remove_leftovers(self) -> list[str]:
         """Uncommitted step prefixes provably older than this writer's lease (see module doc)."""
