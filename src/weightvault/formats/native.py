@@ -304,6 +304,24 @@ def _checksum_hook(
     return lambda src: _ChecksumDigest(rows[src.name], advance)
 
 
+def single_file_metadata(
+    manifest: dict[str, Any], rows: dict[str, dict[str, Any]], file_name: str
+) -> Callable[[], dict[str, str]]:
+    """Point every row at the one file (checksums filled in as the tensors are written) and
+    return what makes its header metadata: called before the data and again after it, when the
+    checksums are known (local files and object-store uploads alike)."""
+    for row in rows.values():
+        row["file"] = file_name
+        row["checksum"] = PLACEHOLDER
+
+    def final_meta() -> dict[str, str]:
+        # "format": "pt" is what transformers checks before it loads a safetensors file
+        text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
+        return {"format": "pt", MANIFEST_KEY: text}
+
+    return final_meta
+
+
 def plan_state(
     obj: Any, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
 ) -> tuple[dict[str, Any], list[TensorSource], dict[str, dict[str, Any]], dict[str, str]]:
@@ -368,14 +386,7 @@ def save_native(
     with progress_bar(f"saving {path.name}", total, enabled=progress) as advance:
         hook = _checksum_hook(rows, advance)
         if single_file:
-            for row in rows.values():
-                row["file"] = path.name
-                row["checksum"] = PLACEHOLDER
-
-            def final_meta() -> dict[str, str]:
-                # "format": "pt" is what transformers checks before it loads a safetensors file
-                text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
-                return {"format": "pt", MANIFEST_KEY: text}
+            final_meta = single_file_metadata(manifest, rows, path.name)
 
             with atomic_write(path, fsync=fsync) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)

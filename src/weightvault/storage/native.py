@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from weightvault.core.checksum import PLACEHOLDER
 from weightvault.core.dtypes import STRING, dtype_from_name
 from weightvault.core.progress import progress_bar
 from weightvault.core.safetensors_io import check_tensor_names, write_safetensors
@@ -38,11 +37,11 @@ from weightvault.formats.native import (
     DEFAULT_SHARD_SIZE,
     INDEX_FILE,
     MANIFEST_FILE,
-    MANIFEST_KEY,
     _checksum_hook,
     _new_manifest,
     _refuse_foreign_extension,
     plan_state,
+    single_file_metadata,
 )
 from weightvault.storage.location import Location
 from weightvault.storage.reader import RemoteNativeReader, open_remote, run_parallel
@@ -84,13 +83,7 @@ def save_url(
     with progress_bar(f"uploading {loc.name}", total, enabled=progress) as advance:
         hook = _checksum_hook(rows, advance)
         if single_file:
-            for row in rows.values():
-                row["file"] = loc.name
-                row["checksum"] = PLACEHOLDER
-
-            def final_meta() -> dict[str, str]:
-                text = json.dumps(manifest, ensure_ascii=False, allow_nan=False)
-                return {"format": "pt", MANIFEST_KEY: text}
+            final_meta = single_file_metadata(manifest, rows, loc.name)
 
             with open_writer(loc, exclusive=exclusive, rewritable_head=True) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
