@@ -76,6 +76,12 @@ def save(
         (2, 3)
     """
     if _is_url(path):  # object storage (#17): weightvault.storage
+        if _wants_distributed(obj, process_group):
+            raise UnsupportedOperationError(
+                "a distributed save (process_group= or DTensors) cannot go to object storage yet",
+                path=str(path),
+                hint="save to a local or shared-filesystem directory, then upload it",
+            )
         from weightvault import storage
 
         return storage.save_url(  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from weightvault.errors import (
     MissingDependencyError,
     StorageError,
     TruncatedFileError,
+    UnsupportedOperationError,
 )
 
 fsspec = pytest.importorskip("fsspec")
@@ -233,3 +234,11 @@ def test_restore_and_export_hw_read_urls(base, tmp_path, cli_run):
     code, out, err = cli_run("export-hw", url, tmp_path / "hw")
     assert code == 0, err
     assert (tmp_path / "hw" / "export.json").is_file()
+
+
+def test_distributed_save_to_a_url_is_refused_by_name() -> None:
+    # each rank would otherwise upload what it holds as if it were the whole state
+    with pytest.raises(UnsupportedOperationError, match="distributed save .* object storage"):
+        weightvault.save({"w": np.ones(3, np.float32)}, "memory://wv-dist/run", process_group=object())
+    with pytest.raises(UnsupportedOperationError, match="not supported on object storage"):
+        weightvault.CheckpointManager("memory://wv-dist/run2", incremental=True)

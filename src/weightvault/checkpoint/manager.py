@@ -693,6 +693,13 @@ class CheckpointManager:
             mode = "async" if self.async_save else "sync"
             job = _SaveJob(step, state, clean, meta, mode, started)
             job.distributed = _is_distributed_save(state, self._rank, self.process_group, self.timeout)
+            if job.distributed and self.incremental:
+                raise UnsupportedOperationError(
+                    "incremental=True does not apply to distributed saves yet: every rank would "
+                    "write its chunks in full",
+                    path=self.directory,
+                    hint="make the manager without incremental=True for a distributed job",
+                )
             if self._rank not in (None, 0) and not job.distributed:
                 return final  # plain state in a distributed job: rank 0 writes it
             if not self.async_save:
