@@ -54,6 +54,10 @@ def graph_source(path: str | os.PathLike[str], fmt: str, prefix: str | None = No
 
 def extract_graph(path: str | os.PathLike[str], reader: Any) -> Graph | None:
     """The graph of the file ``reader`` has open (``path`` as the user gave it), or None."""
+    from weightvault.storage.location import is_url
+
+    if is_url(path):
+        return _remote_graph(os.fspath(path), reader)
     prefix = getattr(reader, "prefix", None)
     found = graph_source(path, reader.format, os.fspath(prefix) if isinstance(prefix, (str, os.PathLike)) else None)
     if found is None:
@@ -80,3 +84,24 @@ def extract_graph(path: str | os.PathLike[str], reader: Any) -> Graph | None:
     from weightvault.graph.torch_export import torch_export_graph
 
     return torch_export_graph(source)
+
+
+def _remote_graph(url: str, reader: Any) -> Graph | None:
+    """The graph of a file on object storage. Formats that carry a graph are opened from a private
+    local copy (:func:`weightvault.storage.reader.open_remote`; native checkpoints and safetensors,
+    read by ranges, carry none): the graph is read from that copy, and errors name the URL."""
+    from weightvault.errors import WeightVaultError
+    from weightvault.storage.reader import as_url_error
+
+    local = getattr(reader, "path", None)
+    if getattr(reader, "source_url", None) is None or not isinstance(local, (str, os.PathLike)):
+        return None
+    local = os.fspath(local)
+    try:
+        graph = extract_graph(local, reader)
+    except WeightVaultError as exc:
+        raise as_url_error(exc, local, url)  # noqa: B904 - the same error, renamed
+    if graph is not None:
+        graph.path = url
+        graph.notes[:] = [note.replace(local, url) for note in graph.notes]
+    return graph

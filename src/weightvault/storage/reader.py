@@ -40,6 +40,7 @@ from weightvault.errors import (
     FormatNotFoundError,
     InvalidHeaderError,
     TruncatedFileError,
+    WeightVaultError,
 )
 from weightvault.formats.native import (
     COMMIT_MARKER,
@@ -264,10 +265,23 @@ def _open_copy(loc: Location, format: str | None, options: dict[str, Any]) -> Fo
         local = os.path.join(tmp, loc.name or "object")
         _download(loc, local, is_dir=info.get("type") == "directory")
         reader = api.open(local, format=format, **options)
+    except WeightVaultError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise as_url_error(exc, local, loc.url)  # noqa: B904 - the same error, renamed
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _CopyCleanup.wrap(reader, tmp, loc.url)
+
+
+def as_url_error(exc: WeightVaultError, local: str, url: str) -> WeightVaultError:
+    """``exc`` (raised about ``local``, a private copy of ``url``) naming ``url`` instead: the
+    user never gave the temporary path and cannot act on it."""
+    if exc.path is not None and exc.path.startswith(local):
+        exc.path = url + exc.path[len(local) :]
+    exc.message = exc.message.replace(local, url)
+    exc.args = (exc._render(),)
+    return exc
 
 
 def _download(loc: Location, local: str, *, is_dir: bool) -> None:

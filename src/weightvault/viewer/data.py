@@ -32,6 +32,7 @@ import numpy as np
 from weightvault.abc.format import FormatReader, TensorInfo
 from weightvault.errors import WeightVaultError
 from weightvault.inspect import power_of_two_scale
+from weightvault.storage.location import is_url, local_path
 
 __all__ = ["ApiError", "Entry", "LRUCache", "ViewerData", "jsonable"]
 
@@ -120,7 +121,7 @@ class Entry:
     """One thing the viewer can show: a weight file/directory, a run, or a checkpoint of a run."""
 
     index: int
-    path: Path
+    path: Path | str  # str: a URL on object storage
     label: str
     kind: str  # "file" | "run" | "checkpoint"
     run: int | None = None  # for checkpoints: the run entry's index
@@ -149,7 +150,7 @@ class _Found:
     """One checkpoint of a run directory, as the scan found it."""
 
     step: int | None
-    path: Path
+    path: Any  # a Path, or a storage Location for a run on object storage
     metrics: dict[str, Any]
     kept_because: list[str] = field(default_factory=list)
 
@@ -190,6 +191,19 @@ def _scan_run(path: Path) -> list[_Found]:
             out.append(_Found(int(digits) if digits else None, child, {}))
     out.sort(key=lambda f: (f.step is None, f.step or 0, f.path.name))
     return out
+
+
+def _scan_remote_run(url: str) -> list[_Found]:
+    """Each committed checkpoint of a run on object storage (step order), or [] if the URL is
+    not a run: a single object, or a checkpoint prefix (it has its own ``COMMITTED``)."""
+    from weightvault.checkpoint.manager import scan_run
+    from weightvault.formats.native import COMMIT_MARKER
+    from weightvault.storage import location
+
+    loc = location(url)
+    if loc.is_file() or loc.child(COMMIT_MARKER).exists():
+        return []
+    return [_Found(c.step, c.path, dict(c.metrics), list(c.kept_because)) for c in scan_run(loc)]
 
 
 def _is_weight_path(path: Path) -> bool:
@@ -377,13 +391,18 @@ class ViewerData:
         self._diffs = LRUCache(8)
         self._graphs = LRUCache(8)
         for raw in paths:
-            self._add_path(Path(raw))
+            self._add_path(raw)
 
     # -- entries --------------------------------------------------------------------------------
-    def _add_path(self, raw: Path) -> None:
-        path = Path(os.path.abspath(raw))
-        label = os.fspath(raw)
-        run = _scan_run(path) if path.is_dir() and not _is_weight_path(path) else []
+    def _add_path(self, raw: str | os.PathLike[str]) -> None:
+        path: Path | str
+        if is_url(raw):  # object storage (#17): the URL is the entry's path, read remotely
+            path = label = os.fspath(raw)
+            run = _scan_remote_run(path)
+        else:
+            path = Path(os.path.abspath(local_path(raw)))
+            label = os.fspath(raw)
+            run = _scan_run(path) if path.is_dir() and not _is_weight_path(path) else []
         if not run:
             self.entries.append(Entry(len(self.entries), path, label, "file"))
             return
@@ -392,7 +411,7 @@ class ViewerData:
         for found in run:
             entry = Entry(
                 len(self.entries),
-                found.path,
+                os.fspath(found.path) if is_url(found.path) else found.path,
                 f"{label.rstrip('/')}/{found.path.name}",
                 "checkpoint",
                 run=run_entry.index,
