@@ -177,12 +177,15 @@ def test_convert_large_local_file_up_through_file_spans(s3, tmp_path, name):
     assert _uploads(client, bucket) == []
 
 
-@pytest.mark.parametrize("name", ["mem.safetensors", "memdir"])
-def test_upload_buffers_stay_within_concurrency_parts(s3, monkeypatch, name):
+@pytest.mark.parametrize(
+    ("name", "shard_mib"), [("mem.safetensors", 12), ("memdir", 12), ("memdir-puts", 4)]
+)  # memdir: 12 MiB shards, multipart; memdir-puts: 4 MiB shards, one PUT each, several in flight
+def test_upload_buffers_stay_within_concurrency_parts(s3, monkeypatch, name, shard_mib):
     """Part buffers alive at once (assembled or retained, not yet uploaded) <= concurrency."""
     import threading
 
     from weightvault.storage import upload
+    from weightvault.storage.location import Location
 
     bucket, opts, _ = s3
     opts = {**opts, "part_size": 5 * MiB, "concurrency": 3}
@@ -197,10 +200,19 @@ def test_upload_buffers_stay_within_concurrency_parts(s3, monkeypatch, name):
             alive["now"] += delta
             alive["peak"] = max(alive["peak"], alive["now"])
 
+    bodies: set[int] = set()
+    real_write_bytes = Location.write_bytes
+
     def take(self):
         data = real_take(self)
         count(len(data))
+        bodies.add(id(data))
         return data
+
+    def write_bytes(self, data, **kw):  # a whole object's one PUT
+        real_write_bytes(self, data, **kw)
+        if id(data) in bodies:
+            count(-len(data))
 
     def part_full(self):
         retaining = self.rewritable_head and self._filling_first()
@@ -215,7 +227,34 @@ def test_upload_buffers_stay_within_concurrency_parts(s3, monkeypatch, name):
     monkeypatch.setattr(upload.ObjectWriter, "_take", take)
     monkeypatch.setattr(upload.ObjectWriter, "_part_full", part_full)
     monkeypatch.setattr(upload.ObjectWriter, "_upload_part", upload_part)
+    monkeypatch.setattr(Location, "write_bytes", write_bytes)
     sd = {f"t{i}": np.full(MiB, i, np.float32) for i in range(8)}  # 32 MiB: 7 parts
-    weightvault.save(sd, f"{bucket}/{name}", storage_options=opts, shard_size=12 * MiB)
+    weightvault.save(sd, f"{bucket}/{name}", storage_options=opts, shard_size=shard_mib * MiB)
     assert alive["peak"] > 5 * MiB  # parts were really in flight together
     assert alive["peak"] <= 3 * 5 * MiB + (64 << 10), alive["peak"]  # + the header
+
+
+def test_objects_up_to_single_put_size_are_one_put(s3, moto_endpoint):
+    """A shard up to ``single_put_size`` is one PUT; a larger one a multipart upload of
+    ``part_size`` parts; both read back exactly (through a proxy that logs the requests)."""
+    from faultproxy import FaultProxy
+    from s3support import s3_options
+
+    bucket, _, _ = s3
+    rng = np.random.default_rng(7)
+    state = {"small": rng.standard_normal(7 * MiB // 4).astype(np.float32),  # 7 MiB shard
+             "large": rng.standard_normal(3 * MiB).astype(np.float32)}  # 12 MiB shard
+    with FaultProxy(moto_endpoint) as proxy:
+        opts = s3_options(proxy.endpoint, part_size=5 * MiB, single_put_size=8 * MiB)
+        weightvault.save(state, f"{bucket}/mix", storage_options=opts, shard_size=4 * MiB)
+        log = list(proxy.log)
+    with weightvault.open(f"{bucket}/mix", storage_options=opts) as reader:
+        small_shard = reader.manifest["tensors"]["small"]["file"]
+        large_shard = reader.manifest["tensors"]["large"]["file"]
+        for name, value in state.items():
+            np.testing.assert_array_equal(reader.get(name), value)
+    puts = {path.split("?")[0].rsplit("/", 1)[-1]: path for method, path, _ in log if method == "PUT"}
+    parts = [path for method, path, _ in log if method == "PUT" and "partNumber=" in path]
+    assert "partNumber=" not in puts[small_shard]  # one PUT, though larger than a part
+    assert len(parts) == 3 and all(large_shard in path for path in parts)  # 12 MiB / 5 MiB parts
+    assert not any(small_shard in path and "uploads" in path for _, path, _ in log)

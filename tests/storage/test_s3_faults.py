@@ -66,7 +66,9 @@ def test_failing_part_uploads_abort_cleanly(s3, moto_endpoint):
         return method == "PUT" and "partNumber=" in path
 
     with FaultProxy(moto_endpoint, slow_down=1.0, only=part_uploads) as proxy:
-        opts = s3_options(proxy.endpoint, part_size=5 * MiB, max_retries=1, retry_delay=0.01)
+        opts = s3_options(
+            proxy.endpoint, part_size=5 * MiB, max_retries=1, retry_delay=0.01, single_put_size=0
+        )  # every object multipart, even the shards one PUT would carry
         for name in ("x.safetensors", "xdir"):
             with pytest.raises(StorageError, match=rf"{bucket}/{name}.*(SlowDown|reduce)") as info:
                 weightvault.save(_state(2), f"{bucket}/{name}", storage_options=opts)
@@ -119,3 +121,25 @@ def test_heavy_faults_are_carried_by_our_retries(s3, moto_endpoint, monkeypatch)
         got = weightvault.load(f"{bucket}/h.safetensors", storage_options=opts, verify=True)
         assert proxy.faults >= 5, proxy.log
     np.testing.assert_array_equal(got["a"], state["a"])
+
+
+def test_a_failing_single_put_shard_leaves_nothing(s3, moto_endpoint):
+    """Shards small enough for one PUT each (6 MiB: more than one part): the second shard's PUT
+    refused for good, the save fails naming the URL, and no shard nor COMMITTED remains."""
+    bucket, _, client = s3
+    shard_puts = {"n": 0}
+
+    def second_shard_put(method, path):
+        if method == "PUT" and "model-" in path and "partNumber=" not in path:
+            shard_puts["n"] += 1
+            return shard_puts["n"] >= 2
+        return False
+
+    with FaultProxy(moto_endpoint, slow_down=1.0, only=second_shard_put) as proxy:
+        opts = s3_options(proxy.endpoint, part_size=5 * MiB, max_retries=1, retry_delay=0.01)
+        with pytest.raises(StorageError, match=rf"{bucket}/puts"):
+            weightvault.save(_state(4), f"{bucket}/puts", storage_options=opts, shard_size=6 * MiB)
+        assert proxy.faults > 0
+        assert not any("uploads" in path for _, path, _ in proxy.log)  # no multipart at all
+    assert _keys(client, bucket) == []
+    assert _uploads(client, bucket) == []

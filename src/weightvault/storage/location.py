@@ -58,7 +58,7 @@ _EXTRAS = {
 }
 
 #: storage_options keys that are ours (transfer settings), not the filesystem's
-TRANSFER_KEYS = ("part_size", "concurrency", "max_retries", "retry_delay")
+TRANSFER_KEYS = ("part_size", "concurrency", "max_retries", "retry_delay", "single_put_size")
 
 MiB = 1 << 20
 
@@ -74,14 +74,18 @@ class Transfer:
     concurrency: int = 8
     retries: int = 6
     retry_delay: float = 0.1
+    #: an object up to this size (and within the upload's buffer budget) is one PUT, not a
+    #: multipart upload: a third of the requests, and no server-side assembly of parts (s3fs's
+    #: ``put_file`` draws the line at 100 MiB too)
+    single_put_size: int = 100 * MiB
 
     def __post_init__(self) -> None:
         # S3 refuses parts under 5 MiB (except the last); smaller ones are allowed for tests of
         # other stores, but never zero.
-        if self.part_size < 1 or self.concurrency < 1 or self.retries < 0:
+        if self.part_size < 1 or self.concurrency < 1 or self.retries < 0 or self.single_put_size < 0:
             raise ValueError(
-                "part_size and concurrency must be >= 1 and retries >= 0, got "
-                f"{self.part_size}, {self.concurrency}, {self.retries}"
+                "part_size and concurrency must be >= 1, retries and single_put_size >= 0, got "
+                f"{self.part_size}, {self.concurrency}, {self.retries}, {self.single_put_size}"
             )
 
 

@@ -9,8 +9,14 @@ memory of an upload is at most ``concurrency x part_size`` (with ``concurrency >
 one part in flight is still allowed).
 
 The object appears only when the upload completes (S3 makes a completed multipart upload visible
-atomically); any failure aborts the multipart upload, so no parts linger and nothing appears. A
-file smaller than one part is sent as one PUT.
+atomically); any failure aborts the multipart upload, so no parts linger and nothing appears.
+
+An object that ends before ``single_put_size`` bytes (and within the buffer budget) is sent as
+one PUT instead: until then the writer only keeps views of what it was given (the caller's
+tensors, no copy), and decides at the first byte past the limit (multipart from there on) or at
+the end (one PUT, a third of the requests of a multipart upload of the same bytes and no
+server-side assembly; measured in bench/RESULTS-object-store.md). The PUT is sent on the
+budget's threads, so the next shard fills while it travels.
 
 ``write_safetensors`` rewrites the header once checksums are known (``finalize``): it seeks back
 to the start. The writer allows that by keeping the first part (header + first data) in memory
@@ -140,6 +146,12 @@ class ObjectWriter(_WriterBase):
         self._sent_rest = False
         self._pieces: list[memoryview] = []  # views of the caller's buffers, not yet sent
         self._held = 0
+        # Until the object outgrows this, it may still become one PUT (no part cut yet). Its
+        # body is held whole when sent, so it must fit the in-flight budget (module doc).
+        in_flight = budget.max_in_flight if budget else self._max_in_flight
+        self._single_max = 0 if rewritable_head else min(t.single_put_size, in_flight * self.part_size)
+        self._multipart = False  # decided: parts from here on
+        self._single: Future[None] | None = None  # the one PUT, once sent
 
     # -- file interface ------------------------------------------------------------------------------
     def tell(self) -> int:
@@ -182,6 +194,17 @@ class ObjectWriter(_WriterBase):
             # whole in the first part, so it can be rewritten; data is split as usual
             self._buf += view
             view = view[n:]
+        if not self._multipart and self._buffered() + len(view) <= self._single_max:
+            self._append(view)  # may still be one PUT: no part cut yet
+        else:
+            self._go_multipart()
+            self._feed(view)
+        self._pos += n
+        self._size += n
+        return n
+
+    def _feed(self, view: memoryview) -> None:
+        """Cut parts of ``part_size`` out of what is held plus ``view``; send the full ones."""
         while view:
             room = self.part_size - self._buffered()
             take = view[: max(room, 0)]
@@ -191,9 +214,15 @@ class ObjectWriter(_WriterBase):
                 self._part_full()
         if self._buffered() >= self.part_size:
             self._part_full()
-        self._pos += n
-        self._size += n
-        return n
+
+    def _go_multipart(self) -> None:
+        """The object is too large for one PUT: what is held becomes parts, sent as usual."""
+        if self._multipart:
+            return
+        self._multipart = True
+        held, self._pieces, self._held = self._pieces, [], 0
+        for view in held:
+            self._feed(view)
 
     def _buffered(self) -> int:
         return len(self._buf) + self._held
@@ -309,9 +338,7 @@ class ObjectWriter(_WriterBase):
         self._sent_rest = True
         try:
             if self._upload_id is None and self._first is None:
-                # everything fits one part: one PUT
-                self.loc.write_bytes(self._take(), exclusive=self.exclusive)
-                self._closed = True
+                self._put_whole()  # it fits one PUT
                 return
             if self._buffered():
                 self._send(self._next_part, self._take())
@@ -323,9 +350,42 @@ class ObjectWriter(_WriterBase):
             self.abort()
             raise
 
+    def _put_whole(self) -> None:
+        """Send everything as one PUT: on the budget's threads when there are some (the caller
+        goes on), holding as many part slots as the body is large; else now."""
+        size = self._buffered()
+        if self._pool is None and self._budget is None:
+            self.loc.write_bytes(self._take(), exclusive=self.exclusive)
+            self._closed = True
+            return
+        slots = max(1, -(-size // self.part_size))  # <= in-flight budget: see _single_max
+        for _ in range(slots):
+            self._slots.acquire()
+        try:
+            body = self._take()  # the one copy of the data
+            pool = self._budget.pool if self._budget else self._pool
+            assert pool is not None
+            self._single = pool.submit(self.loc.write_bytes, body, exclusive=self.exclusive)
+        except BaseException:
+            for _ in range(slots):
+                self._slots.release()
+            raise
+
+        def release(_f: Future[None]) -> None:
+            for _ in range(slots):
+                self._slots.release()
+
+        self._single.add_done_callback(release)
+
     def complete(self) -> None:
         """Wait for the parts in flight, then complete the multipart upload."""
         if self._closed:
+            return
+        if self._single is not None:
+            try:
+                self._single.result()
+            finally:
+                self._closed = True
             return
         try:
             self._finish_multipart()
@@ -362,6 +422,13 @@ class ObjectWriter(_WriterBase):
         if self._closed:
             return
         self._closed = True
+        if self._single is not None:
+            if self._single.exception() is None:  # it landed: take it back
+                try:
+                    self.loc.delete()
+                except Exception:  # noqa: BLE001, S110 - the original failure is the one to report
+                    pass
+            return
         for f in self._futures:
             f.exception()  # wait, whatever the outcome
         self._shutdown()
