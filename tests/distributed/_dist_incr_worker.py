@@ -86,7 +86,7 @@ def act_frozen_kill(rank: int, world: int, root: Path) -> None:
 
     model, opt = build_frozen(world)
     mgr = CheckpointManager(root / "run", incremental=True, timeout=20)
-    last = mgr.latest
+    last = mgr.latest()
     assert last is not None
     train_frozen(model, opt, last + 1)
     if rank == 1:
