@@ -62,6 +62,7 @@ def worker(rank: int, world: int, port: str, work: Path, args: argparse.Namespac
         for kind in ("full", "incremental")
     }
     times: dict[str, list[float]] = {kind: [] for kind in managers}
+    written: dict[str, list[int]] = {kind: [] for kind in managers}
     for ckpt in range(args.checkpoints):
         with torch.no_grad():
             for t in moving:
@@ -73,13 +74,11 @@ def worker(rank: int, world: int, port: str, work: Path, args: argparse.Namespac
             managers[kind].save(ckpt, {"model": state, "step": ckpt})
             dist.barrier()
             times[kind].append(time.perf_counter() - t0)
+            if rank == 0:  # before retention of later saves deletes it
+                written[kind].append(managers[kind].info(ckpt).written_bytes)
     for mgr in managers.values():
         mgr.close()
     if rank == 0:
-        written = {
-            kind: [c.written_bytes for c in CheckpointManager(work / kind, read_only=True).checkpoints()]
-            for kind in managers
-        }
         sizes = [c.size_bytes for c in CheckpointManager(work / "full", read_only=True).checkpoints()]
         disk = {kind: _disk(work / kind) for kind in managers}
         (work / "result.json").write_text(
@@ -113,7 +112,7 @@ def table(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"({r['trained'] / args.tensors:.0%}), {args.checkpoints} checkpoints, keep 5, fsync on; "
         f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
         "",
-        f"MB written per checkpoint, incremental: {[round(w / 1e6, 2) for w in inc_w[-5:]]} (last 5); "
+        f"MB written per checkpoint, incremental: {[round(w / 1e6, 2) for w in inc_w]}; "
         f"full: {round(full_w[-1] / 1e6, 2)}",
         "",
         "| | written / checkpoint (median, from #2) | share of full | save s: best / median (from #2) "

@@ -214,3 +214,22 @@ def test_mesh_or_world_size_change_reuses_nothing(tmp_path: Path) -> None:
             assert torch.equal(got["w"][name], worker._values(name)), (step.name, name)
         with NativeReader(step) as reader:
             assert not reader.verify().failures
+
+
+def test_rank_base_holds_only_this_ranks_records(frozen: Path, tmp_path: Path) -> None:
+    from weightvault.formats.distributed_incremental import rank_incremental
+
+    step = _steps(frozen / "run")[-1]
+    assert rank_incremental(None, 0, 2).base is None
+    assert rank_incremental(tmp_path / "missing", 0, 2).base is None
+    assert rank_incremental(step, 0, 4).base is None  # saved by 2 ranks
+    for rank in (0, 1):
+        base = rank_incremental(step, rank, 2).base
+        assert base is not None and base.root == step
+        assert {s.file[:19] for s in base.shards} == {f"rank-{rank:05d}-of-00002"}
+        plain = {n for n in base.rows if "@" not in n}
+        assert plain == ({"optim/state/4.weight/step", "optim/state/4.bias/step"} if rank == 0 else set())
+    uncommitted = tmp_path / "uncommitted"
+    subprocess.run(["cp", "-a", str(step), str(uncommitted)], check=True)
+    (uncommitted / "COMMITTED").unlink()
+    assert rank_incremental(uncommitted, 0, 2).base is None
