@@ -424,6 +424,7 @@ class CheckpointManager:
             directory; see docs/incremental.md). Off by default: it pays off only when parts of
             the state stay unchanged (frozen backbones, adapters, teachers), and the steps of a
             run then share those files, so one damaged shared file damages every step using it.
+            In a distributed save each rank does this for its own chunk files.
         process_group, timeout: torch.distributed jobs. Make the manager on every rank; rank 0
             owns the run directory. A save of DTensors (any save, with ``process_group``) is a
             collective: every rank writes its own chunks, rank 0 commits, and ``timeout``
