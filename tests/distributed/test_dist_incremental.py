@@ -18,11 +18,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import _dist_incr_worker as worker
 import pytest
 import torch
 from _dist_helpers import run_ranks
 
-import _dist_incr_worker as worker
 import weightvault
 from weightvault.checkpoint import CheckpointManager
 from weightvault.core.tree import flatten
@@ -97,13 +97,15 @@ def test_unchanged_files_are_linked_and_only_trained_chunks_written(frozen: Path
             assert not any(n.startswith(TRAINED) for n in records[file]), records[file]
             assert section["shards"][file]["reused_from"] == steps[1].name  # written by step 2
         # the bytes really written are the trained chunks (and their file headers)
-        trained = sum(_nbytes(row) for n, row in manifest["tensors"].items() if n.startswith(TRAINED))
+        rows = manifest["tensors"]
+        trained = sum(_nbytes(row) for n, row in rows.items() if n.startswith(TRAINED))
         headers = section["written_bytes"] - trained
         assert 0 < headers < 2 * 1024, (section["written_bytes"], trained)
         assert section["written_bytes"] < 0.25 * section["nbytes"]
         # the inodes agree: written files are new, linked ones are the previous step's
         now, before = _files(steps[i]), _files(steps[i - 1])
-        new = {f for f, st in now.items() if st.st_ino not in {b.st_ino for b in before.values()}}
+        old_inodes = {st.st_ino for st in before.values()}
+        new = {f for f, st in now.items() if st.st_ino not in old_inodes}
         assert new == written
         assert sum(now[f].st_size for f in new) == section["written_bytes"]
         for f in linked:
@@ -134,7 +136,9 @@ def test_every_step_loads_in_one_process_bit_identical_and_verifies(frozen: Path
         ref = torch.load(frozen / f"ref-{i}.pt", weights_only=True)
         got = weightvault.load(step, framework="torch")
         assert got["step"] == i
-        assert_same({"model": got["model"], "optim": got["optim"]}, {k: ref[k] for k in ("model", "optim")}, step.name)
+        want = {k: ref[k] for k in ("model", "optim")}
+        assert_same({"model": got["model"], "optim": got["optim"]}, want, step.name)
+        assert got["optim"]["param_groups"] == ref["optim"]["param_groups"]
         with NativeReader(step) as reader:
             assert not reader.verify().failures
 
@@ -154,7 +158,9 @@ def test_each_step_is_standalone(frozen: Path, tmp_path: Path) -> None:
             assert not reader.verify().failures
 
 
-def test_bit_flip_in_a_shared_file_fails_every_step_that_links_it(frozen: Path, tmp_path: Path) -> None:
+def test_bit_flip_in_a_shared_file_fails_every_step_that_links_it(
+    frozen: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "flipped"
     subprocess.run(["cp", "-a", str(frozen / "run"), str(copy)], check=True)
     steps = _steps(copy)
@@ -174,7 +180,9 @@ def test_bit_flip_in_a_shared_file_fails_every_step_that_links_it(frozen: Path, 
             assert any("model/2.bias" in f or "model/2.weight" in f for f in failures), failures
 
 
-def test_sigkill_mid_incremental_save_leaves_the_previous_step(frozen: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_incremental_save_leaves_the_previous_step(
+    frozen: Path, tmp_path: Path
+) -> None:
     root = tmp_path / "kill"
     root.mkdir()
     subprocess.run(["cp", "-a", str(frozen / "run"), str(root / "run")], check=True)
@@ -228,7 +236,8 @@ def test_rank_base_holds_only_this_ranks_records(frozen: Path, tmp_path: Path) -
         assert base is not None and base.root == step
         assert {s.file[:19] for s in base.shards} == {f"rank-{rank:05d}-of-00002"}
         plain = {n for n in base.rows if "@" not in n}
-        assert plain == ({"optim/state/4.weight/step", "optim/state/4.bias/step"} if rank == 0 else set())
+        steps = {"optim/state/4.weight/step", "optim/state/4.bias/step"}
+        assert plain == (steps if rank == 0 else set())
     uncommitted = tmp_path / "uncommitted"
     subprocess.run(["cp", "-a", str(step), str(uncommitted)], check=True)
     (uncommitted / "COMMITTED").unlink()
