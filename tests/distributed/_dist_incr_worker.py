@@ -8,7 +8,7 @@ Run by ``_dist_helpers.run_ranks(..., script=__file__)``; actions (``DIR`` the t
   steps; rank 0 writes the gathered full state of each step to ``DIR/ref-STEP.pt``.
 * ``frozen_kill``: continues ``DIR/run`` from its latest step; in the next save rank 1 SIGKILLs
   itself right after hard-linking its first unchanged file; rank 0 records its error in
-  ``DIR/kill.json``.
+  ``DIR/kill.json``. ``frozen_next`` then saves the next step into the same run.
 * ``mesh_run``: DTensors on a 1-D mesh saved by an async incremental manager at world 2, step 1
   and 2 as Shard(0) (step 2 unchanged: every file linked), step 3 the same values as Shard(1)
   (every chunk differs: nothing reused). ``mesh_world1`` saves the same values at world 1 into
@@ -109,6 +109,18 @@ def act_frozen_kill(rank: int, world: int, root: Path) -> None:
         json.dumps({"error": error, "seconds": time.monotonic() - started, "step": last + 1})
     )
     os._exit(0)  # the group is broken: skip destroy_process_group
+
+
+def act_frozen_next(rank: int, world: int, root: Path) -> None:
+    """After the kill: a new manager removes the leftover and saves the next step, linking."""
+    from weightvault.checkpoint import CheckpointManager
+
+    model, opt = build_frozen(world)
+    with CheckpointManager(root / "run", incremental=True, timeout=60) as mgr:
+        last = mgr.latest()
+        assert last is not None
+        train_frozen(model, opt, last + 1)
+        mgr.save(last + 1, _states(model, opt, last + 1)[0], metrics={"loss": 0.0})
 
 
 MESH_SHAPES = {"a": (6, 10), "b": (9, 4), "c": (8, 8)}

@@ -199,6 +199,16 @@ def test_sigkill_mid_incremental_save_leaves_the_previous_step(
     for step in _steps(root / "run"):
         with NativeReader(step) as reader:
             assert not reader.verify().failures
+    # the next save removes the killed save's leftover (its links only drop link counts) and
+    # links from the previous step again
+    run_ranks("frozen_next", 2, root, script=SCRIPT, timeout=120)
+    assert [p.name for p in (root / "run").iterdir() if "wvtmp" in p.name] == []
+    new = root / "run" / f"step-{report['step']:08d}"
+    section = _manifest(new)["incremental"]
+    assert section["base"] == f"step-{STEPS:08d}"
+    assert {s["how"] for s in section["shards"].values()} == {"link", "write"}
+    with NativeReader(new) as reader:
+        assert not reader.verify().failures
 
 
 def test_mesh_or_world_size_change_reuses_nothing(tmp_path: Path) -> None:
