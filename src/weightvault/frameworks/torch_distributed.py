@@ -357,7 +357,6 @@ def _write_incremental(
     )  # fmt: skip
 
 
-
 def _global_row(name: str, obj: Any) -> dict[str, Any]:
     from weightvault.core.dtypes import dtype_name
     from weightvault.frameworks.torch import numpy_dtype
