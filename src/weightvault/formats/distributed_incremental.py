@@ -42,7 +42,13 @@ from weightvault.core.shards import BaseShard, ShardDirectory, ShardPlan, plan_i
 from weightvault.errors import WeightVaultError
 from weightvault.formats.native_incremental import IncrementalBase, reuse_shard
 
-__all__ = ["RankIncremental", "Record", "merge_sections", "rank_incremental"]
+__all__ = [
+    "RankIncremental",
+    "Record",
+    "merge_sections",
+    "rank_incremental",
+    "write_rank_incremental",
+]
 
 
 @dataclass(frozen=True)
