@@ -44,10 +44,11 @@ def free_port() -> int:
 
 def run_ranks(
     action: str, world: int, root: Path, *args: str, timeout: float = 300, backend: str = "gloo",
-    expect_fail: tuple[int, ...] = (),
+    expect_fail: tuple[int, ...] = (), script: str | None = None,
 ) -> list[str]:
     """Run ACTION on WORLD ranks (one process each), wait, and return their outputs; fail with
-    those outputs when a rank other than ``expect_fail`` exits non-zero."""
+    those outputs when a rank other than ``expect_fail`` exits non-zero. ``script``: another
+    worker file (its own ``act_*`` functions and this file's :func:`main`)."""
     import weightvault
 
     env = {
@@ -60,7 +61,7 @@ def run_ranks(
     port = str(free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, action, str(rank), str(world), port, str(root), *args],
+            [sys.executable, script or __file__, action, str(rank), str(world), port, str(root), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         for rank in range(world)
@@ -287,7 +288,7 @@ def act_kill_mid_save(rank: int, world: int, root: Path, mode: str = "kill", tim
     os._exit(0)  # the group is broken: skip destroy_process_group
 
 
-def main() -> None:
+def main(actions: dict[str, object] | None = None) -> None:
     action, rank_s, world_s, port, root = sys.argv[1:6]
     rank, world = int(rank_s), int(world_s)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=rank_s, WORLD_SIZE=world_s)
@@ -299,7 +300,7 @@ def main() -> None:
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        globals()[f"act_{action}"](rank, world, Path(root), *sys.argv[6:])
+        (actions or globals())[f"act_{action}"](rank, world, Path(root), *sys.argv[6:])
     finally:
         dist.destroy_process_group()
 

@@ -424,6 +424,7 @@ class CheckpointManager:
             directory; see docs/incremental.md). Off by default: it pays off only when parts of
             the state stay unchanged (frozen backbones, adapters, teachers), and the steps of a
             run then share those files, so one damaged shared file damages every step using it.
+            In a distributed save each rank does this for its own chunk files.
         process_group, timeout: torch.distributed jobs. Make the manager on every rank; rank 0
             owns the run directory. A save of DTensors (any save, with ``process_group``) is a
             collective: every rank writes its own chunks, rank 0 commits, and ``timeout``
@@ -693,13 +694,6 @@ class CheckpointManager:
             mode = "async" if self.async_save else "sync"
             job = _SaveJob(step, state, clean, meta, mode, started)
             job.distributed = _is_distributed_save(state, self._rank, self.process_group, self.timeout)
-            if job.distributed and self.incremental:
-                raise UnsupportedOperationError(
-                    "incremental=True does not apply to distributed saves yet: every rank would "
-                    "write its chunks in full",
-                    path=self.directory,
-                    hint="make the manager without incremental=True for a distributed job",
-                )
             if self._rank not in (None, 0) and not job.distributed:
                 return final  # plain state in a distributed job: rank 0 writes it
             if not self.async_save:
@@ -825,7 +819,7 @@ class CheckpointManager:
                 save_distributed(
                     final, job.state, metadata=job.metadata, shard_size=self.shard_size,
                     fsync=self.fsync, process_group=self.process_group, timeout=self.timeout,
-                    before_commit=record,
+                    before_commit=record, incremental=self.incremental, base=base, stats=stats,
                 )  # fmt: skip
             else:
                 save_native(

@@ -44,10 +44,16 @@ from weightvault.core.safetensors_io import (
     TensorSource,
     _checked_bytes,
 )
-from weightvault.core.shards import BaseShard, plan_incremental, resolve_shard, shard_directory
+from weightvault.core.shards import (
+    BaseShard,
+    ShardDirectory,
+    plan_incremental,
+    resolve_shard,
+    shard_directory,
+)
 from weightvault.errors import WeightVaultError
 
-__all__ = ["IncrementalBase", "read_base", "save_directory_incremental"]
+__all__ = ["IncrementalBase", "read_base", "reuse_shard", "save_directory_incremental"]
 
 #: how a shard came to be in the new directory, when no byte of it was written
 _SHARED = ("link", "reflink")
@@ -133,6 +139,34 @@ def _linkable(
     return full
 
 
+def reuse_shard(
+    d: ShardDirectory,
+    base: IncrementalBase,
+    base_file: str,
+    file: str,
+    names: tuple[str, ...],
+    by_name: dict[str, TensorSource],
+) -> dict[str, Any] | None:
+    """Put ``base_file`` of the base into ``d`` as ``file`` (link, reflink or copy) when its own
+    header holds exactly ``names`` as planned; the shard's ``"incremental"`` entry (without
+    ``volatile``), or None when it must be written instead (check failed, or the file vanished
+    since). Shared by the single-process and the distributed incremental saves."""
+    full = _linkable(base, base_file, names, by_name)
+    if full is None:
+        return None
+    try:
+        how = d.link_shard(file, full)
+    except FileNotFoundError:  # deleted since the check (by hand): write it
+        return None
+    size = os.stat(d.root / file).st_size
+    return {
+        "reused_from": base.origin.get(base_file, base.root.name),
+        "how": how,
+        "nbytes": size,
+        "written_bytes": 0 if how in _SHARED else size,
+    }
+
+
 def save_directory_incremental(
     path: Path,
     sources: list[TensorSource],
@@ -169,25 +203,13 @@ def save_directory_incremental(
         to_write = [f for f in plan.files if f not in inc.reused]
         for file, base_file in inc.reused.items():
             assert base is not None  # reuse needs a base
-            how = None
-            full = _linkable(base, base_file, tensors_of[file], by_name)
-            if full is not None:
-                try:
-                    how = d.link_shard(file, full)
-                except FileNotFoundError:  # deleted since the check (by hand): write it
-                    how = None
-            if how is None:
+            info = reuse_shard(d, base, base_file, file, tensors_of[file], by_name)
+            if info is None:
                 to_write.append(file)
                 continue
             for name in tensors_of[file]:
                 rows[name]["checksum"] = sums[name]
-            size = os.stat(d.root / file).st_size
-            shard_info[file] = {
-                "reused_from": base.origin.get(base_file, base.root.name),
-                "how": how,
-                "nbytes": size,
-                "written_bytes": 0 if how in _SHARED else size,
-            }
+            shard_info[file] = info
         written = set(to_write)
         d.write_shards(
             sources, plan, metadata=lambda shard: {"format": "pt"}, on_tensor=hook, only=written

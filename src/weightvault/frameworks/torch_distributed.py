@@ -259,8 +259,11 @@ def _write_rank(
     world: int,
     shard_size: int,
     fsync: bool,
+    incremental: Any = None,
 ) -> dict[str, Any]:
-    """Write this rank's records; return what the manifest needs to know about them."""
+    """Write this rank's records; return what the manifest needs to know about them.
+    ``incremental``: a :class:`~weightvault.formats.distributed_incremental.RankIncremental`
+    (link the files whose records are unchanged since its base) or None (write everything)."""
     from weightvault.core.dtypes import is_string_array
 
     sources: list[TensorSource] = []
@@ -284,7 +287,7 @@ def _write_rank(
                     f"local shard is {list(src.shape)}, the placement says {list(box.sizes)}",
                     tensor=name,
                 )
-            chunked[name] = {"box": box, "key": key}
+            chunked[name] = {"box": box, "key": key, "shape": list(obj.shape)}
             sources.append(src)
         elif rank == 0:  # replicated: written once
             if is_string_array(obj):
@@ -299,12 +302,19 @@ def _write_rank(
     if not sources:  # e.g. a rank whose local shards are all empty: no file at all
         return {"rank": rank, "chunks": {}, "plain": {}, "files": []}
     check_tensor_names(sources, path=tmp)
-    plan = plan_shards(sources, shard_size, pattern=RANK_SHARD_NAME.format(rank=rank, world=world))
+    pattern = RANK_SHARD_NAME.format(rank=rank, world=world)
     sums: dict[str, str] = {}
-    ShardDirectory(tmp, fsync).write_shards(
-        sources, plan, metadata=lambda f: {"format": "pt", "weightvault.shard": f},
-        on_tensor=lambda src: _Digest(sums, src.name),
-    )  # fmt: skip
+    if incremental is None:
+        plan = plan_shards(sources, shard_size, pattern=pattern)
+        ShardDirectory(tmp, fsync).write_shards(
+            sources, plan, metadata=lambda f: {"format": "pt", "weightvault.shard": f},
+            on_tensor=lambda src: _Digest(sums, src.name),
+        )  # fmt: skip
+        shard_info = None
+    else:  # incremental (formats/distributed_incremental.py): unchanged files are linked
+        plan, shard_info = _write_incremental(
+            tmp, fsync, incremental, sources, chunked, plain, shard_size, pattern, sums
+        )
     files = plan.files
     where = plan.tensor_to_filename
     by_name = {s.name: s for s in sources}
@@ -321,7 +331,30 @@ def _write_rank(
     }  # fmt: skip
     for name, row in plain.items():
         row.update(file=where[name], checksum=sums[name])
-    return {"rank": rank, "chunks": report_chunks, "plain": plain, "files": files}
+    report = {"rank": rank, "chunks": report_chunks, "plain": plain, "files": files}
+    if shard_info is not None:
+        report["incremental"] = shard_info
+    return report
+
+
+def _write_incremental(
+    tmp: Path, fsync: bool, incremental: Any, sources: list[TensorSource],
+    chunked: dict[str, dict[str, Any]], plain: dict[str, dict[str, Any]], shard_size: int,
+    pattern: str, sums: dict[str, str],
+) -> tuple[Any, dict[str, dict[str, Any]]]:  # fmt: skip
+    from weightvault.formats.distributed_incremental import Record, write_rank_incremental
+
+    dtypes = {src.name: src.dtype for src in sources}
+    records = {
+        c["key"]: Record(dtypes[c["key"]], tuple(c["shape"]), tuple(c["box"].offsets))
+        for c in chunked.values()
+    }
+    records.update({n: Record(r["dtype"], tuple(r["shape"]), None) for n, r in plain.items()})
+    return write_rank_incremental(
+        ShardDirectory(tmp, fsync), incremental, sources, records, shard_size, pattern,
+        metadata=lambda f: {"format": "pt", "weightvault.shard": f},
+        on_tensor=lambda src: _Digest(sums, src.name), sums=sums,
+    )  # fmt: skip
 
 
 def _global_row(name: str, obj: Any) -> dict[str, Any]:
@@ -380,6 +413,9 @@ def save_distributed(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     before_commit: Callable[[int], Mapping[str, bytes]] | None = None,
+    incremental: bool = False,
+    base: str | os.PathLike[str] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> Path:
     """Save ``obj`` from every rank of ``process_group`` (default: the whole job) as one native
     checkpoint directory; a collective (call it on every rank). Returns ``path``.
@@ -387,6 +423,9 @@ def save_distributed(
     ``timeout`` (seconds, default :data:`DEFAULT_TIMEOUT`) is how long a rank waits for the others
     at each step; then it raises :class:`CheckpointSaveError` and nothing is committed.
     ``before_commit``: as for :func:`weightvault.formats.native.save_native` (rank 0 only).
+    ``incremental``/``base``: every rank links its files whose records are unchanged since the
+    committed checkpoint ``base`` instead of writing them (formats/distributed_incremental.py);
+    ``stats`` (rank 0) then gets ``written_bytes``, the bytes this save really wrote.
     """
     from weightvault.formats.native import (
         CHUNKED_FORMAT_VERSION,
@@ -423,10 +462,11 @@ def save_distributed(
         tensors, aliases = _ties(found)
     globals_ = _global_rows(tensors)
     job = _Job(path, rank, world, coord, src0, timeout)
+    inc = _rank_incremental(incremental, base, rank, world)
 
     if rank != 0:
         tmp = Path(job.receive_tmp())
-        failure, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync)
+        failure, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync, inc)
         job.gather(report)
         status = job.result()
         if failure is not None:
@@ -447,12 +487,20 @@ def save_distributed(
         manifest = _new_manifest(rows, aliases, spec, metadata, {"world_size": world})
         if globals_:  # chunked rows: readers of version 1 must refuse, not misread
             manifest["format_version"] = CHUNKED_FORMAT_VERSION
+        if inc is not None:
+            from weightvault.formats.distributed_incremental import merge_sections
+
+            manifest["incremental"] = merge_sections(reports, inc.base_name)
         d = ShardDirectory(tmp, fsync)
         d.nbytes = sum((tmp / f).stat().st_size for f in files)
         d.write_file(MANIFEST_FILE, _json_bytes(manifest))
         index = {"metadata": {"total_size": d.nbytes}, "weight_map": weight_map}
         d.write_file(INDEX_FILE, _json_bytes(index))
         marker = _json_bytes({"files": sorted({*files, MANIFEST_FILE})})
+        if inc is not None and stats is not None:  # linked files wrote nothing
+            stats["written_bytes"] = (
+                manifest["incremental"]["written_bytes"] + d.new_nbytes + len(marker)
+            )
         for name, data in (before_commit(d.nbytes + len(marker)) if before_commit else {}).items():
             d.write_file(name, data)
         d.commit(COMMIT_MARKER, marker)
@@ -461,7 +509,7 @@ def save_distributed(
         try:
             with atomic_dir(path, fsync=fsync) as tmp:  # removed on error, renamed on success
                 job.send_tmp(os.fspath(tmp))
-                _, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync)
+                _, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync, inc)
                 commit(tmp, job.gather(report))
         except BaseException as exc:
             why = f"{type(exc).__name__}: {exc}"
@@ -534,12 +582,21 @@ class _Job:
         return box[0]
 
 
+def _rank_incremental(incremental: bool, base: Any, rank: int, world: int) -> Any:
+    if not incremental:
+        return None
+    from weightvault.formats.distributed_incremental import rank_incremental
+
+    return rank_incremental(base, rank, world)
+
+
 def _write_reported(
-    tmp: Path, tensors: Mapping[str, Any], rank: int, world: int, shard_size: int, fsync: bool
-) -> tuple[Exception | None, dict[str, Any]]:
+    tmp: Path, tensors: Mapping[str, Any], rank: int, world: int, shard_size: int, fsync: bool,
+    incremental: Any = None,
+) -> tuple[Exception | None, dict[str, Any]]:  # fmt: skip
     """Write this rank's records; a failure is reported to rank 0 rather than left to hang it."""
     try:
-        return None, _write_rank(tmp, tensors, rank, world, shard_size, fsync)
+        return None, _write_rank(tmp, tensors, rank, world, shard_size, fsync, incremental)
     except Exception as exc:  # noqa: BLE001 - reported to rank 0; re-raised by the caller
         return exc, {"rank": rank, "error": f"{type(exc).__name__}: {exc}"}
 
