@@ -47,7 +47,7 @@ def graph_source(path: str | os.PathLike[str], fmt: str, prefix: str | None = No
         return ("tf", meta) if meta.is_file() else None
     if fmt == "keras":
         return "keras", p
-    if fmt == "pytorch" and p.is_file() and p.suffix == ".pt2":
+    if fmt == "torch_export":
         return "torch_export", p
     return None
 
