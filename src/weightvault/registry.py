@@ -157,7 +157,7 @@ ROWS: tuple[FormatRow, ...] = (
         "torch_export",
         "weightvault.formats.torch_export:TorchExportFormat",
         "torch.export archive",
-        35,
+        45,
         (".pt2",),
         aliases=("pt2",),
     ),
