@@ -79,4 +79,4 @@ def extract_graph(path: str | os.PathLike[str], reader: Any) -> Graph | None:
         return keras_graph(path, config, reader.keys())
     from weightvault.graph.torch_export import torch_export_graph
 
-    return torch_export_graph(source)
+    return torch_export_graph(source, aliases=reader.aliases)
