@@ -239,6 +239,7 @@ def refused(path: Path, match: str | None, tensor: str | None = None) -> WeightV
     ("changes", "match"),
     [
         ({"storage_offset": {"as_int": 10}}, "reaches element"),
+        ({"storage_offset": {"as_int": 1}}, "reaches element 12 of"),  # one element past the end
         ({"sizes": [{"as_int": 4}, {"as_int": 4}]}, "reaches element"),
         ({"strides": [{"as_int": 5}, {"as_int": 1}]}, "reaches element"),
         ({"sizes": [{"as_int": 1 << 40}, {"as_int": 1 << 40}], "strides": [{"as_int": 0}, {"as_int": 0}]},
