@@ -98,13 +98,24 @@ def _node(g: dict[str, Any], op: str) -> dict[str, Any]:
 # -- /api/graph without a browser --------------------------------------------------------------------
 def test_graph_endpoint_on_a_real_pt2(server: ViewerServer, files: Pt2Files) -> None:
     status, g = _get(server, "api/graph?file=0")
-    assert status == 200 and g["available"] and g["format"] == "torch_export" and g["source"] == "torch_export"
+    assert (
+        status == 200
+        and g["available"]
+        and g["format"] == "torch_export"
+        and g["source"] == "torch_export"
+    )
     conv, bn, fc = _node(g, "aten.conv2d"), _node(g, "aten.batch_norm"), _node(g, "aten.linear")
     assert (conv["scope"], bn["scope"], fc["scope"]) == ("conv", "bn", "fc")
     assert conv["weights"] == ["conv.weight", "conv.bias"]
     assert fc["weights"] == ["fc.weight", "fc.bias"]
     # running stats are inputs of batch_norm; num_batches_tracked (unused in eval) joins its module
-    assert bn["weights"] == ["bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    assert bn["weights"] == [
+        "bn.weight",
+        "bn.bias",
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+    ]
     with weightvault.open(files.a) as reader:
         assert g["unattached"] == [] and set(g["weights"]) == set(reader.keys())
     names = [n["name"] for n in g["nodes"]]
@@ -113,7 +124,9 @@ def test_graph_endpoint_on_a_real_pt2(server: ViewerServer, files: Pt2Files) -> 
     assert next(e for e in g["edges"] if e["tensor"] == "x")["shape"] == [1, 2, 6, 6]
     # a node's tensor is served by the usual tensor endpoint (what the panel shows)
     status, t = _get(server, "api/tensor?file=0&name=fc.weight")
-    assert status == 200 and t["info"]["shape"] == [4, 3] and t["info"]["extra"]["kind"] == "parameter"
+    assert (
+        status == 200 and t["info"]["shape"] == [4, 3] and t["info"]["extra"]["kind"] == "parameter"
+    )
     assert t["histogram"] and t["stats"]["numel"] == 12
 
 
@@ -121,8 +134,10 @@ def test_tied_weights_sit_on_both_nodes(server: ViewerServer) -> None:
     status, g = _get(server, f"api/graph?file={TIED}")
     assert status == 200 and g["unattached"] == []
     linears = [n for n in g["nodes"] if n["op"] == "aten.linear"]
-    assert [sorted(n["weights"]) for n in linears] == [["a.bias", "a.weight", "b.weight"],
-                                                        ["a.weight", "b.bias", "b.weight"]]
+    assert [sorted(n["weights"]) for n in linears] == [
+        ["a.bias", "a.weight", "b.weight"],
+        ["a.weight", "b.bias", "b.weight"],
+    ]
 
 
 def test_diff_between_two_pt2_archives_names_only_fc(server: ViewerServer) -> None:
@@ -156,7 +171,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=os.fspath(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        browser = pw.chromium.launch(
+            executable_path=os.fspath(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
         try:
             yield browser
         finally:
@@ -205,7 +222,10 @@ def test_pt2_graph_and_a_nodes_weights_in_chromium(page: Any) -> None:
     assert {"aten.conv2d", "aten.batch_norm", "aten.linear"} <= set(ops)
     _gnode(page, "aten.linear").click()
     panel = page.locator("#graph-panel")
-    assert panel.locator(".gweights-list li").evaluate_all("ls => ls.map(l => l.dataset.name)") == ["fc.weight", "fc.bias"]
+    assert panel.locator(".gweights-list li").evaluate_all("ls => ls.map(l => l.dataset.name)") == [
+        "fc.weight",
+        "fc.bias",
+    ]
     page.wait_for_selector("#graph-weight .graph-stats")
     assert panel.locator("#graph-weight h4").first.text_content() == "fc.weight"
     assert panel.locator("#graph-weight .chip").first.text_content() == "float32"
@@ -218,7 +238,9 @@ def test_pt2_diff_colouring_in_chromium(page: Any) -> None:
     page.select_option("#graph-diff-file", str(B))
     page.wait_for_selector(".gnode.changed")
     changed = page.eval_on_selector_all(".gnode.changed .gop", "gs => gs.map(g => g.textContent)")
-    unchanged = set(page.eval_on_selector_all(".gnode.unchanged .gop", "gs => gs.map(g => g.textContent)"))
+    unchanged = set(
+        page.eval_on_selector_all(".gnode.unchanged .gop", "gs => gs.map(g => g.textContent)")
+    )
     assert changed == ["aten.linear"] and {"aten.conv2d", "aten.batch_norm"} <= unchanged
     _gnode(page, "aten.linear").click()
     page.wait_for_selector("#graph-weight .graph-diff-hist svg.hist")

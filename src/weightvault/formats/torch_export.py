@@ -117,7 +117,7 @@ class _Entry:
 
     def is_contiguous(self) -> bool:
         expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
+        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
             if size != 1 and stride != expected:
                 return False
             expected *= size
@@ -127,7 +127,11 @@ class _Entry:
         """Elements of the record this tensor reaches (its last element's offset + 1)."""
         if self.numel == 0:
             return 0
-        return self.offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride)) + 1
+        return (
+            self.offset
+            + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
+            + 1
+        )
 
 
 def _zip_records(f: Any, buf: Any, size: int, path: str) -> dict[str, _Record]:
@@ -158,17 +162,26 @@ def _zip_records(f: Any, buf: Any, size: int, path: str) -> dict[str, _Record]:
 
 def _check_member_name(name: str, path: str) -> None:
     parts = name.replace("\\", "/").split("/")
-    if "\x00" in name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+    if (
+        "\x00" in name
+        or name.startswith(("/", "\\"))
+        or (len(name) > 1 and name[1] == ":")
+        or ".." in parts
+    ):
         raise InvalidHeaderError(f"zip member {name!r} names a path outside the archive", path=path)
 
 
 def _int_of(value: Any, what: str, path: str, tensor: str) -> int:
     """``{"as_int": n}`` with a plain non-negative int; symbolic sizes are refused."""
     if not isinstance(value, dict) or set(value) != {"as_int"}:
-        raise InvalidHeaderError(f"{what} is {_short(value)}, not a concrete integer", path=path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"{what} is {_short(value)}, not a concrete integer", path=path, tensor=tensor
+        )
     n = value["as_int"]
     if type(n) is not int or n < 0:
-        raise InvalidHeaderError(f"{what} is {_short(n)}, not a non-negative integer", path=path, tensor=tensor)
+        raise InvalidHeaderError(
+            f"{what} is {_short(n)}, not a non-negative integer", path=path, tensor=tensor
+        )
     return n
 
 
@@ -192,10 +205,14 @@ class TorchExportReader(FormatReader):
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             if self.size < 22:
-                raise TruncatedFileError(f"file has {self.size} bytes, too few for a zip archive", path=self.path)
+                raise TruncatedFileError(
+                    f"file has {self.size} bytes, too few for a zip archive", path=self.path
+                )
             self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
             if self._mmap[:4] != ZIP_MAGIC:
-                raise InvalidHeaderError("not a torch.export archive (not a zip file)", path=self.path)
+                raise InvalidHeaderError(
+                    "not a torch.export archive (not a zip file)", path=self.path
+                )
             self._records = _zip_records(self._file, self._mmap, self.size, self.path)
             self._parse()
         except BaseException:
@@ -208,13 +225,15 @@ class TorchExportReader(FormatReader):
         root = first.split("/", 1)[0] if "/" in first else ""
         if not root or any(not n.startswith(root + "/") for n in self._records):
             raise InvalidHeaderError(
-                "not a torch.export archive: its members do not share one root folder", path=self.path
+                "not a torch.export archive: its members do not share one root folder",
+                path=self.path,
             )
         self._root = root
         fmt = self._small_text("archive_format")
         if fmt != "pt2":
             raise InvalidHeaderError(
-                f"not a torch.export archive: {root}/archive_format is {fmt!r}, not 'pt2'", path=self.path
+                f"not a torch.export archive: {root}/archive_format is {fmt!r}, not 'pt2'",
+                path=self.path,
             )
         byteorder = self._small_text("byteorder")
         if byteorder not in (None, "little", "big"):
@@ -230,7 +249,11 @@ class TorchExportReader(FormatReader):
             aoti = any(n.startswith(f"{root}/data/aotinductor/") for n in self._records)
             raise UnsupportedOperationError(
                 "this .pt2 archive holds no exported program (models/*.json)"
-                + ("; it is an AOTInductor package: compiled code, its weights inside the .so" if aoti else ""),
+                + (
+                    "; it is an AOTInductor package: compiled code, its weights inside the .so"
+                    if aoti
+                    else ""
+                ),
                 path=self.path,
             )
         self._models = sorted(models, key=lambda m: (m != "model", m))
@@ -246,7 +269,9 @@ class TorchExportReader(FormatReader):
             return None
         return bytes(self._bytes(record, _SMALL)).decode("utf-8", "replace").strip()
 
-    def _bytes(self, record: _Record, limit: int, tensor: str | None = None) -> bytes | bytearray | memoryview:
+    def _bytes(
+        self, record: _Record, limit: int, tensor: str | None = None
+    ) -> bytes | bytearray | memoryview:
         if record.size > limit:
             raise HeaderTooLargeError(
                 f"zip member {record.name} is {record.size:,} bytes, over the {limit:,} cap",
@@ -255,7 +280,9 @@ class TorchExportReader(FormatReader):
             )
         assert self._mmap is not None
         if record.compressed:
-            compressed = memoryview(self._mmap)[record.data_offset : record.data_offset + record.info.compress_size]
+            compressed = memoryview(self._mmap)[
+                record.data_offset : record.data_offset + record.info.compress_size
+            ]
             return inflate(compressed, record.info, path=self.path, tensor=tensor)
         return memoryview(self._mmap)[record.data_offset : record.data_offset + record.size]
 
@@ -264,7 +291,9 @@ class TorchExportReader(FormatReader):
         try:
             return json.loads(raw)
         except RecursionError:
-            raise ResourceLimitError(f"{record.name} is nested too deeply", path=self.path) from None
+            raise ResourceLimitError(
+                f"{record.name} is nested too deeply", path=self.path
+            ) from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidHeaderError(f"{record.name} is not JSON: {exc}", path=self.path) from None
 
@@ -281,7 +310,8 @@ class TorchExportReader(FormatReader):
             if record is None:
                 if folder == "weights" and legacy is None:
                     raise InvalidHeaderError(
-                        f"program {model!r} has no data/weights/{model}_weights_config.json", path=self.path
+                        f"program {model!r} has no data/weights/{model}_weights_config.json",
+                        path=self.path,
                     )
                 continue
             config = self._json(record)
@@ -294,11 +324,19 @@ class TorchExportReader(FormatReader):
 
     def _add(self, model: str, name: str, fqn: str, folder: str, meta: Any) -> None:
         if name in self._entries or name in self._skipped:
-            raise DuplicateTensorError("the archive names this tensor twice", path=self.path, tensor=name)
+            raise DuplicateTensorError(
+                "the archive names this tensor twice", path=self.path, tensor=name
+            )
         if not isinstance(meta, dict):
-            raise InvalidHeaderError(f"its config entry is {_short(meta)}", path=self.path, tensor=name)
+            raise InvalidHeaderError(
+                f"its config entry is {_short(meta)}", path=self.path, tensor=name
+            )
         path_name = meta.get("path_name")
-        if not isinstance(path_name, str) or not _PLAIN_NAME.fullmatch(path_name) or path_name in (".", ".."):
+        if (
+            not isinstance(path_name, str)
+            or not _PLAIN_NAME.fullmatch(path_name)
+            or path_name in (".", "..")
+        ):
             raise InvalidHeaderError(
                 f"path_name {_short(path_name)} is not a plain member name of data/{folder}/",
                 path=self.path,
@@ -307,7 +345,9 @@ class TorchExportReader(FormatReader):
         record = self._member(f"data/{folder}/{path_name}")
         if record is None:
             raise InvalidHeaderError(
-                f"its data, data/{folder}/{path_name}, is not in the archive", path=self.path, tensor=name
+                f"its data, data/{folder}/{path_name}, is not in the archive",
+                path=self.path,
+                tensor=name,
             )
         why = self._pickled(meta, path_name, record)
         if why:
@@ -330,15 +370,17 @@ class TorchExportReader(FormatReader):
             )
         return None
 
-    def _entry(self, model: str, name: str, fqn: str, folder: str, meta: dict[str, Any],
-               record: _Record) -> _Entry | None:
+    def _entry(
+        self, model: str, name: str, fqn: str, folder: str, meta: dict[str, Any], record: _Record
+    ) -> _Entry | None:
         tm = meta.get("tensor_meta")
         if not isinstance(tm, dict):
             raise InvalidHeaderError("its tensor_meta is missing", path=self.path, tensor=name)
         code = tm.get("dtype")
         if type(code) is not int or code not in SCALAR_TYPES:
-            raise UnknownDtypeError(f"dtype code {_short(code)} is not a torch ScalarType", path=self.path,
-                                    tensor=name)
+            raise UnknownDtypeError(
+                f"dtype code {_short(code)} is not a torch ScalarType", path=self.path, tensor=name
+            )
         dtype = SCALAR_TYPES[code]
         if dtype is None:
             self._skipped[name] = "complex32 (torch.chalf) has no numpy dtype"
@@ -350,20 +392,39 @@ class TorchExportReader(FormatReader):
                 tensor=name,
             )
         sizes, strides = tm.get("sizes"), tm.get("strides")
-        if not isinstance(sizes, list) or not isinstance(strides, list) or len(sizes) != len(strides):
-            raise InvalidHeaderError("sizes and strides are not two lists of one length", path=self.path,
-                                     tensor=name)
+        if (
+            not isinstance(sizes, list)
+            or not isinstance(strides, list)
+            or len(sizes) != len(strides)
+        ):
+            raise InvalidHeaderError(
+                "sizes and strides are not two lists of one length", path=self.path, tensor=name
+            )
         if len(sizes) > MAX_DIMS:
-            raise InvalidHeaderError(f"{len(sizes)} dimensions (at most {MAX_DIMS})", path=self.path, tensor=name)
+            raise InvalidHeaderError(
+                f"{len(sizes)} dimensions (at most {MAX_DIMS})", path=self.path, tensor=name
+            )
         shape = tuple(_int_of(s, "a size", self.path, name) for s in sizes)
         stride = tuple(_int_of(s, "a stride", self.path, name) for s in strides)
         offset = _int_of(tm.get("storage_offset"), "storage_offset", self.path, name)
-        kind = "constant" if folder == "constants" else ("parameter" if meta.get("is_param") else "buffer")
-        extra: dict[str, Any] = {"kind": kind, "record": record.name.split("/", 1)[1], "storage_offset": offset}
+        kind = (
+            "constant"
+            if folder == "constants"
+            else ("parameter" if meta.get("is_param") else "buffer")
+        )
+        extra: dict[str, Any] = {
+            "kind": kind,
+            "record": record.name.split("/", 1)[1],
+            "storage_offset": offset,
+        }
         if model != "model":
             extra["model"] = model
         device = tm.get("device")
-        if isinstance(device, dict) and isinstance(device.get("type"), str) and device["type"] != "cpu":
+        if (
+            isinstance(device, dict)
+            and isinstance(device.get("type"), str)
+            and device["type"] != "cpu"
+        ):
             extra["device"] = device["type"][:32]
         if tm.get("requires_grad") is True:
             extra["requires_grad"] = True
@@ -383,7 +444,9 @@ class TorchExportReader(FormatReader):
             )
         if e.numel and e.record.size == 0:
             # torch saves fake and meta tensors as empty records; torch.export.load gives zeros
-            self._skipped[e.name] = f"{e.record.name} is empty: no values were saved (a fake or meta tensor)"
+            self._skipped[e.name] = (
+                f"{e.record.name} is empty: no values were saved (a fake or meta tensor)"
+            )
             return False
         needed = e.extent()
         if needed > e.record.size // itemsize:
@@ -394,8 +457,13 @@ class TorchExportReader(FormatReader):
                 tensor=e.name,
             )
         # a zero stride repeats stored elements (torch's expand): more out than stored
-        check_expansion(e.numel * itemsize, e.record.size, path=self.path, tensor=e.name,
-                        what=f"shape {list(e.shape)} over {e.record.name}")
+        check_expansion(
+            e.numel * itemsize,
+            e.record.size,
+            path=self.path,
+            tensor=e.name,
+            what=f"shape {list(e.shape)} over {e.record.name}",
+        )
         return True
 
     def _check_shared_records(self) -> None:
@@ -424,7 +492,9 @@ class TorchExportReader(FormatReader):
             cached = np.frombuffer(bytes(data), np.uint8)
         else:
             assert self._mmap is not None
-            cached = np.frombuffer(self._mmap, np.uint8, count=record.size, offset=record.data_offset)
+            cached = np.frombuffer(
+                self._mmap, np.uint8, count=record.size, offset=record.data_offset
+            )
         self._storages[record.name] = cached
         return cached
 
@@ -434,7 +504,9 @@ class TorchExportReader(FormatReader):
         if self._big_endian:
             return {}
         return {
-            id(arr): ByteSpan(self.path, self._file.fileno(), self._records[key].data_offset, arr.nbytes)
+            id(arr): ByteSpan(
+                self.path, self._file.fileno(), self._records[key].data_offset, arr.nbytes
+            )
             for key, arr in self._storages.items()
             if not self._records[key].compressed
         }
@@ -460,8 +532,12 @@ class TorchExportReader(FormatReader):
         raw = self._record_array(e)
         # np.ndarray over the record (not as_strided) keeps it as the base and re-checks bounds.
         # A stride of a dimension of size 1 is never followed; the file may make it huge.
-        strides = tuple(s * dt.itemsize if n > 1 else 0 for n, s in zip(e.shape, e.stride))
-        arr = np.ndarray(e.shape, dtype=dt, buffer=raw, offset=e.offset * dt.itemsize, strides=strides)
+        strides = tuple(
+            s * dt.itemsize if n > 1 else 0 for n, s in zip(e.shape, e.stride, strict=True)
+        )
+        arr = np.ndarray(
+            e.shape, dtype=dt, buffer=raw, offset=e.offset * dt.itemsize, strides=strides
+        )
         if self._big_endian and dt.itemsize > 1:
             component = dt.itemsize // 2 if dt.kind == "c" else dt.itemsize
             flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
@@ -473,10 +549,19 @@ class TorchExportReader(FormatReader):
         self._require(name)
         e = self._entries[name]
         itemsize = DTYPES[e.dtype].itemsize
-        if e.numel == 0 or not e.is_contiguous() or e.record.compressed or (self._big_endian and itemsize > 1):
+        if (
+            e.numel == 0
+            or not e.is_contiguous()
+            or e.record.compressed
+            or (self._big_endian and itemsize > 1)
+        ):
             return None
-        return ByteSpan(self.path, self._file.fileno(), e.record.data_offset + e.offset * itemsize,
-                        e.numel * itemsize)
+        return ByteSpan(
+            self.path,
+            self._file.fileno(),
+            e.record.data_offset + e.offset * itemsize,
+            e.numel * itemsize,
+        )
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -518,7 +603,9 @@ class TorchExportReader(FormatReader):
 
 class TorchExportFormat(Format):
     name = "torch_export"
-    description = "torch.export archive (.pt2): parameters, buffers, constants; read-only, no pickle run"
+    description = (
+        "torch.export archive (.pt2): parameters, buffers, constants; read-only, no pickle run"
+    )
     read_options: ClassVar[Mapping[str, str]] = {}
     write_options: ClassVar[Mapping[str, str]] = {}
 
@@ -529,8 +616,9 @@ class TorchExportFormat(Format):
         name_len = int.from_bytes(head[26:28], "little")
         first = head[30 : 30 + name_len].decode("utf-8", "replace")
         rest = first.split("/", 1)[1] if "/" in first else ""
-        return rest.startswith(("data/weights/", "data/constants/", "models/", "archive_format",
-                                "data/aotinductor/"))
+        return rest.startswith(
+            ("data/weights/", "data/constants/", "models/", "archive_format", "data/aotinductor/")
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], **options: Any) -> TorchExportReader:
