@@ -423,3 +423,45 @@ def test_reader_closes_on_error_and_names_its_file(tmp_path: Path) -> None:
     with pytest.raises(WeightVaultError) as info:
         TorchExportReader(bad)
     assert "bad.pt2" in str(info.value) and "conv.bias" in str(info.value)
+
+
+def test_verify_checks_each_records_crc(tmp_path: Path) -> None:
+    path = net_pt2(tmp_path)
+    with weightvault.open(path) as r:
+        result = r.verify()
+        assert result.ok and result.checked == len(r.keys()) and result.unchecked == 0
+        span = r.byte_span("fc.bias")
+        assert span is not None
+    blob = bytearray(path.read_bytes())
+    blob[span.offset] ^= 0xFF  # one flipped byte inside fc.bias's record
+    flipped = tmp_path / "flipped.pt2"
+    flipped.write_bytes(bytes(blob))
+    with weightvault.open(flipped) as r:
+        result = r.verify()
+    assert not result.ok and len(result.failures) == 1
+    assert result.failures[0].startswith("fc.bias: CRC-32 of net/data/weights/")
+
+
+def test_a_big_endian_archive_is_byte_swapped(tmp_path: Path) -> None:
+    """torch writes each storage's bytes in the machine's order and says which in ``byteorder``;
+    a big-endian archive (every record swapped element by element) reads the same values."""
+    path = net_pt2(tmp_path)
+    sizes: dict[str, int] = {}
+    for folder, config in (("weights", WEIGHTS), ("constants", CONSTANTS)):
+        with zipfile.ZipFile(path) as z:
+            entries = json.loads(z.read(f"net/{config}"))["config"]
+        for meta in entries.values():
+            dtype = {7: 4, 8: 8, 5: 8, 6: 2, 13: 2}[meta["tensor_meta"]["dtype"]]
+            sizes[f"data/{folder}/{meta['path_name']}"] = dtype
+    edit: dict[str, Any] = {"byteorder": b"big"}
+    with zipfile.ZipFile(path) as z:
+        for rel, itemsize in sizes.items():
+            raw = np.frombuffer(z.read(f"net/{rel}"), f"<u{itemsize}")
+            edit[rel] = raw.astype(f">u{itemsize}").tobytes()
+    big = rewrite(path, tmp_path / "big.pt2", edit=edit)
+    with weightvault.open(path) as little, weightvault.open(big) as r:
+        assert r.metadata["torch_export"]["byteorder"] == "big"
+        for name in little:
+            assert np.array_equal(r.get(name), little.get(name)), name
+            assert r.get(name).dtype.byteorder in ("=", "|", "<"), name
+        assert r.byte_span("fc.weight") is None  # the file's bytes are not the values' bytes

@@ -49,7 +49,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo
+from weightvault.abc.format import ByteSpan, Format, FormatReader, TensorInfo, VerifyResult
+from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES
 from weightvault.core.io import close_mmap
 from weightvault.core.limits import check_expansion
@@ -562,6 +563,32 @@ class TorchExportReader(FormatReader):
             e.record.data_offset + e.offset * itemsize,
             e.numel * itemsize,
         )
+
+    def verify(self) -> VerifyResult:
+        """Check each record's CRC-32 against the zip directory, then read every tensor."""
+        result = VerifyResult(self.path)
+        crc_ok: set[str] = set()
+        for record in {e.record.name: e.record for e in self._entries.values()}.values():
+            if record.compressed:
+                continue  # inflate() checks the CRC of what it inflates
+            assert self._mmap is not None
+            data = memoryview(self._mmap)[record.data_offset : record.data_offset + record.size]
+            actual = crc32(data)
+            if actual == record.info.CRC:
+                crc_ok.add(record.name)
+                continue
+            owners = [n for n, e in self._entries.items() if e.record is record]
+            result.failures.append(
+                f"{owners[0]}: CRC-32 of {record.name} is {actual:08x}, the archive says "
+                f"{record.info.CRC:08x}"
+            )
+        for name, e in self._entries.items():
+            self.get(name)
+            if e.record.name in crc_ok or e.record.compressed:
+                result.checked += 1
+            else:
+                result.unchecked += 1
+        return result
 
     @property
     def aliases(self) -> dict[str, str]:
