@@ -11,7 +11,7 @@ file is executed (no pickle, no ``torch.jit.load``, no Keras deserialization).
 | TF frozen ``.pb`` | GraphDef nodes | ``Const`` values |
 | TF checkpoint ``PREFIX`` (or its directory) with ``PREFIX.meta`` beside | that ``.meta``'s graph | the checkpoint's variables |
 | Keras ``.keras`` / legacy ``.h5`` with ``model_config`` | layers, connections, nested models as scopes | ``<layer>/<variable>`` tensors |
-| ``torch.export`` ``.pt2`` archive | the exported program's FX graph (JSON) | parameters and buffers by FQN |
+| ``torch.export`` ``.pt2`` archive | the exported program's FX graph (JSON) | parameters, buffers and constants by FQN (tied names on every reader) |
 
 TorchScript archives are not drawn: their graph is TorchScript source code, which would have to be
 compiled (that is, executed by ``torch.jit.load``) to become a graph.
