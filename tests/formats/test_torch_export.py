@@ -465,3 +465,25 @@ def test_a_big_endian_archive_is_byte_swapped(tmp_path: Path) -> None:
             assert np.array_equal(r.get(name), little.get(name)), name
             assert r.get(name).dtype.byteorder in ("=", "|", "<"), name
         assert r.byte_span("fc.weight") is None  # the file's bytes are not the values' bytes
+
+
+def test_an_archive_of_two_programs_names_the_second_by_its_program(tmp_path: Path) -> None:
+    from torch.export.pt2_archive._package import load_pt2, package_pt2
+
+    body, head = nn.Linear(2, 2), nn.Linear(3, 1)
+    path = tmp_path / "multi.pt2"
+    package_pt2(
+        path,
+        exported_programs={
+            "model": torch.export.export(body, (torch.randn(1, 2),)),
+            "head": torch.export.export(head, (torch.randn(1, 3),)),
+        },
+    )
+    loaded = load_pt2(path).exported_programs
+    with weightvault.open(path) as r:
+        assert r.keys() == ["weight", "bias", "head/weight", "head/bias"]
+        assert r.metadata["torch_export"]["programs"] == ["model", "head"]
+        assert r.info("head/weight").extra["model"] == "head"
+        for program, prefix in (("model", ""), ("head", "head/")):
+            for fqn, t in loaded[program].state_dict.items():
+                assert r.get(prefix + fqn).tobytes() == as_bytes(t.detach()), fqn
