@@ -121,6 +121,35 @@ class TestTorchDCPReadConformance(ReadFormatTests):
         return path, values
 
 
+class TestTorchExportReadConformance(ReadFormatTests):
+    format_name = "torch_export"
+
+    def make_file(self, tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+        torch = pytest.importorskip("torch")
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.fc = torch.nn.Linear(4, 3)
+                self.register_buffer("steps", torch.arange(6, dtype=torch.int64).reshape(2, 3))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.fc(x) + self.steps.sum()
+
+        net = Net()
+        with torch.no_grad():
+            net.fc.weight.copy_(torch.arange(12, dtype=torch.float32).reshape(3, 4) / 8)
+            net.fc.bias.copy_(torch.tensor([1.5, -2.0, 0.25]))
+        path = tmp_path / "net.pt2"
+        torch.export.save(torch.export.export(net, (torch.randn(2, 4),)), path)
+        values = {
+            "fc.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 8,
+            "fc.bias": np.array([1.5, -2.0, 0.25], np.float32),
+            "steps": np.arange(6, dtype=np.int64).reshape(2, 3),
+        }
+        return path, values
+
+
 class TestHWExportReadConformance(ReadFormatTests):
     format_name = "hwexport"
 

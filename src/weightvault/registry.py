@@ -153,6 +153,13 @@ ROWS: tuple[FormatRow, ...] = (
     # before native: weightvault's DCP backend writes manifest.json + COMMITTED too
     FormatRow(
         "torch_dcp", "weightvault.formats.torch_dcp:TorchDCPFormat", "torch.distributed checkpoint", 5
+    ),    FormatRow(
+        "torch_export",
+        "weightvault.formats.torch_export:TorchExportFormat",
+        "torch.export archive",
+        45,
+        (".pt2",),
+        aliases=("pt2",),
     ),
 )
 assert [r.name for r in ROWS] == sorted(r.name for r in ROWS), "keep the registry rows sorted"

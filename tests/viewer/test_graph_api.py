@@ -228,7 +228,7 @@ def test_vendored_layout_library_is_served(server: ViewerServer) -> None:
             raise AssertionError(f"{bad} was served")
 
 
-# -- torch.export archives (parser only: weightvault has no .pt2 weight reader yet) --------------------
+# -- torch.export archives: the parser alone (the viewer on .pt2 files: test_graph_pt2.py) ---------
 def test_torch_export_graph_from_json(tmp_path: Path) -> None:
     import torch
 

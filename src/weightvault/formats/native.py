@@ -112,7 +112,7 @@ MAX_MANIFEST_BYTES = 100_000_000
 #: the registry). A native checkpoint is never written under one: ``save(sd, "x.pt")`` would make a
 #: directory named ``x.pt`` that ``torch.load`` cannot open. Kept here so a save imports no format.
 FOREIGN_EXTENSIONS = (
-    ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb",
+    ".pt", ".pth", ".pt2", ".bin", ".ckpt", ".npy", ".npz", ".gguf", ".gob", ".onnx", ".index", ".pb",
     ".meta", ".weights.h5", ".keras", ".h5", ".hdf5",
 )  # fmt: skip
 

@@ -1352,9 +1352,10 @@ def _tree_from_metadata(metadata: Mapping[str, Any] | None) -> tuple[dict[str, A
     return tree, sd
 
 
-def _torch_file_source(tensors: Mapping[str, Any]) -> PyTorchReader | None:
-    """The PyTorch reader behind ``tensors`` when they come straight from another ``.pt``."""
-    if isinstance(tensors, LazyTensors) and isinstance(tensors.reader, PyTorchReader):
+def _torch_file_source(tensors: Mapping[str, Any]) -> Any:
+    """The reader behind ``tensors`` when they come straight from another torch file whose views
+    share storages (a ``.pt``, or a ``.pt2``'s records): it has ``buffer_spans``."""
+    if isinstance(tensors, LazyTensors) and callable(getattr(tensors.reader, "buffer_spans", None)):
         return tensors.reader
     return None
 

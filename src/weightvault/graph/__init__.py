@@ -11,7 +11,7 @@ file is executed (no pickle, no ``torch.jit.load``, no Keras deserialization).
 | TF frozen ``.pb`` | GraphDef nodes | ``Const`` values |
 | TF checkpoint ``PREFIX`` (or its directory) with ``PREFIX.meta`` beside | that ``.meta``'s graph | the checkpoint's variables |
 | Keras ``.keras`` / legacy ``.h5`` with ``model_config`` | layers, connections, nested models as scopes | ``<layer>/<variable>`` tensors |
-| ``torch.export`` ``.pt2`` archive | the exported program's FX graph (JSON) | parameters and buffers by FQN |
+| ``torch.export`` ``.pt2`` archive | the exported program's FX graph (JSON) | parameters, buffers and constants by FQN (tied names on every reader) |
 
 TorchScript archives are not drawn: their graph is TorchScript source code, which would have to be
 compiled (that is, executed by ``torch.jit.load``) to become a graph.
@@ -47,7 +47,7 @@ def graph_source(path: str | os.PathLike[str], fmt: str, prefix: str | None = No
         return ("tf", meta) if meta.is_file() else None
     if fmt == "keras":
         return "keras", p
-    if fmt == "pytorch" and p.is_file() and p.suffix == ".pt2":
+    if fmt == "torch_export":
         return "torch_export", p
     return None
 
@@ -83,7 +83,7 @@ def extract_graph(path: str | os.PathLike[str], reader: Any) -> Graph | None:
         return keras_graph(path, config, reader.keys())
     from weightvault.graph.torch_export import torch_export_graph
 
-    return torch_export_graph(source)
+    return torch_export_graph(source, aliases=reader.aliases)
 
 
 def _remote_graph(url: str, reader: Any) -> Graph | None:

@@ -8,8 +8,15 @@ whose ``arg`` holds ``{"as_tensor": {"name"}}`` or ``{"as_tensors": [...]}``, ``
 parameters and buffers to their names (``p_fc_weight`` -> ``fc.weight``), which are the weights.
 
 Only the JSON member is read (size-checked first); pickled sample inputs and constants are never
-touched. weightvault has no ``.pt2`` weight reader yet, so the viewer does not open these files;
-:func:`torch_export_graph` is what it will use once one exists.
+touched. The viewer opens ``.pt2`` files with the ``torch_export`` format
+(:mod:`weightvault.formats.torch_export`, which reads the weights without unpickling either) and
+draws this graph in its Graph tab, each node carrying the weights its placeholders name.
+
+Two things the signature does not say are added from the weights: tied weights are one placeholder
+named after one of their FQNs (``b.weight``), so every alias of a weight (``a.weight``, from
+the reader's :attr:`~weightvault.abc.format.FormatReader.aliases`) goes on the same nodes; and a
+parameter or buffer no op reads (``bn.num_batches_tracked`` in eval mode) goes on the nodes of its
+module's scope, so clicking a module's node lists all its tensors.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ __all__ = ["torch_export_graph"]
 MAX_JSON_BYTES = 256 << 20
 
 
-def torch_export_graph(path: str | os.PathLike[str]) -> Graph:
+def torch_export_graph(path: str | os.PathLike[str], aliases: dict[str, str] | None = None) -> Graph:
+    """The program's graph; ``aliases`` (name -> the name it is the same tensor as) attach tied
+    weights to the nodes of the name the signature uses."""
     path = os.fspath(path)
     program = _program(path)
     gm = program.get("graph_module")
@@ -57,11 +66,32 @@ def torch_export_graph(path: str | os.PathLike[str]) -> Graph:
         attrs = {"target": attr_value(target)}
         builder.add(GraphNode(name, op, scope=_scope(meta.get("nn_module_stack")), inputs=inputs, outputs=outputs,
                               attrs=attrs, weights=[weights[i] for i in inputs if i in weights]))
+    _attach_tied_and_unused(out.nodes, weights, aliases or {})
     for spec in signature.get("output_specs") or []:
         names = _tensor_names(spec)
         if names and isinstance(spec, dict) and "user_output" in spec:
             builder.add(GraphNode(f"{names[0]} (output)", "Output", kind="output", inputs=names[:1]))
     return out
+
+
+def _attach_tied_and_unused(nodes: list[GraphNode], weights: dict[str, str], aliases: dict[str, str]) -> None:
+    """Tied names on the nodes of their twin; weights no op reads on the nodes of their module."""
+    groups: dict[str, list[str]] = {}
+    for name, target in aliases.items():
+        groups.setdefault(target, [target]).append(name)
+    for node in nodes:
+        extra = [n for w in node.weights for n in groups.get(aliases.get(w, w), ()) if n not in node.weights]
+        node.weights.extend(dict.fromkeys(extra))
+    used = {w for node in nodes for w in node.weights}
+    by_scope: dict[str, list[GraphNode]] = {}
+    for node in nodes:
+        if node.scope:
+            by_scope.setdefault(node.scope, []).append(node)
+    for name in weights.values():
+        if name in used or "." not in name:
+            continue
+        for node in by_scope.get(name.rsplit(".", 1)[0].replace(".", "/"), []):
+            node.weights.append(name)
 
 
 def _program(path: str) -> dict[str, Any]:

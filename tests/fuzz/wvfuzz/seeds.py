@@ -80,6 +80,29 @@ def _pytorch(out: Path, rng: np.random.Generator) -> list[Path]:
     return paths
 
 
+def _torch_export(out: Path, rng: np.random.Generator) -> list[Path]:
+    import warnings
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(6, 6)
+            self.b = torch.nn.Linear(6, 6)
+            self.b.weight = self.a.weight  # tied: one record, two names
+            self.register_buffer("t", torch.from_numpy(_state(rng)["emb"]).t())  # strided
+            self.c = torch.arange(10.0)[2:7]  # a constant at an offset of its storage
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x)) + self.t.sum() + self.c.sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(Net().eval(), (torch.randn(2, 6),)), out / "net.pt2")
+    return [out / "net.pt2"]
+
+
 def _numpy(out: Path, rng: np.random.Generator) -> list[Path]:
     state = _state(rng)
     np.save(out / "one.npy", state["fc.weight"])
@@ -241,6 +264,7 @@ FORMATS: dict[str, Callable[[Path, np.random.Generator], list[Path]]] = {
     "gob": _gob,
     "oneflow": _oneflow,
     "torch_dcp": _torch_dcp,
+    "torch_export": _torch_export,
 }
 
 
