@@ -121,3 +121,21 @@ def test_view_accepts_existing_urls_before_starting(env_options):
     assert _exists(f"{bucket}/r") and _exists(f"{bucket}/r/step-00000001")
     assert _exists(f"{bucket}/r/step-00000001/manifest.json")
     assert not _exists(f"{bucket}/r/step-00000002")
+
+
+def test_view_a_pt2_object_draws_its_graph_with_weights(s3, env_options, tmp_path):
+    import torch
+
+    bucket, _options = env_options
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU()).eval()
+    local = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 4),)), local)
+    s3[2].put_object(Bucket=bucket.removeprefix("s3://"), Key="m.pt2", Body=local.read_bytes())
+    data = ViewerData([f"{bucket}/m.pt2"])
+    try:
+        graph = data.graph("0")
+        assert graph["format"] == "torch_export" and graph["available"] is True
+        linear = [n for n in graph["nodes"] if "linear" in n["op"]]
+        assert len(linear) == 1 and sorted(linear[0]["weights"]) == ["0.bias", "0.weight"]
+    finally:
+        data.close()
