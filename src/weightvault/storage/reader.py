@@ -231,7 +231,8 @@ class RemoteNativeReader(NativeReader):
         """Ranged reads that put the part ``common`` of the stored chunk ``box`` into ``out``
         (the box ``want``). Runs are grouped into requests of at most ``part_size`` (one run
         longer than that is split), with gaps up to :data:`COALESCE_GAP` read through."""
-        local = Box(tuple(c - b for c, b in zip(common.offsets, box.offsets, strict=True)), common.sizes)
+        shift = tuple(c - b for c, b in zip(common.offsets, box.offsets, strict=True))
+        local = Box(shift, common.sizes)
         starts, run = byte_runs(box.sizes, local)
         item = out.dtype.itemsize
         step = run * item
@@ -284,10 +285,10 @@ class RemoteNativeReader(NativeReader):
             for lo_run, hi_run in groups:
                 lo, hi = span(lo_run, hi_run)
                 if hi - lo == (hi_run - lo_run) * step:  # a long run: its parts in parallel
-                    at = lo_run * step
+                    at, n = lo_run * step, hi - lo
                     jobs += [
-                        (lambda lo=lo, a=a, b=min(a + part, hi - lo), at=at: fetch_gapless(lo, a, b, flat, at))
-                        for a in range(0, hi - lo, part)
+                        (lambda lo=lo, a=a, b=min(a + part, n), at=at: fetch_gapless(lo, a, b, flat, at))
+                        for a in range(0, n, part)
                     ]
                 else:
                     jobs.append(lambda g=(lo_run, hi_run): fetch_group(g[0], g[1], flat))
