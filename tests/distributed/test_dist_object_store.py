@@ -37,7 +37,8 @@ COLS = (6, 10)
 def _storage_conftest() -> Any:
     """The moto server fixture of tests/storage (one S3 server per session there; here too)."""
     sys.path.insert(0, str(STORAGE_TESTS))
-    spec = importlib.util.spec_from_file_location("_wv_storage_conftest", STORAGE_TESTS / "conftest.py")
+    path = STORAGE_TESTS / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_wv_storage_conftest", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -93,8 +94,13 @@ def run_ranks(
             raise
     failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode and r not in expect_fail]
     if failed:
-        raise AssertionError(f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-4000:] for o in outputs))
+        logs = "\n".join(o[-4000:] for o in outputs)
+        raise AssertionError(f"{action} on {world} ranks failed {failed}:\n{logs}")
     return outputs
+
+
+def get_json(bucket: dict[str, Any], key: str) -> Any:
+    return json.loads(bucket["client"].get_object(Bucket=bucket["name"], Key=key)["Body"].read())
 
 
 def keys(bucket: dict[str, Any], prefix: str) -> dict[str, int]:
@@ -120,17 +126,20 @@ def on_two(bucket: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_each_rank_uploads_its_own_shard_rank_zero_commits(bucket, on_two) -> None:
     found = keys(bucket, on_two["prefix"])
-    rank_files = ["rank-00000-of-00002-00001-of-00001.safetensors", "rank-00001-of-00002-00001-of-00001.safetensors"]
-    assert sorted(found) == sorted(["COMMITTED", "manifest.json", "model.safetensors.index.json", *rank_files])
-    manifest = json.loads(bucket["client"].get_object(Bucket=bucket["name"], Key=on_two["prefix"] + "manifest.json")["Body"].read())
+    rank_files = [f"rank-0000{r}-of-00002-00001-of-00001.safetensors" for r in (0, 1)]
+    index = "model.safetensors.index.json"
+    assert sorted(found) == sorted(["COMMITTED", "manifest.json", index, *rank_files])
+    manifest = get_json(bucket, on_two["prefix"] + "manifest.json")
     assert manifest["format_version"] == 2 and manifest["world_size"] == 2
     assert manifest["metadata"] == {"world": 2}
-    assert [(c["offsets"], c["rank"]) for c in manifest["tensors"]["cols"]["chunks"]] == [([0, 0], 0), ([0, 5], 1)]
+    cols = manifest["tensors"]["cols"]["chunks"]
+    assert [(c["offsets"], c["rank"]) for c in cols] == [([0, 0], 0), ([0, 5], 1)]
     # rank 1 uploaded exactly its own shard object; rank 0 its shard, the manifest, index, marker
-    written = [json.loads((on_two["root"] / f"written-{r}.json").read_text())["written"] for r in (0, 1)]
+    root = on_two["root"]
+    written = [json.loads((root / f"written-{r}.json").read_text())["written"] for r in (0, 1)]
     assert written[1] == found[rank_files[1]]
     assert written[0] == sum(size for name, size in found.items() if name != rank_files[1])
-    marker = json.loads(bucket["client"].get_object(Bucket=bucket["name"], Key=on_two["prefix"] + "COMMITTED")["Body"].read())
+    marker = get_json(bucket, on_two["prefix"] + "COMMITTED")
     assert sorted(marker["files"]) == sorted([*rank_files, "manifest.json"])
 
 
@@ -144,7 +153,8 @@ def test_single_process_load_open_verify_give_whole_tensors(bucket, on_two) -> N
     assert torch.equal(loaded["cols"], cols_whole())  # column chunks into a wider buffer
     with weightvault.open(url, storage_options=opts) as r:
         assert r.info("model/2.weight").extra["chunks"] == 2
-        assert torch.equal(torch.from_numpy(r.get("model/0.weight").copy()), ref["model"]["0.weight"])
+        got = torch.from_numpy(r.get("model/0.weight").copy())
+        assert torch.equal(got, ref["model"]["0.weight"])
         # rows 1-2, columns 3-7: two runs of each column chunk, each pair fetched as one range
         before = r.bytes_read
         region = r.read_region("cols", (1, 3), (2, 5))
@@ -161,7 +171,10 @@ def test_verify_names_a_corrupt_chunk(bucket, on_two) -> None:
     url = f"{bucket['url']}/runs/corrupt"
     src = on_two["prefix"]
     for name in keys(bucket, src):
-        bucket["client"].copy_object(Bucket=bucket["name"], Key=f"runs/corrupt/{name}", CopySource={"Bucket": bucket["name"], "Key": src + name})
+        bucket["client"].copy_object(
+            Bucket=bucket["name"], Key=f"runs/corrupt/{name}",
+            CopySource={"Bucket": bucket["name"], "Key": src + name},
+        )  # fmt: skip
     shard = "runs/corrupt/rank-00001-of-00002-00001-of-00001.safetensors"
     data = bytearray(bucket["client"].get_object(Bucket=bucket["name"], Key=shard)["Body"].read())
     data[-1] ^= 0xFF  # the last byte of rank 1's last record
@@ -176,7 +189,8 @@ def test_cli_ls_and_verify_on_the_url(bucket, on_two) -> None:
 
     def cli(*args: str) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "weightvault", "--storage-option", f"endpoint_url={endpoint}", *args],
+            [sys.executable, "-m", "weightvault", "--storage-option", f"endpoint_url={endpoint}",
+             *args],
             capture_output=True, text=True, check=False, env=env,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -199,7 +213,8 @@ def test_resume_at_four_ranks_reads_only_its_overlaps(bucket, on_two) -> None:
     fetched is the manifest, the marker and the shard headers."""
     root = on_two["root"]
     run_ranks("resume", 4, root, on_two["url"], bucket["env"], "0")
-    assert_same(torch.load(root / "resumed-4.pt", weights_only=True), torch.load(root / "saved.pt", weights_only=True))
+    saved = torch.load(root / "saved.pt", weights_only=True)
+    assert_same(torch.load(root / "resumed-4.pt", weights_only=True), saved)
     found = keys(bucket, on_two["prefix"])
     overhead = found["manifest.json"] + found["COMMITTED"] + sum(
         min(size, 64 << 10) for name, size in found.items() if name.startswith("rank-")
@@ -229,7 +244,8 @@ def test_rank_killed_mid_upload_commits_nothing(bucket, tmp_path: Path) -> None:
         assert mgr.steps() == [1]
         state = mgr.load(1, framework="torch", verify=True)
     assert state["step"] == 1  # the 12 MiB "big" came back in ranged 5 MiB parts, in order:
-    assert torch.equal(state["big"], torch.randn(3 << 20, generator=torch.Generator().manual_seed(1)))
+    big = torch.randn(3 << 20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(state["big"], big)
     uploads = bucket["client"].list_multipart_uploads(Bucket=bucket["name"], Prefix="killed/")
     assert [u["Key"] for u in uploads.get("Uploads", [])] == [
         "killed/step-00000002/rank-00001-of-00002-00001-of-00001.safetensors"
@@ -238,7 +254,8 @@ def test_rank_killed_mid_upload_commits_nothing(bucket, tmp_path: Path) -> None:
     with CheckpointManager(url, max_to_keep=5, storage_options=opts) as again:
         assert any("rank-00001" in c for c in again.cleaned_up)
         assert again.steps() == [1]
-    assert not bucket["client"].list_multipart_uploads(Bucket=bucket["name"], Prefix="killed/").get("Uploads")
+    uploads = bucket["client"].list_multipart_uploads(Bucket=bucket["name"], Prefix="killed/")
+    assert not uploads.get("Uploads")
     assert not [k for k in keys(bucket, "killed/") if k.startswith("step-00000002")]
 
 
@@ -259,5 +276,5 @@ def test_manager_on_every_rank_retention_once(bucket, tmp_path: Path, mode: str)
         assert mgr.steps() == [2, 3]
         state = mgr.load("latest", framework="torch", verify=True)
     assert_same(state["model"], reference(3)["model"])
-    record = json.loads(bucket["client"].get_object(Bucket=bucket["name"], Key=f"run-{mode}/step-00000003/checkpoint.json")["Body"].read())
+    record = get_json(bucket, f"run-{mode}/step-00000003/checkpoint.json")
     assert record["mode"] == mode and record["step"] == 3

@@ -23,6 +23,11 @@ that died or hangs mid-save makes the others fail with :class:`CheckpointSaveErr
 timeout instead of hanging, and the checkpoint under construction is never committed (the
 previous one stays as it was).
 
+To a URL (S3, any fsspec filesystem) the same steps run with the object-store target of
+:mod:`weightvault.storage.distributed`: no temporary name (no rename there), rank 0 clears the
+prefix before the go-ahead, the ranks upload straight into it, and ``COMMITTED``, written last,
+is the commit.
+
 :func:`load_distributed` restores into a state of DTensors on any mesh and placement (or plain
 tensors): each rank reads, for each tensor, only the byte runs of the stored chunks that overlap
 its local shard (:meth:`weightvault.formats.native.NativeReader.read_region`).
