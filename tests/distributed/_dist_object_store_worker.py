@@ -13,6 +13,8 @@ Actions:
   read (tensor bytes, and all bytes fetched) to ``DIR/read-WORLD-RANK.json``; rank 0 the full state
   to ``DIR/resumed-WORLD.pt``.
 * ``manager``: a CheckpointManager on URL (``max_to_keep=2``) saves steps 1, 2, 3.
+* ``fail``: ``weightvault.save`` to URL where rank 1's multipart upload fails (it survives);
+  each rank records its error in ``DIR/fail-RANK.json``.
 * ``kill``: a manager on URL commits step 1; in step 2 rank 1 SIGKILLs itself while its shard's
   multipart upload is in flight (after its first part); rank 0 records its error and how long it
   took in ``DIR/kill-0.json``.
@@ -152,6 +154,27 @@ def act_kill(rank: int, world: int, root: Path, url: str, timeout: str = "8") ->
     mgr.close()  # rank 0 releases the run's lease
     (root / f"kill-{rank}.json").write_text(json.dumps({"error": error, "seconds": seconds}))
     os._exit(0)  # the group is broken: skip destroy_process_group
+
+
+def act_fail(rank: int, world: int, root: Path, url: str) -> None:
+    """Rank 1's upload fails (a part is refused, the rank survives): both ranks raise, rank 1's
+    error reaches rank 0, and nothing stays under the prefix."""
+    import weightvault
+    import weightvault.storage.upload as upload
+
+    model, opt = build(world, rank)
+    if rank == 1:
+
+        def refuse(self, number, data):  # type: ignore[no-untyped-def]
+            raise OSError(28, "No space left on device")
+
+        upload.ObjectWriter._upload_part = refuse
+    try:
+        weightvault.save({**sharded_state(model, opt, 0), "big": _big(world, rank)}, url, timeout=20)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - recorded for the test
+        error = f"{type(exc).__name__}: {exc}"
+    (root / f"fail-{rank}.json").write_text(json.dumps({"error": error}))
 
 
 def main() -> None:

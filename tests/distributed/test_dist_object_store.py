@@ -259,6 +259,19 @@ def test_rank_killed_mid_upload_commits_nothing(bucket, tmp_path: Path) -> None:
     assert not [k for k in keys(bucket, "killed/") if k.startswith("step-00000002")]
 
 
+def test_rank_whose_upload_fails_reports_it_and_nothing_stays(bucket, tmp_path: Path) -> None:
+    """Rank 1's upload is refused: its multipart upload is aborted, its error reaches rank 0, both
+    raise, and rank 0 removes what it had uploaded: the prefix is empty, no upload pending."""
+    run_ranks("fail", 2, tmp_path, f"{bucket['url']}/failed", bucket["env"])
+    errors = [json.loads((tmp_path / f"fail-{r}.json").read_text())["error"] for r in (0, 1)]
+    assert errors[0].startswith("CheckpointSaveError") and "rank 1 failed" in errors[0]
+    assert "No space left" in errors[0] and "not committed" in errors[0]
+    assert errors[1] is not None and "No space left" in errors[1]
+    assert keys(bucket, "failed/") == {}
+    uploads = bucket["client"].list_multipart_uploads(Bucket=bucket["name"], Prefix="failed/")
+    assert not uploads.get("Uploads")
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_manager_on_every_rank_retention_once(bucket, tmp_path: Path, mode: str) -> None:
     """CheckpointManager(url) on both ranks, 3 steps, max_to_keep=2: rank 0 holds the lease and
