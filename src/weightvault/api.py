@@ -76,14 +76,18 @@ def save(
         (2, 3)
     """
     if _is_url(path):  # object storage (#17): weightvault.storage
-        if _wants_distributed(obj, process_group):
-            raise UnsupportedOperationError(
-                "a distributed save (process_group= or DTensors) cannot go to object storage yet",
-                path=str(path),
-                hint="save to a local or shared-filesystem directory, then upload it",
-            )
         from weightvault import storage
 
+        if _wants_distributed(obj, process_group):  # every rank uploads its chunks, rank 0 commits
+            from weightvault.frameworks.torch_distributed import save_distributed
+
+            return str(  # type: ignore[return-value]
+                save_distributed(
+                    storage.location(path, storage_options), obj, metadata=metadata,
+                    shard_size=shard_size, process_group=process_group, timeout=timeout,
+                    include=include, exclude=exclude,
+                )  # fmt: skip
+            )
         return storage.save_url(  # type: ignore[return-value]
             obj, path, storage_options=storage_options, metadata=metadata, shard_size=shard_size,
             single_file=single_file, progress=progress, include=include, exclude=exclude,
@@ -92,7 +96,7 @@ def save(
         from weightvault.frameworks.torch_distributed import save_distributed
 
         return save_distributed(
-            path, obj, metadata=metadata, shard_size=shard_size, fsync=fsync,
+            _local(path), obj, metadata=metadata, shard_size=shard_size, fsync=fsync,
             process_group=process_group, timeout=timeout, include=include, exclude=exclude,
         )  # fmt: skip
     from weightvault.formats.native import save_native

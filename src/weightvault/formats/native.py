@@ -726,9 +726,14 @@ class NativeReader(FormatReader):
             out = np.empty(want.sizes, dtype)
         elif out.shape != want.sizes or out.dtype != dtype or not out.flags.c_contiguous:
             raise ValueError(f"{name}: out must be a C-contiguous {dtype} array of shape {want.sizes}")
-        for job in self._region_jobs(name, want, out):
-            job()
+        self._run_jobs(self._region_jobs(name, want, out))
         return out
+
+    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
+        """Run read jobs: one after the other here (local ``pread``); a remote reader runs its
+        ranged requests in parallel."""
+        for job in jobs:
+            job()
 
     def _region_jobs(self, name: str, want: Box, out: np.ndarray) -> list[Callable[[], None]]:
         if self.is_chunked(name):

@@ -23,6 +23,11 @@ that died or hangs mid-save makes the others fail with :class:`CheckpointSaveErr
 timeout instead of hanging, and the checkpoint under construction is never committed (the
 previous one stays as it was).
 
+To a URL (S3, any fsspec filesystem) the same steps run with the object-store target of
+:mod:`weightvault.storage.distributed`: no temporary name (no rename there), rank 0 clears the
+prefix before the go-ahead, the ranks upload straight into it, and ``COMMITTED``, written last,
+is the commit.
+
 :func:`load_distributed` restores into a state of DTensors on any mesh and placement (or plain
 tensors): each rank reads, for each tensor, only the byte runs of the stored chunks that overlap
 its local shard (:meth:`weightvault.formats.native.NativeReader.read_region`).
@@ -306,7 +311,7 @@ def _write_rank(
     sums: dict[str, str] = {}
     if incremental is None:
         plan = plan_shards(sources, shard_size, pattern=pattern)
-        ShardDirectory(tmp, fsync).write_shards(
+        _directory(tmp, fsync).write_shards(
             sources, plan, metadata=lambda f: {"format": "pt", "weightvault.shard": f},
             on_tensor=lambda src: _Digest(sums, src.name),
         )  # fmt: skip
@@ -438,9 +443,17 @@ def save_distributed(
         _refuse_foreign_extension,
     )
 
-    path = Path(path)
+    target = _target(path, fsync)  # a local directory, or an object-store prefix
+    path = target.path
+    if incremental and not isinstance(target, _LocalTarget):
+        raise UnsupportedOperationError(
+            "incremental distributed saves link files on a local disk; on object storage every "
+            "rank would have to copy its unchanged files server-side, which is not built yet",
+            path=path,
+            hint="drop incremental=True for a distributed save to a URL",
+        )
     _refuse_foreign_extension(path)
-    if path.suffix == ".safetensors":
+    if path.name.endswith(".safetensors"):
         raise UnsupportedOperationError(
             "a distributed save writes a directory (one shard file per rank), not one .safetensors",
             path=path,
@@ -465,7 +478,7 @@ def save_distributed(
     inc = _rank_incremental(incremental, base, rank, world)
 
     if rank != 0:
-        tmp = Path(job.receive_tmp())
+        tmp = target.at(job.receive_tmp())
         failure, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync, inc)
         job.gather(report)
         status = job.result()
@@ -491,8 +504,8 @@ def save_distributed(
             from weightvault.formats.distributed_incremental import merge_sections
 
             manifest["incremental"] = merge_sections(reports, inc.base_name)
-        d = ShardDirectory(tmp, fsync)
-        d.nbytes = sum((tmp / f).stat().st_size for f in files)
+        d = _directory(tmp, fsync)
+        d.nbytes = target.size(tmp, files)
         d.write_file(MANIFEST_FILE, _json_bytes(manifest))
         index = {"metadata": {"total_size": d.nbytes}, "weight_map": weight_map}
         d.write_file(INDEX_FILE, _json_bytes(index))
@@ -507,7 +520,7 @@ def save_distributed(
 
     try:
         try:
-            with atomic_dir(path, fsync=fsync) as tmp:  # removed on error, renamed on success
+            with target.begin() as tmp:  # removed on error, committed (renamed) on success
                 job.send_tmp(os.fspath(tmp))
                 _, report = _write_reported(tmp, tensors, rank, world, shard_size, fsync, inc)
                 commit(tmp, job.gather(report))
@@ -522,6 +535,48 @@ def save_distributed(
         raise CheckpointSaveError(f"distributed save failed: {exc}", path=path) from exc
     job.result(None)
     return path
+
+
+# -- where the files go -----------------------------------------------------------------------------
+
+
+class _LocalTarget:
+    """A local directory: rank 0 makes it under a temporary name that every rank writes into, and
+    renames it into place after ``COMMITTED`` (:func:`weightvault.core.io.atomic_dir`). An
+    object-store prefix is :class:`weightvault.storage.distributed.PrefixTarget`."""
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path, self.fsync = path, fsync
+
+    def begin(self) -> Any:
+        return atomic_dir(self.path, fsync=self.fsync)
+
+    def at(self, where: str) -> Path:
+        return Path(where)
+
+    def size(self, where: Path, files: Sequence[str]) -> int:
+        return sum((where / f).stat().st_size for f in files)
+
+
+def _target(path: Any, fsync: bool) -> Any:
+    from weightvault.storage.location import is_url, local_path
+
+    if is_url(path):  # object storage: upload straight into the prefix, COMMITTED last
+        from weightvault.storage import location
+        from weightvault.storage.distributed import PrefixTarget
+
+        return PrefixTarget(location(path))
+    return _LocalTarget(Path(local_path(path)), fsync)
+
+
+def _directory(where: Any, fsync: bool) -> Any:
+    """What a rank writes its files through: a :class:`ShardDirectory` in the local temporary
+    directory, or uploads into the object-store prefix."""
+    if isinstance(where, Path):
+        return ShardDirectory(where, fsync)
+    from weightvault.storage.distributed import PrefixDirectory
+
+    return PrefixDirectory(where)
 
 
 class _Job:
@@ -631,6 +686,7 @@ def load_distributed(
     *,
     verify: bool = False,
     stats: dict[str, int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Restore a checkpoint into ``target``, nested state shaped like the saved one whose tensors
     (DTensors on any mesh and placement, or plain tensors) are filled in place; each rank reads
@@ -639,13 +695,13 @@ def load_distributed(
     lacks is read whole). Not a collective: every rank reads on its own.
 
     ``verify``: check every checksum of the checkpoint too. ``stats``: a dict that gets
-    ``bytes_read``, the tensor bytes this rank read.
+    ``bytes_read``, the tensor bytes this rank read. ``path`` may be a URL (``storage_options``
+    as for :func:`weightvault.load`): ranged reads of just those bytes.
     """
-    from weightvault.formats.native import NativeReader
     from weightvault.frameworks.torch import from_numpy
 
     _, wanted = flatten(target)
-    with NativeReader(path) as reader:
+    with _open_reader(path, storage_options) as reader:
         filled: dict[str, Any] = {}
         stored = set(reader.keys())
         for name, obj in wanted.items():
@@ -681,6 +737,17 @@ def load_distributed(
             reader.manifest["tree"],
             lambda n: filled[n] if n in filled else leaf(reader.aliases.get(n, n)),
         )
+
+
+def _open_reader(path: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    from weightvault.formats.native import NativeReader
+    from weightvault.storage.location import is_url, local_path
+
+    if is_url(path):  # object storage: ranged reads
+        from weightvault.storage.distributed import open_checkpoint
+
+        return open_checkpoint(path, storage_options)
+    return NativeReader(local_path(path))
 
 
 def _fill(reader: Any, name: str, box: Box, dest: torch.Tensor, dtype: str, path: Any) -> None:

@@ -14,7 +14,12 @@ directory operations replaced by the object-store protocol:
   every object is older than its lease (the store's own clock: ``LastModified``), i.e. provably
   written by an earlier writer; anything newer is left alone;
 * **one writer per run:** the lease of :mod:`weightvault.storage.lease` (conditional writes on
-  S3), instead of the local ``flock``.
+  S3), instead of the local ``flock``;
+* **torch.distributed jobs** (``process_group=``, or DTensors in the state): make the manager on
+  every rank; rank 0 alone holds the lease, removes leftovers, writes the run state and applies
+  retention (once, after the commit). A save of DTensors is a collective: every rank uploads its
+  own chunks into ``step-N/``, rank 0 writes the manifest, the record and ``COMMITTED``
+  (:mod:`weightvault.storage.distributed`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from weightvault.checkpoint.manager import (
     _best_from_state,
     _build_policy,
     _check_same_policy,
+    _distributed_rank,
     _now,
     _parse_best,
     _policy_id,
@@ -91,18 +97,18 @@ class ObjectStoreManager(CheckpointManager):
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        if incremental or process_group is not None:
-            what = "incremental=True" if incremental else "process_group="
+        if incremental:
             raise UnsupportedOperationError(
-                f"{what} is not supported on object storage yet (local directories only)",
+                "incremental=True is not supported on object storage yet (local directories only)",
                 path=str(directory),
                 hint="save to a local run directory, or drop the option",
             )
         self.loc = location(directory, storage_options)
         self.directory = self.loc  # type: ignore[assignment]
-        # Not on object stores yet: distributed saves (#16) and incremental links (#18) are
-        # local-disk features; these keep the base class's code paths on their plain branch.
-        self.process_group, self.timeout, self._rank = None, None, None
+        # In a torch.distributed job rank 0 owns the run (lease, run state, retention)
+        self.process_group, self.timeout = process_group, timeout
+        self._rank = None if read_only else _distributed_rank(process_group)
+        # Not on object stores yet: incremental links (#18) are a local-disk feature
         self.incremental = False
         self.read_only = read_only
         self.async_save = async_save
@@ -126,7 +132,8 @@ class ObjectStoreManager(CheckpointManager):
         self.policy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
         )
-        self._lock = Lease(self.loc, lease_seconds)  # type: ignore[assignment]
+        follower = self._rank not in (None, 0)
+        self._lock = _NoLease() if follower else Lease(self.loc, lease_seconds)  # type: ignore[assignment]
         self._state_lock = threading.RLock()
         self._save_lock = threading.Lock()
         self._future: Future[None] | None = None
@@ -144,6 +151,8 @@ class ObjectStoreManager(CheckpointManager):
                 self._best = _best_from_state(state)
             self.run_id = state.get("run_id")
             return
+        if follower:
+            return  # rank 0 owns the run
         self._lock.acquire()
         try:
             self.cleaned_up = self._remove_leftovers()
@@ -181,7 +190,7 @@ class ObjectStoreManager(CheckpointManager):
         final = self.loc / step_dir_name(job.step)
         write_started = time.perf_counter()
 
-        def record_and_renew(nbytes: int) -> None:
+        def record(nbytes: int) -> bytes:
             now, stamp = _now()
             record = {
                 "format": RECORD_FORMAT,
@@ -198,14 +207,30 @@ class ObjectStoreManager(CheckpointManager):
                 "write_seconds": time.perf_counter() - write_started,
                 "size_bytes": nbytes,
             }
-            final.child(RECORD_FILE).write_bytes(json.dumps(record, indent=1).encode())
+            return json.dumps(record, indent=1).encode()
+
+        def record_and_renew(nbytes: int) -> None:
+            final.child(RECORD_FILE).write_bytes(record(nbytes))
             self._lock.renew()  # type: ignore[attr-defined] - a writer that lost its lease commits nothing
 
+        def renew_then_record(nbytes: int) -> dict[str, bytes]:  # rank 0 of a distributed save
+            self._lock.renew()  # type: ignore[attr-defined]
+            return {RECORD_FILE: record(nbytes)}
+
         try:
-            save_url(
-                final, job.state, metadata=job.metadata, shard_size=self.shard_size,
-                single_file=False, progress=False, before_commit=record_and_renew,
-            )  # fmt: skip
+            if job.distributed:  # every rank uploads its chunks; rank 0 commits
+                from weightvault.frameworks.torch_distributed import save_distributed
+
+                save_distributed(
+                    final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                    process_group=self.process_group, timeout=self.timeout,
+                    before_commit=renew_then_record,
+                )  # fmt: skip
+            else:
+                save_url(
+                    final, job.state, metadata=job.metadata, shard_size=self.shard_size,
+                    single_file=False, progress=False, before_commit=record_and_renew,
+                )  # fmt: skip
             job.state = None
         except CheckpointLockedError:
             raise
@@ -216,7 +241,10 @@ class ObjectStoreManager(CheckpointManager):
             )
             error.errno = exc.errno
             raise error from exc
-        self._apply_retention()
+        finally:
+            job.state = None
+        if self._rank in (None, 0):  # once, after the commit
+            self._apply_retention()
 
     def _delete_owned(self, step: int) -> None:
         path = self.loc / step_dir_name(step)
@@ -254,6 +282,19 @@ class ObjectStoreManager(CheckpointManager):
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else ("async" if self.async_save else "sync")
         return f"CheckpointManager({self.loc.url!r}, {mode}, policy={self.policy!r})"
+
+
+class _NoLease:
+    """A distributed job's other ranks: rank 0 holds the run's lease, they hold nothing."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def renew(self) -> None:
+        pass
 
 
 def _entry_time(entry: dict[str, Any]) -> float | None:

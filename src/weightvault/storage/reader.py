@@ -12,6 +12,12 @@ else; ``get(name)`` reads that tensor's shard header once and then the tensor's 
 ``read_jobs`` splits a tensor into ``part_size`` ranges that run in parallel into the caller's
 preallocated buffer (what :func:`weightvault.load` uses). Checksums are verified as locally.
 
+Chunked rows (a distributed save, ``format_version`` 2) are read the same way: ``get`` and
+``load`` assemble whole tensors, and ``read_region`` (``load_distributed``) fetches only the byte
+runs of the stored chunks that overlap the wanted box; runs close together are fetched in one
+request (a gap up to :data:`COALESCE_GAP` costs less than another round trip), and
+:attr:`~weightvault.formats.native.NativeReader.bytes_read` counts the bytes fetched.
+
 Other formats have no ranged reader yet: :func:`open_remote` copies the object (or prefix) into
 a private temporary directory and opens that with the format's own reader; the copy goes with
 ``close()``.
@@ -24,6 +30,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -32,6 +39,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, FormatReader, VerifyResult
 from weightvault.core.checksum import StreamingChecksum
+from weightvault.core.chunks import Box, byte_runs, intersect
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.safetensors_io import MAX_HEADER, SafetensorsFile
 from weightvault.core.tree import tensor_names
@@ -57,6 +65,8 @@ __all__ = ["RemoteNativeReader", "RemoteSafetensorsFile", "open_remote", "run_pa
 
 #: first ranged read of a safetensors object: the length prefix and, usually, the whole header
 HEADER_PROBE = 64 << 10
+#: byte runs of a chunk at most this far apart are fetched in one ranged request
+COALESCE_GAP = 256 << 10
 
 
 class RemoteSafetensorsFile(SafetensorsFile):
@@ -174,6 +184,9 @@ class RemoteNativeReader(NativeReader):
         ]
         seen = set(self._names)
         self._names += [n for n in self._rows if n not in seen]
+        self._parts = {}  # chunked rows, checked against their shards (NativeReader._chunk_parts)
+        self.bytes_read = 0
+        self._count = threading.Lock()  # read jobs run on threads
 
     def _shard(self, file: str, tensor: str) -> SafetensorsFile:
         if self._single is not None:
@@ -189,9 +202,125 @@ class RemoteNativeReader(NativeReader):
             self._shards[file] = RemoteSafetensorsFile(shard)
         return self._shards[file]
 
+    # -- regions of chunked tensors: ranged reads of the overlapping runs -------------------------
+    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
+        run_parallel(jobs, self.loc.transfer.concurrency)
+
+    def _region_jobs(self, name: str, want: Box, out: np.ndarray) -> list[Callable[[], None]]:
+        if self.is_chunked(name):
+            pieces = [(box, shard, c["key"]) for box, shard, c in self._chunk_parts(name)]
+        else:
+            shard, target, _ = self._entry_checked(name)
+            pieces = [(self.chunks(name)[0], shard, target)]
+        jobs: list[Callable[[], None]] = []
+        for box, shard, key in pieces:
+            common = intersect(box, want)
+            if common is not None and common.numel:
+                assert isinstance(shard, RemoteSafetensorsFile)
+                jobs += self._ranged_jobs(shard, key, box, common, want, out)
+        return jobs
+
+    def _ranged_jobs(
+        self,
+        shard: RemoteSafetensorsFile,
+        key: str,
+        box: Box,
+        common: Box,
+        want: Box,
+        out: np.ndarray,
+    ) -> list[Callable[[], None]]:
+        """Ranged reads that put the part ``common`` of the stored chunk ``box`` into ``out``
+        (the box ``want``). Runs are grouped into requests of at most ``part_size`` (one run
+        longer than that is split), with gaps up to :data:`COALESCE_GAP` read through."""
+        shift = tuple(c - b for c, b in zip(common.offsets, box.offsets, strict=True))
+        local = Box(shift, common.sizes)
+        starts, run = byte_runs(box.sizes, local)
+        item = out.dtype.itemsize
+        step = run * item
+        base = shard.entries[key].start
+        dest = out[(*common.slices(want.offsets), Ellipsis)]  # a view, also for 0-d
+        loc, part = shard.loc, shard.loc.transfer.part_size
+        byte_starts = [int(s) * item for s in starts.tolist()]
+        if dest.flags.c_contiguous:
+            flat = memoryview(dest.reshape(-1).view(np.uint8))
+        else:  # e.g. a column chunk of a wider region: filled by one job, then copied in
+            flat = None
+
+        def count(n: int) -> None:
+            with self._count:
+                self.bytes_read += n
+
+        # groups of consecutive runs: [first, last) run index, fetched as one byte range
+        groups: list[tuple[int, int]] = []
+        first = 0
+        for i in range(1, len(byte_starts) + 1):
+            if (
+                i == len(byte_starts)
+                or byte_starts[i] - (byte_starts[i - 1] + step) > COALESCE_GAP
+                or byte_starts[i] + step - byte_starts[first] > part
+            ):
+                groups.append((first, i))
+                first = i
+
+        def span(lo_run: int, hi_run: int) -> tuple[int, int]:
+            return byte_starts[lo_run], byte_starts[hi_run - 1] + step
+
+        def fetch_gapless(lo: int, a: int, b: int, into: memoryview, at: int) -> None:
+            loc.read_into(base + lo + a, into[at + a : at + b])
+            count(b - a)
+
+        def fetch_group(lo_run: int, hi_run: int, into: memoryview) -> None:
+            lo, hi = span(lo_run, hi_run)
+            if hi - lo == (hi_run - lo_run) * step:  # no gaps: straight into the buffer
+                for a in range(0, hi - lo, part):
+                    fetch_gapless(lo, a, min(a + part, hi - lo), into, lo_run * step)
+                return
+            data = memoryview(loc.read_range(base + lo, base + hi))
+            for i in range(lo_run, hi_run):
+                at = byte_starts[i] - lo
+                into[i * step : (i + 1) * step] = data[at : at + step]
+            count(hi - lo)
+
+        if flat is not None:
+            jobs: list[Callable[[], None]] = []
+            for lo_run, hi_run in groups:
+                lo, hi = span(lo_run, hi_run)
+                if hi - lo == (hi_run - lo_run) * step:  # a long run: its parts in parallel
+                    at, n = lo_run * step, hi - lo
+                    jobs += [
+                        (lambda lo=lo, a=a, b=min(a + part, n), at=at: fetch_gapless(lo, a, b, flat, at))
+                        for a in range(0, n, part)
+                    ]
+                else:
+                    jobs.append(lambda g=(lo_run, hi_run): fetch_group(g[0], g[1], flat))
+            return jobs
+
+        def whole_piece() -> None:
+            buf = np.empty(common.sizes, out.dtype)
+            view = memoryview(buf.reshape(-1).view(np.uint8))
+            for lo_run, hi_run in groups:
+                fetch_group(lo_run, hi_run, view)
+            dest[...] = buf
+
+        return [whole_piece]
+
     def verify(self) -> VerifyResult:
         result = VerifyResult(self.path)
         for name in self._rows:
+            if self.is_chunked(name):  # each chunk's record, streamed part by part
+                for box, shard, chunk in self._chunk_parts(name):
+                    if not chunk.get("checksum"):
+                        result.unchecked += 1
+                        continue
+                    assert isinstance(shard, RemoteSafetensorsFile)
+                    actual = shard.checksum(chunk["key"])
+                    result.checked += 1
+                    if actual != chunk["checksum"]:
+                        result.failures.append(
+                            f"{name}: chunk at {list(box.offsets)} checksum {actual} != recorded "
+                            f"{chunk['checksum']}"
+                        )
+                continue
             shard, target, row = self._entry_checked(name)
             expected = row.get("checksum")
             if not expected:
