@@ -60,7 +60,9 @@ def bucket(moto_endpoint: str) -> dict[str, Any]:
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )  # fmt: skip
     client.create_bucket(Bucket=name)
-    opts = s3_options(moto_endpoint, part_size=5 << 20)
+    # single_put_size=0: the ranks' shards (6 MiB) go multipart, which the kill and failure
+    # tests interrupt part by part (a single PUT is tested in tests/storage/test_s3_faults.py)
+    opts = s3_options(moto_endpoint, part_size=5 << 20, single_put_size=0)
     env = {**CREDENTIALS, "WEIGHTVAULT_STORAGE_OPTIONS": json.dumps(opts)}
     yield {"url": f"s3://{name}", "name": name, "opts": opts, "client": client, "env": env}
     client.close()
