@@ -33,6 +33,7 @@ from weightvault.checkpoint.manager import (
     RECORD_FILE,
     RECORD_FORMAT,
     STATE_FILE,
+    INCREMENTAL_SHARD_SIZE,
     CheckpointInfo,
     CheckpointManager,
     _best_from_state,
@@ -91,23 +92,25 @@ class ObjectStoreManager(CheckpointManager):
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        if incremental or process_group is not None:
-            what = "incremental=True" if incremental else "process_group="
+        if process_group is not None:
             raise UnsupportedOperationError(
-                f"{what} is not supported on object storage yet (local directories only)",
+                "process_group= is not supported on object storage yet (local directories only)",
                 path=str(directory),
                 hint="save to a local run directory, or drop the option",
             )
         self.loc = location(directory, storage_options)
         self.directory = self.loc  # type: ignore[assignment]
-        # Not on object stores yet: distributed saves (#16) and incremental links (#18) are
-        # local-disk features; these keep the base class's code paths on their plain branch.
+        # Not on object stores yet: distributed saves (#16) are a local-disk feature; this keeps
+        # the base class's code paths on their plain branch.
         self.process_group, self.timeout, self._rank = None, None, None
-        self.incremental = False
+        # incremental (#18): unchanged shards are copied server-side (storage.incremental)
+        self.incremental = incremental
         self.read_only = read_only
         self.async_save = async_save
         self.fsync = fsync
-        self.shard_size = shard_size or DEFAULT_SHARD_SIZE
+        self.shard_size = shard_size or (
+            INCREMENTAL_SHARD_SIZE if incremental else DEFAULT_SHARD_SIZE
+        )
         self.consumer_timeout = consumer_timeout
         self.consumer_max_pending = consumer_max_pending
         self._best = _parse_best(best)
@@ -122,6 +125,7 @@ class ObjectStoreManager(CheckpointManager):
             else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
             "async_save": async_save,
             "custom_policy": None if policy is None else _policy_id(policy),
+            "incremental": incremental,
         }
         self.policy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
@@ -180,6 +184,8 @@ class ObjectStoreManager(CheckpointManager):
     def _write(self, job: Any) -> None:
         final = self.loc / step_dir_name(job.step)
         write_started = time.perf_counter()
+        stats: dict[str, Any] = {}
+        base = self._incremental_base() if self.incremental else None
 
         def record_and_renew(nbytes: int) -> None:
             now, stamp = _now()
@@ -197,7 +203,10 @@ class ObjectStoreManager(CheckpointManager):
                 else time.perf_counter() - job.started,
                 "write_seconds": time.perf_counter() - write_started,
                 "size_bytes": nbytes,
+                "written_bytes": stats.get("written_bytes", nbytes),  # uploaded (not copied)
             }
+            if self.incremental:
+                record["incremental"] = {"base": None if base is None else base.name}
             final.child(RECORD_FILE).write_bytes(json.dumps(record, indent=1).encode())
             self._lock.renew()  # type: ignore[attr-defined] - a writer that lost its lease commits nothing
 
@@ -205,6 +214,7 @@ class ObjectStoreManager(CheckpointManager):
             save_url(
                 final, job.state, metadata=job.metadata, shard_size=self.shard_size,
                 single_file=False, progress=False, before_commit=record_and_renew,
+                incremental=self.incremental, base=base, stats=stats,
             )  # fmt: skip
             job.state = None
         except CheckpointLockedError:
@@ -217,6 +227,12 @@ class ObjectStoreManager(CheckpointManager):
             error.errno = exc.errno
             raise error from exc
         self._apply_retention()
+
+    def _incremental_base(self) -> Any:
+        """The prefix unchanged shards are copied from: the newest committed step (retention
+        never deletes the newest, and the next save starts only after it committed)."""
+        found = scan_run(self.loc)
+        return found[-1].path if found else None
 
     def _delete_owned(self, step: int) -> None:
         path = self.loc / step_dir_name(step)
