@@ -14,7 +14,10 @@ directory operations replaced by the object-store protocol:
   every object is older than its lease (the store's own clock: ``LastModified``), i.e. provably
   written by an earlier writer; anything newer is left alone;
 * **one writer per run:** the lease of :mod:`weightvault.storage.lease` (conditional writes on
-  S3), instead of the local ``flock``.
+  S3), instead of the local ``flock``;
+* **incremental runs** (``incremental=True``): shards unchanged since the newest committed step
+  are copied from it server-side instead of uploaded (:mod:`weightvault.storage.incremental`);
+  the commit order is the same.
 """
 
 from __future__ import annotations
