@@ -22,41 +22,27 @@ directory operations replaced by the object-store protocol:
 
 from __future__ import annotations
 
-import atexit
 import json
-import threading
 import time
-import uuid
 import warnings
-import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from weightvault.checkpoint.manager import (
     RECORD_FILE,
     RECORD_FORMAT,
     STATE_FILE,
-    INCREMENTAL_SHARD_SIZE,
     CheckpointInfo,
     CheckpointManager,
-    _best_from_state,
-    _build_policy,
-    _check_same_policy,
     _now,
-    _parse_best,
-    _policy_id,
-    _report_unobserved,
-    _stamp,
     step_dir_name,
 )
-from weightvault.checkpoint.snapshot import SnapshotCache
 from weightvault.errors import (
     CheckpointLockedError,
     CheckpointSaveError,
     UnsupportedOperationError,
     WeightVaultUserWarning,
 )
-from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE
+from weightvault.formats.native import COMMIT_MARKER
 from weightvault.storage import location
 from weightvault.storage.lease import Lease
 from weightvault.storage.native import delete_checkpoint, save_url
@@ -106,66 +92,15 @@ class ObjectStoreManager(CheckpointManager):
         # Not on object stores yet: distributed saves (#16) are a local-disk feature; this keeps
         # the base class's code paths on their plain branch.
         self.process_group, self.timeout, self._rank = None, None, None
-        # incremental (#18): unchanged shards are copied server-side (storage.incremental)
-        self.incremental = incremental
-        self.read_only = read_only
-        self.async_save = async_save
-        self.fsync = fsync
-        self.shard_size = shard_size or (
-            INCREMENTAL_SHARD_SIZE if incremental else DEFAULT_SHARD_SIZE
-        )
-        self.consumer_timeout = consumer_timeout
-        self.consumer_max_pending = consumer_max_pending
-        self._best = _parse_best(best)
-        if max_to_keep is not None and max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
-        self._settings = {
-            "max_to_keep": max_to_keep,
-            "keep_every_n_steps": keep_every_n_steps,
-            "keep_period_hours": keep_period_hours,
-            "best": None
-            if self._best is None
-            else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
-            "async_save": async_save,
-            "custom_policy": None if policy is None else _policy_id(policy),
-            "incremental": incremental,
-        }
-        self.policy = policy or _build_policy(
-            max_to_keep, keep_every_n_steps, keep_period_hours, self._best
-        )
         self._lock = Lease(self.loc, lease_seconds)  # type: ignore[assignment]
-        self._state_lock = threading.RLock()
-        self._save_lock = threading.Lock()
-        self._future: Future[None] | None = None
-        self._inflight_step: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._cache = SnapshotCache()
-        self._prepare_thread: threading.Thread | None = None
-        self.prepared_bytes = 0
-        self._closed = False
-        self.run_id: str | None = None
-        self.cleaned_up: list[str] = []
-        if read_only:
-            state = read_state(self.loc)
-            if self._best is None:
-                self._best = _best_from_state(state)
-            self.run_id = state.get("run_id")
-            return
-        self._lock.acquire()
-        try:
-            self.cleaned_up = self._remove_leftovers()
-            state = read_state(self.loc)
-            if not allow_policy_change:
-                _check_same_policy(state, self._settings, self.loc)  # type: ignore[arg-type]
-            self.run_id = state.get("run_id") or uuid.uuid4().hex
-            self._created = state.get("created") or _stamp()
-            self._write_state(scan_run(self.loc))
-        except BaseException:
-            self._lock.release()
-            raise
-        atexit.register(_report_unobserved, weakref.ref(self))
-        if state_template is not None:
-            self.prepare(state_template)
+        # the rest as a local run (incremental: unchanged shards are copied server-side)
+        self._open_run(
+            max_to_keep, keep_every_n_steps, keep_period_hours, best, async_save, policy=policy,
+            read_only=read_only, allow_policy_change=allow_policy_change,
+            consumer_timeout=consumer_timeout, consumer_max_pending=consumer_max_pending,
+            state_template=state_template, fsync=fsync, shard_size=shard_size,
+            incremental=incremental,
+        )  # fmt: skip
 
     # -- listing ------------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
