@@ -408,3 +408,36 @@ def test_sigkill_during_incremental_save(s3, tmp_path, phase):
     assert _uploads(client, bucket) == []
     prefixes = {k.split("/")[1] for k in _keys(client, bucket, "crash/step-")}
     assert prefixes == {f"step-{s:08d}" for s in kept}
+
+
+# -- other URLs: memory:// (fsspec's cp_file) and file:// (the local code: hard links) ----------------
+
+
+def test_memory_url_copies_unchanged_shards():
+    import uuid
+
+    run = f"memory://wv-incr-{uuid.uuid4().hex[:8]}/run"
+    frozen = np.arange(64 * KiB, dtype=np.float32)
+    with CheckpointManager(run, max_to_keep=1, incremental=True, shard_size=128 * KiB) as mgr:
+        for step in (1, 2, 3):
+            mgr.save(step, {"frozen": frozen, "head": np.full(16, step, np.float32)})
+        assert mgr.steps() == [3]  # the steps whose saves wrote the frozen bytes are deleted
+        man = json.loads(mgr.path(3).child("manifest.json").read_all())
+        hows = {s["how"] for s in man["incremental"]["shards"].values()}
+        assert hows == {"copy", "write"}
+        info = mgr.info(3)
+        assert info.written_bytes < info.size_bytes / 4
+        got = mgr.load(3, verify=True)
+        np.testing.assert_array_equal(got["frozen"], frozen)
+        assert got["head"][0] == 3
+
+
+def test_file_url_is_the_local_incremental_run(tmp_path):
+    frozen = np.arange(64 * KiB, dtype=np.float32)
+    with CheckpointManager(f"file://{tmp_path}/run", incremental=True, shard_size=128 * KiB) as mgr:
+        assert mgr.directory == tmp_path / "run"  # not a relative "file:" directory
+        for step in (1, 2, 3):
+            mgr.save(step, {"frozen": frozen, "head": np.full(16, step, np.float32)})
+        man = json.loads((tmp_path / "run" / "step-00000003" / "manifest.json").read_text())
+        assert "link" in {s["how"] for s in man["incremental"]["shards"].values()}
+        assert mgr.load(3, verify=True)["head"][0] == 3

@@ -470,7 +470,9 @@ class CheckpointManager:
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        from weightvault.storage.location import local_path
+
+        self.directory = Path(local_path(directory))  # file:///x is the local directory /x
         # In a torch.distributed job rank 0 owns the run directory (lock, run state, retention);
         # a save of DTensors (or with process_group=) is a collective. See torch_distributed.
         self.process_group, self.timeout = process_group, timeout
