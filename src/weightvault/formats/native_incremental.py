@@ -47,6 +47,7 @@ from weightvault.core.safetensors_io import (
 from weightvault.core.shards import (
     BaseShard,
     IncrementalPlan,
+    ShardDirectory,
     ShardPlan,
     plan_incremental,
     resolve_shard,
@@ -61,6 +62,8 @@ __all__ = [
     "header_matches",
     "plan_save",
     "read_base",
+    "reuse_shard",
+    "reused_entry",
     "save_directory_incremental",
 ]
 
@@ -161,6 +164,42 @@ def _linkable(
         st.close()
 
 
+def reuse_shard(
+    d: ShardDirectory,
+    base: IncrementalBase,
+    base_file: str,
+    file: str,
+    names: tuple[str, ...],
+    by_name: dict[str, TensorSource],
+) -> dict[str, Any] | None:
+    """Put ``base_file`` of the base into ``d`` as ``file`` (link, reflink or copy) when its own
+    header holds exactly ``names`` as planned; the shard's ``"incremental"`` entry (without
+    ``volatile``), or None when it must be written instead (check failed, or the file vanished
+    since). Shared by the single-process and the distributed incremental saves."""
+    full = _linkable(base, base_file, names, by_name)
+    if full is None:
+        return None
+    try:
+        how = d.link_shard(file, full)
+    except FileNotFoundError:  # deleted since the check (by hand): write it
+        return None
+    return reused_entry(base, base_file, how, os.stat(d.root / file).st_size)
+
+
+def reused_entry(
+    base: IncrementalBase, base_file: str, how: str, size: int, *, server_side: bool = False
+) -> dict[str, Any]:
+    """The ``"incremental"`` entry of a shard taken over from the base's ``base_file``. A local
+    ``copy`` writes the bytes again; a ``server_side`` copy (an object store's CopyObject) sends
+    none of them from here."""
+    return {
+        "reused_from": base.origin.get(base_file, base.root.name),
+        "how": how,
+        "nbytes": size,
+        "written_bytes": 0 if how in _SHARED or server_side else size,
+    }
+
+
 @dataclass
 class IncrementalSave:
     """What an incremental save of ``sources`` against ``base`` does: the shard plan, which new
@@ -180,28 +219,11 @@ class IncrementalSave:
     def tensors_of(self, file: str) -> tuple[str, ...]:
         return dict(self.inc.plan.shards)[file]
 
-    def reused(
-        self,
-        file: str,
-        base_file: str,
-        how: str,
-        size: int,
-        rows: dict[str, Any],
-        *,
-        server_side: bool = False,
-    ) -> None:
-        """``file`` was taken over from the base's ``base_file`` (``how``: link, reflink, copy).
-        A local copy writes the bytes again; a ``server_side`` copy (an object store's
-        CopyObject) sends none of them from here."""
-        assert self.base is not None  # reuse needs a base
+    def reused(self, file: str, entry: dict[str, Any], rows: dict[str, Any]) -> None:
+        """``file`` was taken over from the base (``entry``: :func:`reused_entry`)."""
         for name in self.tensors_of(file):
             rows[name]["checksum"] = self.sums[name]  # hashed before planning; never read again
-        self.shard_info[file] = {
-            "reused_from": self.base.origin.get(base_file, self.base.root.name),
-            "how": how,
-            "nbytes": size,
-            "written_bytes": 0 if how in _SHARED or server_side else size,
-        }
+        self.shard_info[file] = entry
 
     def written(self, file: str, size: int) -> None:
         self.shard_info[file] = {
@@ -272,17 +294,11 @@ def save_directory_incremental(
         to_write = [f for f in plan.files if f not in job.inc.reused]
         for file, base_file in job.inc.reused.items():
             assert base is not None  # reuse needs a base
-            how = None
-            full = _linkable(base, base_file, job.tensors_of(file), job.by_name)
-            if full is not None:
-                try:
-                    how = d.link_shard(file, full)
-                except FileNotFoundError:  # deleted since the check (by hand): write it
-                    how = None
-            if how is None:
+            entry = reuse_shard(d, base, base_file, file, job.tensors_of(file), job.by_name)
+            if entry is None:
                 to_write.append(file)
                 continue
-            job.reused(file, base_file, how, os.stat(d.root / file).st_size, rows)
+            job.reused(file, entry, rows)
         written = set(to_write)
         d.write_shards(
             sources, plan, metadata=lambda shard: {"format": "pt"}, on_tensor=hook, only=written

@@ -37,6 +37,7 @@ from weightvault.formats.native_incremental import (
     base_from_manifest,
     header_matches,
     plan_save,
+    reused_entry,
 )
 from weightvault.storage.copy import server_copy
 from weightvault.storage.location import Location
@@ -118,5 +119,6 @@ def copy_unchanged(loc: Location, job: IncrementalSave, rows: dict[str, Any]) ->
     ]
     run_parallel(jobs, loc.transfer.concurrency)
     for file, size in copied.items():  # in this thread: the manifest section is not locked
-        job.reused(file, job.inc.reused[file], "copy", size, rows, server_side=True)
+        entry = reused_entry(base, job.inc.reused[file], "copy", size, server_side=True)
+        job.reused(file, entry, rows)
     return copied
