@@ -25,6 +25,15 @@ Scenarios (``--size`` MB of model weights, float32):
 
     python bench/incremental.py                       # all scenarios, 128 MB, 10 checkpoints
     python bench/incremental.py --size 512 --scenarios frozen,lora
+
+``--s3``: the same side-by-side runs against an S3 API server (a local moto server started as in
+bench/object_store.py, or ``--endpoint``), where unchanged shards are copied server-side
+(CopyObject) instead of uploaded. Measured per checkpoint after the first: bytes uploaded (what the
+client sent: PUT bodies and multipart parts, ``weightvault.storage.stats``, JSON objects included),
+the shards copied server-side (the step's manifest), the manager's ``written_bytes`` and the wall time of ``save()``;
+then the load time of the last step from the server. No fsync and no page cache here.
+
+    python bench/incremental.py --s3 --size 64 --checkpoints 5 --scenarios frozen,frozen+adam
 """
 
 from __future__ import annotations
@@ -270,6 +279,124 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+# -- on an S3 API server ------------------------------------------------------------------------------
+
+
+def copied_shards(path: Any, opts: dict[str, Any]) -> int:
+    """Shards of a step that its save copied server-side (its manifest's incremental section)."""
+    import weightvault
+
+    with weightvault.open(path, storage_options=opts) as reader:
+        section = reader.manifest.get("incremental") or {}
+    return sum(1 for s in (section.get("shards") or {}).values() if s.get("how") == "copy")
+
+
+def run_s3_scenario(scenario: str, args: argparse.Namespace, base: str, opts: dict[str, Any]) -> dict[str, Any]:
+    import weightvault
+    from weightvault.storage.location import stats as wire
+
+    model, opt, state_of = build(scenario, args.size)
+    mgrs = {
+        mode: weightvault.CheckpointManager(
+            f"{base}/{scenario}/{mode}", max_to_keep=5, incremental=(mode == "incremental"),
+            storage_options=opts,
+        )  # fmt: skip
+        for mode in ("full", "incremental")
+    }
+    out: dict[str, Any] = {
+        "scenario": scenario,
+        **{k: {"full": [], "incremental": []} for k in ("saves", "uploaded", "written", "copies")},
+    }
+    size = 0
+    for ckpt in range(args.checkpoints):
+        for _ in range(args.every):
+            train(scenario, model, opt)
+        state = state_of()
+        order = ("full", "incremental") if ckpt % 2 == 0 else ("incremental", "full")
+        for mode in order:
+            wire.reset()
+            t = time.perf_counter()
+            mgrs[mode].save(ckpt, state)
+            elapsed = time.perf_counter() - t
+            info = mgrs[mode].info(ckpt)
+            if ckpt > 0:
+                out["saves"][mode].append(elapsed)
+                out["uploaded"][mode].append(wire.bytes_written)
+                out["written"][mode].append(int(info.written_bytes or 0))
+                out["copies"][mode].append(copied_shards(mgrs[mode].path(ckpt), opts))
+                size = int(info.size_bytes or 0)
+    loads: dict[str, list[float]] = {"full": [], "incremental": []}
+    for _ in range(args.load_repeats):
+        for mode, mgr in mgrs.items():
+            t = time.perf_counter()
+            weightvault.load(mgr.path("latest"), storage_options=opts)
+            loads[mode].append(time.perf_counter() - t)
+    weightvault.verify(mgrs["incremental"].path("latest"), storage_options=opts)
+    for mgr in mgrs.values():
+        mgr.close()
+    out["size"], out["loads"] = size, loads
+    return out
+
+
+def report_s3(results: list[dict[str, Any]], args: argparse.Namespace, server: str) -> str:
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}; "
+        f"server: {server}; --size {args.size} MB, {args.checkpoints} checkpoints every "
+        f"{args.every} steps, keep 5",
+        "",
+        "| scenario | checkpoint size | uploaded / checkpoint, full | uploaded, incremental (median) "
+        "| share of full | server-side copies / checkpoint | save s, full: best / median "
+        "| save s, incremental: best / median | save time share (median) "
+        "| load s, full: best / median | load s, incremental: best / median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        uf, ui = statistics.median(r["uploaded"]["full"]), statistics.median(r["uploaded"]["incremental"])
+        sf, si = stats(r["saves"]["full"]), stats(r["saves"]["incremental"])
+        lf, li = stats(r["loads"]["full"]), stats(r["loads"]["incremental"])
+        lines.append(
+            f"| {r['scenario']} | {r['size'] / MB:.1f} MB | {uf / MB:.2f} MB | {ui / MB:.2f} MB "
+            f"| **{100 * ui / uf:.1f}%** | {statistics.median(r['copies']['incremental']):.0f} "
+            f"| {sf[0]:.3f} / {sf[1]:.3f} | {si[0]:.3f} / {si[1]:.3f} | **{100 * si[1] / sf[1]:.0f}%** "
+            f"| {lf[0]:.3f} / {lf[1]:.3f} | {li[0]:.3f} / {li[1]:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main_s3(args: argparse.Namespace) -> None:
+    import uuid
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from object_store import start_moto  # the same server start-up as bench/object_store.py
+
+    proc, endpoint = (None, args.endpoint) if args.endpoint else start_moto()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        import s3fs
+
+        opts = {"endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}}
+        bucket = f"wv-incr-{uuid.uuid4().hex[:8]}"
+        s3fs.S3FileSystem(**opts).call_s3("create_bucket", Bucket=bucket)
+        results = []
+        for scenario in args.scenarios.split(","):
+            started = time.perf_counter()
+            results.append(run_s3_scenario(scenario, args, f"s3://{bucket}", opts))
+            r = results[-1]
+            print(
+                f"{scenario} (s3): {time.perf_counter() - started:.1f}s; MB uploaded per checkpoint "
+                f"after the first, incremental: {[round(w / MB, 2) for w in r['uploaded']['incremental']]}; "
+                f"full: {[round(w / MB, 2) for w in r['uploaded']['full']]}",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
+    print(report_s3(results, args, "local moto_server" if proc else endpoint))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="MB of model weights")
@@ -278,7 +405,12 @@ def main() -> None:
     parser.add_argument("--load-repeats", type=int, default=7)
     parser.add_argument("--scenarios", default="frozen,frozen+adam,lora,all,embedding")
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    parser.add_argument("--s3", action="store_true", help="against an S3 API server (see above)")
+    parser.add_argument("--endpoint", help="with --s3: this S3 endpoint instead of a local moto server")
     args = parser.parse_args()
+    if args.s3:
+        main_s3(args)
+        return
     root = Path(args.dir or tempfile.mkdtemp(prefix="wv-incr-bench-"))
     results = []
     try:

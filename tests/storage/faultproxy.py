@@ -4,7 +4,8 @@ It sits between the S3 client (s3fs) and the server (moto): every request is for
 share that is answered ``503 SlowDown`` and a share whose connection is dropped (before any
 answer, or halfway through the answer's body). The choice is made by a seeded random generator,
 so a failing run can be replayed. ``only`` restricts faults to requests it accepts (e.g. part
-uploads only). It also counts requests and the body bytes it returned (what went over the wire).
+uploads only). It also counts requests, the body bytes it returned (what went over the wire), the
+bytes PUT through it (uploads) and the server-side copies it forwarded.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FaultProxy:
         drop: float = 0.0,
         seed: int = 0,
         only: Callable[[str, str], bool] | None = None,
+        copy_slow_down: float = 0.0,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
@@ -43,6 +45,11 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = self.faults = self.bytes_out = 0
+        # request bodies of PUTs that carry data (objects, parts; not server-side copies) and
+        # the server-side copies (CopyObject / UploadPartCopy: x-amz-copy-source); a share
+        # ``copy_slow_down`` of the copies is answered 503
+        self.bytes_in = self.copies = 0
+        self.copy_slow_down = copy_slow_down
         self.log: list[tuple[str, str, str]] = []  # (method, path, what happened)
         proxy = self
 
@@ -67,7 +74,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                fault = proxy._choose(self.command, self.path)
+                is_copy = "x-amz-copy-source" in {k.lower() for k in self.headers}
+                fault = proxy._choose(self.command, self.path, len(body), is_copy)
                 if fault == "slowdown":
                     self.send_response(503, "Slow Down")
                     self.send_header("Content-Type", "application/xml")
@@ -121,11 +129,17 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def _choose(self, method: str, path: str) -> str | None:
+    def _choose(self, method: str, path: str, nbytes: int = 0, is_copy: bool = False) -> str | None:
         with self._lock:
             self.requests += 1
             fault = None
-            if self.only is None or self.only(method, path):
+            if is_copy:
+                self.copies += 1
+                if self._rng.random() < self.copy_slow_down:
+                    fault = "slowdown"
+            elif method == "PUT":
+                self.bytes_in += nbytes
+            if fault is None and (self.only is None or self.only(method, path)):
                 r = self._rng.random()
                 if r < self.slow_down:
                     fault = "slowdown"
@@ -138,7 +152,7 @@ class FaultProxy:
 
     def reset_counts(self) -> None:
         with self._lock:
-            self.requests = self.faults = self.bytes_out = 0
+            self.requests = self.faults = self.bytes_out = self.bytes_in = self.copies = 0
             self.log.clear()
 
     def start(self) -> FaultProxy:

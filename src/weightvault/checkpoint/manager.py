@@ -471,11 +471,43 @@ class CheckpointManager:
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        from weightvault.storage.location import local_path
+
+        self.directory = Path(local_path(directory))  # file:///x is the local directory /x
         # In a torch.distributed job rank 0 owns the run directory (lock, run state, retention);
         # a save of DTensors (or with process_group=) is a collective. See torch_distributed.
         self.process_group, self.timeout = process_group, timeout
         self._rank = None if read_only else _distributed_rank(process_group)
+        self._lock = RunLock(self.directory)
+        self._open_run(
+            max_to_keep, keep_every_n_steps, keep_period_hours, best, async_save, policy=policy,
+            read_only=read_only, allow_policy_change=allow_policy_change,
+            consumer_timeout=consumer_timeout, consumer_max_pending=consumer_max_pending,
+            state_template=state_template, fsync=fsync, shard_size=shard_size,
+            incremental=incremental,
+        )  # fmt: skip
+
+    def _open_run(
+        self,
+        max_to_keep: int | None,
+        keep_every_n_steps: int | None,
+        keep_period_hours: float | None,
+        best: tuple[Any, ...] | KeepBestK | None,
+        async_save: bool,
+        *,
+        policy: RetentionPolicy | None,
+        read_only: bool,
+        allow_policy_change: bool,
+        consumer_timeout: float | None,
+        consumer_max_pending: int,
+        state_template: Any,
+        fsync: bool,
+        shard_size: int | None,
+        incremental: bool,
+    ) -> None:
+        """Settings, policy and the run state: everything but where the run lives. The caller
+        has set ``directory``, ``_lock`` (a local ``flock`` or an object-store lease) and
+        ``_rank``; the object-store manager shares this with the local one."""
         self.read_only = read_only
         self.async_save = async_save
         self.fsync = fsync
@@ -500,7 +532,6 @@ class CheckpointManager:
         self.policy: RetentionPolicy = policy or _build_policy(
             max_to_keep, keep_every_n_steps, keep_period_hours, self._best
         )
-        self._lock = RunLock(self.directory)
         self._state_lock = threading.RLock()  # guards the run state against the writer thread
         self._save_lock = threading.Lock()  # one save() at a time
         self._future: Future[None] | None = None
@@ -513,17 +544,18 @@ class CheckpointManager:
         self.run_id: str | None = None
         self.cleaned_up: list[str] = []
         if read_only:
+            state = self._read_run_state()
             if self._best is None:
-                self._best = _best_from_state(read_state(self.directory))
-            self.run_id = read_state(self.directory).get("run_id")
+                self._best = _best_from_state(state)
+            self.run_id = state.get("run_id")
             return
         if self._rank not in (None, 0):
             return  # rank 0 owns the run directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True)  # an object-store prefix: nothing to do
         self._lock.acquire()
         try:
             self.cleaned_up = self._remove_leftovers()
-            state = read_state(self.directory)
+            state = self._read_run_state()
             if not allow_policy_change:
                 _check_same_policy(state, self._settings, self.directory)
             self.run_id = state.get("run_id") or uuid.uuid4().hex

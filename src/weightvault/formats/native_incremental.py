@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,26 @@ from weightvault.core.safetensors_io import (
 )
 from weightvault.core.shards import (
     BaseShard,
+    IncrementalPlan,
     ShardDirectory,
+    ShardPlan,
     plan_incremental,
     resolve_shard,
     shard_directory,
 )
 from weightvault.errors import WeightVaultError
 
-__all__ = ["IncrementalBase", "read_base", "reuse_shard", "save_directory_incremental"]
+__all__ = [
+    "IncrementalBase",
+    "IncrementalSave",
+    "base_from_manifest",
+    "header_matches",
+    "plan_save",
+    "read_base",
+    "reuse_shard",
+    "reused_entry",
+    "save_directory_incremental",
+]
 
 #: how a shard came to be in the new directory, when no byte of it was written
 _SHARED = ("link", "reflink")
@@ -63,7 +75,7 @@ _SHARED = ("link", "reflink")
 class IncrementalBase:
     """The committed checkpoint a save compares against."""
 
-    root: Path
+    root: Any  # a Path, or a weightvault.storage.Location (object stores: #17)
     rows: dict[str, dict[str, Any]]
     shards: list[BaseShard]
     origin: dict[str, str]  # base file -> the directory whose save wrote its bytes
@@ -81,10 +93,16 @@ def read_base(base: str | os.PathLike[str] | None) -> IncrementalBase | None:
     except (WeightVaultError, OSError):
         return None  # gone, uncommitted or corrupt: this save writes everything
     try:
-        rows = reader.manifest["tensors"]
-        section = reader.manifest.get("incremental")
+        return base_from_manifest(root, reader.manifest)
     finally:
         reader.close()
+
+
+def base_from_manifest(root: Any, manifest: dict[str, Any]) -> IncrementalBase:
+    """The base as a save plans against it, from its (parsed, validated) manifest. ``root`` is
+    the base's directory or prefix; only its ``name`` is used here."""
+    rows = manifest["tensors"]
+    section = manifest.get("incremental")
     info = section.get("shards") if isinstance(section, dict) else None
     info = info if isinstance(info, dict) else {}
     by_file: dict[str, list[str]] = {}
@@ -118,6 +136,19 @@ def _prehash(
     }
 
 
+def header_matches(
+    st: SafetensorsFile, names: tuple[str, ...], by_name: Mapping[str, TensorSource]
+) -> bool:
+    """Does a base shard's own header hold exactly ``names``, with the dtypes and shapes the
+    new save has? (The manifest said so; the shard itself is what gets reused.)"""
+    if set(st.entries) != set(names):
+        return False
+    return all(
+        st.entries[n].dtype == by_name[n].dtype and st.entries[n].shape == by_name[n].shape
+        for n in names
+    )
+
+
 def _linkable(
     base: IncrementalBase, file: str, names: tuple[str, ...], by_name: dict[str, TensorSource]
 ) -> str | None:
@@ -128,15 +159,9 @@ def _linkable(
     except (WeightVaultError, OSError):
         return None
     try:
-        if set(st.entries) != set(names):
-            return None
-        for name in names:
-            entry, src = st.entries[name], by_name[name]
-            if entry.dtype != src.dtype or entry.shape != src.shape:
-                return None
+        return full if header_matches(st, names, by_name) else None
     finally:
         st.close()
-    return full
 
 
 def reuse_shard(
@@ -158,13 +183,95 @@ def reuse_shard(
         how = d.link_shard(file, full)
     except FileNotFoundError:  # deleted since the check (by hand): write it
         return None
-    size = os.stat(d.root / file).st_size
+    return reused_entry(base, base_file, how, os.stat(d.root / file).st_size)
+
+
+def reused_entry(
+    base: IncrementalBase, base_file: str, how: str, size: int, *, server_side: bool = False
+) -> dict[str, Any]:
+    """The ``"incremental"`` entry of a shard taken over from the base's ``base_file``. A local
+    ``copy`` writes the bytes again; a ``server_side`` copy (an object store's CopyObject) sends
+    none of them from here."""
     return {
         "reused_from": base.origin.get(base_file, base.root.name),
         "how": how,
         "nbytes": size,
-        "written_bytes": 0 if how in _SHARED else size,
+        "written_bytes": 0 if how in _SHARED or server_side else size,
     }
+
+
+@dataclass
+class IncrementalSave:
+    """What an incremental save of ``sources`` against ``base`` does: the shard plan, which new
+    shards are taken over from which base file, and the checksums hashed on the way."""
+
+    base: IncrementalBase | None
+    inc: IncrementalPlan
+    sums: dict[str, str]
+    by_name: dict[str, TensorSource]
+    #: file -> the manifest section's entry, filled in as shards are reused or written
+    shard_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def plan(self) -> ShardPlan:
+        return self.inc.plan
+
+    def tensors_of(self, file: str) -> tuple[str, ...]:
+        return dict(self.inc.plan.shards)[file]
+
+    def reused(self, file: str, entry: dict[str, Any], rows: dict[str, Any]) -> None:
+        """``file`` was taken over from the base (``entry``: :func:`reused_entry`)."""
+        for name in self.tensors_of(file):
+            rows[name]["checksum"] = self.sums[name]  # hashed before planning; never read again
+        self.shard_info[file] = entry
+
+    def written(self, file: str, size: int) -> None:
+        self.shard_info[file] = {
+            "reused_from": None, "how": "write", "nbytes": size, "written_bytes": size,
+        }  # fmt: skip
+
+    def finish_manifest(self, manifest: dict[str, Any]) -> dict[str, str]:
+        """Point the rows at their shards and add the ``"incremental"`` section; returns the
+        index's weight map."""
+        plan = self.inc.plan
+        for file in plan.files:
+            self.shard_info[file]["volatile"] = file in self.inc.volatile
+        weight_map = plan.tensor_to_filename
+        for name, shard in weight_map.items():
+            manifest["tensors"][name]["file"] = shard
+        ordered = {file: self.shard_info[file] for file in plan.files}
+        manifest["incremental"] = {
+            "base": None if self.base is None else self.base.root.name,
+            "nbytes": sum(i["nbytes"] for i in ordered.values()),
+            "written_bytes": sum(i["written_bytes"] for i in ordered.values()),
+            "shards": ordered,
+        }
+        return weight_map
+
+
+def plan_save(
+    sources: list[TensorSource],
+    rows: dict[str, dict[str, Any]],
+    shard_size: int,
+    base: IncrementalBase | None,
+) -> IncrementalSave:
+    """Hash what could be unchanged, then plan the shards against ``base`` (local directories
+    and object stores alike)."""
+    sums = _prehash(sources, rows, base) if base is not None else {}
+
+    def unchanged(name: str) -> bool:
+        base_row = base.rows.get(name) if base is not None else None
+        return (
+            name in sums
+            and base_row is not None
+            and _same_layout(rows[name], base_row)
+            and base_row.get("checksum") == sums[name]
+        )
+
+    inc = plan_incremental(
+        sources, shard_size, base=None if base is None else base.shards, unchanged=unchanged
+    )
+    return IncrementalSave(base, inc, sums, {src.name: src for src in sources})
 
 
 def save_directory_incremental(
@@ -181,56 +288,24 @@ def save_directory_incremental(
     from weightvault.formats.native import COMMIT_MARKER, INDEX_FILE, MANIFEST_FILE, _json_bytes
 
     rows: dict[str, dict[str, Any]] = manifest["tensors"]
-    base = read_base(base_dir)
-    sums = _prehash(sources, rows, base) if base is not None else {}
-
-    def unchanged(name: str) -> bool:
-        base_row = base.rows.get(name) if base is not None else None
-        return (
-            name in sums
-            and base_row is not None
-            and _same_layout(rows[name], base_row)
-            and base_row.get("checksum") == sums[name]
-        )
-
-    inc = plan_incremental(
-        sources, shard_size, base=None if base is None else base.shards, unchanged=unchanged
-    )
-    plan, by_name = inc.plan, {src.name: src for src in sources}
-    tensors_of = dict(plan.shards)
-    shard_info: dict[str, dict[str, Any]] = {}
+    job = plan_save(sources, rows, shard_size, read_base(base_dir))
+    base, plan = job.base, job.plan
     with shard_directory(path, fsync=fsync) as d:
-        to_write = [f for f in plan.files if f not in inc.reused]
-        for file, base_file in inc.reused.items():
+        to_write = [f for f in plan.files if f not in job.inc.reused]
+        for file, base_file in job.inc.reused.items():
             assert base is not None  # reuse needs a base
-            info = reuse_shard(d, base, base_file, file, tensors_of[file], by_name)
-            if info is None:
+            entry = reuse_shard(d, base, base_file, file, job.tensors_of(file), job.by_name)
+            if entry is None:
                 to_write.append(file)
                 continue
-            for name in tensors_of[file]:
-                rows[name]["checksum"] = sums[name]
-            shard_info[file] = info
+            job.reused(file, entry, rows)
         written = set(to_write)
         d.write_shards(
             sources, plan, metadata=lambda shard: {"format": "pt"}, on_tensor=hook, only=written
         )
         for file in written:
-            size = os.stat(d.root / file).st_size
-            shard_info[file] = {
-                "reused_from": None, "how": "write", "nbytes": size, "written_bytes": size,
-            }  # fmt: skip
-        for file in plan.files:
-            shard_info[file]["volatile"] = file in inc.volatile
-        weight_map = plan.tensor_to_filename
-        for name, shard in weight_map.items():
-            rows[name]["file"] = shard
-        ordered = {file: shard_info[file] for file in plan.files}
-        manifest["incremental"] = {
-            "base": None if base is None else base.root.name,
-            "nbytes": sum(i["nbytes"] for i in ordered.values()),
-            "written_bytes": sum(i["written_bytes"] for i in ordered.values()),
-            "shards": ordered,
-        }
+            job.written(file, os.stat(d.root / file).st_size)
+        weight_map = job.finish_manifest(manifest)
         d.write_file(MANIFEST_FILE, _json_bytes(manifest))
         index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map}
         d.write_file(INDEX_FILE, _json_bytes(index))

@@ -20,18 +20,16 @@ directory operations replaced by the object-store protocol:
   retention (once, after the commit). A save of DTensors is a collective: every rank uploads its
   own chunks into ``step-N/``, rank 0 writes the manifest, the record and ``COMMITTED``
   (:mod:`weightvault.storage.distributed`).
+* **incremental runs** (``incremental=True``): shards unchanged since the newest committed step
+  are copied from it server-side instead of uploaded (:mod:`weightvault.storage.incremental`);
+  the commit order is the same.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
-import threading
 import time
-import uuid
 import warnings
-import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from weightvault.checkpoint.manager import (
@@ -40,25 +38,17 @@ from weightvault.checkpoint.manager import (
     STATE_FILE,
     CheckpointInfo,
     CheckpointManager,
-    _best_from_state,
-    _build_policy,
-    _check_same_policy,
     _distributed_rank,
     _now,
-    _parse_best,
-    _policy_id,
-    _report_unobserved,
-    _stamp,
     step_dir_name,
 )
-from weightvault.checkpoint.snapshot import SnapshotCache
 from weightvault.errors import (
     CheckpointLockedError,
     CheckpointSaveError,
     UnsupportedOperationError,
     WeightVaultUserWarning,
 )
-from weightvault.formats.native import COMMIT_MARKER, DEFAULT_SHARD_SIZE
+from weightvault.formats.native import COMMIT_MARKER
 from weightvault.storage import location
 from weightvault.storage.lease import Lease
 from weightvault.storage.native import delete_checkpoint, save_url
@@ -97,9 +87,10 @@ class ObjectStoreManager(CheckpointManager):
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        if incremental:
+        if incremental and process_group is not None:
             raise UnsupportedOperationError(
-                "incremental=True is not supported on object storage yet (local directories only)",
+                "incremental=True with process_group= is not supported on object storage: every "
+                "rank would have to copy its unchanged files server-side, which is not built yet",
                 path=str(directory),
                 hint="save to a local run directory, or drop the option",
             )
@@ -108,66 +99,16 @@ class ObjectStoreManager(CheckpointManager):
         # In a torch.distributed job rank 0 owns the run (lease, run state, retention)
         self.process_group, self.timeout = process_group, timeout
         self._rank = None if read_only else _distributed_rank(process_group)
-        # Not on object stores yet: incremental links (#18) are a local-disk feature
-        self.incremental = False
-        self.read_only = read_only
-        self.async_save = async_save
-        self.fsync = fsync
-        self.shard_size = shard_size or DEFAULT_SHARD_SIZE
-        self.consumer_timeout = consumer_timeout
-        self.consumer_max_pending = consumer_max_pending
-        self._best = _parse_best(best)
-        if max_to_keep is not None and max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be >= 1 or None, not {max_to_keep}")
-        self._settings = {
-            "max_to_keep": max_to_keep,
-            "keep_every_n_steps": keep_every_n_steps,
-            "keep_period_hours": keep_period_hours,
-            "best": None
-            if self._best is None
-            else {"metric": self._best.metric, "mode": self._best.mode, "k": self._best.k},
-            "async_save": async_save,
-            "custom_policy": None if policy is None else _policy_id(policy),
-        }
-        self.policy = policy or _build_policy(
-            max_to_keep, keep_every_n_steps, keep_period_hours, self._best
-        )
         follower = self._rank not in (None, 0)
         self._lock = _NoLease() if follower else Lease(self.loc, lease_seconds)  # type: ignore[assignment]
-        self._state_lock = threading.RLock()
-        self._save_lock = threading.Lock()
-        self._future: Future[None] | None = None
-        self._inflight_step: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._cache = SnapshotCache()
-        self._prepare_thread: threading.Thread | None = None
-        self.prepared_bytes = 0
-        self._closed = False
-        self.run_id: str | None = None
-        self.cleaned_up: list[str] = []
-        if read_only:
-            state = read_state(self.loc)
-            if self._best is None:
-                self._best = _best_from_state(state)
-            self.run_id = state.get("run_id")
-            return
-        if follower:
-            return  # rank 0 owns the run
-        self._lock.acquire()
-        try:
-            self.cleaned_up = self._remove_leftovers()
-            state = read_state(self.loc)
-            if not allow_policy_change:
-                _check_same_policy(state, self._settings, self.loc)  # type: ignore[arg-type]
-            self.run_id = state.get("run_id") or uuid.uuid4().hex
-            self._created = state.get("created") or _stamp()
-            self._write_state(scan_run(self.loc))
-        except BaseException:
-            self._lock.release()
-            raise
-        atexit.register(_report_unobserved, weakref.ref(self))
-        if state_template is not None:
-            self.prepare(state_template)
+        # the rest as a local run (incremental: unchanged shards are copied server-side)
+        self._open_run(
+            max_to_keep, keep_every_n_steps, keep_period_hours, best, async_save, policy=policy,
+            read_only=read_only, allow_policy_change=allow_policy_change,
+            consumer_timeout=consumer_timeout, consumer_max_pending=consumer_max_pending,
+            state_template=state_template, fsync=fsync, shard_size=shard_size,
+            incremental=incremental,
+        )  # fmt: skip
 
     # -- listing ------------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -189,6 +130,8 @@ class ObjectStoreManager(CheckpointManager):
     def _write(self, job: Any) -> None:
         final = self.loc / step_dir_name(job.step)
         write_started = time.perf_counter()
+        stats: dict[str, Any] = {}
+        base = self._incremental_base() if self.incremental else None
 
         def record(nbytes: int) -> bytes:
             now, stamp = _now()
@@ -206,7 +149,10 @@ class ObjectStoreManager(CheckpointManager):
                 else time.perf_counter() - job.started,
                 "write_seconds": time.perf_counter() - write_started,
                 "size_bytes": nbytes,
+                "written_bytes": stats.get("written_bytes", nbytes),  # uploaded (not copied)
             }
+            if self.incremental:
+                record["incremental"] = {"base": None if base is None else base.name}
             return json.dumps(record, indent=1).encode()
 
         def record_and_renew(nbytes: int) -> None:
@@ -230,6 +176,7 @@ class ObjectStoreManager(CheckpointManager):
                 save_url(
                     final, job.state, metadata=job.metadata, shard_size=self.shard_size,
                     single_file=False, progress=False, before_commit=record_and_renew,
+                    incremental=self.incremental, base=base, stats=stats,
                 )  # fmt: skip
             job.state = None
         except CheckpointLockedError:
@@ -245,6 +192,12 @@ class ObjectStoreManager(CheckpointManager):
             job.state = None
         if self._rank in (None, 0):  # once, after the commit
             self._apply_retention()
+
+    def _incremental_base(self) -> Any:
+        """The prefix unchanged shards are copied from: the newest committed step (retention
+        never deletes the newest, and the next save starts only after it committed)."""
+        found = scan_run(self.loc)
+        return found[-1].path if found else None
 
     def _delete_owned(self, step: int) -> None:
         path = self.loc / step_dir_name(step)

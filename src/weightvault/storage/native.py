@@ -64,12 +64,20 @@ def save_url(
     fsync: bool = True,  # noqa: ARG001 - an upload is durable once the store acknowledges it
     exclusive: bool = False,
     before_commit: Callable[[int], None] | None = None,
+    incremental: bool = False,
+    base: Location | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> str:
     """:func:`weightvault.save` to an object store (same arguments); returns the URL.
 
     ``before_commit(nbytes)`` (directory form) runs after every data object is up and before
-    ``COMMITTED`` is written, with the bytes written so far: the manager writes its record there
+    ``COMMITTED`` is written, with the checkpoint's bytes: the manager writes its record there
     and renews its lease; if it raises, nothing is committed and what was written is removed.
+
+    ``incremental`` (directory form): shards whose tensors are unchanged since the committed
+    checkpoint prefix ``base`` are copied from it server-side instead of uploaded
+    (:mod:`weightvault.storage.incremental`). ``stats``, a dict, receives ``written_bytes``
+    (uploaded) and ``reused_bytes`` (copied) before ``before_commit`` runs.
     """
     from pathlib import PurePosixPath
 
@@ -88,7 +96,10 @@ def save_url(
             with open_writer(loc, exclusive=exclusive, rewritable_head=True) as f:
                 write_safetensors(f, sources, final_meta(), on_tensor=hook, finalize=final_meta)
         else:
-            _save_prefix(loc, sources, manifest, shard_size, hook, before_commit)
+            _save_prefix(
+                loc, sources, manifest, shard_size, hook, before_commit,
+                incremental=incremental, base=base, stats=stats,
+            )  # fmt: skip
     return loc.url
 
 
@@ -99,6 +110,10 @@ def _save_prefix(
     shard_size: int,
     hook: Any,
     before_commit: Callable[[int], None] | None = None,
+    *,
+    incremental: bool = False,
+    base: Location | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> None:
     if loc.is_file():
         raise UnsupportedOperationError(
@@ -106,35 +121,63 @@ def _save_prefix(
         )
     if loc.listdir():
         delete_checkpoint(loc)  # COMMITTED first: never a committed mix of old and new
-    plan = plan_shards(sources, shard_size)  # the same plan as a local native directory
+    rows = manifest["tensors"]
+    job = None
+    if incremental:
+        from weightvault.storage.incremental import plan_against
+
+        job = plan_against(sources, rows, shard_size, base)
+        plan = job.plan
+    else:
+        plan = plan_shards(sources, shard_size)  # the same plan as a local native directory
     by_name = {src.name: src for src in sources}
     weight_map: dict[str, str] = {}
-    nbytes = 0
+    nbytes = uploaded = 0
     pending: list[Any] = []  # shards whose last parts are still in flight
     budget = UploadBudget(loc.transfer) if loc.is_s3 else None
     try:
+        copied: dict[str, int] = {}
+        if job is not None:
+            from weightvault.storage.incremental import copy_unchanged
+
+            copied = copy_unchanged(loc, job, rows)  # first: what fails to copy is uploaded
+            nbytes += sum(copied.values())
         for shard, names in plan.shards:
+            if shard in copied:
+                continue
             group = [by_name[name] for name in names]
+            # an incremental shard may be copied on under another name: its header names none
+            meta = {"format": "pt"} if job else {"format": "pt", "weightvault.shard": shard}
             f = open_writer(loc.child(shard), budget=budget)
             try:
-                write_safetensors(f, group, {"format": "pt", "weightvault.shard": shard}, on_tensor=hook)
-                nbytes += f.tell()
+                write_safetensors(f, group, meta, on_tensor=hook)
+                size = f.tell()
                 f.send_rest()  # the next shard starts while this one's last parts upload
             except BaseException:
                 f.abort()
                 raise
             pending.append(f)
+            nbytes += size
+            uploaded += size
+            if job is not None:
+                job.written(shard, size)
             for src in group:
-                manifest["tensors"][src.name]["file"] = shard
+                rows[src.name]["file"] = shard
                 weight_map[src.name] = shard
         for f in pending:
             f.complete()
+        if job is not None:
+            weight_map = job.finish_manifest(manifest)
         total = sum(s.nbytes for s in sources)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         for name, obj in ((MANIFEST_FILE, manifest), (INDEX_FILE, index)):
             data = _json_bytes(obj)
             loc.child(name).write_bytes(data)
             nbytes += len(data)
+            uploaded += len(data)
+        if stats is not None:
+            stats["written_bytes"] = uploaded
+            stats["reused_bytes"] = nbytes - uploaded
         if before_commit is not None:
             before_commit(nbytes)
     except BaseException:
