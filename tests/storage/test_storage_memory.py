@@ -242,3 +242,16 @@ def test_distributed_save_to_a_url_needs_a_process_group() -> None:
     pytest.importorskip("torch")
     with pytest.raises(UnsupportedOperationError, match="torch.distributed is not initialised"):
         weightvault.save({"w": np.ones(3, np.float32)}, "memory://wv-dist/run", process_group=object())
+
+
+def test_incremental_distributed_on_object_storage_is_refused_by_name() -> None:
+    # each rank would have to copy its unchanged files server-side: not built, so refused rather
+    # than saved in full while claiming to be incremental
+    pytest.importorskip("torch")
+    from weightvault.checkpoint import CheckpointManager
+    from weightvault.frameworks.torch_distributed import save_distributed
+
+    with pytest.raises(UnsupportedOperationError, match="incremental=True with process_group="):
+        CheckpointManager("memory://wv-dist/run", incremental=True, process_group=object())
+    with pytest.raises(UnsupportedOperationError, match="incremental distributed saves"):
+        save_distributed("memory://wv-dist/step", {"w": np.ones(3, np.float32)}, incremental=True)
