@@ -746,8 +746,15 @@ class NativeReader(FormatReader):
             common = intersect(box, want)
             if common is None or common.numel == 0:
                 continue
-            jobs.append(self._piece_job(shard, key, box, common, want, out, name))
+            jobs += self._piece_jobs(shard, key, box, common, want, out, name)
         return jobs
+
+    def _piece_jobs(
+        self, shard: Any, key: str, box: Box, common: Box, want: Box, out: np.ndarray, name: str
+    ) -> list[Callable[[], None]]:
+        """The reads that put the part ``common`` of the stored chunk ``box`` into ``out`` (the
+        box ``want``): one job here; a remote reader makes ranged requests instead."""
+        return [self._piece_job(shard, key, box, common, want, out, name)]
 
     def _piece_job(
         self, shard: SafetensorsFile, key: str, box: Box, common: Box, want: Box, out: np.ndarray, name: str

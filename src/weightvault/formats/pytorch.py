@@ -63,6 +63,7 @@ from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES, dtype_name
 from weightvault.core.io import atomic_write, close_mmap, write_span
 from weightvault.core.progress import progress_bar
+from weightvault.core.strided import StridedView
 from weightvault.core.unpickler import BASE_ALLOWED, OrderedDict, safe_unpickle, short_repr
 from weightvault.errors import (
     CorruptFileError,
@@ -166,7 +167,7 @@ class _Storage:
 
 
 @dataclass(eq=False)
-class _TensorRef:
+class _TensorRef(StridedView):
     """A tensor as the pickle describes it: nothing is read until :meth:`PyTorchReader.get`."""
 
     storage: _Storage
@@ -174,24 +175,6 @@ class _TensorRef:
     shape: tuple[int, ...]
     stride: tuple[int, ...]
     dtype: str
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def is_contiguous(self) -> bool:
-        expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride)):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
-
-    def extent(self) -> int:
-        """Elements of the storage this tensor reaches (offset of its last element + 1)."""
-        if self.numel == 0:
-            return 0
-        return self.offset + sum((s - 1) * st for s, st in zip(self.shape, self.stride)) + 1
 
 
 #: numpy (and torch) arrays have at most 64 dimensions

@@ -54,6 +54,7 @@ from weightvault.core.crc32 import crc32
 from weightvault.core.dtypes import DTYPES
 from weightvault.core.io import close_mmap
 from weightvault.core.limits import check_expansion
+from weightvault.core.strided import StridedView
 from weightvault.errors import (
     DuplicateTensorError,
     HeaderTooLargeError,
@@ -98,7 +99,7 @@ class _Record:
 
 
 @dataclass
-class _Entry:
+class _Entry(StridedView):
     """One tensor of the archive: a strided view of a record."""
 
     name: str
@@ -111,28 +112,6 @@ class _Entry:
     stride: tuple[int, ...]
     offset: int  # elements
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def is_contiguous(self) -> bool:
-        expected = 1
-        for size, stride in zip(reversed(self.shape), reversed(self.stride), strict=True):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
-
-    def extent(self) -> int:
-        """Elements of the record this tensor reaches (its last element's offset + 1)."""
-        if self.numel == 0:
-            return 0
-        return (
-            self.offset
-            + sum((s - 1) * st for s, st in zip(self.shape, self.stride, strict=True))
-            + 1
-        )
 
 
 def _zip_records(f: Any, buf: Any, size: int, path: str) -> dict[str, _Record]:

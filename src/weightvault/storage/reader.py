@@ -39,7 +39,7 @@ import numpy as np
 
 from weightvault.abc.format import ByteSpan, FormatReader, VerifyResult
 from weightvault.core.checksum import StreamingChecksum
-from weightvault.core.chunks import Box, byte_runs, intersect
+from weightvault.core.chunks import Box, byte_runs
 from weightvault.core.dtypes import dtype_from_name
 from weightvault.core.safetensors_io import MAX_HEADER, SafetensorsFile
 from weightvault.core.tree import tensor_names
@@ -206,19 +206,11 @@ class RemoteNativeReader(NativeReader):
     def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
         run_parallel(jobs, self.loc.transfer.concurrency)
 
-    def _region_jobs(self, name: str, want: Box, out: np.ndarray) -> list[Callable[[], None]]:
-        if self.is_chunked(name):
-            pieces = [(box, shard, c["key"]) for box, shard, c in self._chunk_parts(name)]
-        else:
-            shard, target, _ = self._entry_checked(name)
-            pieces = [(self.chunks(name)[0], shard, target)]
-        jobs: list[Callable[[], None]] = []
-        for box, shard, key in pieces:
-            common = intersect(box, want)
-            if common is not None and common.numel:
-                assert isinstance(shard, RemoteSafetensorsFile)
-                jobs += self._ranged_jobs(shard, key, box, common, want, out)
-        return jobs
+    def _piece_jobs(
+        self, shard: Any, key: str, box: Box, common: Box, want: Box, out: np.ndarray, name: str
+    ) -> list[Callable[[], None]]:
+        assert isinstance(shard, RemoteSafetensorsFile)
+        return self._ranged_jobs(shard, key, box, common, want, out)
 
     def _ranged_jobs(
         self,
