@@ -17,19 +17,11 @@ The tests call :func:`run_ranks`; each rank runs this file as a script::
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 STEPS = 3
 BATCH = 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_ranks(
@@ -43,49 +35,9 @@ def run_ranks(
 ) -> None:
     """Run ACTION on WORLD ranks (one process each) and wait; fail with their output.
     ``backend="nccl"`` puts rank r on ``cuda:r`` (and shards with FSDP2 even on one rank)."""
-    import weightvault
+    from _dist_helpers import run_ranks as launch
 
-    env = {
-        **os.environ,
-        "WV_DIST_BACKEND": backend,
-        "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                action,
-                str(rank),
-                str(world),
-                port,
-                str(ckpt),
-                str(out),
-                writer,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(world)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        raise AssertionError(
-            f"{action} on {world} ranks failed {failed}:\n" + "\n".join(o[-3000:] for o in outputs)
-        )
+    launch(action, world, ckpt, str(out), writer, timeout=timeout, backend=backend, script=__file__)
 
 
 def _device(rank: int) -> str:

@@ -44,15 +44,17 @@ def free_port() -> int:
 
 def run_ranks(
     action: str, world: int, root: Path, *args: str, timeout: float = 300, backend: str = "gloo",
-    expect_fail: tuple[int, ...] = (), script: str | None = None,
+    expect_fail: tuple[int, ...] = (), script: str | None = None, env: dict[str, str] | None = None,
 ) -> list[str]:
     """Run ACTION on WORLD ranks (one process each), wait, and return their outputs; fail with
     those outputs when a rank other than ``expect_fail`` exits non-zero. ``script``: another
-    worker file (its own ``act_*`` functions and this file's :func:`main`)."""
+    worker file (its own ``act_*`` functions and this file's :func:`main`, or its own main
+    reading the same ``ACTION RANK WORLD PORT ROOT ARGS...``); ``env``: extra variables."""
     import weightvault
 
     env = {
         **os.environ,
+        **(env or {}),
         "WV_DIST_BACKEND": backend,
         "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
         "OMP_NUM_THREADS": "1",

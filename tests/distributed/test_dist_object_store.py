@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from _dist_helpers import free_port
+from _dist_helpers import run_ranks as launch
 from test_dist_save import assert_same, reference
 
 import weightvault
@@ -73,32 +73,10 @@ def run_ranks(
     timeout: float = 240, expect_fail: tuple[int, ...] = (),
 ) -> list[str]:  # fmt: skip
     """ACTION on WORLD ranks of the worker; fail with their output when a rank fails."""
-    full_env = {
-        **os.environ, **env,
-        "PYTHONPATH": str(Path(weightvault.__file__).parents[1]),
-        "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
-    }  # fmt: skip
-    port = str(free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), action, str(r), str(world), port, str(root), url, *args],
-            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        for r in range(world)
-    ]
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for p in procs:
-                p.kill()
-            raise
-    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode and r not in expect_fail]
-    if failed:
-        logs = "\n".join(o[-4000:] for o in outputs)
-        raise AssertionError(f"{action} on {world} ranks failed {failed}:\n{logs}")
-    return outputs
+    return launch(
+        action, world, root, url, *args, timeout=timeout, expect_fail=expect_fail,
+        script=str(WORKER), env=env,
+    )  # fmt: skip
 
 
 def get_json(bucket: dict[str, Any], key: str) -> Any:
