@@ -15,45 +15,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _chromium import ARTIFACTS, viewer_page
 from _viewer_files import ADDED, CHANGED, REMOVED, ViewerFiles
 
 from weightvault.viewer import ViewerServer
 
-CHROMIUM = Path(os.environ.get("WEIGHTVAULT_CHROMIUM", "/usr/bin/chromium"))
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-# Flags for a root, network-less machine: no sandbox (root), no GPU, and no background
-# connections (they are refused here and slow the start). Playwright adds a fresh profile dir.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BROKEN_INDEX, RUN_INDEX = 2, 4
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the browser tests need Debian's chromium "
-            "(apt-get install -y chromium) or WEIGHTVAULT_CHROMIUM=/path/to/chromium",
-            pytrace=False,
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the python package 'playwright' is not installed (pip install playwright; no browser download needed)", pytrace=False)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=os.fspath(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+@pytest.fixture
+def page(browser: Any, server: ViewerServer) -> Iterator[Any]:
+    with viewer_page(browser, server.url, 15_000) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -61,20 +34,6 @@ def server(viewer_files: ViewerFiles) -> Iterator[ViewerServer]:
     f = viewer_files
     with ViewerServer([f.a, f.b, f.broken, f.converted, f.run]).start() as srv:
         yield srv
-
-
-@pytest.fixture
-def page(browser: Any, server: ViewerServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url)
-    page.wait_for_selector(".tensor-row")
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
 def screenshot(page: Any, name: str, height: int = 900) -> Path:

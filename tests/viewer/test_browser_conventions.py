@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_browser import ARTIFACTS, browser, screenshot  # noqa: F401  (browser: a fixture used below)
+from _chromium import ARTIFACTS
+from test_browser import screenshot
 
 import weightvault
 from weightvault.viewer import ViewerServer

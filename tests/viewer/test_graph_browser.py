@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from _graph_files import MARKUP, GraphFiles, graph_files_once
-from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from _chromium import ARTIFACTS, viewer_page
 
 from weightvault.viewer import ViewerServer
 
@@ -25,20 +25,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> GraphFiles:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=os.fspath(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-@pytest.fixture(scope="module")
 def server(files: GraphFiles) -> Iterator[ViewerServer]:
     paths = [files.onnx_a, files.onnx_b, files.tf_meta0, files.tf_meta1, files.keras, files.hostile]
     with ViewerServer(paths).start() as srv:
@@ -47,16 +33,8 @@ def server(files: GraphFiles) -> Iterator[ViewerServer]:
 
 @pytest.fixture
 def page(browser: Any, server: ViewerServer) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(server.url)
-    page.wait_for_selector(".tensor-row")
-    yield page
-    context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    with viewer_page(browser, server.url, 60_000) as page:
+        yield page
 
 
 def layouts(page: Any) -> int:
