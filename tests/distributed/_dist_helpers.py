@@ -184,7 +184,7 @@ def act_resume(rank: int, world: int, root: Path, src: str, more: str) -> None:
     stats: dict[str, int] = {}
     state = load_distributed(src, target, stats=stats)
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    local = sum(_local_nbytes(t) for t in _tensors(target))
+    local = sum(local_nbytes(t) for t in tensors_of(target))
     (root / f"read-{world}-{rank}.json").write_text(json.dumps({**stats, "local": local, "step": state["step"]}))
     train(model, opt, rank, state["step"], int(more))
     full = full_state(model, opt)
@@ -192,13 +192,13 @@ def act_resume(rank: int, world: int, root: Path, src: str, more: str) -> None:
         torch.save(full, root / f"resumed-{world}.pt")
 
 
-def _tensors(state):  # type: ignore[no-untyped-def]
+def tensors_of(state):  # type: ignore[no-untyped-def]
     from weightvault.core.tree import flatten
 
     return list(flatten(state)[1].values())
 
 
-def _local_nbytes(t) -> int:  # type: ignore[no-untyped-def]
+def local_nbytes(t) -> int:  # type: ignore[no-untyped-def]
     from torch.distributed.tensor import DTensor
 
     local = t.to_local() if isinstance(t, DTensor) else t

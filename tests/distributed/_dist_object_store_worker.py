@@ -31,7 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _dist_helpers import build, full_state, sharded_state, train  # noqa: E402
+from _dist_helpers import (  # noqa: E402
+    local_nbytes,
+    tensors_of,
+    build,
+    full_state,
+    sharded_state,
+    train,
+)
 
 STEPS = 3
 COLS = (6, 10)
@@ -79,7 +86,7 @@ def act_resume(rank: int, world: int, root: Path, url: str, more: str = "0") -> 
     state = load_distributed(url, target, stats=stats)
     fetched = storage.stats.bytes_read
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    local = sum(_local_nbytes(t) for t in _tensors(target))
+    local = sum(local_nbytes(t) for t in tensors_of(target))
     (root / f"read-{world}-{rank}.json").write_text(
         json.dumps({**stats, "fetched": fetched, "local": local, "step": state["step"]})
     )
@@ -87,19 +94,6 @@ def act_resume(rank: int, world: int, root: Path, url: str, more: str = "0") -> 
     full = full_state(model, opt)
     if rank == 0:
         torch.save(full, root / f"resumed-{world}.pt")
-
-
-def _tensors(state):  # type: ignore[no-untyped-def]
-    from weightvault.core.tree import flatten
-
-    return list(flatten(state)[1].values())
-
-
-def _local_nbytes(t) -> int:  # type: ignore[no-untyped-def]
-    from torch.distributed.tensor import DTensor
-
-    local = t.to_local() if isinstance(t, DTensor) else t
-    return int(local.numel() * local.element_size())
 
 
 def act_manager(rank: int, world: int, root: Path, url: str, mode: str = "sync") -> None:
