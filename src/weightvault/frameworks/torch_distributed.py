@@ -357,8 +357,9 @@ def _write_incremental(
         for c in chunked.values()
     }
     records.update({n: Record(r["dtype"], tuple(r["shape"]), None) for n, r in plain.items()})
+    d = _directory(tmp, fsync, incremental=True)  # links (local) or server-side copies (URL)
     return write_rank_incremental(
-        _directory(tmp, fsync, incremental=True), incremental, sources, records, shard_size, pattern,
+        d, incremental, sources, records, shard_size, pattern,
         metadata=lambda f: {"format": "pt", "weightvault.shard": f},
         on_tensor=lambda src: _Digest(sums, src.name), sums=sums,
     )  # fmt: skip

@@ -21,6 +21,9 @@ into the new prefix itself (:func:`~weightvault.storage.copy.server_copy`: S3 ``
    ``"incremental"`` section: ``"how": "copy"``, ``written_bytes`` 0 for copied shards), the
    index, the manager's record and ``COMMITTED`` last: the commit protocol is unchanged.
 
+A distributed save (every rank of a torch.distributed job) does the same per rank with
+:func:`copy_shards`, called by :class:`~weightvault.storage.distributed.PrefixDirectory`.
+
 A copy is a new object: deleting the base (retention) never touches it. It saves the upload
 (bandwidth and time), not storage: the store bills each step's objects in full.
 """
