@@ -9,7 +9,8 @@ after each of 4 steps. The ranks talk to the server through a counting proxy
 file of its trained chunks, and the store copies the file of its frozen chunks from the previous
 step (CopyObject); no byte of it goes over the wire. Every step loads in one process
 bit-identical to the gathered reference and verifies with every other step deleted; a save at
-another world size reuses nothing.
+another world size reuses nothing; a rank SIGKILLed right after its server-side copy commits
+nothing and leaves the previous step loadable.
 """
 
 from __future__ import annotations
@@ -181,6 +182,39 @@ def test_world_size_change_reuses_nothing(run) -> None:
     got = weightvault.load(f"{run['url']}/{step_name(5)}", storage_options=run["opts"],
                            framework="torch", verify=True)  # fmt: skip
     assert_same(got["model"], ref["model"], "world 1")
+
+
+def test_rank_killed_after_a_server_side_copy_commits_nothing(run, tmp_path: Path) -> None:
+    """A copy of the 4-step run continues; rank 1 is SIGKILLed right after the store copied its
+    frozen object into the new step prefix: rank 0 gets a clear error, the new step has no
+    COMMITTED (rank 0 removed its prefix), the previous step loads and verifies; the next writer
+    saves the step again, copying."""
+    client, bucket = run["client"], run["bucket"]
+    for key in objects(run, "run/"):
+        if key.startswith(tuple(step_name(s) for s in range(1, STEPS + 1))) or "/" not in key:
+            source = {"Bucket": bucket, "Key": "run/" + key}
+            client.copy_object(Bucket=bucket, Key="killed/" + key, CopySource=source)
+    url = f"s3://{bucket}/killed"
+    run_ranks("frozen_s3_kill", 2, tmp_path, url, script=SCRIPT, env=run["env"],
+              timeout=120, expect_fail=(1,))  # fmt: skip
+    report = json.loads((tmp_path / "kill-0.json").read_text())
+    assert report["error"] and report["error"].startswith("CheckpointSaveError"), report
+    assert "not committed" in report["error"]
+    assert not (tmp_path / "kill-1.json").exists()  # rank 1 died after its copy
+    new = step_name(report["step"])
+    # rank 0 removed the uncommitted prefix, rank 1's copied object with it (the dead rank
+    # adds nothing afterwards)
+    assert [k for k in objects(run, "killed/") if k.startswith(new + "/")] == []
+    with CheckpointManager(url, read_only=True, storage_options=run["opts"]) as mgr:
+        assert mgr.steps() == list(range(1, STEPS + 1))
+        got = mgr.load(STEPS, framework="torch", verify=True)
+    ref = torch.load(run["root"] / f"ref-{STEPS}.pt", weights_only=True)
+    assert_same(got["model"], ref["model"], "after the kill")
+    run_ranks("frozen_s3_next", 2, tmp_path, url, script=SCRIPT, env=run["env"], timeout=120)
+    section = get_json(run, f"killed/{new}/manifest.json")["incremental"]
+    assert section["base"] == step_name(STEPS)
+    assert {s["how"] for s in section["shards"].values()} == {"copy", "write"}
+    assert weightvault.verify(f"{url}/{new}", storage_options=run["opts"]).failures == []
 
 
 def test_every_step_loads_bit_identical_and_verifies_alone(run) -> None:
