@@ -244,14 +244,60 @@ def test_distributed_save_to_a_url_needs_a_process_group() -> None:
         weightvault.save({"w": np.ones(3, np.float32)}, "memory://wv-dist/run", process_group=object())
 
 
-def test_incremental_distributed_on_object_storage_is_refused_by_name() -> None:
-    # each rank would have to copy its unchanged files server-side: not built, so refused rather
-    # than saved in full while claiming to be incremental
+def test_incremental_distributed_save_to_a_url_is_no_longer_refused() -> None:
+    # it was refused by name before each rank could copy its unchanged files server-side; now it
+    # gets as far as the collective (the real runs: tests/distributed/test_dist_incremental_s3.py)
     pytest.importorskip("torch")
-    from weightvault.checkpoint import CheckpointManager
     from weightvault.frameworks.torch_distributed import save_distributed
 
-    with pytest.raises(UnsupportedOperationError, match="incremental=True with process_group="):
-        CheckpointManager("memory://wv-dist/run", incremental=True, process_group=object())
-    with pytest.raises(UnsupportedOperationError, match="incremental distributed saves"):
+    with pytest.raises(UnsupportedOperationError, match="torch.distributed is not initialised"):
         save_distributed("memory://wv-dist/step", {"w": np.ones(3, np.float32)}, incremental=True)
+
+
+def _rank_sources(scale: float) -> list:
+    from weightvault.core.safetensors_io import TensorSource
+
+    arrays = {
+        "frozen@0": np.arange(24, dtype=np.float32).reshape(4, 6),
+        "head@0": np.full((2, 3), scale, np.float32),
+    }
+    return [TensorSource(n, "float32", a.shape, lambda a=a: a) for n, a in arrays.items()]
+
+
+def test_prefix_directory_reuses_a_rank_file_by_server_side_copy(base) -> None:
+    """A distributed incremental save's object-store directory: a base file whose own header
+    holds the planned records is copied inside the store (how "copy", nothing uploaded); one
+    whose header differs, or that is gone, is left to be uploaded."""
+    from weightvault.core.shards import plan_shards
+    from weightvault.formats.native_incremental import IncrementalBase
+    from weightvault.storage.distributed import PrefixDirectory
+
+    pattern = "rank-00001-of-00002-{index:05d}-of-{count:05d}.safetensors"
+    sources = _rank_sources(1.0)
+    plan = plan_shards(sources, 64, pattern=pattern)  # one record per file
+    first = PrefixDirectory(storage.location(f"{base}/run/step-00000001"))
+    first.write_shards(sources, plan, metadata=lambda f: {"format": "pt"})
+    assert first.new_nbytes == first.nbytes > 0
+    files = dict(plan.shards)
+    frozen = next(f for f, names in files.items() if names == ("frozen@0",))
+    old = IncrementalBase(first.loc, {}, [], {frozen: "step-00000001"})
+    by_name = {s.name: s for s in _rank_sources(2.0)}
+
+    d = PrefixDirectory(storage.location(f"{base}/run/step-00000002"))
+    entries = d.reuse_shards(old, {frozen: frozen}, files.__getitem__, by_name)
+    assert entries == {frozen: {
+        "reused_from": "step-00000001", "how": "copy", "nbytes": first.sizes[frozen],
+        "written_bytes": 0,
+    }}  # fmt: skip
+    assert d.new_nbytes == 0 and d.nbytes == d.file_size(frozen) == first.sizes[frozen]
+    copied = d.loc.child(frozen)
+    assert copied.read_all() == first.loc.child(frozen).read_all()
+
+    # the planned records are not what the base file's header holds: not copied
+    other = PrefixDirectory(storage.location(f"{base}/run/step-00000003"))
+    head = next(f for f in files if f != frozen)
+    assert other.reuse_shards(old, {frozen: head}, files.__getitem__, by_name) == {}
+    # the base file is gone (deleted by hand since the plan): not copied
+    first.loc.child(frozen).fs.rm(first.loc.child(frozen).path)
+    assert other.reuse_shards(old, {frozen: frozen}, files.__getitem__, by_name) == {}
+    assert other.nbytes == 0 and not other.loc.child(frozen).exists()

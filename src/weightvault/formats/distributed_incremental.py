@@ -19,13 +19,19 @@ Per rank, as the single-process incremental save (formats/native_incremental.py)
    name pattern: a base file whose records are all unchanged is kept, the rest is packed into
    *stable* files (unchanged records of broken-up files) and *volatile* ones (records that changed
    at some step), so a frozen backbone's chunks end up in files of their own after one step;
-4. kept files are checked and hard-linked (reflinked, copied) by
-   :func:`~weightvault.formats.native_incremental.reuse_shard`; the rest is written;
+4. kept files are checked and taken over by the rank's directory object
+   (``d.reuse_shards``): on a local disk :class:`LinkingDirectory` hard-links (reflinks,
+   copies) them with :func:`~weightvault.formats.native_incremental.reuse_shard`; in an
+   object-store prefix :class:`~weightvault.storage.distributed.PrefixDirectory` has the store
+   copy them server-side (:func:`~weightvault.storage.incremental.copy_shards`: the header
+   checked with a ranged GET, an ETag-conditional ``CopyObject``); the rest is written
+   (uploaded);
 5. the rank reports per file ``reused_from``/``how``/``nbytes``/``written_bytes``/``volatile``
    with its chunk list; rank 0 merges them into the manifest's ``"incremental"`` section
    (:func:`merge_sections`), the same section a single-process incremental save writes.
 
-Every step stays a complete, standalone directory: links are inodes, not paths.
+Every step stays a complete, standalone directory (or prefix): links are inodes, not paths,
+and a server-side copy is an object of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from weightvault.errors import WeightVaultError
 from weightvault.formats.native_incremental import IncrementalBase, reuse_shard
 
 __all__ = [
+    "LinkingDirectory",
     "RankIncremental",
     "Record",
     "merge_sections",
@@ -73,24 +80,17 @@ class RankIncremental:
         return None if self.base is None else self.base.root.name
 
 
-def rank_incremental(
-    base_dir: str | os.PathLike[str] | None, rank: int, world: int
-) -> RankIncremental:
-    """Read ``base_dir``'s manifest for ``rank`` of ``world``; an unusable base (missing,
-    uncommitted, unreadable, or saved by another number of ranks) gives a base of None."""
+def rank_incremental(base_dir: Any, rank: int, world: int) -> RankIncremental:
+    """Read the base's manifest for ``rank`` of ``world``; an unusable base (missing,
+    uncommitted, unreadable, or saved by another number of ranks) gives a base of None.
+    ``base_dir``: a local directory, or an object-store prefix (a
+    :class:`~weightvault.storage.Location` or URL: its manifest is read with one GET)."""
     if base_dir is None:
         return RankIncremental(None)
-    from weightvault.formats.native import NativeReader
-
-    root = Path(base_dir)
-    try:
-        reader = NativeReader(root)
-    except (WeightVaultError, OSError):
+    found = _read_manifest(base_dir)
+    if found is None:
         return RankIncremental(None)  # gone, uncommitted or corrupt: this save writes everything
-    try:
-        manifest = reader.manifest
-    finally:
-        reader.close()
+    root, manifest = found
     if manifest.get("world_size") != world or not isinstance(manifest.get("tensors"), dict):
         return RankIncremental(None)  # another world size: every chunk differs
     try:
@@ -99,7 +99,33 @@ def rank_incremental(
         return RankIncremental(None)  # a manifest this save cannot compare with: write all
 
 
-def _rank_base(root: Path, manifest: dict[str, Any], rank: int) -> RankIncremental:
+def _read_manifest(base_dir: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The committed base's root (a Path or a Location) and manifest, or None."""
+    from weightvault.storage.location import is_url
+
+    if is_url(base_dir):
+        from weightvault.storage import location
+        from weightvault.storage.reader import RemoteNativeReader
+
+        try:
+            loc = location(base_dir)
+            return loc, RemoteNativeReader(loc, single=False).manifest
+        except (WeightVaultError, OSError):
+            return None
+    from weightvault.formats.native import NativeReader
+
+    root = Path(base_dir)
+    try:
+        reader = NativeReader(root)
+    except (WeightVaultError, OSError):
+        return None
+    try:
+        return root, reader.manifest
+    finally:
+        reader.close()
+
+
+def _rank_base(root: Any, manifest: dict[str, Any], rank: int) -> RankIncremental:
     rows: dict[str, dict[str, Any]] = {}  # record -> {"dtype", "shape", "checksum", "file"}
     layout: dict[str, Record] = {}
     for name, row in manifest["tensors"].items():
@@ -147,8 +173,35 @@ def _same_record(src: TensorSource, record: Record, inc: RankIncremental) -> boo
     )
 
 
+class LinkingDirectory(ShardDirectory):
+    """A rank's local (temporary) checkpoint directory as :func:`write_rank_incremental` uses
+    it: a file taken over from the base is hard-linked (reflinked, copied). Its object-store
+    counterpart, :class:`~weightvault.storage.distributed.PrefixDirectory`, copies server-side;
+    both answer ``reuse_shards`` and ``file_size``."""
+
+    def reuse_shards(
+        self,
+        base: IncrementalBase,
+        reused: Mapping[str, str],
+        names_of: Callable[[str], tuple[str, ...]],
+        by_name: dict[str, TensorSource],
+    ) -> dict[str, dict[str, Any]]:
+        """Link each ``reused`` base file (new file -> base file) whose own header holds
+        ``names_of(file)`` as planned; the ``"incremental"`` entries of those taken over (the
+        others are left out: the caller writes them)."""
+        entries = {}
+        for file, base_file in reused.items():
+            entry = reuse_shard(self, base, base_file, file, names_of(file), by_name)
+            if entry is not None:
+                entries[file] = entry
+        return entries
+
+    def file_size(self, file: str) -> int:
+        return os.stat(self.root / file).st_size
+
+
 def write_rank_incremental(
-    d: ShardDirectory,
+    d: Any,
     inc: RankIncremental,
     sources: Sequence[TensorSource],
     records: Mapping[str, Record],
@@ -158,9 +211,11 @@ def write_rank_incremental(
     on_tensor: Callable[[TensorSource], TensorDigest],
     sums: dict[str, str],
 ) -> tuple[ShardPlan, dict[str, dict[str, Any]]]:
-    """Plan, link and write one rank's files into ``d``; returns the plan and the per-file
-    ``"incremental"`` entries. ``sums`` gets the checksums of the records in linked files (the
-    written ones get theirs from ``on_tensor``, from the bytes written)."""
+    """Plan, take over (link or copy) and write one rank's files into ``d`` (a
+    :class:`LinkingDirectory`, or an object-store prefix's
+    :class:`~weightvault.storage.distributed.PrefixDirectory`); returns the plan and the
+    per-file ``"incremental"`` entries. ``sums`` gets the checksums of the records in files
+    taken over (the written ones get theirs from ``on_tensor``, from the bytes written)."""
     base = inc.base
     hashed: dict[str, str] = {}
     if base is not None:  # read once; a record found unchanged is never read again
@@ -182,19 +237,15 @@ def write_rank_incremental(
     plan, by_name = planned.plan, {src.name: src for src in sources}
     names_of = dict(plan.shards)
     info: dict[str, dict[str, Any]] = {}
-    to_write = [f for f in plan.files if f not in planned.reused]
-    for file, base_file in planned.reused.items():
+    if planned.reused:
         assert base is not None  # reuse needs a base
-        entry = reuse_shard(d, base, base_file, file, names_of[file], by_name)
-        if entry is None:
-            to_write.append(file)
-            continue
+        info = d.reuse_shards(base, planned.reused, names_of.__getitem__, by_name)
+    for file in info:
         sums.update({name: hashed[name] for name in names_of[file]})
-        info[file] = entry
-    written = set(to_write)
+    written = {f for f in plan.files if f not in info}  # planned so, or failed to be taken over
     d.write_shards(sources, plan, metadata=metadata, on_tensor=on_tensor, only=written)
     for file in written:
-        size = os.stat(d.root / file).st_size
+        size = d.file_size(file)
         info[file] = {"reused_from": None, "how": "write", "nbytes": size, "written_bytes": size}
     for file in plan.files:
         info[file]["volatile"] = file in planned.volatile

@@ -26,7 +26,8 @@ previous one stays as it was).
 To a URL (S3, any fsspec filesystem) the same steps run with the object-store target of
 :mod:`weightvault.storage.distributed`: no temporary name (no rename there), rank 0 clears the
 prefix before the go-ahead, the ranks upload straight into it, and ``COMMITTED``, written last,
-is the commit.
+is the commit. An incremental save there copies each rank's unchanged files from the base prefix
+server-side instead of linking them (:class:`weightvault.storage.distributed.PrefixDirectory`).
 
 :func:`load_distributed` restores into a state of DTensors on any mesh and placement (or plain
 tensors): each rank reads, for each tensor, only the byte runs of the stored chunks that overlap
@@ -317,6 +318,7 @@ def _write_rank(
         )  # fmt: skip
         shard_info = None
     else:  # incremental (formats/distributed_incremental.py): unchanged files are linked
+        # (a local directory) or copied server-side (an object-store prefix)
         plan, shard_info = _write_incremental(
             tmp, fsync, incremental, sources, chunked, plain, shard_size, pattern, sums
         )
@@ -355,8 +357,9 @@ def _write_incremental(
         for c in chunked.values()
     }
     records.update({n: Record(r["dtype"], tuple(r["shape"]), None) for n, r in plain.items()})
+    d = _directory(tmp, fsync, incremental=True)  # links (local) or server-side copies (URL)
     return write_rank_incremental(
-        ShardDirectory(tmp, fsync), incremental, sources, records, shard_size, pattern,
+        d, incremental, sources, records, shard_size, pattern,
         metadata=lambda f: {"format": "pt", "weightvault.shard": f},
         on_tensor=lambda src: _Digest(sums, src.name), sums=sums,
     )  # fmt: skip
@@ -430,7 +433,8 @@ def save_distributed(
     ``before_commit``: as for :func:`weightvault.formats.native.save_native` (rank 0 only).
     ``incremental``/``base``: every rank links its files whose records are unchanged since the
     committed checkpoint ``base`` instead of writing them (formats/distributed_incremental.py);
-    ``stats`` (rank 0) then gets ``written_bytes``, the bytes this save really wrote.
+    to a URL (``base`` a prefix of the same store) the store copies them server-side instead.
+    ``stats`` (rank 0) then gets ``written_bytes``, the bytes this save really wrote (uploaded).
     """
     from weightvault.formats.native import (
         CHUNKED_FORMAT_VERSION,
@@ -445,13 +449,6 @@ def save_distributed(
 
     target = _target(path, fsync)  # a local directory, or an object-store prefix
     path = target.path
-    if incremental and not isinstance(target, _LocalTarget):
-        raise UnsupportedOperationError(
-            "incremental distributed saves link files on a local disk; on object storage every "
-            "rank would have to copy its unchanged files server-side, which is not built yet",
-            path=path,
-            hint="drop incremental=True for a distributed save to a URL",
-        )
     _refuse_foreign_extension(path)
     if path.name.endswith(".safetensors"):
         raise UnsupportedOperationError(
@@ -569,10 +566,15 @@ def _target(path: Any, fsync: bool) -> Any:
     return _LocalTarget(Path(local_path(path)), fsync)
 
 
-def _directory(where: Any, fsync: bool) -> Any:
+def _directory(where: Any, fsync: bool, *, incremental: bool = False) -> Any:
     """What a rank writes its files through: a :class:`ShardDirectory` in the local temporary
-    directory, or uploads into the object-store prefix."""
+    directory (incremental: one that links files from the base), or uploads into the
+    object-store prefix (incremental: server-side copies from the base prefix)."""
     if isinstance(where, Path):
+        if incremental:
+            from weightvault.formats.distributed_incremental import LinkingDirectory
+
+            return LinkingDirectory(where, fsync)
         return ShardDirectory(where, fsync)
     from weightvault.storage.distributed import PrefixDirectory
 

@@ -15,6 +15,13 @@ as for a local directory; only where the files go differs, and that is this modu
   :class:`~weightvault.storage.upload.UploadBudget` per rank, so ``concurrency x part_size``
   bounds a rank's buffers), all completed before the rank reports its chunk list; rank 0 then
   writes ``manifest.json``, the index, the manager's record and ``COMMITTED`` with it.
+* **incremental** (``CheckpointManager(url, incremental=True, process_group=...)``): each rank
+  plans its files against the base step as on a local disk
+  (:func:`~weightvault.formats.distributed_incremental.write_rank_incremental`), and
+  :meth:`PrefixDirectory.reuse_shards` has the store copy each of its unchanged files from the
+  base prefix into the new one (:func:`~weightvault.storage.incremental.copy_shards`: header
+  checked with a ranged GET, ``CopyObject`` on condition of the ETag read); no byte of them is
+  uploaded. A file that cannot be copied is uploaded instead.
 
 Each rank resolves the URL with its own ``storage_options`` (credentials never travel through the
 process group); rank 0 broadcasts the URL it clears and every rank checks it names the same prefix.
@@ -80,7 +87,9 @@ class PrefixDirectory:
     def __init__(self, loc: Location) -> None:
         self.loc = loc
         self.written: list[str] = []
-        self.nbytes = 0
+        self.nbytes = 0  # bytes of every object so far (the checkpoint's logical size)
+        self.new_nbytes = 0  # of those, bytes uploaded (a server-side copy sends none)
+        self.sizes: dict[str, int] = {}
         self.marker: str | None = None
 
     def write_shards(
@@ -116,8 +125,7 @@ class PrefixDirectory:
                     f.abort()
                     raise
                 pending.append(f)
-                self.nbytes += size
-                self.written.append(file)
+                self._add(file, size, uploaded=True)
             for f in pending:
                 f.complete()
         except BaseException:
@@ -132,7 +140,37 @@ class PrefixDirectory:
         """One small object (manifest, index, record); never after the marker."""
         self._check_open(name)
         self.loc.child(name).write_bytes(data)
-        self.nbytes += len(data)
+        self._add(name, len(data), uploaded=True)
+
+    def reuse_shards(
+        self,
+        base: Any,
+        reused: Mapping[str, str],
+        names_of: Callable[[str], tuple[str, ...]],
+        by_name: Mapping[str, Any],
+    ) -> dict[str, dict[str, Any]]:
+        """Copy each ``reused`` file of the base prefix (new file -> base file) into this prefix
+        server-side, after checking its header holds ``names_of(file)`` as planned; the
+        ``"incremental"`` entries (``how`` "copy", ``written_bytes`` 0) of those copied. The
+        others are left out: the caller uploads them. (A local directory links instead:
+        :class:`~weightvault.formats.distributed_incremental.LinkingDirectory`.)"""
+        from weightvault.storage.incremental import copy_shards
+
+        for file in reused:
+            self._check_open(file)
+        entries = copy_shards(self.loc, base, reused, names_of, by_name)
+        for file, entry in entries.items():
+            self._add(file, entry["nbytes"], uploaded=False)
+        return entries
+
+    def file_size(self, file: str) -> int:
+        """The size of an object this directory put into the prefix."""
+        return self.sizes[file]
+
+    def _add(self, name: str, size: int, *, uploaded: bool) -> None:
+        self.nbytes += size
+        self.new_nbytes += size if uploaded else 0
+        self.sizes[name] = size
         self.written.append(name)
 
     def commit(self, marker: str, data: bytes) -> None:

@@ -21,6 +21,9 @@ into the new prefix itself (:func:`~weightvault.storage.copy.server_copy`: S3 ``
    ``"incremental"`` section: ``"how": "copy"``, ``written_bytes`` 0 for copied shards), the
    index, the manager's record and ``COMMITTED`` last: the commit protocol is unchanged.
 
+A distributed save (every rank of a torch.distributed job) does the same per rank with
+:func:`copy_shards`, called by :class:`~weightvault.storage.distributed.PrefixDirectory`.
+
 A copy is a new object: deleting the base (retention) never touches it. It saves the upload
 (bandwidth and time), not storage: the store bills each step's objects in full.
 """
@@ -28,6 +31,7 @@ A copy is a new object: deleting the base (retention) never touches it. It saves
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from weightvault.errors import WeightVaultError
@@ -48,7 +52,7 @@ from weightvault.storage.reader import (
     run_parallel,
 )
 
-__all__ = ["copy_unchanged", "plan_against", "read_remote_base"]
+__all__ = ["copy_shards", "copy_unchanged", "plan_against", "read_remote_base"]
 
 
 def read_remote_base(base: Location | None) -> IncrementalBase | None:
@@ -69,7 +73,7 @@ def plan_against(
 
 
 def _copyable(
-    base: IncrementalBase, file: str, names: tuple[str, ...], by_name: dict[str, Any]
+    base: IncrementalBase, file: str, names: tuple[str, ...], by_name: Mapping[str, Any]
 ) -> tuple[Location, int, str | None] | None:
     """The base object, its size and ETag, if its own header holds exactly ``names`` as planned."""
     if "/" in file or "\\" in file or file in ("", ".", ".."):
@@ -93,14 +97,31 @@ def copy_unchanged(loc: Location, job: IncrementalSave, rows: dict[str, Any]) ->
     """Copy every kept shard from the base into ``loc`` server-side, ``concurrency`` at a time;
     returns ``{file: size}`` of those copied. A shard that cannot be copied is left out (the
     caller uploads it): nothing raised here but an interruption."""
-    base = job.base
-    if base is None or not job.inc.reused:
+    if job.base is None or not job.inc.reused:
         return {}
+    entries = copy_shards(loc, job.base, job.inc.reused, job.tensors_of, job.by_name)
+    for file, entry in entries.items():  # in this thread: the manifest section is not locked
+        job.reused(file, entry, rows)
+    return {file: entry["nbytes"] for file, entry in entries.items()}
+
+
+def copy_shards(
+    loc: Location,
+    base: IncrementalBase,
+    reused: Mapping[str, str],
+    names_of: Callable[[str], tuple[str, ...]],
+    by_name: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Copy each ``reused`` base file (new file -> base file) into ``loc`` server-side, after
+    checking its header holds exactly ``names_of(file)`` as planned, ``concurrency`` at a time;
+    returns the ``"incremental"`` entries (:func:`reused_entry`, ``how`` "copy") of the files
+    copied. A file that cannot be copied is left out (the caller uploads it). Shared by the
+    single-process save and each rank of a distributed one (storage/distributed.py)."""
     copied: dict[str, int] = {}
     lock = threading.Lock()
 
     def copy_one(file: str, base_file: str) -> None:
-        found = _copyable(base, base_file, job.tensors_of(file), job.by_name)
+        found = _copyable(base, base_file, names_of(file), by_name)
         if found is None:
             return
         src, size, etag = found
@@ -114,11 +135,10 @@ def copy_unchanged(loc: Location, job: IncrementalSave, rows: dict[str, Any]) ->
         with lock:
             copied[file] = size
 
-    jobs = [
-        (lambda f=file, b=base_file: copy_one(f, b)) for file, base_file in job.inc.reused.items()
-    ]
+    jobs = [(lambda f=file, b=base_file: copy_one(f, b)) for file, base_file in reused.items()]
     run_parallel(jobs, loc.transfer.concurrency)
-    for file, size in copied.items():  # in this thread: the manifest section is not locked
-        entry = reused_entry(base, job.inc.reused[file], "copy", size, server_side=True)
-        job.reused(file, entry, rows)
-    return copied
+    return {
+        file: reused_entry(base, reused[file], "copy", copied[file], server_side=True)
+        for file in reused
+        if file in copied
+    }

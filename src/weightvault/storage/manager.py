@@ -22,7 +22,8 @@ directory operations replaced by the object-store protocol:
   (:mod:`weightvault.storage.distributed`).
 * **incremental runs** (``incremental=True``): shards unchanged since the newest committed step
   are copied from it server-side instead of uploaded (:mod:`weightvault.storage.incremental`);
-  the commit order is the same.
+  the commit order is the same. In a distributed job every rank does so for its own files
+  (each rank finds the base itself: the newest committed step, the same on every rank).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from weightvault.checkpoint.manager import (
 from weightvault.errors import (
     CheckpointLockedError,
     CheckpointSaveError,
-    UnsupportedOperationError,
     WeightVaultUserWarning,
 )
 from weightvault.formats.native import COMMIT_MARKER
@@ -87,13 +87,6 @@ class ObjectStoreManager(CheckpointManager):
         process_group: Any = None,
         timeout: float | None = None,
     ) -> None:
-        if incremental and process_group is not None:
-            raise UnsupportedOperationError(
-                "incremental=True with process_group= is not supported on object storage: every "
-                "rank would have to copy its unchanged files server-side, which is not built yet",
-                path=str(directory),
-                hint="save to a local run directory, or drop the option",
-            )
         self.loc = location(directory, storage_options)
         self.directory = self.loc  # type: ignore[assignment]
         # In a torch.distributed job rank 0 owns the run (lease, run state, retention)
@@ -170,7 +163,8 @@ class ObjectStoreManager(CheckpointManager):
                 save_distributed(
                     final, job.state, metadata=job.metadata, shard_size=self.shard_size,
                     process_group=self.process_group, timeout=self.timeout,
-                    before_commit=renew_then_record,
+                    before_commit=renew_then_record, incremental=self.incremental, base=base,
+                    stats=stats,
                 )  # fmt: skip
             else:
                 save_url(
