@@ -20,6 +20,9 @@ import os
 import sys
 from pathlib import Path
 
+from _dist_helpers import build, device_of  # the same model as the other distributed tests
+from _dist_helpers import run_ranks as launch
+
 STEPS = 3
 BATCH = 8
 
@@ -35,29 +38,7 @@ def run_ranks(
 ) -> None:
     """Run ACTION on WORLD ranks (one process each) and wait; fail with their output.
     ``backend="nccl"`` puts rank r on ``cuda:r`` (and shards with FSDP2 even on one rank)."""
-    from _dist_helpers import run_ranks as launch
-
     launch(action, world, ckpt, str(out), writer, timeout=timeout, backend=backend, script=__file__)
-
-
-def _device(rank: int) -> str:
-    return f"cuda:{rank}" if os.environ.get("WV_DIST_BACKEND") == "nccl" else "cpu"
-
-
-def _build(world: int, rank: int):  # type: ignore[no-untyped-def]
-    import torch
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
-    model = model.to(_device(rank))
-    if world > 1 or _device(rank) != "cpu":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model:
-            if isinstance(layer, torch.nn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-    return model, torch.optim.AdamW(model.parameters(), lr=0.01)
 
 
 def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untyped-def]
@@ -66,7 +47,7 @@ def _train(model, opt, rank: int, world: int) -> None:  # type: ignore[no-untype
     for step in range(STEPS):
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
-        x, y = x.to(_device(rank)), y.to(_device(rank))
+        x, y = x.to(device_of(rank)), y.to(device_of(rank))
         lo, hi = rank * BATCH // world, (rank + 1) * BATCH // world
         # FSDP averages gradients over ranks: scale so every world size takes the same step
         loss = (
@@ -97,10 +78,10 @@ def main() -> None:
 
     backend = os.environ.get("WV_DIST_BACKEND", "gloo")
     if backend == "nccl":
-        torch.cuda.set_device(rank)
+        torch.cuda.setdevice_of(rank)
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
-        model, opt = _build(world, rank)
+        model, opt = build(world, rank)
         if action == "train_save":
             _train(model, opt, rank, world)
             msd, osd = get_state_dict(model, opt)

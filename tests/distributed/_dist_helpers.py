@@ -87,7 +87,7 @@ def run_ranks(
 # -- inside a rank -------------------------------------------------------------------------------------
 
 
-def _device(rank: int) -> str:
+def device_of(rank: int) -> str:
     return f"cuda:{rank}" if os.environ.get("WV_DIST_BACKEND") == "nccl" else "cpu"
 
 
@@ -97,8 +97,8 @@ def build(world: int, rank: int):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     # 5 output rows: over 4 ranks FSDP2's chunks are uneven (2, 2, 1) and one rank holds none
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
-    model = model.to(_device(rank))
-    if world > 1 or _device(rank) != "cpu":
+    model = model.to(device_of(rank))
+    if world > 1 or device_of(rank) != "cpu":
         from torch.distributed.fsdp import fully_shard
 
         for layer in model:
@@ -115,7 +115,7 @@ def train(model, opt, rank: int, first: int, steps: int) -> None:  # type: ignor
         g = torch.Generator().manual_seed(step)
         x, y = torch.randn(BATCH, 8, generator=g), torch.randn(BATCH, 5, generator=g)
         # every rank the same batch: FSDP's average of equal gradients is exactly the gradient
-        loss = torch.nn.functional.mse_loss(model(x.to(_device(rank))), y.to(_device(rank)))
+        loss = torch.nn.functional.mse_loss(model(x.to(device_of(rank))), y.to(device_of(rank)))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -299,7 +299,7 @@ def main(actions: dict[str, object] | None = None) -> None:
 
     backend = os.environ.get("WV_DIST_BACKEND", "gloo")
     if backend == "nccl":
-        torch.cuda.set_device(rank)
+        torch.cuda.setdevice_of(rank)
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         (actions or globals())[f"act_{action}"](rank, world, Path(root), *sys.argv[6:])

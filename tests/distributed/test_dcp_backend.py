@@ -17,27 +17,10 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from _dcp_worker import STEPS, run_ranks
+from test_dist_save import assert_same as assert_same_state
 
 import weightvault
 from weightvault.torch_dcp import WeightVaultReader, WeightVaultWriter
-
-
-def assert_same_state(got: Any, want: Any, where: str = "") -> None:
-    """Equal trees; tensors bit-identical with the same dtype and shape."""
-    if isinstance(want, torch.Tensor):
-        assert isinstance(got, torch.Tensor), where
-        assert got.dtype == want.dtype and got.shape == want.shape, where
-        assert torch.equal(got, want), where
-    elif isinstance(want, dict):
-        assert sorted(map(str, got)) == sorted(map(str, want)), where
-        for k in want:
-            assert_same_state(got[k], want[k], f"{where}/{k}")
-    elif isinstance(want, (list, tuple)):
-        assert len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            assert_same_state(g, w, f"{where}/{i}")
-    else:
-        assert got == want, where
 
 
 @pytest.fixture(scope="module")

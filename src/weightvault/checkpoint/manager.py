@@ -823,24 +823,7 @@ class CheckpointManager:
         def record(size_bytes: int) -> dict[str, bytes]:
             # Written into the step directory before its COMMITTED marker and its rename.
             job.state = None  # let the snapshot buffers' references go as soon as possible
-            now, stamp = _now()
-            rec = {
-                "format": RECORD_FORMAT,
-                "version": 1,
-                "step": job.step,
-                "run_id": self.run_id,
-                "saved_at": stamp,
-                "time": now,
-                "metrics": job.metrics,
-                "mode": job.mode,
-                "stall_seconds": job.stall if job.stall is not None else time.perf_counter() - job.started,
-                "write_seconds": time.perf_counter() - write_started,
-                "size_bytes": size_bytes,
-                "written_bytes": stats.get("written_bytes", size_bytes),
-            }
-            if self.incremental:
-                rec["incremental"] = {"base": None if base is None else base.name}
-            return {RECORD_FILE: json.dumps(rec, ensure_ascii=False, indent=1, allow_nan=False).encode()}
+            return {RECORD_FILE: self._record_bytes(job, write_started, size_bytes, stats, base)}
 
         try:
             # The shard layer builds the directory under a temporary name (which a crash leaves
@@ -871,6 +854,30 @@ class CheckpointManager:
             job.state = None
         if self._rank in (None, 0):  # once, after the commit
             self._apply_retention()
+
+    def _record_bytes(
+        self, job: _SaveJob, write_started: float, size_bytes: int, stats: dict[str, Any], base: Any
+    ) -> bytes:
+        """The manager's record of a step (``checkpoint.json``), written before ``COMMITTED``:
+        ``stats`` holds what the save really wrote (links and server-side copies write nothing)."""
+        now, stamp = _now()
+        rec = {
+            "format": RECORD_FORMAT,
+            "version": 1,
+            "step": job.step,
+            "run_id": self.run_id,
+            "saved_at": stamp,
+            "time": now,
+            "metrics": job.metrics,
+            "mode": job.mode,
+            "stall_seconds": job.stall if job.stall is not None else time.perf_counter() - job.started,
+            "write_seconds": time.perf_counter() - write_started,
+            "size_bytes": size_bytes,
+            "written_bytes": stats.get("written_bytes", size_bytes),
+        }
+        if self.incremental:
+            rec["incremental"] = {"base": None if base is None else base.name}
+        return json.dumps(rec, ensure_ascii=False, indent=1, allow_nan=False).encode()
 
     def _incremental_base(self) -> Path | None:
         """The checkpoint an incremental save links unchanged shards from: the newest committed

@@ -34,6 +34,7 @@ from weightvault.errors import (
 __all__ = [
     "Location",
     "Transfer",
+    "entry_time",
     "is_url",
     "local_path",
     "resolve",
@@ -491,17 +492,7 @@ class Location:
     def modified(self) -> float | None:
         """Last-modified time (seconds since the epoch) if the store reports one."""
         info = self.info()
-        if info is None:
-            return None
-        value = info.get("LastModified") or info.get("mtime") or info.get("created")
-        if value is None:
-            return None
-        if hasattr(value, "timestamp"):
-            return float(value.timestamp())
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
+        return None if info is None else entry_time(info)
 
 
 def env_storage_options() -> dict[str, Any]:
@@ -519,3 +510,17 @@ def env_storage_options() -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("WEIGHTVAULT_STORAGE_OPTIONS must be a JSON object")
     return value
+
+
+def entry_time(info: Mapping[str, Any]) -> float | None:
+    """Last-modified time (seconds since the epoch) of a listing or ``info()`` entry, in
+    whichever key the filesystem reports it (S3 ``LastModified``, local ``mtime``, ...)."""
+    value = info.get("LastModified") or info.get("mtime") or info.get("created")
+    if value is None:
+        return None
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

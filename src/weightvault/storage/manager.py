@@ -35,12 +35,10 @@ from typing import Any
 
 from weightvault.checkpoint.manager import (
     RECORD_FILE,
-    RECORD_FORMAT,
     STATE_FILE,
     CheckpointInfo,
     CheckpointManager,
     _distributed_rank,
-    _now,
     step_dir_name,
 )
 from weightvault.errors import (
@@ -51,6 +49,7 @@ from weightvault.errors import (
 from weightvault.formats.native import COMMIT_MARKER
 from weightvault.storage import location
 from weightvault.storage.lease import Lease
+from weightvault.storage.location import entry_time
 from weightvault.storage.native import delete_checkpoint, save_url
 from weightvault.storage.runs import read_record, read_state, scan_run, step_prefixes
 
@@ -127,26 +126,7 @@ class ObjectStoreManager(CheckpointManager):
         base = self._incremental_base() if self.incremental else None
 
         def record(nbytes: int) -> bytes:
-            now, stamp = _now()
-            record = {
-                "format": RECORD_FORMAT,
-                "version": 1,
-                "step": job.step,
-                "run_id": self.run_id,
-                "saved_at": stamp,
-                "time": now,
-                "metrics": job.metrics,
-                "mode": job.mode,
-                "stall_seconds": job.stall
-                if job.stall is not None
-                else time.perf_counter() - job.started,
-                "write_seconds": time.perf_counter() - write_started,
-                "size_bytes": nbytes,
-                "written_bytes": stats.get("written_bytes", nbytes),  # uploaded (not copied)
-            }
-            if self.incremental:
-                record["incremental"] = {"base": None if base is None else base.name}
-            return json.dumps(record, indent=1).encode()
+            return self._record_bytes(job, write_started, nbytes, stats, base)
 
         def record_and_renew(nbytes: int) -> None:
             final.child(RECORD_FILE).write_bytes(record(nbytes))
@@ -218,7 +198,7 @@ class ObjectStoreManager(CheckpointManager):
         for _step, prefix in step_prefixes(self.loc):
             if prefix.child(COMMIT_MARKER).exists():
                 continue
-            times = [_entry_time(e) for e in prefix.listdir()]
+            times = [entry_time(e) for e in prefix.listdir()]
             if taken is not None and times and all(t is not None and t < taken for t in times):
                 delete_checkpoint(prefix)
                 removed.append(prefix.name)
@@ -242,18 +222,6 @@ class _NoLease:
 
     def renew(self) -> None:
         pass
-
-
-def _entry_time(entry: dict[str, Any]) -> float | None:
-    value = entry.get("LastModified") or entry.get("mtime") or entry.get("created")
-    if value is None:
-        return None
-    if hasattr(value, "timestamp"):
-        return float(value.timestamp())
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _abort_stale_uploads(run: Any, taken: float) -> list[str]:
